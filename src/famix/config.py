@@ -1,0 +1,169 @@
+"""Small typed configs: defaults (the paper's) -> one YAML preset -> ``section.key=value`` overrides.
+
+The resolved config is written beside every run and stored in every checkpoint and style bank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from famix.data.labels import CLASS_NAMES
+from famix.style.prompts import DEFAULT_STYLE_WORDS
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "RN50"  # RN50 | RN101 | RN50x4 | tiny-rn | path to an open_clip config .json
+    weights: str | None = None  # CLIP weights: OpenAI .pt, state-dict .pt/.bin, .safetensors, or open_clip tag
+    num_classes: int = 19
+    class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
+    output_stride: int = 16
+    dilation: str = "official"  # official | torchvision
+    freeze: str = "last-block"  # last-block | layer4 | none | backbone
+
+
+@dataclass
+class DataConfig:
+    train: str = "gta5:data/gta5"  # dataset spec NAME[:CONDITION]:ROOT[:SPLIT] or synthetic:DOMAIN[:N]
+    val: list[str] = field(default_factory=list)
+    crop: int = 768
+    batch_size: int = 8
+    workers: int = 4
+    jitter: float = 0.8  # brightness = contrast = saturation jitter
+    hflip: float = 0.5
+    synthetic_size: int = 256  # image size of synthetic:* datasets
+
+
+@dataclass
+class StyleConfig:
+    mix: str = "famix"  # famix | augment | mixstyle | none
+    bank: str | None = None
+    grid: int = 3
+    beta: float = 0.1
+
+
+@dataclass
+class MineConfig:
+    out: str = "banks/bank.safetensors"
+    grid: int = 3
+    steps: int = 100
+    lr: float = 0.1  # per patch (the loss is summed over patches)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 16
+    crop: int = 768
+    vocabulary: list[str] = field(default_factory=lambda: list(DEFAULT_STYLE_WORDS))
+    one_per_class: bool = False  # the official quirk: first patch of each dominant class per batch
+    max_images: int | None = None
+    save_every: int = 20  # batches between bank checkpoints (mining resumes from the last one)
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/famix"
+    iterations: int = 40_000
+    lr: float = 0.1  # head; the backbone gets lr * backbone_lr_mult
+    backbone_lr_mult: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    min_lr: float = 1e-6
+    label_smoothing: float = 0.1
+    val_interval: int = 750
+    log_interval: int = 50
+    amp: str = "bf16"  # bf16 | fp16 | off (autocast is used on CUDA only)
+    channels_last: bool = True
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    style: StyleConfig = field(default_factory=StyleConfig)
+    mine: MineConfig = field(default_factory=MineConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _coerce(value, tp, where: str):
+    """Check/convert a YAML value to a dataclass field type (int, float, str, bool, list, Optional)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), where)
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value]
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, where) for v in value]
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, int | float):
+        return str(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ValueError(f"config {where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(data: dict, cls=Config, prefix: str = ""):
+    """Build a (nested) config dataclass from a dict; unknown keys are errors that list valid keys."""
+    hints = typing.get_type_hints(cls)
+    valid = {f.name for f in fields(cls)}
+    unknown = set(data) - valid
+    if unknown:
+        raise ValueError(f"unknown config key(s) {sorted(prefix + k for k in unknown)}; "
+                         f"valid under {prefix or 'top level'}: {sorted(valid)}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = from_dict(value or {}, tp, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, tp, prefix + name)
+    return cls(**kwargs)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value (e.g. train.iterations=1000)")
+        key, raw = item.split("=", 1)
+        node = data
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file (a preset name from configs/ or a path) <- overrides."""
+    data: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            bundled = Path(__file__).resolve().parents[2] / "configs" / f"{path}.yaml"
+            if not bundled.is_file():
+                raise FileNotFoundError(f"config {path} not found (a YAML path, or a preset name in configs/)")
+            p = bundled
+        data = yaml.safe_load(p.read_text()) or {}
+    return from_dict(apply_overrides(data, overrides or []))
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    from famix.io import atomic_write
+
+    atomic_write(path, lambda tmp: tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False)))

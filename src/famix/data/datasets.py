@@ -1,0 +1,76 @@
+"""Datasets by name: ``NAME[:CONDITION]:ROOT[:SPLIT]`` specs, and the seeded training wrapper.
+
+Every dataset yields (image uint8 [3, H, W], label int64 [H, W] of trainIds with 255 = ignore).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.utils.data import Dataset
+
+from famix.data.transforms import normalize
+
+
+def _synthetic(spec: list[str], size: int):
+    from famix.data.synthetic import SyntheticDataset
+
+    domain = spec[0] if spec else "day"
+    length = int(spec[1]) if len(spec) > 1 else 100
+    seed = int(spec[2]) if len(spec) > 2 else 0
+    return SyntheticDataset(domain=domain, length=length, size=(size, size), seed=seed)
+
+
+# name -> (builder(parts after the name, synthetic size), expected layout for help texts)
+DATASETS: dict[str, tuple[Callable, str]] = {
+    "synthetic": (_synthetic, "synthetic:DOMAIN[:LENGTH[:SEED]] - the embedded procedural street world"),
+}
+
+
+def build_dataset(spec: str, synthetic_size: int = 256) -> Dataset:
+    """Build a dataset from a spec string such as ``synthetic:fog:300``."""
+    name, *rest = spec.split(":")
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r} in {spec!r}; known: "
+                         + "; ".join(layout for _, layout in DATASETS.values()))
+    dataset = DATASETS[name][0](rest, synthetic_size)
+    dataset.spec = spec
+    return dataset
+
+
+class SeededTransform(Dataset):
+    """Applies a random joint transform whose randomness is a function of (index, seed) alone.
+
+    Items are requested as ``(index, seed)`` pairs (see ``engine.sampler``), so augmentations are
+    reproducible across resumes, worker counts and ranks. Returns (normalised image, label).
+    """
+
+    def __init__(self, base: Dataset, transform: Callable | None):
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, seed = item
+        image, label = self.base[index]
+        if self.transform is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                image, label = self.transform(image, label)
+        return normalize(image), label
+
+
+class Normalized(Dataset):
+    """Evaluation view of a dataset: CLIP-normalised images, labels unchanged."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, label = self.base[index]
+        return normalize(image), label

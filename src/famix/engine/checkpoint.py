@@ -1,0 +1,64 @@
+"""Checkpoints: written atomically, read with ``weights_only=True``, checked against the model.
+
+Layout (a superset of official FAMix ``.pth`` files, so either loads): ``model_state``,
+``optimizer_state``, ``scheduler_state``, ``cur_itrs``, ``best_score``, plus famix's ``scaler_state``,
+``config`` (the resolved run config) and ``famix_version``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from famix import __version__
+from famix.io import atomic_write
+
+
+def save_checkpoint(path: str | Path, **content) -> Path:
+    """``torch.save`` of ``content`` (plus the famix version) to ``path``, atomically."""
+    content = {**content, "famix_version": __version__}
+    return atomic_write(path, lambda tmp: torch.save(content, tmp))
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a famix or official FAMix checkpoint safely (tensors and plain containers only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found: pass the .pt written by `famix train` "
+                                "(runs/<name>/best.pt) or an official FAMix .pth")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read checkpoint {path} safely ({type(e).__name__}: {str(e)[:300]}). famix only "
+                         "loads tensors and plain containers (weights_only=True); re-save it from a trusted "
+                         "source as a state dict") from e
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict with 'model_state'")
+    if "model_state" not in ckpt:
+        if all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            return {"model_state": ckpt}  # a bare state dict
+        raise ValueError(f"checkpoint {path} has no 'model_state' (keys: {sorted(ckpt)[:10]})")
+    return ckpt
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load a segmenter state dict exactly: every tensor used, none left over, shapes equal."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
+    if not (missing or unexpected or shapes):
+        model.load_state_dict(state)
+        return
+    head = "classifier.classifier.3.weight"
+    hint = "pick the --backbone / model config it was trained with"
+    if head in state and head in own and state[head].shape[0] != own[head].shape[0]:
+        hint = (f"it predicts {state[head].shape[0]} classes, the model {own[head].shape[0]}: set "
+                f"model.num_classes={state[head].shape[0]} (and class_names) to match")
+    parts = [f"{len(v)} {what}: {', '.join(v[:6])}{' ...' if len(v) > 6 else ''}"
+             for what, v in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", shapes)) if v]
+    raise ValueError(f"{source} does not fit this model ({'; '.join(parts)}). {hint.capitalize()}.")

@@ -1,0 +1,19 @@
+"""One way in: a config -> a Segmenter (and the CLIP model used for mining)."""
+
+from __future__ import annotations
+
+from famix.models.clip import build_clip
+from famix.models.freeze import apply_freeze
+from famix.models.segmenter import Segmenter
+
+
+def build_segmenter(cfg, seed: int | None = 0) -> Segmenter:
+    """Segmenter for a ``ModelConfig``: CLIP image tower (weights from ``cfg.weights``) + DeepLabv3+ head,
+    frozen by ``cfg.freeze``. ``seed`` makes random initialisation reproducible."""
+    if len(cfg.class_names) != cfg.num_classes:
+        raise ValueError(f"model.class_names lists {len(cfg.class_names)} names for num_classes="
+                         f"{cfg.num_classes}: make them agree")
+    clip = build_clip(cfg.backbone, cfg.weights, seed=seed)
+    model = Segmenter(clip.visual, cfg.num_classes, cfg.output_stride, cfg.dilation)
+    apply_freeze(model, cfg.freeze)
+    return model

@@ -1,0 +1,196 @@
+"""CLIP ResNet backbones: model configs, construction, weight loading from local files or open_clip tags."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import zipfile
+from importlib import resources
+from pathlib import Path
+
+import open_clip
+import torch
+from open_clip.model import CLIP
+
+_ARCHES = ("RN50", "RN101", "RN50x4")
+# OpenAI's ResNets were trained with QuickGELU, so the "-quickgelu" configs are the faithful ones.
+CLIP_CONFIGS: dict[str, dict] = {name: open_clip.get_model_config(f"{name}-quickgelu") for name in _ARCHES}
+CLIP_CONFIGS["tiny-rn"] = json.loads(resources.files("famix").joinpath("assets/tiny-rn.json").read_text())
+
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+# Non-parameter entries that TorchScript archives carry next to the weights: OpenAI's scalars, and open_clip's
+# causal text mask, which TorchScript saves although open_clip registers it as a non-persistent buffer.
+_ARCHIVE_EXTRAS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
+
+
+def get_clip_config(name: str) -> dict:
+    """Return a copy of the open_clip config for a known backbone name or a user ``.json`` config path."""
+    if name in CLIP_CONFIGS:
+        return copy.deepcopy(CLIP_CONFIGS[name])
+    if name.endswith(".json"):
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"CLIP config file {name} does not exist")
+        return json.loads(path.read_text())
+    raise ValueError(
+        f"unknown CLIP backbone {name!r}; valid names: {', '.join(CLIP_CONFIGS)} or a path to a .json config"
+    )
+
+
+def _is_tag(weights: str) -> bool:
+    # Anything that looks like a path (separator or weight-file suffix) is treated as a file, never a tag.
+    return not (
+        os.path.exists(weights) or "/" in weights or os.sep in weights or weights.endswith(_WEIGHT_SUFFIXES)
+    )
+
+
+def _pretrained_cfg(name: str, tag: str) -> dict:
+    for arch in (f"{name}-quickgelu", name):
+        cfg = open_clip.pretrained.get_pretrained_cfg(arch, tag)
+        if cfg:
+            return cfg
+    return {}
+
+
+def _missing(path: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"CLIP weights file {path} does not exist; pass a local OpenAI .pt archive, a .pt/.pth/.bin state "
+        "dict or a .safetensors file (or an open_clip pretrained tag such as 'openai' when online)"
+    )
+
+
+def load_clip_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read CLIP weights from a TorchScript archive, a torch state dict or a safetensors file.
+
+    Returns open_clip-style keys with floating tensors in fp32. OpenAI archive extras are dropped, a
+    ``state_dict``/``model`` nesting and ``module.`` prefixes (DataParallel/DDP) are removed.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise _missing(path)
+    if path.endswith(".safetensors"):
+        import safetensors.torch
+
+        sd = safetensors.torch.load_file(path, device="cpu")
+    elif _is_torchscript(path):
+        # OpenAI ships fp16 TorchScript archives; their state_dict keys already match open_clip's CLIP.
+        sd = dict(torch.jit.load(path, map_location="cpu").state_dict())
+    else:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("state_dict", "model"):
+            if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+                sd = sd[key]
+                break
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path} does not hold a state dict (got {type(sd).__name__})")
+    out = {}
+    for k, v in sd.items():
+        k = k[len("module.") :] if k.startswith("module.") else k
+        if not isinstance(v, torch.Tensor) or k in _ARCHIVE_EXTRAS:
+            continue
+        out[k] = v.float() if v.is_floating_point() else v
+    return out
+
+
+def _is_torchscript(path: str) -> bool:
+    # Same test torch uses internally: TorchScript zips carry a constants.pkl record, torch.save zips don't.
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in zf.namelist())
+
+
+def _resolve_weights(name: str, weights: str) -> str:
+    """Map ``weights`` to a local file, downloading an open_clip pretrained tag when needed."""
+    if not _is_tag(weights):
+        if not os.path.isfile(weights):
+            raise _missing(weights)
+        return weights
+    cfg = _pretrained_cfg(name, weights)
+    if not cfg:
+        known = name in CLIP_CONFIGS
+        tags = open_clip.list_pretrained_tags_by_model(f"{name}-quickgelu") if known else []
+        raise FileNotFoundError(
+            f"CLIP weights {weights!r} are neither an existing file nor an open_clip pretrained tag for "
+            f"backbone {name!r} (tags: {', '.join(tags) or 'none'}); pass a local OpenAI .pt archive "
+            "or a .safetensors file"
+        )
+    try:
+        return open_clip.pretrained.download_pretrained(cfg)
+    except Exception as e:  # network and hub errors come in many types
+        raise RuntimeError(
+            f"could not fetch open_clip weights {name}/{weights} ({type(e).__name__}: {e}); when offline, "
+            f"download the file elsewhere (e.g. {cfg.get('url') or cfg.get('hf_hub')}) and pass that path"
+        ) from e
+
+
+def _check_keys(model: CLIP, sd: dict[str, torch.Tensor], source: str, name: str) -> None:
+    expected = model.state_dict()
+    # BatchNorm counters are unused in eval and absent from some exports, so they may be missing.
+    missing = [k for k in expected if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in expected]
+    shapes = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in sd and sd[k].shape != v.shape
+    ]
+    if not (missing or unexpected or shapes):
+        return
+
+    def few(items: list[str]) -> str:
+        return ", ".join(items[:10]) + (f" (+{len(items) - 10} more)" if len(items) > 10 else "")
+
+    found = (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes))
+    parts = [f"{len(v)} {what}: {few(v)}" for what, v in found if v]
+    raise ValueError(
+        f"CLIP weights {source} do not fit backbone config {name!r}: {'; '.join(parts)}. These weights "
+        "probably belong to another architecture; pick the matching --backbone (RN50, RN101, RN50x4, ...)."
+    )
+
+
+def build_clip(name: str, weights: str | None = None, device="cpu", seed: int | None = None) -> CLIP:
+    """Build an open_clip ``CLIP`` for backbone ``name`` (fp32, eval mode) and optionally load ``weights``.
+
+    ``weights`` is a local file (OpenAI TorchScript ``.pt``, state dict ``.pt/.pth/.bin``, ``.safetensors``)
+    or an open_clip pretrained tag such as ``"openai"`` (needs network or a warm cache). Without weights the
+    model is randomly initialised, reproducibly when ``seed`` is given (the global RNG is left untouched).
+    """
+    cfg = get_clip_config(name)
+    # Call the constructor directly (not open_clip.create_model) so user JSON configs need no registration.
+    kwargs = {k: cfg[k] for k in ("embed_dim", "vision_cfg", "text_cfg")}
+    kwargs["quick_gelu"] = cfg.get("quick_gelu", False)
+    if seed is None:
+        model = CLIP(**kwargs)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = CLIP(**kwargs)
+    if weights is not None:
+        path = _resolve_weights(name, weights)
+        sd = load_clip_state_dict(path)
+        _check_keys(model, sd, path, name)
+        model.load_state_dict(sd, strict=False)
+    return model.float().to(device).eval()
+
+
+def weights_fingerprint(path: str | None) -> str:
+    """Identify a weight source: ``"sha256:<16 hex>"`` of a file, ``"random"`` for None, else the tag."""
+    if path is None:
+        return "random"
+    if _is_tag(path):
+        return path
+    if not os.path.isfile(path):
+        raise _missing(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return f"sha256:{h.hexdigest()[:16]}"
+
+
+def clip_preprocess_size(model: CLIP) -> int:
+    """Input resolution the CLIP image tower was built for."""
+    size = model.visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)

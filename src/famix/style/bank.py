@@ -1,0 +1,102 @@
+"""The style bank: mined (mu, sigma) per dominant class, stored as safetensors with its provenance."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from famix.io import atomic_write
+
+IGNORE_KEY = "ignore"
+
+
+@dataclass
+class StyleBank:
+    """Styles grouped by class: ``styles[name] = (mu [N, C], sigma [N, C])`` for each class name in
+    ``class_names`` (trainId order) plus ``"ignore"`` for ignore-dominant patches.
+
+    ``metadata`` records how the bank was made (backbone, weights fingerprint, grid, vocabulary...).
+    """
+
+    class_names: list[str]
+    channels: int
+    styles: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in [*self.class_names, IGNORE_KEY]:
+            self.styles.setdefault(name, (torch.zeros(0, self.channels), torch.zeros(0, self.channels)))
+
+    def add(self, mu: torch.Tensor, sigma: torch.Tensor, classes: torch.Tensor, ignore_index: int = 255) -> None:
+        """Append styles. mu, sigma: [N, C]; classes: [N] trainIds or ``ignore_index``."""
+        mu, sigma, classes = mu.detach().float().cpu(), sigma.detach().float().cpu(), classes.cpu()
+        for k, name in [*enumerate(self.class_names), (ignore_index, IGNORE_KEY)]:
+            rows = classes == k
+            if rows.any():
+                old_mu, old_sigma = self.styles[name]
+                self.styles[name] = (torch.cat([old_mu, mu[rows]]), torch.cat([old_sigma, sigma[rows]]))
+
+    def counts(self) -> dict[str, int]:
+        return {name: int(mu.shape[0]) for name, (mu, _) in self.styles.items()}
+
+    def __len__(self) -> int:
+        return sum(self.counts().values())
+
+    def packed(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+        """(mu [N, C], sigma [N, C], counts [K + 1], offsets [K + 1]) sorted by class, ignore last."""
+        names = [*self.class_names, IGNORE_KEY]
+        mu = torch.cat([self.styles[n][0] for n in names]).to(device)
+        sigma = torch.cat([self.styles[n][1] for n in names]).to(device)
+        counts = torch.tensor([self.styles[n][0].shape[0] for n in names], device=device)
+        offsets = torch.cumsum(counts, 0) - counts
+        return mu, sigma, counts, offsets
+
+    def save(self, path: str | Path) -> Path:
+        """Write the bank atomically as safetensors (tensors ``mu/<class>``, ``sigma/<class>``)."""
+        tensors = {}
+        for name, (mu, sigma) in self.styles.items():
+            if mu.shape[0]:
+                tensors[f"mu/{name}"] = mu.contiguous()
+                tensors[f"sigma/{name}"] = sigma.contiguous()
+        meta = {"famix_style_bank": "1", "class_names": json.dumps(self.class_names),
+                "channels": str(self.channels), "metadata": json.dumps(self.metadata)}
+        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+    @classmethod
+    def load(cls, path: str | Path) -> StyleBank:
+        """Read a bank written by ``save``; errors name the file and what is wrong with it."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"style bank {path} not found: make one with `famix mine` or fix the path")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        except Exception as e:
+            raise ValueError(f"cannot read style bank {path} ({e}); it must be a famix safetensors bank "
+                             "(official pickle banks: `famix convert bank --trust-pickle`)") from e
+        if meta.get("famix_style_bank") != "1":
+            raise ValueError(f"{path} is a safetensors file but not a famix style bank (no famix metadata)")
+        bank = cls(json.loads(meta["class_names"]), int(meta["channels"]), metadata=json.loads(meta["metadata"]))
+        for key, value in tensors.items():
+            kind, name = key.split("/", 1)
+            mu, sigma = bank.styles[name]
+            bank.styles[name] = (value, sigma) if kind == "mu" else (mu, value)
+        return bank
+
+    def check_compatible(self, channels: int, class_names: list[str] | tuple[str, ...], source: str = "") -> None:
+        """Raise a clear error if this bank cannot restyle a model with ``channels`` layer1 channels."""
+        where = f" {source}" if source else ""
+        if self.channels != channels:
+            raise ValueError(
+                f"style bank{where} has {self.channels}-channel styles but the model's layer1 has {channels} "
+                f"channels (bank mined with backbone {self.metadata.get('backbone', '?')}): mine a bank with "
+                "the same backbone as the model (`famix mine`)")
+        if list(self.class_names) != list(class_names):
+            raise ValueError(f"style bank{where} was mined for classes {self.class_names}, the model predicts "
+                             f"{list(class_names)}: mine a bank with the model's class list")

@@ -1,0 +1,70 @@
+"""Tests for famix.engine.predict: image listing/loading, overlay and predict_paths outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from famix.data.labels import colorize
+from famix.data.transforms import normalize
+from famix.engine.predict import list_images, load_image, overlay, predict_paths
+
+
+def _write_png(path, h, w, seed):
+    arr = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path)
+    return arr
+
+
+def test_load_image_and_corrupt(tmp_path):
+    arr = _write_png(tmp_path / "a.png", 5, 7, 0)
+    img = load_image(tmp_path / "a.png")
+    assert img.dtype == torch.uint8 and img.shape == (3, 5, 7)
+    np.testing.assert_array_equal(img.permute(1, 2, 0).numpy(), arr)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(ValueError, match="broken.jpg"):
+        load_image(bad)
+
+
+def test_list_images(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ["b.png", "a.JPG", "sub/c.webp", "notes.txt"]:
+        (tmp_path / name).write_bytes(b"x")
+    assert list_images([str(tmp_path)]) == [tmp_path / "a.JPG", tmp_path / "b.png", tmp_path / "sub/c.webp"]
+    assert list_images([str(tmp_path / "*.png"), str(tmp_path / "b.png")]) == [tmp_path / "b.png"]
+    with pytest.raises(FileNotFoundError, match="nothing_here"):
+        list_images([str(tmp_path / "nothing_here*.png")])
+
+
+def test_overlay():
+    image = np.full((3, 2, 2), 100, dtype=np.uint8)
+    ids = np.array([[0, 255], [13, 0]])
+    out = overlay(image, ids, alpha=0.5)
+    assert out.shape == (2, 2, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[0, 1], [100, 100, 100])  # ignore keeps the image
+    np.testing.assert_array_equal(out[0, 0], [114, 82, 114])  # (100 + road (128, 64, 128)) / 2
+
+
+def test_predict_paths(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 19, 3, padding=1)
+    sizes = {"img1": (12, 20), "img2": (9, 7)}
+    paths = [tmp_path / f"{stem}.png" for stem in sizes]
+    for i, (p, (h, w)) in enumerate(zip(paths, sizes.values(), strict=True)):
+        _write_png(p, h, w, i)
+    out_dir = tmp_path / "out" / "nested"
+    written = predict_paths(model, paths, out_dir, progress=False)
+    assert len(written) == 6 and all(p.parent == out_dir for p in written)
+    assert not [p for p in out_dir.iterdir() if p.name.startswith(".")]  # no temp files left behind
+    for p, (stem, (h, w)) in zip(paths, sizes.items(), strict=True):
+        with torch.no_grad():
+            expected = model(normalize(load_image(p))[None])[0].argmax(0).numpy()
+        trainid = Image.open(out_dir / f"{stem}_trainid.png")
+        assert trainid.mode == "L" and trainid.size == (w, h)
+        np.testing.assert_array_equal(np.asarray(trainid), expected)
+        color = np.asarray(Image.open(out_dir / f"{stem}_color.png"))
+        np.testing.assert_array_equal(color, colorize(expected))
+        assert Image.open(out_dir / f"{stem}_overlay.png").size == (w, h)

@@ -45,12 +45,13 @@ def clip_tail(visual: nn.Module, z: torch.Tensor) -> torch.Tensor:
 def pin_optimize(visual: nn.Module, groups: list[tuple[torch.Tensor, torch.Tensor]], mu: torch.Tensor,
                  sigma: torch.Tensor, text: torch.Tensor, pool: int, steps: int = 100, lr: float = 0.1,
                  momentum: float = 0.9, weight_decay: float = 1e-4,
-                 amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Optimise per-patch styles so CLIP embeds ReLU(sigma* f_norm + mu*) near the patch's text.
 
     groups: ``split_patches`` of the normalised features f_norm; mu, sigma: [N, C] initial styles and
-    text: [N, D] unit-norm targets, rows in flat patch order; pool: CLIP input size / 4 (56 for RN50).
-    Returns (mu*, sigma* [N, C], final cosine similarity [N]).
+    text: [N, D] unit-norm targets, rows in flat patch order (N = B * G * G); pool: CLIP input size / 4
+    (56 for RN50). Groups may hold a subset of the patches: only those are optimised.
+    Returns (mu*, sigma* [M, C], final cosine similarity [M], flat index [M]) for the M optimised patches.
     """
     order = torch.cat([index for _, index in groups])
     mu_p = mu[order].clone().float().requires_grad_(True)
@@ -76,6 +77,4 @@ def pin_optimize(visual: nn.Module, groups: list[tuple[torch.Tensor, torch.Tenso
         optimizer.step()
     with torch.no_grad():
         cos = similarity()
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel(), device=order.device)
-    return mu_p.detach()[inverse], sigma_p.detach()[inverse], cos[inverse]
+    return mu_p.detach(), sigma_p.detach(), cos, order

@@ -8,6 +8,8 @@ with no Python loop over images or patches and no GPU->CPU synchronisation.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from famix.style.stats import dominant_class, normalize_patches, patch_stats, restyle
@@ -22,13 +24,16 @@ MIX_MODES = {
 
 
 def sample_beta(shape: tuple[int, ...], a: float, b: float, generator: torch.Generator | None = None,
-                device: torch.device | str = "cpu", tries: int = 8) -> torch.Tensor:
+                device: torch.device | str = "cpu") -> torch.Tensor:
     """Beta(a, b) samples from an explicit generator (Johnk's method, in log space for small a, b).
 
-    X = U^(1/a), Y = V^(1/b); given X + Y <= 1, X / (X + Y) ~ Beta(a, b). For a = b = 0.1 a draw is
-    accepted with probability 0.986, so ``tries`` vectorised candidates fail together with chance ~1e-15
-    (such an entry falls back to 0.5).
+    X = U^(1/a), Y = V^(1/b); given X + Y <= 1, X / (X + Y) ~ Beta(a, b). A draw is accepted with
+    probability p = G(a+1) G(b+1) / G(a+b+1) (0.986 for a = b = 0.1); enough vectorised candidates are drawn
+    that all fail together with chance < 1e-12 (such an entry would fall back to 0.5). No data-dependent
+    loop, no GPU->CPU synchronisation. Meant for a, b <= 1 as FAMix uses; larger values need many candidates.
     """
+    p = math.exp(math.lgamma(a + 1) + math.lgamma(b + 1) - math.lgamma(a + b + 1))
+    tries = 1 if p >= 1 else min(4096, math.ceil(math.log(1e-12) / math.log1p(-p)))
     tiny = torch.finfo(torch.float32).tiny
     u = torch.rand((tries, *shape), generator=generator, device=device).clamp_min(tiny)
     v = torch.rand((tries, *shape), generator=generator, device=device).clamp_min(tiny)
@@ -88,6 +93,8 @@ class LocalStyleMixer:
             raise ValueError(f"unknown mix mode {mode!r}; choose one of: {', '.join(MIX_MODES)}")
         if mode in ("famix", "augment") and bank is None:
             raise ValueError(f"mix mode {mode!r} needs a style bank: pass --bank (made by `famix mine`)")
+        if bank is not None and bank[0].shape[0] == 0:  # an all-empty bank: one dummy row, never selected
+            bank = (bank[0].new_zeros(1, bank[0].shape[1]), bank[1].new_ones(1, bank[1].shape[1]), *bank[2:])
         self.mode, self.grid, self.beta, self.num_classes = mode, grid, beta, num_classes
         self.bank, self.generator = bank, generator
 

@@ -1,0 +1,135 @@
+"""The ``famix`` command line: parse, build a config, call one engine function. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _config(args):
+    from famix.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def cmd_mine(args) -> None:
+    from famix.engine.mine import mine
+
+    bank = mine(_config(args))
+    print(f"{len(bank)} styles; per class: {json.dumps(bank.counts())}")
+
+
+def cmd_train(args) -> None:
+    from famix.engine.train import train
+
+    print(json.dumps(train(_config(args))))
+
+
+def cmd_eval(args) -> None:
+    from torch.utils.data import DataLoader
+
+    from famix.data.datasets import Normalized, build_dataset
+    from famix.engine.distributed import resolve_device
+    from famix.engine.evaluate import evaluate, format_table
+    from famix.engine.inference import load_segmenter
+
+    device = resolve_device(args.device)
+    model, cfg = load_segmenter(args.checkpoint, device=device)
+    results = {}
+    for spec in args.data:
+        loader = DataLoader(Normalized(build_dataset(spec, args.synthetic_size)), batch_size=1,
+                            num_workers=args.workers)
+        results[spec] = evaluate(model, loader, cfg.num_classes, device, args.scale, args.ensemble, desc=spec)
+    print(format_table(results, cfg.class_names, per_class=args.per_class))
+    out = Path(args.json or Path(args.checkpoint).with_suffix(".eval.json"))
+    out.write_text(json.dumps({k: v.to_dict() for k, v in results.items()}, indent=1))
+    print(f"results written to {out}")
+
+
+def cmd_predict(args) -> None:
+    from famix.engine.distributed import resolve_device
+    from famix.engine.inference import load_segmenter
+    from famix.engine.predict import list_images, predict_paths
+
+    device = resolve_device(args.device)
+    model, _ = load_segmenter(args.checkpoint, device=device)
+    written = predict_paths(model, list_images(args.inputs), args.out, device, args.scale, args.ensemble,
+                            tuple(args.outputs))
+    print(f"wrote {len(written)} files to {args.out}")
+
+
+def cmd_demo(args) -> None:
+    from famix.engine.demo import run_demo
+
+    run_demo(args.out, quick=args.quick, seed=args.seed)
+
+
+def cmd_convert(args) -> None:
+    from famix.engine import convert
+
+    convert.run(args.kind, args.src, args.dst, trust_pickle=args.trust_pickle)
+    print(f"wrote {args.dst}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="famix", description="FAMix: language-guided domain-generalised segmentation")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(s):
+        s.add_argument("-c", "--config", help="YAML config path or preset name (configs/*.yaml)")
+        s.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.iterations=1000")
+
+    with_config(sub.add_parser("mine", help="mine a style bank (Augment)"))
+    with_config(sub.add_parser("train", help="train a segmenter (run under torchrun for several GPUs)"))
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint on one or more datasets")
+    e.add_argument("checkpoint")
+    e.add_argument("--data", nargs="+", required=True, help="dataset specs, e.g. synthetic:fog:300")
+    e.add_argument("--scale", type=float, default=None, help="test-time input scale, e.g. 0.5")
+    e.add_argument("--ensemble", action="store_true", help="average logits at scale 1 and --scale")
+    e.add_argument("--per-class", action="store_true", help="also print per-class IoU")
+    e.add_argument("--json", help="where to write results (default: next to the checkpoint)")
+    for s in (e,):
+        s.add_argument("--synthetic-size", type=int, default=256)
+        s.add_argument("--workers", type=int, default=2)
+
+    pr = sub.add_parser("predict", help="segment images (files, folders, globs)")
+    pr.add_argument("checkpoint")
+    pr.add_argument("inputs", nargs="+")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--scale", type=float, default=None)
+    pr.add_argument("--ensemble", action="store_true")
+    pr.add_argument("--outputs", nargs="+", default=["trainid", "color", "overlay"])
+    for s in (e, pr):
+        s.add_argument("--device", default="auto")
+
+    d = sub.add_parser("demo", help="the whole recipe on the embedded synthetic world (CPU, minutes)")
+    d.add_argument("--out", default="famix-demo")
+    d.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
+    d.add_argument("--seed", type=int, default=0)
+
+    c = sub.add_parser("convert", help="convert official checkpoints / banks / CLIP weights")
+    c.add_argument("kind", choices=["checkpoint", "bank", "clip"])
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.add_argument("--trust-pickle", action="store_true",
+                   help="allow unpickling an official style bank (runs code from the file: trusted files only)")
+    return p
+
+
+COMMANDS = {"mine": cmd_mine, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict,
+            "demo": cmd_demo, "convert": cmd_convert}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        if os.environ.get("FAMIX_DEBUG"):
+            raise
+        print(f"famix {args.command}: error: {e}", file=sys.stderr)
+        sys.exit(2)

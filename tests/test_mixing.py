@@ -31,6 +31,7 @@ def test_bank_indices_follow_class_then_ignore_then_own():
     index, found = sample_bank_indices(classes, counts, offsets, gen)
     expected = torch.tensor([c in (0, 2) for c in classes.flatten().tolist()]).view_as(classes)
     assert torch.equal(found, expected)
+    assert ((index >= 0) & (index < counts.sum())).all()  # safe to gather even where nothing was found
 
 
 def test_bank_indices_uniform_within_class():

@@ -68,6 +68,7 @@ class MineConfig:
 class TrainConfig:
     out: str = "runs/famix"
     iterations: int = 40_000
+    stop_after: int | None = None  # stop (with a checkpoint) after this step; the schedule still spans iterations
     lr: float = 0.1  # head; the backbone gets lr * backbone_lr_mult
     backbone_lr_mult: float = 0.1
     momentum: float = 0.9

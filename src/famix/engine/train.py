@@ -92,7 +92,8 @@ def train(cfg: Config) -> dict:
     model.train()
     bar = tqdm(total=t.iterations, initial=start, desc="train", disable=not info.main, dynamic_ncols=True)
     running, tick, last_log = torch.zeros((), device=device), time.perf_counter(), start
-    for step, (images, labels) in zip(range(start + 1, t.iterations + 1), loader, strict=False):
+    last = min(t.iterations, t.stop_after or t.iterations)
+    for step, (images, labels) in zip(range(start + 1, last + 1), loader, strict=False):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         if t.channels_last:
@@ -111,7 +112,7 @@ def train(cfg: Config) -> dict:
         scheduler.step()
         running += loss.detach()
         bar.update(1)
-        validate_now = step % t.val_interval == 0 or step == t.iterations
+        validate_now = step % t.val_interval == 0 or step == last
         if step % t.log_interval == 0 or validate_now:
             mean_loss = running.item() / (step - last_log)
             running.zero_()
@@ -129,7 +130,7 @@ def train(cfg: Config) -> dict:
                                      info, logger)
     bar.close()
     barrier()
-    return {"step": t.iterations, "best_score": best}
+    return {"step": last, "best_score": best}
 
 
 def make_train_loader(cfg: Config, info, start: int) -> DataLoader:

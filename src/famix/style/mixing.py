@@ -60,7 +60,8 @@ def sample_bank_indices(classes: torch.Tensor, counts: torch.Tensor, offsets: to
     n = counts[bucket]
     u = torch.rand(classes.shape, generator=generator, device=classes.device)
     pick = torch.minimum((u * n).long(), (n - 1).clamp_min(0))
-    return offsets[bucket] + pick, n > 0
+    found = n > 0
+    return torch.where(found, offsets[bucket] + pick, 0), found  # row 0 for not-found: always a valid index
 
 
 def sample_other_patches(batch: int, patches: int, generator: torch.Generator | None = None,

@@ -1,0 +1,191 @@
+"""Shared helpers for the speed benchmarks: arguments, device, timing, peak memory, FLOP counting, table.
+
+FLOPs are counted, not estimated: one benchmark iteration (the first warm-up one) runs under
+``torch.utils.flop_counter.FlopCounterMode``, which adds up the FLOPs of every matmul / convolution (and
+their backward) actually dispatched. Elementwise ops are not counted, as usual for achieved-TFLOP/s figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+if importlib.util.find_spec("famix") is None:  # not installed: use this checkout's src/
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from famix.engine.distributed import resolve_device  # noqa: E402
+
+BACKBONES = ("RN50", "RN101", "tiny-rn")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def base_parser(description: str, *, batch: int, size: str, iters: int,
+                warmup: int) -> argparse.ArgumentParser:
+    """Flags every benchmark takes; defaults are the paper's sizes."""
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: CUDA when available)")
+    p.add_argument("--backbone", default="RN50", choices=BACKBONES, help="CLIP ResNet (random weights)")
+    p.add_argument("--batch", type=int, default=batch, help="images per iteration")
+    p.add_argument("--size", default=size, help="input size: S (S x S) or HxW")
+    p.add_argument("--iters", type=int, default=iters, help="timed iterations (the median is reported)")
+    p.add_argument("--warmup", type=int, default=warmup,
+                   help="untimed iterations first (the first one also counts FLOPs)")
+    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"),
+                   help="autocast dtype; auto = bf16 on CUDA, off on CPU")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-header", action="store_true", help="print only the table row (to append to a table)")
+    return p
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """"768" -> (768, 768); "1024x2048" -> (1024, 2048)."""
+    parts = text.lower().replace("*", "x").split("x")
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"--size must look like 768 or 1024x2048, got {text!r}")
+    h, w = (int(p) for p in parts)
+    return h, w
+
+
+def setup(args: argparse.Namespace) -> tuple[torch.device, torch.dtype | None]:
+    """Resolve the device and the autocast dtype (None = no autocast); seed everything."""
+    if args.iters < 1 or args.warmup < 0 or args.batch < 1:
+        raise SystemExit("--iters and --batch must be >= 1, --warmup >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    amp = args.amp if args.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
+    return device, AMP_DTYPES.get(amp)
+
+
+def autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=amp_dtype)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    n = torch.get_num_threads()
+    return f"CPU {platform.machine()} ({n} thread{'s' if n > 1 else ''})"
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """Run ``fn`` once under FlopCounterMode and return the FLOPs it dispatched (forward and backward)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA: peak bytes allocated by tensors since ``reset_peak_memory``. CPU: the process's peak resident
+    set size (everything the process ever held: Python, torch, model, activations)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
+
+
+@dataclass
+class Result:
+    benchmark: str
+    device: str
+    backbone: str
+    batch: int
+    size: str
+    amp: str
+    seconds: list[float]  # per timed iteration
+    items_per_iter: int  # images (or styles) processed per iteration
+    unit: str  # "images" | "styles"
+    flops_per_iter: int
+    peak_bytes: int
+    memory_kind: str  # "CUDA alloc" | "CPU RSS"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def throughput(self) -> float:
+        return self.items_per_iter / self.median
+
+    @property
+    def tflops(self) -> float:
+        return self.flops_per_iter / self.median / 1e12
+
+
+def time_iterations(fn: Callable[[], object], device: torch.device, warmup: int,
+                    iters: int) -> tuple[int, list[float]]:
+    """Count FLOPs on the first warm-up iteration (an extra untimed one when ``warmup`` is 0), run the
+    remaining warm-up iterations, then time ``iters`` iterations one by one (synchronising CUDA).
+
+    Returns (FLOPs of one iteration, seconds per timed iteration). Peak memory is reset first.
+    """
+    reset_peak_memory(device)
+    flops = count_flops(fn)
+    synchronize(device)
+    for _ in range(max(warmup - 1, 0)):
+        fn()
+    synchronize(device)
+    seconds = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return flops, seconds
+
+
+HEADER = ("benchmark", "device", "backbone", "batch", "size", "amp", "s/iter (median)", "throughput",
+          "peak memory", "GFLOP/iter", "GFLOP/item", "TFLOP/s")
+
+
+def table_row(r: Result) -> str:
+    cells = (r.benchmark, r.device, r.backbone, str(r.batch), r.size, r.amp, f"{r.median:.3f}",
+             f"{r.throughput:.2f} {r.unit}/s", f"{r.peak_bytes / 2**30:.2f} GiB ({r.memory_kind})",
+             f"{r.flops_per_iter / 1e9:,.1f}", f"{r.flops_per_iter / r.items_per_iter / 1e9:,.1f}",
+             f"{r.tflops:.3f}")
+    return "| " + " | ".join(cells) + " |"
+
+
+def print_table(result: Result, header: bool = True) -> None:
+    """Print a markdown table row (with the header unless ``header`` is False); notes go to stderr."""
+    if header:
+        print("| " + " | ".join(HEADER) + " |")
+        print("|" + "|".join("---" for _ in HEADER) + "|")
+    print(table_row(result))
+    sys.stdout.flush()
+    for note in result.notes:  # on stderr, so that stdout stays one clean table when rows are appended
+        print(f"# {result.benchmark}: {note}", file=sys.stderr)
+
+
+def amp_name(amp_dtype: torch.dtype | None) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "off"}[amp_dtype]

@@ -66,6 +66,8 @@ def main() -> None:
     p.add_argument("--styles-per-class", type=int, default=64, help="rows per class of the random bank")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args()
+    if args.batch < 2:
+        p.error("--batch must be >= 2 for training (BatchNorm in the head's image pooling needs 2 values)")
     device, amp_dtype = setup(args)
     h, w = parse_size(args.size)
 

@@ -32,8 +32,10 @@ def build_dataset(spec: str, synthetic_size: int = 256) -> Dataset:
     """Build a dataset from a spec string such as ``synthetic:fog:300``."""
     name, *rest = spec.split(":")
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r} in {spec!r}; known: "
-                         + "; ".join(layout for _, layout in DATASETS.values()))
+        raise ValueError(
+            f"unknown dataset {name!r} in {spec!r}; known: "
+            + "; ".join(layout for _, layout in DATASETS.values())
+        )
     dataset = DATASETS[name][0](rest, synthetic_size)
     dataset.spec = spec
     return dataset

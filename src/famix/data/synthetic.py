@@ -17,7 +17,6 @@ import torch
 from torch.utils.data import Dataset
 
 from famix.data.synthetic_scene import (
-    CAR,
     PERSON,
     ROAD,
     SIDEWALK,
@@ -26,8 +25,9 @@ from famix.data.synthetic_scene import (
     VEGETATION,
     Scene,
     build_scene,
+    noise_bank,
+    noise_window,
     resize,
-    smooth_noise,
 )
 
 SOURCE_DOMAIN = "day"
@@ -82,30 +82,41 @@ def _mix(x: np.ndarray, target, amount) -> np.ndarray:
     return x
 
 
+def _box3(a: np.ndarray) -> np.ndarray:
+    """3x3 box filter over the last two axes, edges replicated (shifted in-place adds, no padding copies)."""
+    v = a.copy()
+    v[..., 1:, :] += a[..., :-1, :]
+    v[..., :-1, :] += a[..., 1:, :]
+    v[..., 0, :] += a[..., 0, :]
+    v[..., -1, :] += a[..., -1, :]
+    out = v.copy()
+    out[..., 1:] += v[..., :-1]
+    out[..., :-1] += v[..., 1:]
+    out[..., 0] += v[..., 0]
+    out[..., -1] += v[..., -1]
+    out *= np.float32(1 / 9)
+    return out
+
+
 def _blur(a: np.ndarray, r: int) -> np.ndarray:
     """Approximate Gaussian blur of radius ~``r`` over the last two axes.
 
-    Small radii use a 3-tap box filter per pass; larger ones average-pool by ``r``, smooth the small image
-    and resize it back bilinearly, which costs the same whatever the radius.
+    Radii 1-2 repeat a 3x3 box; larger ones average-pool by ``r``, smooth the small image and resize it back
+    bilinearly, which costs about the same whatever the radius.
     """
+    h, w = a.shape[-2:]
     if r < 1:
         return a
-    h, w = a.shape[-2:]
     if r <= 2 or h < 2 * r or w < 2 * r:
-        out = a.copy()
         for _ in range(r):
-            for axis in (-2, -1):
-                shifted = np.concatenate([np.take(out, [0], axis), np.take(out, range(out.shape[axis] - 1), axis)],
-                                         axis)
-                nxt = np.concatenate([np.take(out, range(1, out.shape[axis]), axis), np.take(out, [-1], axis)], axis)
-                out += shifted
-                out += nxt
-                out *= np.float32(1 / 3)
-        return out
+            a = _box3(a)
+        return a
     sh, sw = h // r, w // r
-    small = a[..., : sh * r, : sw * r].reshape(*a.shape[:-2], sh, r, sw * r)
-    small = small.sum(axis=-2).reshape(*a.shape[:-2], sh, sw, r).sum(axis=-1) * np.float32(1 / (r * r))
-    return resize(_blur(small, 1), h, w)
+    lead = a.shape[:-2]
+    small = a[..., : sh * r, : sw * r].reshape(*lead, sh, r, sw * r).sum(axis=-2)
+    small = small.reshape(*lead, sh, sw, r).sum(axis=-1)
+    small *= np.float32(1 / (r * r))
+    return resize(_box3(small), h, w)
 
 
 def _sky_rows(scene: Scene, top, bottom) -> np.ndarray:
@@ -128,6 +139,12 @@ def _haze(x: np.ndarray, scene: Scene, colour, distance: float, strength: float 
     return _mix(x, colour, a)
 
 
+def _noise(scene: Scene, rng, soft: bool = False) -> np.ndarray:
+    """A read-only [H, W] window of the shared noise fields (fine grain, or soft blobs) at a random offset."""
+    h, w = scene.label.shape
+    return noise_window(noise_bank(h, w)[int(soft)], h, w, rng.random(), rng.random())
+
+
 def _jitter(rng, amount: float) -> np.ndarray:
     return _vec(*(1 + rng.uniform(-amount, amount, 3)))
 
@@ -142,16 +159,15 @@ def _day(base, scene, rng):
 
 def _night(base, scene, rng):
     x = _chw(base) * (_vec(0.7, 0.85, 1.25) * _jitter(rng, 0.1) * np.float32(rng.uniform(0.15, 0.35)))
-    _set_sky(x, scene, _sky_rows(scene, (0.01, 0.01, 0.03), (0.05, 0.06, 0.1)) * np.float32(rng.uniform(0.6, 1.4)))
+    _set_sky(
+        x, scene, _sky_rows(scene, (0.01, 0.01, 0.03), (0.05, 0.06, 0.1)) * np.float32(rng.uniform(0.6, 1.4))
+    )
     emit = _chw(scene.emission())
     np.maximum(x, emit * np.float32(rng.uniform(0.8, 1.0)), out=x)
     halo = _blur(emit, max(2, round(rng.uniform(4, 8) * min(scene.label.shape) / 256)))
     halo *= np.float32(rng.uniform(1.5, 3.0))
     x += halo
-    grain = rng.random(x.shape[1:], dtype=np.float32)
-    grain -= 0.5
-    grain *= np.float32(rng.uniform(0.03, 0.08))  # sensor noise, brightness only
-    x += grain
+    x += _noise(scene, rng) * np.float32(rng.uniform(0.03, 0.08))  # sensor noise, brightness only
     return _hwc(x)
 
 
@@ -168,7 +184,7 @@ def _snow(base, scene, rng):
     white = _vec(0.93, 0.95, 0.98) * np.float32(rng.uniform(0.9, 1.05))
     x = _saturate(_chw(base), rng.uniform(0.5, 0.8))
     x *= _vec(0.95, 0.98, 1.05)
-    patches = smooth_noise(rng, h, w, 8.0)
+    patches = _noise(scene, rng, soft=True)
     cover = np.zeros((h, w), np.float32)
     cover[label == TERRAIN] = 0.95
     cover[label == SIDEWALK] = 0.85
@@ -184,7 +200,9 @@ def _snow(base, scene, rng):
     top &= (label != SKY) & (label != ROAD) & (label != PERSON) & (label != 255)
     cover[top] = 0.95
     _mix(x, white, cover)
-    _set_sky(x, scene, _sky_rows(scene, (0.62, 0.64, 0.68), (0.82, 0.83, 0.85)) * np.float32(rng.uniform(0.9, 1.1)))
+    _set_sky(
+        x, scene, _sky_rows(scene, (0.62, 0.64, 0.68), (0.82, 0.83, 0.85)) * np.float32(rng.uniform(0.9, 1.1))
+    )
     _haze(x, scene, np.float32(0.82), rng.uniform(60.0, 150.0))
     n = int(h * w * rng.uniform(0.004, 0.012))  # flakes, half of them two pixels tall
     ys, xs = rng.integers(0, h, n), rng.integers(0, w, n)
@@ -198,7 +216,9 @@ def _rain(base, scene, rng):
     h, w = scene.label.shape
     x = _saturate(_chw(base), rng.uniform(0.45, 0.7))
     x *= _vec(0.95, 0.98, 1.05) * np.float32(rng.uniform(0.55, 0.8))
-    _set_sky(x, scene, _sky_rows(scene, (0.42, 0.44, 0.47), (0.58, 0.59, 0.6)) * np.float32(rng.uniform(0.85, 1.1)))
+    _set_sky(
+        x, scene, _sky_rows(scene, (0.42, 0.44, 0.47), (0.58, 0.59, 0.6)) * np.float32(rng.uniform(0.85, 1.1))
+    )
     # wet ground mirrors what stands above it: reflect rows about the horizon, smeared vertically
     rows = np.clip(2 * scene.horizon - np.arange(h) - 1, 0, h - 1).astype(np.intp)
     wet = np.isin(scene.label, (ROAD, SIDEWALK)).astype(np.float32)
@@ -217,7 +237,9 @@ def _rain(base, scene, rng):
 
 def _dusk(base, scene, rng):
     x = _chw(base) * (_vec(1.12, 0.8, 0.68) * np.float32(rng.uniform(0.45, 0.7)))
-    _set_sky(x, scene, _sky_rows(scene, (0.25, 0.2, 0.45), (1.0, 0.55, 0.28)) * np.float32(rng.uniform(0.8, 1.1)))
+    _set_sky(
+        x, scene, _sky_rows(scene, (0.25, 0.2, 0.45), (1.0, 0.55, 0.28)) * np.float32(rng.uniform(0.8, 1.1))
+    )
     emit = _chw(scene.emission())
     x += emit * np.float32(0.3)
     halo = _blur(emit, max(2, round(4 * min(scene.label.shape) / 256)))
@@ -239,8 +261,13 @@ def _sepia(base, scene, rng):
 
 def _neon(base, scene, rng):
     x = _chw(base)
-    keys = np.array(((0.04, 0.0, 0.1), *rng.permutation(((0.9, 0.1, 0.8), (0.1, 0.9, 1.0), (1.0, 0.95, 0.3),
-                                                        (0.3, 0.1, 0.9)))[:3]), np.float32)
+    keys = np.array(
+        (
+            (0.04, 0.0, 0.1),
+            *rng.permutation(((0.9, 0.1, 0.8), (0.1, 0.9, 1.0), (1.0, 0.95, 0.3), (0.3, 0.1, 0.9)))[:3],
+        ),
+        np.float32,
+    )
     lut = np.stack([np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, 4), keys[:, c]) for c in range(3)])
     lum = _gray(x)
     lum *= np.float32(255 * rng.uniform(1.0, 1.4))
@@ -258,10 +285,10 @@ def _watercolor(base, scene, rng):
     levels = np.float32(rng.integers(5, 10))
     x = np.floor(soft * levels + 0.5) / levels
     _mix(x, soft, np.float32(0.4))
-    x *= np.float32(rng.uniform(0.6, 0.8))  # thin washes of pigment on white paper
-    x += 1 - x.dtype.type(0) - np.float32(rng.uniform(0.6, 0.8))
-    paper = smooth_noise(rng, h, w, 3.0)
-    paper *= 0.05
+    wash = np.float32(rng.uniform(0.6, 0.8))  # thin washes of pigment on white paper
+    x *= wash
+    x += 1 - wash
+    paper = _noise(scene, rng) * np.float32(0.08)
     paper += 1
     edges = np.zeros((h, w), bool)
     edges[1:] |= label[1:] != label[:-1]
@@ -291,7 +318,9 @@ def _desert(base, scene, rng):
     src = _chw(base)
     sand = _vec(0.86, 0.72, 0.5) * np.float32(rng.uniform(0.9, 1.05))
     x = src * (_vec(1.15, 1.0, 0.72) * np.float32(rng.uniform(1.0, 1.15)))
-    dry = np.where(label == TERRAIN, np.float32(0.75), np.where(label == VEGETATION, np.float32(0.35), np.float32(0)))
+    dry = np.where(
+        label == TERRAIN, np.float32(0.75), np.where(label == VEGETATION, np.float32(0.35), np.float32(0))
+    )
     _mix(x, sand * (0.8 + 0.4 * _gray(src)), dry)  # grass and leaves burnt to sand and olive
     _set_sky(x, scene, _sky_rows(scene, (0.72, 0.72, 0.66), (0.95, 0.86, 0.68)))
     _haze(x, scene, sand, rng.uniform(70.0, 200.0))
@@ -321,7 +350,14 @@ def _entropy(seed: int) -> list[int]:
     return [abs(seed), int(seed < 0)]
 
 
-def render(seed: int, domain: str = SOURCE_DOMAIN, size: tuple[int, int] = (256, 256)) -> tuple[np.ndarray, np.ndarray]:
+def _scene(seed: int, size: tuple[int, int]) -> Scene:
+    """The layout of scene ``seed`` (label, depth, light, day colours), shared by every domain."""
+    return build_scene(np.random.default_rng(_entropy(seed)), size)
+
+
+def render(
+    seed: int, domain: str = SOURCE_DOMAIN, size: tuple[int, int] = (256, 256)
+) -> tuple[np.ndarray, np.ndarray]:
     """Render scene ``seed`` in ``domain`` at ``size = (H, W)``.
 
     Returns (image uint8 [H, W, 3], label uint8 [H, W] of trainIds with 255 = ignore). The layout and the
@@ -329,7 +365,7 @@ def render(seed: int, domain: str = SOURCE_DOMAIN, size: tuple[int, int] = (256,
     """
     if domain not in STYLES:
         raise ValueError(f"unknown synthetic domain {domain!r}; valid domains: {', '.join(STYLES)}")
-    scene = build_scene(np.random.default_rng(_entropy(seed)), size)
+    scene = _scene(seed, size)
     style_rng = np.random.default_rng([*_entropy(seed), zlib.crc32(domain.encode())])
     x = np.clip(_chw(np.asarray(STYLES[domain](scene.base, scene, style_rng), np.float32)), 0.0, 1.0)
     x *= 255
@@ -345,11 +381,21 @@ class SyntheticDataset(Dataset):
     share ``seed`` (and ``size``) show the same scenes and labels in every domain.
     """
 
-    def __init__(self, domain: str = SOURCE_DOMAIN, length: int = 100, size: tuple[int, int] = (256, 256),
-                 seed: int = 0):
+    def __init__(
+        self,
+        domain: str = SOURCE_DOMAIN,
+        length: int = 100,
+        size: tuple[int, int] = (256, 256),
+        seed: int = 0,
+    ):
         if domain not in STYLES:
             raise ValueError(f"unknown synthetic domain {domain!r}; valid domains: {', '.join(STYLES)}")
-        self.domain, self.length, self.size, self.seed = domain, int(length), (int(size[0]), int(size[1])), seed
+        self.domain, self.length, self.size, self.seed = (
+            domain,
+            int(length),
+            (int(size[0]), int(size[1])),
+            seed,
+        )
         self.name = f"synthetic:{domain}"
 
     def __len__(self) -> int:

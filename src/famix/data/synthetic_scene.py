@@ -9,6 +9,7 @@ an emission strength (lit windows, lamps, car lights) and a plain "day" colour t
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -16,21 +17,38 @@ import numpy as np
 
 from famix.data.labels import IGNORE_INDEX, TRAIN_ID
 
-ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE = (TRAIN_ID[n] for n in ("road", "sidewalk", "building", "wall",
-                                                                    "fence", "pole"))
-LIGHT, SIGN, VEGETATION, TERRAIN, SKY, PERSON, CAR = (TRAIN_ID[n] for n in (
-    "traffic light", "traffic sign", "vegetation", "terrain", "sky", "person", "car"))
+ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE = (
+    TRAIN_ID[n] for n in ("road", "sidewalk", "building", "wall", "fence", "pole")
+)
+LIGHT, SIGN, VEGETATION, TERRAIN, SKY = (
+    TRAIN_ID[n] for n in ("traffic light", "traffic sign", "vegetation", "terrain", "sky")
+)
+PERSON, CAR = TRAIN_ID["person"], TRAIN_ID["car"]
 SKY_DEPTH = 1000.0
 
-_FACADES = ((0.76, 0.70, 0.60), (0.62, 0.36, 0.28), (0.56, 0.56, 0.55), (0.86, 0.84, 0.78),
-            (0.74, 0.62, 0.44), (0.52, 0.56, 0.62), (0.66, 0.52, 0.46))
-_CARS = ((0.90, 0.90, 0.90), (0.08, 0.08, 0.09), (0.62, 0.63, 0.65), (0.34, 0.35, 0.38), (0.72, 0.10, 0.10),
-         (0.12, 0.22, 0.55), (0.16, 0.32, 0.22), (0.85, 0.72, 0.20), (0.55, 0.45, 0.38))
-_SIDEWALKS = ((0.62, 0.62, 0.60), (0.68, 0.63, 0.56), (0.60, 0.46, 0.43), (0.55, 0.56, 0.58))
-_TERRAINS = ((0.40, 0.52, 0.22), (0.56, 0.54, 0.34), (0.50, 0.42, 0.31), (0.34, 0.46, 0.20))
-_SKINS = ((0.88, 0.72, 0.60), (0.66, 0.48, 0.36), (0.42, 0.29, 0.21))
-_SIGNS = ((0.10, 0.30, 0.72), (0.80, 0.10, 0.10), (0.92, 0.78, 0.10), (0.92, 0.92, 0.92))
-_LAMPS = ((1.0, 0.12, 0.08), (1.0, 0.65, 0.05), (0.10, 1.0, 0.45))
+
+def _hex(colours: str) -> tuple[tuple[float, float, float], ...]:
+    """'rrggbb rrggbb ...' -> a palette of float RGB triples."""
+    return tuple(tuple(int(c[i : i + 2], 16) / 255 for i in (0, 2, 4)) for c in colours.split())
+
+
+_FACADES = _hex("c2b299 9e5c47 8f8f8c dbd6c7 bd9e70 858f9e a88575")
+_CARS = _hex("e6e6e6 141417 9ea1a6 575961 b81a1a 1f388c 295238 d9b833 8c7361")
+_SIDEWALKS = _hex("9e9e99 ada18f 99756e 8c8f94")
+_TERRAINS = _hex("668538 8f8a57 806b4f 577533")
+_SKINS = _hex("e0b899 a87a5c 6b4a36")
+_SIGNS = _hex("1a4cb8 cc1a1a ebc71a ebebeb")
+_LAMPS = _hex("ff1f14 ffa60d 1aff73")
+_WALLS = _hex("9e998f 946b57 b2ad9e")
+_FENCES = _hex("737378 805c3d 334c38")
+_METALS = _hex("808080 333d33 9e9e99")
+# facade segment kinds (building, tree mass, wall, fence): palette, brightness jitter, texture strength
+_SEGMENT_LOOKS = (
+    (_FACADES, 0.12, 0.05),
+    (_hex("385c26"), 0.2, 0.2),
+    (_WALLS[:2], 0.1, 0.06),
+    (_FENCES[:2], 0.1, 0.06),
+)
 
 
 @dataclass
@@ -52,7 +70,7 @@ class Scene:
 
 
 class _Canvas:
-    """Painter's-algorithm raster: label, colour entry and depth are always painted together."""
+    """Painter's-algorithm raster: label, colour entry and depth painted together (label None: colour)."""
 
     def __init__(self, h: int, w: int):
         self.h, self.w = h, w
@@ -62,24 +80,16 @@ class _Canvas:
         self.rgb, self.tex, self.glow = [(0.0, 0.0, 0.0)], [0.0], [(0.0, 0.0, 0.0)]
 
     def entry(self, rgb, tex: float = 0.06, emit: float = 0.0, glow=None) -> int:
-        self.rgb.append(tuple(rgb))
+        self.rgb.append(rgb)
         self.tex.append(tex)
-        self.glow.append(tuple(emit * c for c in (glow if glow is not None else rgb)))
+        self.glow.append(tuple(emit * c for c in (glow or rgb)) if emit else (0.0, 0.0, 0.0))
         return len(self.rgb) - 1
 
     def _box(self, x0, x1, y0, y1):
-        # Round to pixel centres but keep at least one pixel so thin far objects (poles) do not vanish.
+        # Round to pixel centres but keep at least one pixel so thin far objects do not vanish.
         xa, ya = math.floor(x0 + 0.5), math.floor(y0 + 0.5)
         xb, yb = max(math.floor(x1 + 0.5), xa + 1), max(math.floor(y1 + 0.5), ya + 1)
         return max(xa, 0), min(xb, self.w), max(ya, 0), min(yb, self.h)
-
-    def rect(self, x0, x1, y0, y1, label, cid, z):
-        xa, xb, ya, yb = self._box(x0, x1, y0, y1)
-        if xa < xb and ya < yb:
-            if label is not None:
-                self.label[ya:yb, xa:xb] = label
-                self.depth[ya:yb, xa:xb] = z
-            self.cid[ya:yb, xa:xb] = cid
 
     def ellipse(self, cx, cy, rx, ry, label, cid, z):
         xa, xb, ya, yb = self._box(cx - rx, cx + rx, cy - ry, cy + ry)
@@ -110,12 +120,33 @@ def resize(small: np.ndarray, h: int, w: int) -> np.ndarray:
     # interpolate along the short axis first; in-place updates keep few full-size temporaries alive
     rows = small[..., x0] * (1 - fx)
     rows += small[..., np.minimum(x0 + 1, sw - 1)] * fx
-    out = rows[..., y0, :]
+    out = np.take(rows, y0, axis=-2)  # take() is much faster than rows[..., y0, :] for stacked planes
     out *= 1 - fy
-    nxt = rows[..., np.minimum(y0 + 1, sh - 1), :]
+    nxt = np.take(rows, np.minimum(y0 + 1, sh - 1), axis=-2)
     nxt *= fy
     out += nxt
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def noise_bank(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two fixed [2h, 2w] float32 noise fields (fine grain + blotches, and soft cloud-sized blobs).
+
+    Scenes and styles read windows of them at random offsets: cutting a view costs nothing, whereas drawing
+    and interpolating fresh noise per image was a large share of the render time. Read-only.
+    """
+    rng = np.random.default_rng(0x5EED)
+    fine = rng.random((2 * h, 2 * w), dtype=np.float32) - 0.5
+    fine += smooth_noise(rng, 2 * h, 2 * w, 6.0) * 0.4
+    soft = smooth_noise(rng, 2 * h, 2 * w, 24.0) + smooth_noise(rng, 2 * h, 2 * w, 9.0) * 0.4
+    fine.flags.writeable = soft.flags.writeable = False
+    return fine, soft
+
+
+def noise_window(bank: np.ndarray, h: int, w: int, r0: float, r1: float) -> np.ndarray:
+    """A read-only [h, w] view of a ``noise_bank`` field at an offset chosen by two uniforms in [0, 1)."""
+    y, x = int(r0 * (bank.shape[0] - h + 1)), int(r1 * (bank.shape[1] - w + 1))
+    return bank[y : y + h, x : x + w]
 
 
 def _pick(r: float, probs) -> int:
@@ -134,18 +165,19 @@ class _Builder:
         self.rng, self.h, self.w = rng, h, w
         self.cv = _Canvas(h, w)
         u = rng.uniform
-        self.yh, self.xv = h * u(0.4, 0.54), w * u(0.36, 0.64)
+        self.yh, self.xv = h * u(0.45, 0.58), w * u(0.36, 0.64)
         self.focal, self.cam, self.zfar = w * u(0.7, 0.95), u(2.0, 3.0), u(60.0, 140.0)
-        half, centre = u(2.7, 4.4), u(-0.3, 0.3)
+        half, centre = u(2.5, 4.0), u(-0.3, 0.3)
         self.road = (centre - half, centre + half)
-        side = u(2.0, 3.8, 2)
-        strip = np.where(rng.random(2) < 0.3, 0.0, u(1.5, 6.0, 2))
+        side = u(2.4, 4.4, 2)
+        strip = np.where(rng.random(2) < 0.3, 0.0, u(1.0, 4.5, 2))
         self.walk = (self.road[0] - side[0], self.road[1] + side[1])  # outer sidewalk edges
         self.front = (self.walk[0] - strip[0], self.walk[1] + strip[1])  # facade planes
         self.lanes = int(rng.integers(2, 5))
         self.yy = (np.arange(h, dtype=np.float32) + 0.5)[:, None]  # pixel-centre rows, a column vector
         self.xc = np.arange(w, dtype=np.float32) + 0.5
         self._pool: list[float] = []
+        self._car_parts: list[int] = []
 
     def r(self) -> float:
         """Next uniform number from a pre-drawn pool (one Generator call per 1024 scalars is far cheaper)."""
@@ -160,18 +192,32 @@ class _Builder:
         """Uniform integer in [lo, hi) from the pool."""
         return lo + int((hi - lo) * self.r())
 
-    def col(self, palette, jitter=0.08, **kw) -> int:
+    def col(self, palette, jitter=0.08, tex=0.06, emit=0.0, glow=None) -> int:
         """A new colour entry: a palette pick with brightness and hue jitter."""
-        r = self.r
-        base = palette[int(r() * len(palette))] if isinstance(palette[0], tuple) else palette
-        s = 1 + jitter * (2 * r() - 1)
-        return self.cv.entry([min(max(c * s + 0.06 * (r() - 0.5), 0.0), 1.0) for c in base], **kw)
+        if len(self._pool) < 5:
+            self._pool[:0] = self.rng.random(1024).tolist()  # consumed from the end, like r()
+        r0, r1, r2, r3, r4 = self._pool[-5:]
+        del self._pool[-5:]
+        base = palette[int(r0 * len(palette))] if isinstance(palette[0], tuple) else palette
+        s = 1 + jitter * (2 * r1 - 1)
+        rgb = tuple(
+            min(max(c * s + 0.06 * (r - 0.5), 0.0), 1.0) for c, r in zip(base, (r2, r3, r4), strict=True)
+        )
+        return self.cv.entry(rgb, tex, emit, glow)
 
-    # world box / ellipse at depth z
+    # world box / ellipse at depth z; inlined projection and rounding, as objects make ~150 calls a scene
     def box(self, x0, x1, y0, y1, z, label, cid):
-        p, c = self.focal / z, self.cam
-        self.cv.rect(self.xv + p * x0, self.xv + p * x1, self.yh + p * (c - y1), self.yh + p * (c - y0),
-                     label, cid, z)
+        p, cv = self.focal / z, self.cv
+        xa, ya = math.floor(self.xv + p * x0 + 0.5), math.floor(self.yh + p * (self.cam - y1) + 0.5)
+        # keep at least one pixel so thin far objects (poles) do not vanish
+        xb = max(math.floor(self.xv + p * x1 + 0.5), xa + 1, 0)
+        yb = max(math.floor(self.yh + p * (self.cam - y0) + 0.5), ya + 1, 0)
+        xa, ya = max(xa, 0), max(ya, 0)
+        if xa < cv.w and ya < cv.h:
+            if label is not None:
+                cv.label[ya:yb, xa:xb] = label
+                cv.depth[ya:yb, xa:xb] = z
+            cv.cid[ya:yb, xa:xb] = cid
 
     def oval(self, x, y, rx, ry, z, label, cid):
         p = self.focal / z
@@ -193,8 +239,12 @@ class _Builder:
         cids = np.array([self.col(_FACADES, 0.15) for _ in range(4)] + [self.col((0.26, 0.36, 0.2), tex=0.2)])
         top = self.yh - p * (heights[block] - self.cam)
         m = (self.yy >= top) & (self.yy < self.yh + p * self.cam)
-        self._paint(m, np.where(trees, VEGETATION, BUILDING).astype(np.uint8)[block],
-                    np.where(trees, cids[4], cids[np.arange(64) % 4])[block], np.float32(self.zfar))
+        self._paint(
+            m,
+            np.where(trees, VEGETATION, BUILDING).astype(np.uint8)[block],
+            np.where(trees, cids[4], cids[np.arange(64) % 4])[block],
+            np.float32(self.zfar),
+        )
 
     def ground(self):
         rng, cv = self.rng, self.cv
@@ -203,8 +253,9 @@ class _Builder:
         d = d[r0:]
         z = self.focal * self.cam / d
         xw = (self.xc - self.xv)[None, :] * (self.cam / d)[:, None]  # lateral metres on the ground
-        edges = np.array([self.front[0], self.walk[0], self.road[0], self.road[1], self.walk[1], self.front[1]],
-                         np.float32)
+        edges = np.array(
+            [self.front[0], self.walk[0], self.road[0], self.road[1], self.walk[1], self.front[1]], np.float32
+        )
         bins = np.searchsorted(edges, xw)
         t_l, t_r, walk = self.col(_TERRAINS, tex=0.14), self.col(_TERRAINS, tex=0.14), self.col(_SIDEWALKS)
         road = self.col((0.38, 0.38, 0.39), 0.15, tex=0.05)
@@ -231,21 +282,25 @@ class _Builder:
     def facades(self):
         rng, u = self.rng, self.u
         left = self.xc < self.xv
-        zc = self.focal * np.where(left, -self.front[0], self.front[1]) / np.maximum(np.abs(self.xc - self.xv), 1e-3)
+        zc = (
+            self.focal
+            * np.where(left, -self.front[0], self.front[1])
+            / np.maximum(np.abs(self.xc - self.xv), 1e-3)
+        )
         # segments along each facade; kinds: building, tree mass, wall, fence
         seg_kind, seg_h, seg_cid = [], [], []
         seg_id = np.zeros(self.w, np.intp)
         for side in (True, False):
-            ends = np.cumsum(rng.uniform(7.0, 30.0, 16))
+            ends = [u(7.0, 30.0)]
+            while ends[-1] < self.zfar:  # segments up to the skyline, none wasted beyond it
+                ends.append(ends[-1] + u(7.0, 30.0))
             seg_id = np.where(left == side, np.searchsorted(ends, zc) + len(seg_kind), seg_id)
-            for _ in range(16):
-                k = _pick(self.r(), (0.62, 0.24, 0.08, 0.06))
+            for _ in ends:
+                k = _pick(self.r(), (0.7, 0.2, 0.05, 0.05))
                 seg_kind.append(k)
-                seg_h.append(u(7.0, 22.0) if k == 0 else u(4.0, 11.0) if k == 1 else u(1.0, 2.4))
-                seg_cid.append(self.col(_FACADES, 0.12, tex=0.05) if k == 0
-                               else self.col((0.22, 0.36, 0.15), 0.2, tex=0.2) if k == 1
-                               else self.col(((0.60, 0.58, 0.55), (0.55, 0.40, 0.32)), 0.1) if k == 2
-                               else self.col(((0.50, 0.38, 0.25), (0.42, 0.44, 0.45)), 0.1))
+                seg_h.append(u(8.0, 26.0) if k == 0 else u(4.0, 11.0) if k == 1 else u(1.0, 2.4))
+                palette, jitter, tex = _SEGMENT_LOOKS[k]
+                seg_cid.append(self.col(palette, jitter, tex=tex))
             seg_kind.append(0)  # sentinel past the last end, drawn as nothing
             seg_h.append(-1e3)
             seg_cid.append(0)
@@ -262,8 +317,12 @@ class _Builder:
         if cols.size:
             yw = self.cam - (self.yy - self.yh) / p[cols]
             m[:, cols] &= np.abs(yw - hgt[cols] * 0.5) >= hgt[cols] * 0.35
-        self._paint(m, np.array([BUILDING, VEGETATION, WALL, FENCE], np.uint8)[kind],
-                    np.asarray(seg_cid)[seg_id], zc.astype(np.float32))
+        self._paint(
+            m,
+            np.array([BUILDING, VEGETATION, WALL, FENCE], np.uint8)[kind],
+            np.asarray(seg_cid)[seg_id],
+            zc.astype(np.float32),
+        )
         # window grid (in floor units), only where a window spans a few pixels so it does not alias into noise
         spacing, floor_h = u(2.4, 3.6), u(2.9, 3.6)
         fz = (zc / spacing) % 1.0
@@ -273,30 +332,39 @@ class _Builder:
             fi = np.floor(fy)
             ff = fy - fi
             win = m[:, cols] & (ff > 0.35) & (ff < 0.75) & (fy > 0.3) & (fy < (hgt[cols] - 0.8) / floor_h)
-            cell = fi.astype(np.intp) * 131 + (np.floor(zc[cols] / spacing).astype(np.intp) * 7 + seg_id[cols] * 29)
+            cell = fi.astype(np.intp) * 131 + (
+                np.floor(zc[cols] / spacing).astype(np.intp) * 7 + seg_id[cols] * 29
+            )
             lit = np.take(rng.random(997) < u(0.2, 0.6), cell, mode="wrap")
             dark = self.col((0.2, 0.24, 0.3), 0.15, tex=0.1)
             bright = self.col((0.26, 0.3, 0.36), 0.15, tex=0.1, emit=1.0, glow=(1.0, 0.82, 0.5))
             self.cv.cid[:, cols] = np.where(win, np.where(lit, bright, dark), self.cv.cid[:, cols])
 
     def barrier(self, left: bool):
-        """A wall or fence run along the outer sidewalk edge, in front of a garden strip."""
+        """A wall or fence run along the outer sidewalk edge (in front of the garden strip or facade)."""
         x = self.walk[0] if left else self.walk[1]
         z0 = self.u(5.0, 30.0)
-        z1, height, is_fence = z0 + self.u(8.0, 40.0), self.u(0.8, 1.6), self.r() < 0.6
+        z1, height, is_fence = z0 + self.u(8.0, 40.0), self.u(0.9, 2.0), self.r() < 0.5
+        cid = self.col(_FENCES, 0.1) if is_fence else self.col(_WALLS, 0.08)
         side = (self.xc < self.xv) if left else (self.xc >= self.xv)
         zc = self.focal * abs(x) / np.maximum(np.abs(self.xc - self.xv), 1e-3)
+        cols = np.flatnonzero(side & (zc >= z0) & (zc < z1))
+        if not cols.size:
+            return
+        # work on the bounding block only: its columns are contiguous, its rows span top to base
+        zc = zc[cols[0] : cols[-1] + 1]
         p = self.focal / zc
-        on = side & (zc >= z0) & (zc < z1)
-        top = np.where(on, self.yh - p * (height - self.cam), np.inf)
-        m = (self.yy >= top) & (self.yy < self.yh + p * self.cam)
+        top, bottom = self.yh - p * (height - self.cam), self.yh + p * self.cam
+        r0, r1 = max(int(top.min()), 0), min(int(bottom.max()) + 1, self.h)
+        yy = self.yy[r0:r1]
+        m = (yy >= top) & (yy < bottom)
         if is_fence:  # rails top and bottom, posts in between
-            yw = self.cam - (self.yy - self.yh) / p
+            yw = self.cam - (yy - self.yh) / p
             m &= ((zc / 0.3) % 1.0 < 0.35) | (yw > height - 0.12) | (yw < 0.12)
-            cid = self.col(((0.45, 0.45, 0.47), (0.5, 0.36, 0.24), (0.2, 0.3, 0.22)), 0.1)
-        else:
-            cid = self.col(((0.62, 0.6, 0.56), (0.58, 0.42, 0.34), (0.7, 0.68, 0.62)), 0.08)
-        self._paint(m, FENCE if is_fence else WALL, cid, zc.astype(np.float32))
+        block = (slice(r0, r1), slice(cols[0], cols[-1] + 1))
+        np.copyto(self.cv.label[block], FENCE if is_fence else WALL, where=m)
+        np.copyto(self.cv.cid[block], cid, where=m)
+        np.copyto(self.cv.depth[block], zc.astype(np.float32), where=m)
 
     def car(self, x, z):
         u, b = self.u, self.box
@@ -305,11 +373,12 @@ class _Builder:
         if self.focal * w / z < 5:  # a few pixels wide: details would not show
             b(x - w / 2, x + w / 2, 0, ht * 0.9, z, CAR, body)
             return
-        if not hasattr(self, "_car_parts"):  # glass, tyres, shadow, plate, head and tail lamps: shared
-            self._car_parts = (self.col((0.13, 0.16, 0.21)), self.col((0.05, 0.05, 0.05)),
-                               self.col((0.12, 0.12, 0.12), 0.1), self.col((0.9, 0.9, 0.86), 0.03),
-                               self.col((0.92, 0.92, 0.85), 0.03, emit=1.0),
-                               self.col((0.75, 0.1, 0.08), 0.05, emit=0.7, glow=(1.0, 0.1, 0.05)))
+        if not self._car_parts:  # glass, tyres, shadow, plate, head and tail lamps: shared by all cars
+            self._car_parts = [self.col(c, 0.05) for c in _hex("212935 0d0d0d 1f1f1f e6e6db")]
+            self._car_parts += [
+                self.col((0.92, 0.92, 0.85), 0.03, emit=1.0),
+                self.col((0.75, 0.1, 0.08), 0.05, emit=0.7, glow=(1.0, 0.1, 0.05)),
+            ]
         glass, tyre, shadow, plate, head, tail = self._car_parts
         lamp = head if x < (self.road[0] + self.road[1]) / 2 and self.r() < 0.7 else tail  # oncoming lanes
         x0, x1 = x - w / 2, x + w / 2
@@ -347,11 +416,11 @@ class _Builder:
         self.oval(x + u(-0.6, 0.6) * rx, trunk + ry * u(1.0, 1.5), rx * 0.65, ry * 0.6, z, VEGETATION, crown)
 
     def pole(self, x, z):
-        u, b, rng = self.u, self.box, self.rng
+        u, b = self.u, self.box
         towards = 1.0 if x < (self.road[0] + self.road[1]) / 2 else -1.0  # arms reach over the road
-        metal = self.col(((0.5, 0.5, 0.5), (0.2, 0.24, 0.2), (0.62, 0.62, 0.6)), 0.08)
+        metal = self.col(_METALS, 0.08)
         pw = u(0.12, 0.2) / 2
-        kind = _pick(self.r(), (0.45, 0.33, 0.22))  # sign, traffic light, street lamp
+        kind = _pick(self.r(), (0.4, 0.38, 0.22))  # sign, traffic light, street lamp
         ph = u(2.6, 3.8) if kind == 0 else u(3.5, 5.5) if kind == 1 else u(6.0, 9.0)
         b(x - pw, x + pw, 0, ph, z, POLE, metal)
         if kind == 0:
@@ -381,11 +450,11 @@ class _Builder:
 
     def clutter(self, x, z):
         w, h = self.u(0.4, 0.8), self.u(0.6, 1.1)
-        self.box(x - w / 2, x + w / 2, 0, h, z, IGNORE_INDEX, self.col(((0.2, 0.3, 0.22), (0.5, 0.45, 0.3))))
+        self.box(x - w / 2, x + w / 2, 0, h, z, IGNORE_INDEX, self.col(_hex("334d38 80734d")))
 
     def objects(self):
         """Cars, people, trees, poles and clutter, painted far to near."""
-        rng, u = self.rng, self.u
+        u = self.u
         znear = self.focal * self.cam / (self.h - self.yh)  # depth seen at the bottom row
         zmax = min(self.zfar * 0.8, 70.0)
 
@@ -408,7 +477,7 @@ class _Builder:
             else:
                 x = self.road[0] + lane_w * (self.i(0, self.lanes) + 0.5) + u(-0.3, 0.3)
             items.append((depth(visible_from(x) + 2), self.car, x))
-        for _ in range(self.i(2, 9)):
+        for _ in range(self.i(3, 10)):
             x = sidewalk_x(self.r() < 0.5, 0.2, 0.9)
             items.append((depth(visible_from(x)), self.person, x))
         for _ in range(self.i(2, 9)):
@@ -428,8 +497,7 @@ class _Builder:
         for z, draw, x in sorted(behind, key=lambda it: -it[0]):
             draw(x, z)
         for left in (True, False):
-            strip = self.walk[0] - self.front[0] if left else self.front[1] - self.walk[1]
-            if strip > 0 and self.r() < 0.5:
+            if self.r() < 0.6:
                 self.barrier(left)
         for z, draw, x in sorted(items, key=lambda it: -it[0]):
             draw(x, z)
@@ -443,18 +511,14 @@ class _Builder:
     def shade(self) -> Scene:
         """Base daylight colours: per-entry colour, texture noise, aerial haze, sky gradient and clouds."""
         # Written with in-place updates: fresh full-size temporaries cost page faults that dominate runtime.
-        rng, cv, h, w = self.rng, self.cv, self.h, self.w
+        cv, h, w = self.cv, self.h, self.w
         rgb = np.take(np.asarray(cv.rgb, np.float32).T, cv.cid, axis=1)  # channel-first [3, H, W]
-        noise = rng.random((h, w), dtype=np.float32)
-        noise -= 0.5
-        low = smooth_noise(rng, h, w, 6.0)
-        low *= 0.4
-        noise += low
+        fine, soft = noise_bank(h, w)
         tex = np.take(np.asarray(cv.tex, np.float32), cv.cid)
-        tex *= noise
+        tex *= noise_window(fine, h, w, self.r(), self.r())
         tex += 1
         rgb *= tex
-        fade = np.multiply(cv.depth, np.float32(-1 / (self.zfar * 1.5)), out=noise)
+        fade = np.multiply(cv.depth, np.float32(-1 / (self.zfar * 1.5)), out=tex)
         np.exp(fade, out=fade)
         fade *= -0.55
         fade += 0.55
@@ -465,17 +529,26 @@ class _Builder:
         t = np.clip(self.yy / max(self.yh, 1.0), 0, 1) ** 1.5
         zenith = np.array((0.28, 0.48, 0.82), np.float32)[:, None, None] * np.float32(self.u(0.85, 1.15))
         sky = zenith * (1 - t) + haze * t  # [3, H, 1]
-        clouds = smooth_noise(rng, h, w, 20.0)
-        clouds *= self.u(0.3, 0.8)
-        clouds -= 0.15
+        cover = self.u(-0.5, 0.6)  # from clear to half-clouded skies
+        clouds = np.add(noise_window(soft, h, w, self.r(), self.r()), np.float32(cover), out=fade)
         np.clip(clouds, 0, 1, out=clouds)
+        clouds *= clouds  # soft edges, thin haze where the noise barely crosses the threshold
+        clouds *= 0.85
         np.multiply(0.95 - sky, clouds, out=tmp)
         tmp += sky
         np.copyto(rgb, tmp, where=cv.label == SKY)
         np.clip(rgb, 0, 1, out=rgb)
         glow = np.asarray(cv.glow, np.float32).T.copy()
-        return Scene(label=cv.label, depth=cv.depth, light=np.take(glow.max(axis=0), cv.cid),
-                     base=rgb.transpose(1, 2, 0), cid=cv.cid, glow_table=glow, horizon=self.yh, vanish_x=self.xv)
+        return Scene(
+            label=cv.label,
+            depth=cv.depth,
+            light=np.take(glow.max(axis=0), cv.cid),
+            base=rgb.transpose(1, 2, 0),
+            cid=cv.cid,
+            glow_table=glow,
+            horizon=self.yh,
+            vanish_x=self.xv,
+        )
 
 
 def build_scene(rng: np.random.Generator, size: tuple[int, int]) -> Scene:

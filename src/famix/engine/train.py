@@ -18,7 +18,7 @@ from famix.config import Config, save_config
 from famix.data.datasets import Normalized, SeededTransform, build_dataset
 from famix.data.transforms import train_transform
 from famix.engine.checkpoint import load_checkpoint, load_model_state, save_checkpoint
-from famix.engine.distributed import barrier, init_distributed, resolve_device
+from famix.engine.distributed import barrier, cleanup, init_distributed, resolve_device
 from famix.engine.evaluate import evaluate
 from famix.engine.sampler import StreamSampler
 from famix.models.build import build_segmenter
@@ -130,6 +130,7 @@ def train(cfg: Config) -> dict:
                                      info, logger)
     bar.close()
     barrier()
+    cleanup()
     return {"step": last, "best_score": best}
 
 

@@ -25,7 +25,9 @@ def cmd_mine(args) -> None:
 def cmd_train(args) -> None:
     from famix.engine.train import train
 
-    print(json.dumps(train(_config(args))))
+    result = train(_config(args))
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(result))
 
 
 def cmd_eval(args) -> None:

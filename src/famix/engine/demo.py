@@ -26,10 +26,12 @@ def demo_config(out: Path, quick: bool, seed: int) -> Config:
     cfg = Config()
     cfg.model.backbone, cfg.model.freeze = "tiny-rn", "last-block"
     cfg.data.train, cfg.data.val = f"synthetic:{SOURCE_DOMAIN}:2000:{seed}", []
-    cfg.data.synthetic_size, cfg.data.crop, cfg.data.batch_size, cfg.data.workers = 128, 96, 8, 0
-    cfg.mine.out, cfg.mine.crop, cfg.mine.batch_size = str(out / "bank.safetensors"), 96, 16
-    cfg.mine.steps, cfg.mine.max_images = (5, 16) if quick else (40, 96)
-    cfg.train.iterations = 20 if quick else 300
+    cfg.data.synthetic_size, cfg.data.crop, cfg.data.batch_size, cfg.data.workers = 96, 64, 8, 0
+    cfg.mine.out, cfg.mine.crop, cfg.mine.batch_size = str(out / "bank.safetensors"), 64, 16
+    # Random CLIP weights give layer1 features of tiny scale (~0.01), so the paper's lr 0.1 would wipe them
+    # out; a small lr keeps mined styles in range until the demo gets a pretrained tiny CLIP.
+    cfg.mine.steps, cfg.mine.lr, cfg.mine.max_images = (5, 1e-3, 16) if quick else (20, 1e-3, 64)
+    cfg.train.iterations = 20 if quick else 250
     cfg.train.val_interval = cfg.train.iterations
     cfg.train.lr, cfg.train.amp, cfg.train.device, cfg.train.seed = 0.05, "off", "cpu", seed
     cfg.train.log_interval = 10

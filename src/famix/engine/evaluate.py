@@ -142,12 +142,13 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     progress: bool = True,
     desc: str = "eval",
+    reduce: bool = True,
 ) -> EvalResult:
     """Evaluate ``model`` on ``loader`` batches ``(images [B,3,H,W], labels [B,H,W])`` and return IoUs.
 
     Logits are predicted at the label size (see :func:`predict_logits` for ``scale``/``ensemble``).
-    Under torch.distributed each rank evaluates its shard and the confusion matrices are summed.
-    The model's per-submodule train/eval state is restored afterwards.
+    Under torch.distributed each rank evaluates its shard and the confusion matrices are summed (set
+    ``reduce=False`` when only one rank evaluates, as training's validation does). The model's per-submodule train/eval state is restored afterwards.
     """
     device = torch.device(device)
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
@@ -166,7 +167,7 @@ def evaluate(
             if show and (i + 1) % _POSTFIX_EVERY == 0:
                 bar.set_postfix(mIoU=f"{100 * iou_from_confusion(cm)[0]:.2f}")
         bar.close()
-    if _distributed():
+    if reduce and _distributed():
         counts = torch.tensor([num_images], dtype=torch.int64, device=device)
         dist.all_reduce(cm, op=dist.ReduceOp.SUM)
         dist.all_reduce(counts, op=dist.ReduceOp.SUM)

@@ -149,7 +149,8 @@ def validate_and_save(cfg, model, optimizer, scheduler, scaler, step, best, devi
         scores = {}
         for spec in cfg.data.val:
             loader = DataLoader(Normalized(build_dataset(spec, cfg.data.synthetic_size)), batch_size=1)
-            result = evaluate(model, loader, cfg.model.num_classes, device, amp_dtype=amp_dtype, progress=False)
+            result = evaluate(model, loader, cfg.model.num_classes, device, amp_dtype=amp_dtype, progress=False,
+                              reduce=False)
             scores[spec] = result.miou
         score = sum(scores.values()) / len(scores) if scores else -1.0
         if scores:

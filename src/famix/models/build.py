@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from famix.models.clip import build_clip
 from famix.models.freeze import apply_freeze
 from famix.models.segmenter import Segmenter
@@ -14,6 +16,9 @@ def build_segmenter(cfg, seed: int | None = 0) -> Segmenter:
         raise ValueError(f"model.class_names lists {len(cfg.class_names)} names for num_classes="
                          f"{cfg.num_classes}: make them agree")
     clip = build_clip(cfg.backbone, cfg.weights, seed=seed)
-    model = Segmenter(clip.visual, cfg.num_classes, cfg.output_stride, cfg.dilation)
+    with torch.random.fork_rng(devices=[]):  # the head's random init, reproducible without global side effects
+        if seed is not None:
+            torch.manual_seed(seed + 1)
+        model = Segmenter(clip.visual, cfg.num_classes, cfg.output_stride, cfg.dilation)
     apply_freeze(model, cfg.freeze)
     return model

@@ -51,11 +51,24 @@ def main() -> None:
             model(images)  # [B, K, H, W]
 
     flops, seconds = time_iterations(step, device, args.warmup, args.iters)
-    result = Result("inference", device_name(device), f"{args.backbone} OS{args.output_stride}", args.batch,
-                    f"{h}x{w}", amp_name(amp_dtype), seconds, args.batch, "images", flops,
-                    peak_memory_bytes(device), "CUDA alloc" if device.type == "cuda" else "CPU RSS",
-                    notes=[f"channels_last={args.channels_last}",
-                           "s/iter of each timed step: " + ", ".join(f"{s:.3f}" for s in seconds)])
+    result = Result(
+        "inference",
+        device_name(device),
+        f"{args.backbone} OS{args.output_stride}",
+        args.batch,
+        f"{h}x{w}",
+        amp_name(amp_dtype),
+        seconds,
+        args.batch,
+        "images",
+        flops,
+        peak_memory_bytes(device),
+        "CUDA alloc" if device.type == "cuda" else "CPU RSS",
+        notes=[
+            f"channels_last={args.channels_last}",
+            "s/iter of each timed step: " + ", ".join(f"{s:.3f}" for s in seconds),
+        ],
+    )
     print_table(result, header=not args.no_header)
 
 

@@ -60,8 +60,19 @@ def main() -> None:
         return split_patches(f_norm, args.grid), flat_mu, flat_sigma
 
     def pin(groups, flat_mu, flat_sigma, steps: int) -> None:
-        pin_optimize(visual, groups, flat_mu, flat_sigma, text, pool, steps=steps, lr=args.lr,
-                     momentum=0.9, weight_decay=1e-4, amp_dtype=amp_dtype)
+        pin_optimize(
+            visual,
+            groups,
+            flat_mu,
+            flat_sigma,
+            text,
+            pool,
+            steps=steps,
+            lr=args.lr,
+            momentum=0.9,
+            weight_decay=1e-4,
+            amp_dtype=amp_dtype,
+        )
 
     def mine_batch() -> None:
         pin(*features(), args.steps)
@@ -71,13 +82,26 @@ def main() -> None:
     # exact FLOPs of one PIN step (forward + backward through the CLIP tail): pin(1 step) - pin(0 steps)
     feats = features()
     per_step = (count_flops(lambda: pin(*feats, 1)) - count_flops(lambda: pin(*feats, 0))) / n / 1e9
-    result = Result("mining", device_name(device), args.backbone, args.batch, f"{h}x{w}",
-                    amp_name(amp_dtype), seconds, n, "styles", flops, peak,
-                    "CUDA alloc" if device.type == "cuda" else "CPU RSS",
-                    notes=[f"grid={args.grid} ({n} patches/iter) PIN steps={args.steps} pool={pool}",
-                           f"{per_step:.2f} GFLOP per PIN step per patch; "
-                           f"{statistics.median(seconds) / args.steps:.3f} s per PIN step of the whole batch",
-                           "s/iter of each timed step: " + ", ".join(f"{s:.3f}" for s in seconds)])
+    result = Result(
+        "mining",
+        device_name(device),
+        args.backbone,
+        args.batch,
+        f"{h}x{w}",
+        amp_name(amp_dtype),
+        seconds,
+        n,
+        "styles",
+        flops,
+        peak,
+        "CUDA alloc" if device.type == "cuda" else "CPU RSS",
+        notes=[
+            f"grid={args.grid} ({n} patches/iter) PIN steps={args.steps} pool={pool}",
+            f"{per_step:.2f} GFLOP per PIN step per patch; "
+            f"{statistics.median(seconds) / args.steps:.3f} s per PIN step of the whole batch",
+            "s/iter of each timed step: " + ", ".join(f"{s:.3f}" for s in seconds),
+        ],
+    )
     print_table(result, header=not args.no_header)
 
 

@@ -34,8 +34,9 @@ from famix.models.build import build_segmenter
 from famix.style.mixing import LocalStyleMixer
 
 
-def random_bank(channels: int, num_classes: int, per_class: int, device: torch.device,
-                seed: int = 0) -> tuple[torch.Tensor, ...]:
+def random_bank(
+    channels: int, num_classes: int, per_class: int, device: torch.device, seed: int = 0
+) -> tuple[torch.Tensor, ...]:
     """A class-sorted bank of ``per_class`` random styles for each class and for ignore, packed as
     ``StyleBank.packed``: mu, sigma [N, C], counts, offsets [num_classes + 1] long."""
     g = torch.Generator().manual_seed(seed)
@@ -47,8 +48,9 @@ def random_bank(channels: int, num_classes: int, per_class: int, device: torch.d
     return tuple(t.to(device) for t in (mu, sigma, counts, offsets))
 
 
-def random_labels(batch: int, h: int, w: int, num_classes: int, device: torch.device,
-                  block: int = 32) -> torch.Tensor:
+def random_labels(
+    batch: int, h: int, w: int, num_classes: int, device: torch.device, block: int = 32
+) -> torch.Tensor:
     """[B, H, W] long: blocky random trainIds with ~5% ignore (255), so patches have dominant classes."""
     g = torch.Generator().manual_seed(1)
     coarse = torch.randint(0, num_classes, (batch, 1, -(-h // block), -(-w // block)), generator=g)
@@ -60,8 +62,12 @@ def random_labels(batch: int, h: int, w: int, num_classes: int, device: torch.de
 def main() -> None:
     p = base_parser(__doc__.splitlines()[0], batch=8, size="768", iters=10, warmup=3)
     p.add_argument("--output-stride", type=int, default=16, choices=(8, 16))
-    p.add_argument("--freeze", default="last-block", choices=("last-block", "layer4", "none", "backbone"),
-                   help="backbone freezing (last-block = the paper's GTA5 setting)")
+    p.add_argument(
+        "--freeze",
+        default="last-block",
+        choices=("last-block", "layer4", "none", "backbone"),
+        help="backbone freezing (last-block = the paper's GTA5 setting)",
+    )
     p.add_argument("--mix", default="famix", choices=("famix", "augment", "mixstyle", "none"))
     p.add_argument("--styles-per-class", type=int, default=64, help="rows per class of the random bank")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
@@ -71,8 +77,9 @@ def main() -> None:
     device, amp_dtype = setup(args)
     h, w = parse_size(args.size)
 
-    cfg = Config(model=ModelConfig(backbone=args.backbone, output_stride=args.output_stride,
-                                   freeze=args.freeze))
+    cfg = Config(
+        model=ModelConfig(backbone=args.backbone, output_stride=args.output_stride, freeze=args.freeze)
+    )
     cfg.data.batch_size, cfg.data.crop = args.batch, h
     model = build_segmenter(cfg.model, seed=0).to(device)
     if args.channels_last:
@@ -80,10 +87,14 @@ def main() -> None:
     model.train()
     optimizer, scheduler = build_optimizer(model, cfg)
     k = cfg.model.num_classes
-    bank = random_bank(model.low_channels, k, args.styles_per_class, device) \
-        if args.mix in ("famix", "augment") else None
-    mixer = LocalStyleMixer(args.mix, cfg.style.grid, cfg.style.beta, k, bank,
-                            generator=torch.Generator(device).manual_seed(0))
+    bank = (
+        random_bank(model.low_channels, k, args.styles_per_class, device)
+        if args.mix in ("famix", "augment")
+        else None
+    )
+    mixer = LocalStyleMixer(
+        args.mix, cfg.style.grid, cfg.style.beta, k, bank, generator=torch.Generator(device).manual_seed(0)
+    )
 
     images = torch.randn(args.batch, 3, h, w, device=device)
     if args.channels_last:
@@ -94,8 +105,9 @@ def main() -> None:
     def step() -> None:
         with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
             logits = model(images, restyle=restyle)  # [B, K, H, W]
-            loss = F.cross_entropy(logits.float(), labels, ignore_index=255,
-                                   label_smoothing=cfg.train.label_smoothing)
+            loss = F.cross_entropy(
+                logits.float(), labels, ignore_index=255, label_smoothing=cfg.train.label_smoothing
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -103,12 +115,25 @@ def main() -> None:
 
     flops, seconds = time_iterations(step, device, args.warmup, args.iters)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    result = Result("train", device_name(device), f"{args.backbone} OS{args.output_stride}", args.batch,
-                    f"{h}x{w}", amp_name(amp_dtype), seconds, args.batch, "images", flops,
-                    peak_memory_bytes(device), "CUDA alloc" if device.type == "cuda" else "CPU RSS",
-                    notes=[f"freeze={args.freeze} mix={args.mix} channels_last={args.channels_last} "
-                           f"trainable params={trainable / 1e6:.1f}M",
-                           "s/iter of each timed step: " + ", ".join(f"{s:.3f}" for s in seconds)])
+    result = Result(
+        "train",
+        device_name(device),
+        f"{args.backbone} OS{args.output_stride}",
+        args.batch,
+        f"{h}x{w}",
+        amp_name(amp_dtype),
+        seconds,
+        args.batch,
+        "images",
+        flops,
+        peak_memory_bytes(device),
+        "CUDA alloc" if device.type == "cuda" else "CPU RSS",
+        notes=[
+            f"freeze={args.freeze} mix={args.mix} channels_last={args.channels_last} "
+            f"trainable params={trainable / 1e6:.1f}M",
+            "s/iter of each timed step: " + ", ".join(f"{s:.3f}" for s in seconds),
+        ],
+    )
     print_table(result, header=not args.no_header)
 
 

@@ -31,27 +31,37 @@ BACKBONES = ("RN50", "RN101", "tiny-rn")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def base_parser(description: str, *, batch: int, size: str, iters: int,
-                warmup: int) -> argparse.ArgumentParser:
+def base_parser(
+    description: str, *, batch: int, size: str, iters: int, warmup: int
+) -> argparse.ArgumentParser:
     """Flags every benchmark takes; defaults are the paper's sizes."""
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: CUDA when available)")
     p.add_argument("--backbone", default="RN50", choices=BACKBONES, help="CLIP ResNet (random weights)")
     p.add_argument("--batch", type=int, default=batch, help="images per iteration")
     p.add_argument("--size", default=size, help="input size: S (S x S) or HxW")
     p.add_argument("--iters", type=int, default=iters, help="timed iterations (the median is reported)")
-    p.add_argument("--warmup", type=int, default=warmup,
-                   help="untimed iterations first (the first one also counts FLOPs)")
-    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"),
-                   help="autocast dtype; auto = bf16 on CUDA, off on CPU")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=warmup,
+        help="untimed iterations first (the first one also counts FLOPs)",
+    )
+    p.add_argument(
+        "--amp",
+        default="auto",
+        choices=("auto", "bf16", "off"),
+        help="autocast dtype; auto = bf16 on CUDA, off on CPU",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-header", action="store_true", help="print only the table row (to append to a table)")
     return p
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """"768" -> (768, 768); "1024x2048" -> (1024, 2048)."""
+    """ "768" -> (768, 768); "1024x2048" -> (1024, 2048)."""
     parts = text.lower().replace("*", "x").split("x")
     if len(parts) == 1:
         parts = parts * 2
@@ -142,8 +152,9 @@ class Result:
         return self.flops_per_iter / self.median / 1e12
 
 
-def time_iterations(fn: Callable[[], object], device: torch.device, warmup: int,
-                    iters: int) -> tuple[int, list[float]]:
+def time_iterations(
+    fn: Callable[[], object], device: torch.device, warmup: int, iters: int
+) -> tuple[int, list[float]]:
     """Count FLOPs on the first warm-up iteration (an extra untimed one when ``warmup`` is 0), run the
     remaining warm-up iterations, then time ``iters`` iterations one by one (synchronising CUDA).
 
@@ -164,15 +175,37 @@ def time_iterations(fn: Callable[[], object], device: torch.device, warmup: int,
     return flops, seconds
 
 
-HEADER = ("benchmark", "device", "backbone", "batch", "size", "amp", "s/iter (median)", "throughput",
-          "peak memory", "GFLOP/iter", "GFLOP/item", "TFLOP/s")
+HEADER = (
+    "benchmark",
+    "device",
+    "backbone",
+    "batch",
+    "size",
+    "amp",
+    "s/iter (median)",
+    "throughput",
+    "peak memory",
+    "GFLOP/iter",
+    "GFLOP/item",
+    "TFLOP/s",
+)
 
 
 def table_row(r: Result) -> str:
-    cells = (r.benchmark, r.device, r.backbone, str(r.batch), r.size, r.amp, f"{r.median:.3f}",
-             f"{r.throughput:.2f} {r.unit}/s", f"{r.peak_bytes / 2**30:.2f} GiB ({r.memory_kind})",
-             f"{r.flops_per_iter / 1e9:,.1f}", f"{r.flops_per_iter / r.items_per_iter / 1e9:,.1f}",
-             f"{r.tflops:.3f}")
+    cells = (
+        r.benchmark,
+        r.device,
+        r.backbone,
+        str(r.batch),
+        r.size,
+        r.amp,
+        f"{r.median:.3f}",
+        f"{r.throughput:.2f} {r.unit}/s",
+        f"{r.peak_bytes / 2**30:.2f} GiB ({r.memory_kind})",
+        f"{r.flops_per_iter / 1e9:,.1f}",
+        f"{r.flops_per_iter / r.items_per_iter / 1e9:,.1f}",
+        f"{r.tflops:.3f}",
+    )
     return "| " + " | ".join(cells) + " |"
 
 

@@ -20,7 +20,9 @@ def clip():
     return build_clip("tiny-rn", seed=0).requires_grad_(False)
 
 
-@pytest.mark.parametrize("b,c,h,w,g", [(2, 3, 12, 12, 3), (1, 2, 13, 10, 3), (2, 4, 9, 7, 2), (1, 1, 5, 5, 1)])
+@pytest.mark.parametrize(
+    "b,c,h,w,g", [(2, 3, 12, 12, 3), (1, 2, 13, 10, 3), (2, 4, 9, 7, 2), (1, 1, 5, 5, 1)]
+)
 def test_split_patches_matches_slicing(b, c, h, w, g):
     x = torch.randn(b, c, h, w)
     rows, cols = grid_edges(h, g), grid_edges(w, g)
@@ -29,7 +31,7 @@ def test_split_patches_matches_slicing(b, c, h, w, g):
         for patch, flat in zip(patches, index.tolist(), strict=True):
             bi, rest = divmod(flat, g * g)
             i, j = divmod(rest, g)
-            assert torch.equal(patch, x[bi, :, rows[i]:rows[i + 1], cols[j]:cols[j + 1]])
+            assert torch.equal(patch, x[bi, :, rows[i] : rows[i + 1], cols[j] : cols[j + 1]])
             seen.add(flat)
     assert seen == set(range(b * g * g))
 
@@ -45,20 +47,21 @@ def test_pin_is_per_patch_independent_and_matches_loop(clip, h, w, g):
     flat_mu, flat_sigma = (t.permute(0, 2, 3, 1).reshape(-1, c) for t in (mu, sigma))
     text = F.normalize(torch.randn(flat_mu.shape[0], 128, generator=gen), dim=-1)
     steps, lr = 3, 0.5
-    mu_s, sigma_s, cos, order = pin_optimize(visual, split_patches(f_norm, g), flat_mu, flat_sigma, text, 16,
-                                             steps, lr)
+    mu_s, sigma_s, cos, order = pin_optimize(
+        visual, split_patches(f_norm, g), flat_mu, flat_sigma, text, 16, steps, lr
+    )
     rows, cols = grid_edges(h, g), grid_edges(w, g)
     for k, p in enumerate(order.tolist()):
         bi, rest = divmod(p, g * g)
         i, j = divmod(rest, g)
-        patch = f_norm[bi:bi + 1, :, rows[i]:rows[i + 1], cols[j]:cols[j + 1]]
+        patch = f_norm[bi : bi + 1, :, rows[i] : rows[i + 1], cols[j] : cols[j + 1]]
         m = flat_mu[p].clone().requires_grad_(True)
         s = flat_sigma[p].clone().requires_grad_(True)
         opt = torch.optim.SGD([m, s], lr=lr, momentum=0.9, weight_decay=1e-4)
         for _ in range(steps):
             opt.zero_grad()
             z = F.adaptive_avg_pool2d(torch.relu(s[None, :, None, None] * patch + m[None, :, None, None]), 16)
-            loss = 1 - F.cosine_similarity(clip_tail(visual, z), text[p:p + 1])[0]
+            loss = 1 - F.cosine_similarity(clip_tail(visual, z), text[p : p + 1])[0]
             loss.backward()
             opt.step()
         torch.testing.assert_close(mu_s[k], m.detach(), rtol=1e-4, atol=1e-5)

@@ -36,8 +36,9 @@ def test_bank_indices_follow_class_then_ignore_then_own():
 
 def test_bank_indices_uniform_within_class():
     counts, offsets = torch.tensor([4, 0]), torch.tensor([0, 4])
-    index, _ = sample_bank_indices(torch.zeros(40_000, dtype=torch.long), counts, offsets,
-                                   torch.Generator().manual_seed(1))
+    index, _ = sample_bank_indices(
+        torch.zeros(40_000, dtype=torch.long), counts, offsets, torch.Generator().manual_seed(1)
+    )
     freq = torch.bincount(index, minlength=4).float() / 40_000
     assert (freq - 0.25).abs().max() < 0.015
 
@@ -91,8 +92,8 @@ def loop_restyle(f, labels, grid, targets, alpha):
     out = torch.empty_like(f)
     edges = lambda n: [(k * (n // grid), n if k == grid - 1 else (k + 1) * (n // grid)) for k in range(grid)]  # noqa: E731
     for b in range(b_):
-        for i, ((r0, r1), (l0, l1)) in enumerate(zip(edges(h), edges(hl), strict=True)):
-            for j, ((c0, c1), (m0, m1)) in enumerate(zip(edges(w), edges(wl), strict=True)):
+        for (r0, r1), (l0, l1) in zip(edges(h), edges(hl), strict=True):
+            for (c0, c1), (m0, m1) in zip(edges(w), edges(wl), strict=True):
                 patch = f[b, :, r0:r1, c0:c1]
                 mu = patch.mean((1, 2), keepdim=True)
                 sigma = (patch.var((1, 2), keepdim=True) + 1e-5).sqrt()
@@ -103,7 +104,9 @@ def loop_restyle(f, labels, grid, targets, alpha):
     return out
 
 
-@pytest.mark.parametrize("b,c,h,w,scale,grid", [(2, 4, 12, 12, 4, 3), (3, 3, 13, 10, 4, 3), (1, 5, 9, 11, 2, 2)])
+@pytest.mark.parametrize(
+    "b,c,h,w,scale,grid", [(2, 4, 12, 12, 4, 3), (3, 3, 13, 10, 4, 3), (1, 5, 9, 11, 2, 2)]
+)
 @pytest.mark.parametrize("mode", ["augment", "famix"])
 def test_mixer_with_one_style_per_class_matches_loop(b, c, h, w, scale, grid, mode):
     k = 3
@@ -113,8 +116,9 @@ def test_mixer_with_one_style_per_class_matches_loop(b, c, h, w, scale, grid, mo
     # bank: class 0 and ignore have one style each; classes 1, 2 are empty (-> ignore bank)
     bank_mu, bank_sigma = torch.randn(2, c, generator=gen), torch.rand(2, c, generator=gen) + 0.5
     counts, offsets = torch.tensor([1, 0, 0, 1]), torch.tensor([0, 1, 1, 1])
-    mixer = LocalStyleMixer(mode, grid, 0.1, k, (bank_mu, bank_sigma, counts, offsets),
-                            torch.Generator().manual_seed(9))
+    mixer = LocalStyleMixer(
+        mode, grid, 0.1, k, (bank_mu, bank_sigma, counts, offsets), torch.Generator().manual_seed(9)
+    )
     out = mixer(f, labels)
     if mode == "augment":
         alpha = torch.zeros(b, c, 1, 1)
@@ -136,7 +140,12 @@ def test_mixer_with_one_style_per_class_matches_loop(b, c, h, w, scale, grid, mo
 def test_mixer_keeps_own_style_with_empty_bank_and_alpha_one_is_identity():
     f = torch.rand(2, 3, 12, 12) + 0.1
     labels = torch.zeros(2, 48, 48, dtype=torch.long)
-    empty = (torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long))
+    empty = (
+        torch.zeros(0, 3),
+        torch.zeros(0, 3),
+        torch.zeros(4, dtype=torch.long),
+        torch.zeros(4, dtype=torch.long),
+    )
     out = LocalStyleMixer("augment", 3, 0.1, 3, empty, torch.Generator())(f, labels)
     mu, sigma = patch_stats(f, 3)
     torch.testing.assert_close(out, f, atol=1e-4, rtol=1e-4)  # own style restored (f > 0 so ReLU is a no-op)

@@ -48,8 +48,9 @@ def test_official_rn50_patterns():
 
 @pytest.mark.parametrize("os_", [8, 16, 32])
 def test_segmenter_shapes_and_dilations(os_):
-    model = build_segmenter(ModelConfig(backbone="tiny-rn", output_stride=os_, num_classes=5,
-                                        class_names=list("abcde")))
+    model = build_segmenter(
+        ModelConfig(backbone="tiny-rn", output_stride=os_, num_classes=5, class_names=list("abcde"))
+    )
     model.eval()
     x = torch.randn(2, 3, 70, 90)
     feats = model.features(x)
@@ -73,12 +74,15 @@ def read_official_keys():
 def test_official_rn50_state_dict_loads_exactly():
     official = read_official_keys()
     model = build_segmenter(ModelConfig(backbone="RN50"))
-    state = {n: (torch.randn(s) if d == "float32" else torch.zeros(s, dtype=torch.int64)) for n, (s, d) in
-             official.items()}
+    state = {
+        n: (torch.randn(s) if d == "float32" else torch.zeros(s, dtype=torch.int64))
+        for n, (s, d) in official.items()
+    }
     load_model_state(model, state, "official keys")  # raises on anything missing, unexpected or misshapen
     assert set(model.state_dict()) == set(official)
-    torch.testing.assert_close(model.state_dict()["classifier.classifier.3.weight"],
-                               state["classifier.classifier.3.weight"])
+    torch.testing.assert_close(
+        model.state_dict()["classifier.classifier.3.weight"], state["classifier.classifier.3.weight"]
+    )
 
 
 def test_checkpoint_for_other_class_count_is_a_clear_error():
@@ -88,9 +92,15 @@ def test_checkpoint_for_other_class_count_is_a_clear_error():
         load_model_state(model, other.state_dict(), "ckpt.pt")
 
 
-@pytest.mark.parametrize("preset,trainable", [("last-block", ["layer4.1"]), ("layer4", ["layer4.0", "layer4.1"]),
-                                              ("none", ["stem", "layer1", "layer2", "layer3", "layer4.0",
-                                                        "layer4.1"]), ("backbone", [])])
+@pytest.mark.parametrize(
+    "preset,trainable",
+    [
+        ("last-block", ["layer4.1"]),
+        ("layer4", ["layer4.0", "layer4.1"]),
+        ("none", ["stem", "layer1", "layer2", "layer3", "layer4.0", "layer4.1"]),
+        ("backbone", []),
+    ],
+)
 def test_freeze_presets_and_frozen_units_stay_in_eval(preset, trainable):
     model = build_segmenter(ModelConfig(backbone="tiny-rn", freeze=preset))
     all_units = ["stem", "layer1", "layer2", "layer3", "layer4.0", "layer4.1"]

@@ -79,7 +79,9 @@ def loop_dominant(labels, g, k):
     return out
 
 
-@pytest.mark.parametrize("b,h,w,g,k", [(2, 12, 12, 3, 4), (3, 13, 10, 3, 19), (1, 17, 9, 2, 3), (2, 7, 11, 3, 2)])
+@pytest.mark.parametrize(
+    "b,h,w,g,k", [(2, 12, 12, 3, 4), (3, 13, 10, 3, 19), (1, 17, 9, 2, 3), (2, 7, 11, 3, 2)]
+)
 def test_dominant_class_matches_loop_with_ties_and_ignore(b, h, w, g, k):
     gen = torch.Generator().manual_seed(h + w)
     # few distinct values so ties are frequent; include ignore (255) and out-of-range ids (k, 40)

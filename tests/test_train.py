@@ -37,8 +37,10 @@ def test_resume_equals_straight_run(tmp_path):
     for k, v in a["model_state"].items():
         assert torch.equal(v, b["model_state"][k]), k
     momentum = [s["momentum_buffer"] for s in a["optimizer_state"]["state"].values()]
-    assert momentum and all(torch.equal(x, s["momentum_buffer"]) for x, s in
-                            zip(momentum, b["optimizer_state"]["state"].values(), strict=True))
+    assert momentum and all(
+        torch.equal(x, s["momentum_buffer"])
+        for x, s in zip(momentum, b["optimizer_state"]["state"].values(), strict=True)
+    )
     lines = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "loss" in r] == list(range(5, 41, 5))
     assert (tmp_path / "b" / "config.yaml").is_file() and (tmp_path / "b" / "best.pt").is_file()
@@ -49,12 +51,34 @@ def test_cli_mine_train_eval_predict(tmp_path, capsys):
     main(["mine", "-c", TINY, f"mine.out={bank}", "mine.max_images=8", "mine.steps=2"])
     assert "styles" in capsys.readouterr().out
     run = tmp_path / "run"
-    main(["train", "-c", TINY, f"train.out={run}", f"style.bank={bank}", "train.iterations=6",
-          "train.val_interval=3"])
+    main(
+        [
+            "train",
+            "-c",
+            TINY,
+            f"train.out={run}",
+            f"style.bank={bank}",
+            "train.iterations=6",
+            "train.val_interval=3",
+        ]
+    )
     ckpt = load_checkpoint(run / "best.pt")
     assert ckpt["config"]["style"]["bank"] == str(bank)
-    main(["eval", str(run / "latest.pt"), "--data", "synthetic:fog:3:5", "synthetic:night:2:5",
-          "--synthetic-size", "64", "--workers", "0", "--json", str(tmp_path / "eval.json")])
+    main(
+        [
+            "eval",
+            str(run / "latest.pt"),
+            "--data",
+            "synthetic:fog:3:5",
+            "synthetic:night:2:5",
+            "--synthetic-size",
+            "64",
+            "--workers",
+            "0",
+            "--json",
+            str(tmp_path / "eval.json"),
+        ]
+    )
     out = capsys.readouterr().out
     results = json.loads((tmp_path / "eval.json").read_text())
     assert set(results) == {"synthetic:fog:3:5", "synthetic:night:2:5"}
@@ -74,7 +98,15 @@ def test_bank_with_wrong_channel_count_is_a_clear_error(tmp_path, capsys):
     bad.add(torch.ones(2, 256), torch.ones(2, 256), torch.tensor([0, 1]))
     bad.save(tmp_path / "rn50.safetensors")
     with pytest.raises(SystemExit):
-        main(["train", "-c", TINY, f"train.out={tmp_path / 'r'}", f"style.bank={tmp_path / 'rn50.safetensors'}"])
+        main(
+            [
+                "train",
+                "-c",
+                TINY,
+                f"train.out={tmp_path / 'r'}",
+                f"style.bank={tmp_path / 'rn50.safetensors'}",
+            ]
+        )
     err = capsys.readouterr().err
     assert "256-channel styles" in err and "64 channels" in err and "famix mine" in err
 
@@ -86,9 +118,25 @@ def test_missing_weights_file_is_a_clear_error(tmp_path, capsys):
 
 
 def test_torchrun_two_processes_on_cpu(tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-           "-m", "famix", "train", "-c", TINY, f"train.out={tmp_path}", "train.iterations=4",
-           "train.val_interval=4", "style.mix=mixstyle", "data.batch_size=2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29517",
+        "-m",
+        "famix",
+        "train",
+        "-c",
+        TINY,
+        f"train.out={tmp_path}",
+        "train.iterations=4",
+        "train.val_interval=4",
+        "style.mix=mixstyle",
+        "data.batch_size=2",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -42,8 +42,9 @@ def cmd_eval(args) -> None:
     model, cfg = load_segmenter(args.checkpoint, device=device)
     results = {}
     for spec in args.data:
-        loader = DataLoader(Normalized(build_dataset(spec, args.synthetic_size)), batch_size=1,
-                            num_workers=args.workers)
+        loader = DataLoader(
+            Normalized(build_dataset(spec, args.synthetic_size)), batch_size=1, num_workers=args.workers
+        )
         results[spec] = evaluate(model, loader, cfg.num_classes, device, args.scale, args.ensemble, desc=spec)
     print(format_table(results, cfg.class_names, per_class=args.per_class))
     out = Path(args.json or Path(args.checkpoint).with_suffix(".eval.json"))
@@ -58,8 +59,9 @@ def cmd_predict(args) -> None:
 
     device = resolve_device(args.device)
     model, _ = load_segmenter(args.checkpoint, device=device)
-    written = predict_paths(model, list_images(args.inputs), args.out, device, args.scale, args.ensemble,
-                            tuple(args.outputs))
+    written = predict_paths(
+        model, list_images(args.inputs), args.out, device, args.scale, args.ensemble, tuple(args.outputs)
+    )
     print(f"wrote {len(written)} files to {args.out}")
 
 
@@ -77,7 +79,9 @@ def cmd_convert(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="famix", description="FAMix: language-guided domain-generalised segmentation")
+    p = argparse.ArgumentParser(
+        prog="famix", description="FAMix: language-guided domain-generalised segmentation"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(s):
@@ -117,13 +121,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("kind", choices=["checkpoint", "bank", "clip"])
     c.add_argument("src")
     c.add_argument("dst")
-    c.add_argument("--trust-pickle", action="store_true",
-                   help="allow unpickling an official style bank (runs code from the file: trusted files only)")
+    c.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow unpickling an official style bank (runs code from the file: trusted files only)",
+    )
     return p
 
 
-COMMANDS = {"mine": cmd_mine, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict,
-            "demo": cmd_demo, "convert": cmd_convert}
+COMMANDS = {
+    "mine": cmd_mine,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "predict": cmd_predict,
+    "demo": cmd_demo,
+    "convert": cmd_convert,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,7 +20,9 @@ from famix.style.prompts import DEFAULT_STYLE_WORDS
 @dataclass
 class ModelConfig:
     backbone: str = "RN50"  # RN50 | RN101 | RN50x4 | tiny-rn | path to an open_clip config .json
-    weights: str | None = None  # CLIP weights: OpenAI .pt, state-dict .pt/.bin, .safetensors, or open_clip tag
+    weights: str | None = (
+        None  # CLIP weights: OpenAI .pt, state-dict .pt/.bin, .safetensors, or open_clip tag
+    )
     num_classes: int = 19
     class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
     output_stride: int = 16
@@ -68,7 +70,9 @@ class MineConfig:
 class TrainConfig:
     out: str = "runs/famix"
     iterations: int = 40_000
-    stop_after: int | None = None  # stop (with a checkpoint) after this step; the schedule still spans iterations
+    stop_after: int | None = (
+        None  # stop (with a checkpoint) after this step; the schedule still spans iterations
+    )
     lr: float = 0.1  # head; the backbone gets lr * backbone_lr_mult
     backbone_lr_mult: float = 0.1
     momentum: float = 0.9
@@ -124,8 +128,10 @@ def from_dict(data: dict, cls=Config, prefix: str = ""):
     valid = {f.name for f in fields(cls)}
     unknown = set(data) - valid
     if unknown:
-        raise ValueError(f"unknown config key(s) {sorted(prefix + k for k in unknown)}; "
-                         f"valid under {prefix or 'top level'}: {sorted(valid)}")
+        raise ValueError(
+            f"unknown config key(s) {sorted(prefix + k for k in unknown)}; "
+            f"valid under {prefix or 'top level'}: {sorted(valid)}"
+        )
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
@@ -140,7 +146,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``section.key=value`` strings (values parsed as YAML) to a nested dict."""
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} must look like section.key=value (e.g. train.iterations=1000)")
+            raise ValueError(
+                f"override {item!r} must look like section.key=value (e.g. train.iterations=1000)"
+            )
         key, raw = item.split("=", 1)
         node = data
         *parents, leaf = key.strip().split(".")
@@ -158,7 +166,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             bundled = Path(__file__).resolve().parents[2] / "configs" / f"{path}.yaml"
             if not bundled.is_file():
-                raise FileNotFoundError(f"config {path} not found (a YAML path, or a preset name in configs/)")
+                raise FileNotFoundError(
+                    f"config {path} not found (a YAML path, or a preset name in configs/)"
+                )
             p = bundled
         data = yaml.safe_load(p.read_text()) or {}
     return from_dict(apply_overrides(data, overrides or []))

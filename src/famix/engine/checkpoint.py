@@ -26,16 +26,22 @@ def load_checkpoint(path: str | Path) -> dict:
     """Read a famix or official FAMix checkpoint safely (tensors and plain containers only)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found: pass the .pt written by `famix train` "
-                                "(runs/<name>/best.pt) or an official FAMix .pth")
+        raise FileNotFoundError(
+            f"checkpoint {path} not found: pass the .pt written by `famix train` "
+            "(runs/<name>/best.pt) or an official FAMix .pth"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"cannot read checkpoint {path} safely ({type(e).__name__}: {str(e)[:300]}). famix only "
-                         "loads tensors and plain containers (weights_only=True); re-save it from a trusted "
-                         "source as a state dict") from e
+        raise ValueError(
+            f"cannot read checkpoint {path} safely ({type(e).__name__}: {str(e)[:300]}). famix only "
+            "loads tensors and plain containers (weights_only=True); re-save it from a trusted "
+            "source as a state dict"
+        ) from e
     if not isinstance(ckpt, dict):
-        raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict with 'model_state'")
+        raise ValueError(
+            f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict with 'model_state'"
+        )
     if "model_state" not in ckpt:
         if all(isinstance(v, torch.Tensor) for v in ckpt.values()):
             return {"model_state": ckpt}  # a bare state dict
@@ -49,16 +55,24 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if state[k].shape != own[k].shape
+    ]
     if not (missing or unexpected or shapes):
         model.load_state_dict(state)
         return
     head = "classifier.classifier.3.weight"
     hint = "pick the --backbone / model config it was trained with"
     if head in state and head in own and state[head].shape[0] != own[head].shape[0]:
-        hint = (f"it predicts {state[head].shape[0]} classes, the model {own[head].shape[0]}: set "
-                f"model.num_classes={state[head].shape[0]} (and class_names) to match")
-    parts = [f"{len(v)} {what}: {', '.join(v[:6])}{' ...' if len(v) > 6 else ''}"
-             for what, v in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", shapes)) if v]
+        hint = (
+            f"it predicts {state[head].shape[0]} classes, the model {own[head].shape[0]}: set "
+            f"model.num_classes={state[head].shape[0]} (and class_names) to match"
+        )
+    parts = [
+        f"{len(v)} {what}: {', '.join(v[:6])}{' ...' if len(v) > 6 else ''}"
+        for what, v in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", shapes))
+        if v
+    ]
     raise ValueError(f"{source} does not fit this model ({'; '.join(parts)}). {hint.capitalize()}.")

@@ -1,4 +1,4 @@
-"""``famix convert``: official FAMix checkpoints and pickle style banks, OpenAI CLIP ``.pt`` -> famix files."""
+"""``famix convert``: official FAMix checkpoints and pickle banks, OpenAI CLIP ``.pt`` -> famix files."""
 
 from __future__ import annotations
 
@@ -25,8 +25,10 @@ def infer_model_config(state: dict[str, torch.Tensor], output_stride: int = 16) 
     width = state["backbone.conv1.weight"].shape[0] * 2
     backbone = "RN50x4" if width == 80 else _LAYER3_BLOCKS.get(blocks)
     if backbone is None:
-        raise ValueError(f"cannot tell the backbone of a checkpoint with {blocks} layer3 blocks and stem width "
-                         f"{width}; known: RN50, RN101, RN50x4")
+        raise ValueError(
+            f"cannot tell the backbone of a checkpoint with {blocks} layer3 blocks and stem width "
+            f"{width}; known: RN50, RN101, RN50x4"
+        )
     k = state["classifier.classifier.3.weight"].shape[0]
     names = list(CLASS_NAMES) if k == len(CLASS_NAMES) else [f"class {i}" for i in range(k)]
     return ModelConfig(backbone=backbone, num_classes=k, class_names=names, output_stride=output_stride)
@@ -38,14 +40,18 @@ def convert_checkpoint(src: str, dst: str) -> None:
     cfg = infer_model_config(state)
     model = build_segmenter(cfg, seed=0)
     load_model_state(model, state, f"checkpoint {src}")
-    save_checkpoint(dst, model_state=model.state_dict(), config={"model": vars(cfg)}, cur_itrs=0, best_score=-1.0)
+    save_checkpoint(
+        dst, model_state=model.state_dict(), config={"model": vars(cfg)}, cur_itrs=0, best_score=-1.0
+    )
 
 
 def convert_bank(src: str, dst: str, trust_pickle: bool = False) -> None:
     """Official pickle bank (``"<class>_mu"``/``"_std"`` lists of [C, 1, 1] tensors) -> safetensors bank."""
     if not trust_pickle:
-        raise ValueError(f"{src} is a pickle: unpickling runs code from the file. If you trust its origin, pass "
-                         "--trust-pickle to convert it once into a safe safetensors bank")
+        raise ValueError(
+            f"{src} is a pickle: unpickling runs code from the file. If you trust its origin, pass "
+            "--trust-pickle to convert it once into a safe safetensors bank"
+        )
     with open(src, "rb") as f:
         raw = pickle.load(f)  # noqa: S301 (explicit opt-in above)
     channels = next(iter(raw.values()))[0].numel() if raw else 256
@@ -56,8 +62,10 @@ def convert_bank(src: str, dst: str, trust_pickle: bool = False) -> None:
             raise ValueError(f"{src}: {name}_mu has {len(mus)} entries but {name}_std {len(stds)}")
         if mus:
             key = IGNORE_KEY if name == "255" else name
-            bank.styles[key] = (torch.stack([m.reshape(-1).float().cpu() for m in mus]),
-                                torch.stack([s.reshape(-1).float().cpu() for s in stds]))
+            bank.styles[key] = (
+                torch.stack([m.reshape(-1).float().cpu() for m in mus]),
+                torch.stack([s.reshape(-1).float().cpu() for s in stds]),
+            )
     bank.save(dst)
 
 

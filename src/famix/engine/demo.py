@@ -60,7 +60,9 @@ def run_demo(out: str | Path = "famix-demo", quick: bool = False, seed: int = 0)
         model, _ = load_segmenter(str(out / name / "latest.pt"))
         results = {}
         for domain in domains:
-            ds = Normalized(build_dataset(f"synthetic:{domain}:{n_eval}:{10_000 + seed}", cfg.data.synthetic_size))
+            ds = Normalized(
+                build_dataset(f"synthetic:{domain}:{n_eval}:{10_000 + seed}", cfg.data.synthetic_size)
+            )
             results[domain] = evaluate(model, DataLoader(ds, batch_size=8), progress=False)
         table[name] = {d: r.miou for d, r in results.items()}
         print(format_table(results))
@@ -77,8 +79,12 @@ def run_demo(out: str | Path = "famix-demo", quick: bool = False, seed: int = 0)
 def _report(table: dict[str, dict[str, float]], domains: list[str]) -> str:
     shifted = [d for d in domains if d != SOURCE_DOMAIN]
     head = "| variant | " + " | ".join(domains) + " | shifted mean |\n|---|" + "---|" * (len(domains) + 1)
-    rows = [f"| {name} | " + " | ".join(f"{100 * r[d]:.1f}" for d in domains)
-            + f" | {100 * sum(r[d] for d in shifted) / len(shifted):.1f} |" for name, r in table.items()]
+    rows = [
+        f"| {name} | "
+        + " | ".join(f"{100 * r[d]:.1f}" for d in domains)
+        + f" | {100 * sum(r[d] for d in shifted) / len(shifted):.1f} |"
+        for name, r in table.items()
+    ]
     return "mIoU (%) on the synthetic world, trained on day only\n\n" + "\n".join([head, *rows]) + "\n"
 
 

@@ -25,7 +25,7 @@ class DistInfo:
 
 
 def init_distributed(device: str = "auto") -> DistInfo:
-    """Join the process group when launched by ``torchrun`` (NCCL on CUDA, gloo on CPU); else single process."""
+    """Join the process group when launched by ``torchrun`` (NCCL on CUDA, gloo on CPU); else run alone."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
@@ -37,7 +37,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
 
 def resolve_device(device: str, info: DistInfo | None = None) -> torch.device:
-    """"auto" -> this rank's CUDA device if there is one, else CPU."""
+    """ "auto" -> this rank's CUDA device if there is one, else CPU."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and info is not None and info.enabled:

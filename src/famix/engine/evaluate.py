@@ -148,7 +148,8 @@ def evaluate(
 
     Logits are predicted at the label size (see :func:`predict_logits` for ``scale``/``ensemble``).
     Under torch.distributed each rank evaluates its shard and the confusion matrices are summed (set
-    ``reduce=False`` when only one rank evaluates, as training's validation does). The model's per-submodule train/eval state is restored afterwards.
+    ``reduce=False`` when only one rank evaluates, as training's validation does). The model's
+    per-submodule train/eval state is restored afterwards.
     """
     device = torch.device(device)
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)

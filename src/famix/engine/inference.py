@@ -12,8 +12,9 @@ from famix.models.build import build_segmenter
 from famix.models.segmenter import Segmenter
 
 
-def load_segmenter(checkpoint: str, model_cfg: ModelConfig | None = None,
-                   device: torch.device | str = "cpu") -> tuple[Segmenter, ModelConfig]:
+def load_segmenter(
+    checkpoint: str, model_cfg: ModelConfig | None = None, device: torch.device | str = "cpu"
+) -> tuple[Segmenter, ModelConfig]:
     """Build the segmenter a checkpoint was trained as and load its weights.
 
     famix checkpoints carry their config; official FAMix ``.pth`` files do not, so ``model_cfg`` (defaults:

@@ -21,7 +21,18 @@ from famix.style.prompts import TextEmbedder, prompt
 from famix.style.stats import dominant_class, normalize_patches, patch_stats
 
 # settings that must match for a bank to be resumed (appending to a bank mined otherwise would mix styles)
-_RESUME_KEYS = ("backbone", "weights", "grid", "steps", "lr", "seed", "source", "vocabulary", "crop", "batch_size")
+_RESUME_KEYS = (
+    "backbone",
+    "weights",
+    "grid",
+    "steps",
+    "lr",
+    "seed",
+    "source",
+    "vocabulary",
+    "crop",
+    "batch_size",
+)
 
 
 def first_per_class(classes: torch.Tensor) -> torch.Tensor:
@@ -41,21 +52,44 @@ def mine(cfg: Config, progress: bool = True) -> StyleBank:
     visual, embed, pool = clip.visual, TextEmbedder(clip), clip_preprocess_size(clip) // 4
     amp_dtype = torch.bfloat16 if device.type == "cuda" and cfg.train.amp == "bf16" else None
     names = cfg.model.class_names
-    meta = {"backbone": cfg.model.backbone, "weights": weights_fingerprint(cfg.model.weights), "grid": m.grid,
-            "steps": m.steps, "lr": m.lr, "momentum": m.momentum, "weight_decay": m.weight_decay, "seed": seed,
-            "source": cfg.data.train, "vocabulary": list(m.vocabulary), "crop": m.crop,
-            "batch_size": m.batch_size, "one_per_class": m.one_per_class, "famix_version": __version__}
+    meta = {
+        "backbone": cfg.model.backbone,
+        "weights": weights_fingerprint(cfg.model.weights),
+        "grid": m.grid,
+        "steps": m.steps,
+        "lr": m.lr,
+        "momentum": m.momentum,
+        "weight_decay": m.weight_decay,
+        "seed": seed,
+        "source": cfg.data.train,
+        "vocabulary": list(m.vocabulary),
+        "crop": m.crop,
+        "batch_size": m.batch_size,
+        "one_per_class": m.one_per_class,
+        "famix_version": __version__,
+    }
     bank = _resume_or_new(Path(m.out), names, visual.layer1[-1].conv3.out_channels, meta)
-    dataset = SeededTransform(build_dataset(cfg.data.train, cfg.data.synthetic_size),
-                              train_transform(m.crop, jitter=0, hflip=0))
+    dataset = SeededTransform(
+        build_dataset(cfg.data.train, cfg.data.synthetic_size), train_transform(m.crop, jitter=0, hflip=0)
+    )
     total = min(len(dataset), m.max_images or len(dataset))
     start = bank.metadata.get("batches_done", 0)
     items = [(i, seed * 1_000_003 + i) for i in range(start * m.batch_size, total)]
     loader = DataLoader(dataset, batch_size=m.batch_size, sampler=items, num_workers=cfg.data.workers)
-    bar = tqdm(loader, total=math.ceil(total / m.batch_size), initial=start, desc="mine", disable=not progress)
+    bar = tqdm(
+        loader, total=math.ceil(total / m.batch_size), initial=start, desc="mine", disable=not progress
+    )
     for batch, (images, labels) in enumerate(bar, start=start):
-        mu, sigma, classes, cos = mine_batch(visual, embed, images.to(device), labels.to(device), cfg,
-                                             torch.Generator().manual_seed(seed * 100_003 + batch), pool, amp_dtype)
+        mu, sigma, classes, cos = mine_batch(
+            visual,
+            embed,
+            images.to(device),
+            labels.to(device),
+            cfg,
+            torch.Generator().manual_seed(seed * 100_003 + batch),
+            pool,
+            amp_dtype,
+        )
         bank.add(mu, sigma, classes)
         bank.metadata["batches_done"] = batch + 1
         bank.metadata["images"] = min((batch + 1) * m.batch_size, total)
@@ -66,11 +100,20 @@ def mine(cfg: Config, progress: bool = True) -> StyleBank:
     return bank
 
 
-def mine_batch(visual, embed: TextEmbedder, images: torch.Tensor, labels: torch.Tensor, cfg: Config,
-               generator: torch.Generator, pool: int, amp_dtype=None) -> tuple[torch.Tensor, ...]:
+def mine_batch(
+    visual,
+    embed: TextEmbedder,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: Config,
+    generator: torch.Generator,
+    pool: int,
+    amp_dtype=None,
+) -> tuple[torch.Tensor, ...]:
     """Mine the styles of one batch: images [B, 3, H, W] normalised, labels [B, H, W].
 
-    pool: CLIP input size / 4. Returns mu*, sigma* [M, C], classes [M] (trainId or 255) and final cosine [M] of the mined patches.
+    pool: CLIP input size / 4. Returns mu*, sigma* [M, C], classes [M] (trainId or 255) and the final
+    cosine [M] of the mined patches.
     """
     m, names = cfg.mine, cfg.model.class_names
     with torch.no_grad():
@@ -81,15 +124,28 @@ def mine_batch(visual, embed: TextEmbedder, images: torch.Tensor, labels: torch.
     classes = dominant_class(labels, m.grid, len(names)).reshape(-1)  # [N]
     flat_mu, flat_sigma = (t.permute(0, 2, 3, 1).reshape(-1, c) for t in (mu, sigma))  # [N, C]
     words = torch.randint(len(m.vocabulary), (classes.numel(),), generator=generator).tolist()
-    texts = [prompt(m.vocabulary[w], names[k] if k < len(names) else None)
-             for w, k in zip(words, classes.tolist(), strict=True)]
+    texts = [
+        prompt(m.vocabulary[w], names[k] if k < len(names) else None)
+        for w, k in zip(words, classes.tolist(), strict=True)
+    ]
     target = embed(texts)
     groups = split_patches(f_norm, m.grid)
     if m.one_per_class:
         keep = first_per_class(classes)
         groups = [(p[keep[i]], i[keep[i]]) for p, i in groups]
-    mu_s, sigma_s, cos, order = pin_optimize(visual, groups, flat_mu, flat_sigma, target, pool, m.steps, m.lr,
-                                             m.momentum, m.weight_decay, amp_dtype)
+    mu_s, sigma_s, cos, order = pin_optimize(
+        visual,
+        groups,
+        flat_mu,
+        flat_sigma,
+        target,
+        pool,
+        m.steps,
+        m.lr,
+        m.momentum,
+        m.weight_decay,
+        amp_dtype,
+    )
     return mu_s, sigma_s, classes[order], cos
 
 
@@ -99,6 +155,8 @@ def _resume_or_new(out: Path, names, channels: int, meta: dict) -> StyleBank:
     bank = StyleBank.load(out)
     diff = [k for k in _RESUME_KEYS if bank.metadata.get(k) != meta[k]]
     if diff or bank.channels != channels or bank.class_names != list(names):
-        raise FileExistsError(f"style bank {out} exists but was mined with other settings ({', '.join(diff)}); "
-                              "famix resumes only identical runs: pass another mine.out or move that file away")
+        raise FileExistsError(
+            f"style bank {out} exists but was mined with other settings ({', '.join(diff)}); "
+            "famix resumes only identical runs: pass another mine.out or move that file away"
+        )
     return bank

@@ -16,8 +16,16 @@ from torch.utils.data import Sampler
 
 
 class StreamSampler(Sampler[tuple[int, int]]):
-    def __init__(self, length: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 start_step: int = 0, steps: int | None = None):
+    def __init__(
+        self,
+        length: int,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        start_step: int = 0,
+        steps: int | None = None,
+    ):
         if length < 1:
             raise ValueError("cannot sample from an empty dataset")
         self.length, self.batch_size, self.seed = length, batch_size, seed

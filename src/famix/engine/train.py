@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -48,8 +47,10 @@ def build_mixer(cfg: Config, model, device) -> LocalStyleMixer | None:
     packed = None
     if s.mix in ("famix", "augment"):
         if not s.bank:
-            raise ValueError(f"style.mix={s.mix} needs a style bank: set style.bank=PATH (made by `famix mine`) "
-                             "or choose style.mix=mixstyle|none")
+            raise ValueError(
+                f"style.mix={s.mix} needs a style bank: set style.bank=PATH (made by `famix mine`) "
+                "or choose style.mix=mixstyle|none"
+            )
         bank = StyleBank.load(s.bank)
         bank.check_compatible(model.low_channels, cfg.model.class_names, s.bank)
         packed = bank.packed(device)
@@ -86,8 +87,11 @@ def train(cfg: Config) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
     loader = make_train_loader(cfg, info, start)
-    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if info.enabled else model
+    net = (
+        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if info.enabled
+        else model
+    )
     logger = MetricsLogger(out, info.main)
     model.train()
     bar = tqdm(total=t.iterations, initial=start, desc="train", disable=not info.main, dynamic_ncols=True)
@@ -104,7 +108,9 @@ def train(cfg: Config) -> dict:
         restyle = (lambda f: mixer(f, labels)) if mixer is not None else None  # noqa: B023
         with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
             logits = net(images, restyle=restyle)  # [B, K, H, W]
-            loss = F.cross_entropy(logits.float(), labels, ignore_index=255, label_smoothing=t.label_smoothing)
+            loss = F.cross_entropy(
+                logits.float(), labels, ignore_index=255, label_smoothing=t.label_smoothing
+            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -119,15 +125,17 @@ def train(cfg: Config) -> dict:
             if not math.isfinite(mean_loss):
                 raise FloatingPointError(
                     f"non-finite training loss near step {step}; stopped without saving, the last good "
-                    f"checkpoint ({out / 'latest.pt'}) is kept. Lower train.lr or set train.amp=off and resume.")
+                    f"checkpoint ({out / 'latest.pt'}) is kept. Lower train.lr or set train.amp=off, "
+                    "then resume."
+                )
             now = time.perf_counter()
-            logger.log(step=step, loss=mean_loss, lr=scheduler.get_last_lr()[0],
-                       seconds=round(now - tick, 3))
+            logger.log(step=step, loss=mean_loss, lr=scheduler.get_last_lr()[0], seconds=round(now - tick, 3))
             tick, last_log = now, step
             bar.set_postfix(loss=f"{mean_loss:.3f}")
         if validate_now:
-            best = validate_and_save(cfg, model, optimizer, scheduler, scaler, step, best, device, amp_dtype,
-                                     info, logger)
+            best = validate_and_save(
+                cfg, model, optimizer, scheduler, scaler, step, best, device, amp_dtype, info, logger
+            )
     bar.close()
     barrier()
     cleanup()
@@ -136,11 +144,21 @@ def train(cfg: Config) -> dict:
 
 def make_train_loader(cfg: Config, info, start: int) -> DataLoader:
     d = cfg.data
-    dataset = SeededTransform(build_dataset(d.train, d.synthetic_size), train_transform(d.crop, d.jitter, d.hflip))
-    sampler = StreamSampler(len(dataset), d.batch_size, cfg.train.seed, info.rank, info.world_size, start,
-                            cfg.train.iterations)
-    return DataLoader(dataset, batch_size=d.batch_size, sampler=sampler, num_workers=d.workers,
-                      pin_memory=torch.cuda.is_available(), drop_last=True, persistent_workers=d.workers > 0)
+    dataset = SeededTransform(
+        build_dataset(d.train, d.synthetic_size), train_transform(d.crop, d.jitter, d.hflip)
+    )
+    sampler = StreamSampler(
+        len(dataset), d.batch_size, cfg.train.seed, info.rank, info.world_size, start, cfg.train.iterations
+    )
+    return DataLoader(
+        dataset,
+        batch_size=d.batch_size,
+        sampler=sampler,
+        num_workers=d.workers,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=True,
+        persistent_workers=d.workers > 0,
+    )
 
 
 def validate_and_save(cfg, model, optimizer, scheduler, scaler, step, best, device, amp_dtype, info, logger):
@@ -149,15 +167,27 @@ def validate_and_save(cfg, model, optimizer, scheduler, scaler, step, best, devi
         scores = {}
         for spec in cfg.data.val:
             loader = DataLoader(Normalized(build_dataset(spec, cfg.data.synthetic_size)), batch_size=1)
-            result = evaluate(model, loader, cfg.model.num_classes, device, amp_dtype=amp_dtype, progress=False,
-                              reduce=False)
+            result = evaluate(
+                model,
+                loader,
+                cfg.model.num_classes,
+                device,
+                amp_dtype=amp_dtype,
+                progress=False,
+                reduce=False,
+            )
             scores[spec] = result.miou
         score = sum(scores.values()) / len(scores) if scores else -1.0
         if scores:
             logger.log(step=step, val=scores, val_mean=score)
-        state = dict(model_state=model.state_dict(), optimizer_state=optimizer.state_dict(),
-                     scheduler_state=scheduler.state_dict(), scaler_state=scaler.state_dict(), cur_itrs=step,
-                     config=cfg.to_dict())
+        state = dict(
+            model_state=model.state_dict(),
+            optimizer_state=optimizer.state_dict(),
+            scheduler_state=scheduler.state_dict(),
+            scaler_state=scaler.state_dict(),
+            cur_itrs=step,
+            config=cfg.to_dict(),
+        )
         out = Path(cfg.train.out)
         if score > best or not (out / "best.pt").is_file():
             best = max(score, best)

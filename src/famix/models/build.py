@@ -13,10 +13,14 @@ def build_segmenter(cfg, seed: int | None = 0) -> Segmenter:
     """Segmenter for a ``ModelConfig``: CLIP image tower (weights from ``cfg.weights``) + DeepLabv3+ head,
     frozen by ``cfg.freeze``. ``seed`` makes random initialisation reproducible."""
     if len(cfg.class_names) != cfg.num_classes:
-        raise ValueError(f"model.class_names lists {len(cfg.class_names)} names for num_classes="
-                         f"{cfg.num_classes}: make them agree")
+        raise ValueError(
+            f"model.class_names lists {len(cfg.class_names)} names for num_classes="
+            f"{cfg.num_classes}: make them agree"
+        )
     clip = build_clip(cfg.backbone, cfg.weights, seed=seed)
-    with torch.random.fork_rng(devices=[]):  # the head's random init, reproducible without global side effects
+    with torch.random.fork_rng(
+        devices=[]
+    ):  # the head's random init, reproducible without global side effects
         if seed is not None:
             torch.manual_seed(seed + 1)
         model = Segmenter(clip.visual, cfg.num_classes, cfg.output_stride, cfg.dilation)

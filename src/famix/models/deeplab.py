@@ -22,8 +22,12 @@ class ASPPPooling(nn.Sequential):
     """Image-level branch: global average pool, 1x1 conv + BN + ReLU, upsampled back."""
 
     def __init__(self, cin: int, cout: int):
-        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
+        super().__init__(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(cin, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
@@ -41,7 +45,10 @@ class ASPP(nn.Module):
             + [ASPPPooling(cin, cout)]
         )
         self.project = nn.Sequential(
-            nn.Conv2d(5 * cout, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.Dropout(0.1)
+            nn.Conv2d(5 * cout, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -23,8 +23,9 @@ class Segmenter(nn.Module):
     run without autograd, and stay in eval mode (frozen BatchNorm statistics) whenever the model trains.
     """
 
-    def __init__(self, visual: nn.Module, num_classes: int, output_stride: int = 16,
-                 dilation: str = "official"):
+    def __init__(
+        self, visual: nn.Module, num_classes: int, output_stride: int = 16, dilation: str = "official"
+    ):
         super().__init__()
         self.backbone = prepare_backbone(visual, output_stride, dilation)
         low, out = feature_channels(self.backbone)
@@ -39,7 +40,8 @@ class Segmenter(nn.Module):
     def frozen_units(self) -> list[str]:
         """Names of backbone units (see ``backbone_units``) with no trainable parameter."""
         return [
-            name for name, _ in backbone_units(self.backbone)
+            name
+            for name, _ in backbone_units(self.backbone)
             if not any(p.requires_grad for m in unit_modules(self.backbone, name) for p in m.parameters())
         ]
 
@@ -52,7 +54,7 @@ class Segmenter(nn.Module):
         return self
 
     def features(self, x: torch.Tensor, restyle: Restyle | None = None) -> dict[str, torch.Tensor]:
-        """x: [B, 3, H, W] -> {"low": layer1 [B, C1, H/4, W/4] (restyled), "out": layer4 [B, C4, H/OS, W/OS]}."""
+        """x: [B, 3, H, W] -> {"low": layer1 [B, C1, H/4, W/4] (restyled), "out": [B, C4, H/OS, W/OS]}."""
         frozen = set(self.frozen_units())
         grad = torch.is_grad_enabled()
         low = None

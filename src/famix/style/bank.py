@@ -32,7 +32,9 @@ class StyleBank:
         for name in [*self.class_names, IGNORE_KEY]:
             self.styles.setdefault(name, (torch.zeros(0, self.channels), torch.zeros(0, self.channels)))
 
-    def add(self, mu: torch.Tensor, sigma: torch.Tensor, classes: torch.Tensor, ignore_index: int = 255) -> None:
+    def add(
+        self, mu: torch.Tensor, sigma: torch.Tensor, classes: torch.Tensor, ignore_index: int = 255
+    ) -> None:
         """Append styles. mu, sigma: [N, C]; classes: [N] trainIds or ``ignore_index``."""
         mu, sigma, classes = mu.detach().float().cpu(), sigma.detach().float().cpu(), classes.cpu()
         for k, name in [*enumerate(self.class_names), (ignore_index, IGNORE_KEY)]:
@@ -63,8 +65,12 @@ class StyleBank:
             if mu.shape[0]:
                 tensors[f"mu/{name}"] = mu.contiguous()
                 tensors[f"sigma/{name}"] = sigma.contiguous()
-        meta = {"famix_style_bank": "1", "class_names": json.dumps(self.class_names),
-                "channels": str(self.channels), "metadata": json.dumps(self.metadata)}
+        meta = {
+            "famix_style_bank": "1",
+            "class_names": json.dumps(self.class_names),
+            "channels": str(self.channels),
+            "metadata": json.dumps(self.metadata),
+        }
         return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
     @classmethod
@@ -72,31 +78,42 @@ class StyleBank:
         """Read a bank written by ``save``; errors name the file and what is wrong with it."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"style bank {path} not found: make one with `famix mine` or fix the path")
+            raise FileNotFoundError(
+                f"style bank {path} not found: make one with `famix mine` or fix the path"
+            )
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
         except Exception as e:
-            raise ValueError(f"cannot read style bank {path} ({e}); it must be a famix safetensors bank "
-                             "(official pickle banks: `famix convert bank --trust-pickle`)") from e
+            raise ValueError(
+                f"cannot read style bank {path} ({e}); it must be a famix safetensors bank "
+                "(official pickle banks: `famix convert bank --trust-pickle`)"
+            ) from e
         if meta.get("famix_style_bank") != "1":
             raise ValueError(f"{path} is a safetensors file but not a famix style bank (no famix metadata)")
-        bank = cls(json.loads(meta["class_names"]), int(meta["channels"]), metadata=json.loads(meta["metadata"]))
+        bank = cls(
+            json.loads(meta["class_names"]), int(meta["channels"]), metadata=json.loads(meta["metadata"])
+        )
         for key, value in tensors.items():
             kind, name = key.split("/", 1)
             mu, sigma = bank.styles[name]
             bank.styles[name] = (value, sigma) if kind == "mu" else (mu, value)
         return bank
 
-    def check_compatible(self, channels: int, class_names: list[str] | tuple[str, ...], source: str = "") -> None:
+    def check_compatible(
+        self, channels: int, class_names: list[str] | tuple[str, ...], source: str = ""
+    ) -> None:
         """Raise a clear error if this bank cannot restyle a model with ``channels`` layer1 channels."""
         where = f" {source}" if source else ""
         if self.channels != channels:
             raise ValueError(
                 f"style bank{where} has {self.channels}-channel styles but the model's layer1 has {channels} "
                 f"channels (bank mined with backbone {self.metadata.get('backbone', '?')}): mine a bank with "
-                "the same backbone as the model (`famix mine`)")
+                "the same backbone as the model (`famix mine`)"
+            )
         if list(self.class_names) != list(class_names):
-            raise ValueError(f"style bank{where} was mined for classes {self.class_names}, the model predicts "
-                             f"{list(class_names)}: mine a bank with the model's class list")
+            raise ValueError(
+                f"style bank{where} was mined for classes {self.class_names}, the model predicts "
+                f"{list(class_names)}: mine a bank with the model's class list"
+            )

@@ -31,7 +31,7 @@ def split_patches(x: torch.Tensor, grid: int) -> list[tuple[torch.Tensor, torch.
             if nr == 0 or nc == 0:
                 continue
             ph, pw = rows[r0 + 1] - rows[r0], cols[c0 + 1] - cols[c0]
-            region = x[:, :, rows[r0]:rows[r1], cols[c0]:cols[c1]]
+            region = x[:, :, rows[r0] : rows[r1], cols[c0] : cols[c1]]
             patches = region.reshape(b, c, nr, ph, nc, pw).permute(0, 2, 4, 1, 3, 5).reshape(-1, c, ph, pw)
             groups.append((patches, flat[:, r0:r1, c0:c1].reshape(-1)))
     return groups
@@ -42,10 +42,19 @@ def clip_tail(visual: nn.Module, z: torch.Tensor) -> torch.Tensor:
     return visual.attnpool(visual.layer4(visual.layer3(visual.layer2(z))))
 
 
-def pin_optimize(visual: nn.Module, groups: list[tuple[torch.Tensor, torch.Tensor]], mu: torch.Tensor,
-                 sigma: torch.Tensor, text: torch.Tensor, pool: int, steps: int = 100, lr: float = 0.1,
-                 momentum: float = 0.9, weight_decay: float = 1e-4,
-                 amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def pin_optimize(
+    visual: nn.Module,
+    groups: list[tuple[torch.Tensor, torch.Tensor]],
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    text: torch.Tensor,
+    pool: int,
+    steps: int = 100,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Optimise per-patch styles so CLIP embeds ReLU(sigma* f_norm + mu*) near the patch's text.
 
     groups: ``split_patches`` of the normalised features f_norm; mu, sigma: [N, C] initial styles and
@@ -64,7 +73,9 @@ def pin_optimize(visual: nn.Module, groups: list[tuple[torch.Tensor, torch.Tenso
         zs, start = [], 0
         for patches, index in groups:
             n = index.numel()
-            z = torch.relu(sigma_p[start:start + n, :, None, None] * patches + mu_p[start:start + n, :, None, None])
+            z = torch.relu(
+                sigma_p[start : start + n, :, None, None] * patches + mu_p[start : start + n, :, None, None]
+            )
             zs.append(F.adaptive_avg_pool2d(z, pool))  # [n, C, S, S]
             start += n
         with torch.autocast(device_type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):

@@ -23,8 +23,13 @@ MIX_MODES = {
 }
 
 
-def sample_beta(shape: tuple[int, ...], a: float, b: float, generator: torch.Generator | None = None,
-                device: torch.device | str = "cpu") -> torch.Tensor:
+def sample_beta(
+    shape: tuple[int, ...],
+    a: float,
+    b: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """Beta(a, b) samples from an explicit generator (Johnk's method, in log space for small a, b).
 
     X = U^(1/a), Y = V^(1/b); given X + Y <= 1, X / (X + Y) ~ Beta(a, b). A draw is accepted with
@@ -45,8 +50,12 @@ def sample_beta(shape: tuple[int, ...], a: float, b: float, generator: torch.Gen
     return torch.where(accepted.any(0), value, torch.full_like(value, 0.5))
 
 
-def sample_bank_indices(classes: torch.Tensor, counts: torch.Tensor, offsets: torch.Tensor,
-                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_bank_indices(
+    classes: torch.Tensor,
+    counts: torch.Tensor,
+    offsets: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one bank row per patch, uniformly among its class's styles, with fallbacks.
 
     classes: [...] long, a class in [0, K) or anything else for ignore; counts, offsets: [K + 1] long
@@ -64,8 +73,9 @@ def sample_bank_indices(classes: torch.Tensor, counts: torch.Tensor, offsets: to
     return torch.where(found, offsets[bucket] + pick, 0), found  # row 0 for not-found: always a valid index
 
 
-def sample_other_patches(batch: int, patches: int, generator: torch.Generator | None = None,
-                         device: torch.device | str = "cpu") -> torch.Tensor:
+def sample_other_patches(
+    batch: int, patches: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """For each of ``batch * patches`` patches, the flat index of a uniformly drawn *other* patch."""
     n = batch * patches
     if n < 2:
@@ -74,8 +84,9 @@ def sample_other_patches(batch: int, patches: int, generator: torch.Generator | 
     return (torch.arange(n, device=device) + shift) % n
 
 
-def mix_stats(mu: torch.Tensor, sigma: torch.Tensor, mu_t: torch.Tensor, sigma_t: torch.Tensor,
-              alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def mix_stats(
+    mu: torch.Tensor, sigma: torch.Tensor, mu_t: torch.Tensor, sigma_t: torch.Tensor, alpha: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """alpha * own + (1 - alpha) * target. mu, sigma, mu_t, sigma_t: [B, C, G, G]; alpha: [B, C, 1, 1]."""
     return alpha * mu + (1 - alpha) * mu_t, alpha * sigma + (1 - alpha) * sigma_t
 
@@ -88,8 +99,15 @@ class LocalStyleMixer:
     [B, H', W'] (the label crop at input resolution).
     """
 
-    def __init__(self, mode: str, grid: int = 3, beta: float = 0.1, num_classes: int = 19,
-                 bank: tuple[torch.Tensor, ...] | None = None, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        mode: str,
+        grid: int = 3,
+        beta: float = 0.1,
+        num_classes: int = 19,
+        bank: tuple[torch.Tensor, ...] | None = None,
+        generator: torch.Generator | None = None,
+    ):
         if mode not in MIX_MODES:
             raise ValueError(f"unknown mix mode {mode!r}; choose one of: {', '.join(MIX_MODES)}")
         if mode in ("famix", "augment") and bank is None:
@@ -108,8 +126,9 @@ class LocalStyleMixer:
         if self.mode == "mixstyle":
             flat = lambda t: t.permute(0, 2, 3, 1).reshape(-1, c)  # noqa: E731  [B*G*G, C]
             other = sample_other_patches(b, self.grid**2, self.generator, f.device)
-            mu_t, sigma_t = (flat(t)[other].view(b, self.grid, self.grid, c).permute(0, 3, 1, 2)
-                             for t in (mu, sigma))
+            mu_t, sigma_t = (
+                flat(t)[other].view(b, self.grid, self.grid, c).permute(0, 3, 1, 2) for t in (mu, sigma)
+            )
         else:
             bank_mu, bank_sigma, counts, offsets = self.bank
             classes = dominant_class(labels, self.grid, self.num_classes)

@@ -7,11 +7,26 @@ import torch
 
 # The paper's default style vocabulary (method.md section 3).
 DEFAULT_STYLE_WORDS: tuple[str, ...] = (
-    "Ethereal Mist style", "Cyberpunk Cityscape style", "Rustic Charm style", "Galactic Fantasy style",
-    "Pastel Dreams style", "Dystopian Noir style", "Whimsical Wonderland style", "Urban Grit style",
-    "Enchanted Forest style", "Retro Futurism style", "Monochrome Elegance style", "Vibrant Graffiti style",
-    "Haunting Shadows style", "Steampunk Adventures style", "Watercolor Serenity style", "Industrial Chic style",
-    "Cosmic Voyage style", "Pop Art Popularity style", "Abstract Symphony style", "Magical Realism style",
+    "Ethereal Mist style",
+    "Cyberpunk Cityscape style",
+    "Rustic Charm style",
+    "Galactic Fantasy style",
+    "Pastel Dreams style",
+    "Dystopian Noir style",
+    "Whimsical Wonderland style",
+    "Urban Grit style",
+    "Enchanted Forest style",
+    "Retro Futurism style",
+    "Monochrome Elegance style",
+    "Vibrant Graffiti style",
+    "Haunting Shadows style",
+    "Steampunk Adventures style",
+    "Watercolor Serenity style",
+    "Industrial Chic style",
+    "Cosmic Voyage style",
+    "Pop Art Popularity style",
+    "Abstract Symphony style",
+    "Magical Realism style",
 )
 
 
@@ -23,8 +38,9 @@ def prompt(style: str, class_name: str | None) -> str:
 class TextEmbedder:
     """CLIP text embeddings of prompts averaged over the 80 OpenAI ImageNet templates, cached by prompt."""
 
-    def __init__(self, clip_model: torch.nn.Module, templates=open_clip.OPENAI_IMAGENET_TEMPLATES,
-                 chunk: int = 256):
+    def __init__(
+        self, clip_model: torch.nn.Module, templates=open_clip.OPENAI_IMAGENET_TEMPLATES, chunk: int = 256
+    ):
         self.model, self.templates, self.chunk = clip_model, tuple(templates), chunk
         self.cache: dict[str, torch.Tensor] = {}
 
@@ -36,8 +52,10 @@ class TextEmbedder:
             texts = [t(p) for p in missing for t in self.templates]
             device = next(self.model.parameters()).device
             context = getattr(self.model, "context_length", 77)
-            parts = [self.model.encode_text(open_clip.tokenize(texts[i:i + self.chunk], context).to(device))
-                     for i in range(0, len(texts), self.chunk)]
+            parts = [
+                self.model.encode_text(open_clip.tokenize(texts[i : i + self.chunk], context).to(device))
+                for i in range(0, len(texts), self.chunk)
+            ]
             mean = torch.cat(parts).float().view(len(missing), len(self.templates), -1).mean(1)
             for p, e in zip(missing, torch.nn.functional.normalize(mean, dim=-1), strict=True):
                 self.cache[p] = e

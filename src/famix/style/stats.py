@@ -15,7 +15,7 @@ EPS = 1e-5
 
 
 def grid_edges(size: int, grid: int) -> list[int]:
-    """Band edges of a map of ``size`` pixels cut in ``grid`` bands: [0, s, 2s, ..., size], s = size // grid."""
+    """Band edges of ``size`` pixels cut in ``grid`` bands: [0, s, 2s, ..., size], s = size // grid."""
     if grid < 1 or size < grid:
         raise ValueError(f"cannot cut a map of {size} pixels into a grid of {grid}: use a smaller grid")
     step = size // grid
@@ -71,7 +71,9 @@ def restyle(f_norm: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torc
     return torch.relu(expand_patches(sigma, h, w) * f_norm + expand_patches(mu, h, w))
 
 
-def dominant_class(labels: torch.Tensor, grid: int, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+def dominant_class(
+    labels: torch.Tensor, grid: int, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
     """Most frequent label value of each patch; ignore counts as a value; ties go to the smallest value.
 
     labels: [B, H, W] ints (trainIds, ``ignore_index``; other values count as ignore) -> [B, G, G] long,

@@ -142,3 +142,30 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = load_checkpoint(tmp_path / "latest.pt")
     assert ckpt["cur_itrs"] == 4
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_writes_nothing(tmp_path):
+    cfg = tiny_cfg(tmp_path, "train.lr=1e30", "train.iterations=20", "train.log_interval=2", "style.mix=none")
+    with pytest.raises(FloatingPointError, match="non-finite training loss.*last good"):
+        train(cfg)
+    assert not (tmp_path / "latest.pt").exists()
+
+
+def test_mining_resumes_to_the_same_bank(tmp_path):
+    from famix.engine.mine import mine
+    from famix.style.bank import StyleBank
+
+    def run(out, images):
+        return mine(
+            load_config(TINY, [f"mine.out={out}", f"mine.max_images={images}", "mine.steps=2"]), False
+        )
+
+    straight = run(tmp_path / "a.safetensors", 8)
+    run(tmp_path / "b.safetensors", 4)  # "interrupted" after one batch of 4
+    resumed = run(tmp_path / "b.safetensors", 8)
+    assert resumed.metadata["batches_done"] == 2 and len(straight) == len(resumed) == 8 * 9
+    reloaded = StyleBank.load(tmp_path / "b.safetensors")
+    for name, (mu, sigma) in straight.styles.items():
+        assert torch.equal(mu, reloaded.styles[name][0]) and torch.equal(sigma, reloaded.styles[name][1])
+    with pytest.raises(FileExistsError, match="other settings"):
+        mine(load_config(TINY, [f"mine.out={tmp_path / 'b.safetensors'}", "mine.steps=3"]), False)

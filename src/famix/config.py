@@ -113,6 +113,11 @@ def _coerce(value, tp, where: str):
             value = [value]
         (item,) = typing.get_args(tp)
         return [_coerce(v, item, where) for v in value]
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if tp is str and isinstance(value, int | float):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from famix.data.labels import CLASS_NAMES, NUM_CLASSES
+from famix.engine.sliding import sliding_logits
 
 # How often (in batches) the progress bar's running mIoU is refreshed; each refresh syncs the device.
 _POSTFIX_EVERY = 10
@@ -63,12 +64,16 @@ def predict_logits(
     scale: float | None = None,
     ensemble: bool = False,
     out_size: Sequence[int] | None = None,
+    window: int | None = None,
+    stride: int | None = None,
 ) -> torch.Tensor:
     """Run ``model`` on normalised ``images`` [B, 3, H, W] and return logits [B, K, *out_size].
 
     ``scale`` s is a resize factor for the input (0.5 = half resolution; bilinear, align_corners=True),
     the logits are resized back to ``out_size`` (default: the input size). With ``ensemble`` the logits
     of scale 1 and scale s are averaged. Scale None / 1 runs the model on the input as is.
+    With ``window`` each (scaled) input is segmented by :func:`~famix.engine.sliding.sliding_logits`
+    in overlapping ``window``-pixel tiles ``stride`` apart, for images too large for memory.
     """
     h, w = images.shape[-2:]
     size = (h, w) if out_size is None else tuple(out_size)
@@ -78,7 +83,8 @@ def predict_logits(
         if s != 1.0:
             # round() so that e.g. 1024 * 0.5 is exactly 512 and odd sizes do not drift.
             x = _resize(images, (max(1, round(h * s)), max(1, round(w * s))))
-        return _resize(model(x), size)  # [B, K, *size]
+        logits = model(x) if window is None else sliding_logits(model, x, window, stride)
+        return _resize(logits, size)  # [B, K, *size]
 
     s = 1.0 if scale is None else float(scale)
     if not ensemble or s == 1.0:
@@ -143,10 +149,13 @@ def evaluate(
     progress: bool = True,
     desc: str = "eval",
     reduce: bool = True,
+    window: int | None = None,
+    stride: int | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on ``loader`` batches ``(images [B,3,H,W], labels [B,H,W])`` and return IoUs.
 
-    Logits are predicted at the label size (see :func:`predict_logits` for ``scale``/``ensemble``).
+    Logits are predicted at the label size (see :func:`predict_logits` for ``scale``/``ensemble`` and
+    the sliding ``window``/``stride``).
     Under torch.distributed each rank evaluates its shard and the confusion matrices are summed (set
     ``reduce=False`` when only one rank evaluates, as training's validation does). The model's
     per-submodule train/eval state is restored afterwards.
@@ -162,7 +171,9 @@ def evaluate(
             images = images.to(device, non_blocking=True)  # [B, 3, H, W]
             labels = labels.to(device, non_blocking=True)  # [B, H, W]
             with autocast_context(device, amp_dtype):
-                logits = predict_logits(model, images, scale, ensemble, out_size=labels.shape[-2:])
+                logits = predict_logits(
+                    model, images, scale, ensemble, labels.shape[-2:], window, stride
+                )
             cm += confusion_matrix(logits.argmax(1), labels, num_classes)  # argmax: [B, H, W]
             num_images += images.shape[0]
             if show and (i + 1) % _POSTFIX_EVERY == 0:

@@ -105,18 +105,8 @@ def train(cfg: Config) -> dict:
         torch.manual_seed(step_seed(t.seed, step, info.rank))
         if mixer is not None:
             mixer.generator.manual_seed(step_seed(t.seed, step, info.rank))
-        restyle = (lambda f: mixer(f, labels)) if mixer is not None else None  # noqa: B023
-        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            logits = net(images, restyle=restyle)  # [B, K, H, W]
-            loss = F.cross_entropy(
-                logits.float(), labels, ignore_index=255, label_smoothing=t.label_smoothing
-            )
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        running += train_step(net, mixer, images, labels, optimizer, scaler, amp_dtype, t.label_smoothing)
         scheduler.step()
-        running += loss.detach()
         bar.update(1)
         validate_now = step % t.val_interval == 0 or step == last
         if step % t.log_interval == 0 or validate_now:
@@ -140,6 +130,20 @@ def train(cfg: Config) -> dict:
     barrier()
     cleanup()
     return {"step": last, "best_score": best}
+
+
+def train_step(net, mixer, images, labels, optimizer, scaler, amp_dtype, label_smoothing) -> torch.Tensor:
+    """One SGD step: images [B, 3, H, W], labels [B, H, W]; layer1 features restyled by ``mixer``.
+    Returns the detached loss (no host synchronisation)."""
+    restyle = (lambda f: mixer(f, labels)) if mixer is not None else None
+    with torch.autocast(images.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        logits = net(images, restyle=restyle)  # [B, K, H, W]
+        loss = F.cross_entropy(logits.float(), labels, ignore_index=255, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
 
 
 def make_train_loader(cfg: Config, info, start: int) -> DataLoader:

@@ -1,7 +1,8 @@
-"""Tests for famix.engine.evaluate: confusion/IoU against loop oracles, multi-scale inference, evaluate()."""
+"""Tests for famix.engine.evaluate/sliding/results: IoU and sliding windows vs loop oracles, eval, tables."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -13,10 +14,12 @@ from famix.engine.evaluate import (
     EvalResult,
     confusion_matrix,
     evaluate,
-    format_table,
+    evaluate_many,
     iou_from_confusion,
     predict_logits,
 )
+from famix.engine.results import format_paper_table, format_table, load_results, paper_column, write_results
+from famix.engine.sliding import sliding_logits, window_starts
 
 
 def _cm_oracle(pred, label, k):
@@ -150,3 +153,139 @@ def test_format_table():
     assert "class" not in table
     full = format_table({"gta": a, "bdd": b}, class_names=["x", "y", "z"], per_class=True)
     assert "| y | - | 20.00 |" in full and "| z | 75.00 | - |" in full
+
+
+@pytest.mark.parametrize(
+    "length,window,stride,expected",
+    [
+        (10, 4, 3, [0, 3, 6]),
+        (10, 4, 2, [0, 2, 4, 6]),
+        (9, 4, 4, [0, 4, 5]),
+        (8, 4, 4, [0, 4]),
+        (3, 4, 2, [0]),
+    ],
+)
+def test_window_starts(length, window, stride, expected):
+    assert window_starts(length, window, stride) == expected
+
+
+def _sliding_oracle(model, x, window, stride):
+    # Independent enumeration: every stride-th start that fits, plus one flush with the far border.
+    h, w = x.shape[-2:]
+    wh, ww = min(window, h), min(window, w)
+    ys = sorted(set(range(0, h - wh + 1, stride)) | {h - wh})
+    xs = sorted(set(range(0, w - ww + 1, stride)) | {w - ww})
+    total, count = None, np.zeros((h, w))
+    for y in ys:
+        for x0 in xs:
+            tile = model(x[:, :, y : y + wh, x0 : x0 + ww]).numpy().astype(np.float64)
+            if total is None:
+                total = np.zeros((x.shape[0], tile.shape[1], h, w))
+            for i in range(wh):  # pixel by pixel: the slow, obviously right version
+                for j in range(ww):
+                    total[:, :, y + i, x0 + j] += tile[:, :, i, j]
+                    count[y + i, x0 + j] += 1
+    return total / count
+
+
+@pytest.mark.parametrize(
+    "shape,window,stride",
+    [((2, 3, 13, 17), 6, None), ((1, 3, 9, 20), 8, 3), ((1, 3, 5, 7), 10, 2), ((1, 3, 8, 8), 4, 4)],
+)
+def test_sliding_matches_oracles(shape, window, stride):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
+    pointwise = torch.nn.Conv2d(
+        3, 5, 1
+    )  # output at a pixel depends on that pixel only: tiling changes nothing
+    conv = _conv_model(k=5)  # 3x3, zero padding: tile borders differ from the full image
+    with torch.no_grad():
+        torch.testing.assert_close(sliding_logits(pointwise, x, window, stride), pointwise(x))
+        out = sliding_logits(conv, x, window, stride)
+        assert out.shape == (shape[0], 5, *shape[2:]) and out.dtype == torch.float32
+        np.testing.assert_allclose(
+            out.numpy(), _sliding_oracle(conv, x, window, stride or window * 2 // 3), atol=1e-5
+        )
+        if window < max(shape[2:]):  # the test has teeth: tiling a 3x3 conv is not the full conv
+            assert not torch.allclose(out, conv(x), atol=1e-4)
+
+
+def test_sliding_low_resolution_model_and_errors():
+    model = torch.nn.Sequential(torch.nn.AvgPool2d(2), torch.nn.Conv2d(3, 4, 1))  # logits at half size
+    x = torch.randn(1, 3, 12, 14)
+    with torch.no_grad():
+        assert sliding_logits(model, x, 8).shape == (1, 4, 12, 14)
+    with pytest.raises(ValueError, match="stride"):
+        sliding_logits(model, x, 4, stride=5)  # gaps between windows
+    with pytest.raises(ValueError, match="window"):
+        sliding_logits(model, x, 0)
+
+
+def test_predict_logits_window_with_scale_and_ensemble():
+    pointwise = torch.nn.Conv2d(3, 4, 1)
+    x = torch.randn(2, 3, 19, 26)
+    with torch.no_grad():
+        for scale, ensemble in [(None, False), (0.5, False), (0.5, True), (1.5, True)]:
+            full = predict_logits(pointwise, x, scale, ensemble, out_size=(10, 30))
+            tiled = predict_logits(pointwise, x, scale, ensemble, out_size=(10, 30), window=7, stride=5)
+            torch.testing.assert_close(tiled, full)
+    conv = _conv_model()
+    res_full = evaluate(pointwise, _make_loader(), num_classes=4, progress=False)
+    res_tiled = evaluate(pointwise, _make_loader(), num_classes=4, progress=False, window=5)
+    assert res_tiled.confusion == res_full.confusion
+    many = evaluate_many(
+        conv, ["a", "b"], lambda spec: _make_loader(seed=ord(spec)), num_classes=4, progress=False
+    )
+    assert list(many) == ["a", "b"]
+    assert many["b"].confusion == evaluate(conv, _make_loader(seed=ord("b")), 4, progress=False).confusion
+
+
+def test_paper_column():
+    cases = {
+        "cityscapes:/data/cs:val": "C",
+        "BDD100K:/b": "B",
+        "bdd:/b": "B",
+        "mapillary:/m": "M",
+        "synthia:/s": "S",
+        "acdc:night:/a": "ACDC night",
+        "acdc:fog:/a:val": "fog",
+        "acdc:/a": None,
+        "gta5:/g:val": None,
+        "synthetic:fog:30": None,
+    }
+    assert {spec: paper_column(spec) for spec in cases} == cases
+
+
+def _result(miou, k=3):
+    return EvalResult(miou, [miou] * (k - 1) + [None], [[1] * k] * k, 2)
+
+
+def test_format_paper_table():
+    results = {
+        "synthetic:fog:30": _result(0.1),
+        "acdc:fog:/a": _result(0.4),
+        "mapillary:/m": _result(0.3),
+        "cityscapes:/c": _result(0.48154),
+        "acdc:night:/a": _result(math.nan),
+        "cityscapes:/other": _result(0.2),  # a second Cityscapes: its own column
+    }
+    lines = format_paper_table(results, name="famix").splitlines()
+    header = [c.strip() for c in lines[0].split("|")[1:-1]]
+    assert header == ["", "C", "M", "ACDC night", "fog", "synthetic:fog:30", "cityscapes:/other", "mean"]
+    assert lines[1] == "| --- | --- | --- | --- | --- | --- | --- | --- |"
+    mean = 100 * (0.48154 + 0.3 + 0.4 + 0.1 + 0.2) / 5  # nan (an empty split) is shown as "-", not averaged
+    assert lines[2] == f"| famix | 48.15 | 30.00 | - | 40.00 | 10.00 | 20.00 | {mean:.2f} |"
+
+
+def test_write_and_load_results(tmp_path):
+    results = {"cityscapes:/c": _result(0.5, k=19), "acdc:snow:/a": _result(math.nan, k=19)}
+    path = write_results(results, tmp_path / "sub" / "eval.json")
+    assert [p.name for p in path.parent.iterdir()] == ["eval.json"]  # no temporary file left
+    data = json.loads(path.read_text())
+    cs = data["datasets"]["cityscapes:/c"]
+    assert list(cs["per_class_iou"])[:2] == ["road", "sidewalk"] and cs["per_class_iou"]["bicycle"] is None
+    assert cs["miou"] == 0.5 and cs["num_images"] == 2 and data["datasets"]["acdc:snow:/a"]["miou"] is None
+    assert data["mean_miou"] == 0.5 and data["table"] == format_paper_table(results)
+    back = load_results(path)
+    assert back["cityscapes:/c"] == results["cityscapes:/c"] and math.isnan(back["acdc:snow:/a"].miou)
+    named = json.loads(write_results({"x": _result(0.5)}, tmp_path / "n.json", ["a", "b", "c"]).read_text())
+    assert named["datasets"]["x"]["per_class_iou"] == {"a": 0.5, "b": 0.5, "c": None}

@@ -9,7 +9,14 @@ from PIL import Image
 
 from famix.data.labels import colorize
 from famix.data.transforms import normalize
-from famix.engine.predict import list_images, load_image, overlay, predict_paths
+from famix.engine.predict import (
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    list_images,
+    load_image,
+    overlay,
+    predict_paths,
+)
 
 
 def _write_png(path, h, w, seed):
@@ -37,6 +44,9 @@ def test_list_images(tmp_path):
     assert list_images([str(tmp_path / "*.png"), str(tmp_path / "b.png")]) == [tmp_path / "b.png"]
     with pytest.raises(FileNotFoundError, match="nothing_here"):
         list_images([str(tmp_path / "nothing_here*.png")])
+    (tmp_path / "sub/clip.MP4").write_bytes(b"x")
+    media = list_images([str(tmp_path / "sub")], IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+    assert media == [tmp_path / "sub/c.webp", tmp_path / "sub/clip.MP4"]
 
 
 def test_overlay():
@@ -68,3 +78,45 @@ def test_predict_paths(tmp_path):
         color = np.asarray(Image.open(out_dir / f"{stem}_color.png"))
         np.testing.assert_array_equal(color, colorize(expected))
         assert Image.open(out_dir / f"{stem}_overlay.png").size == (w, h)
+
+
+def test_predict_paths_batches_equal_sizes(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 19, 3, padding=1)
+    batch_sizes = []
+    model.register_forward_pre_hook(lambda m, args: batch_sizes.append(args[0].shape[0]))
+    sizes = [(8, 10), (6, 6), (8, 10), (8, 10), (6, 6)]
+    paths = []
+    for i, (h, w) in enumerate(sizes):
+        _write_png(tmp_path / f"im{i}.png", h, w, i)
+        paths.append(tmp_path / f"im{i}.png")
+    written = predict_paths(model, paths, tmp_path / "out", outputs=["trainid"], batch_size=2, progress=False)
+    assert written == [tmp_path / "out" / f"im{i}_trainid.png" for i in range(5)]  # input order kept
+    assert sorted(batch_sizes) == [1, 2, 2]  # (8, 10): 2 + 1 images, (6, 6): 2 images
+    for p, dst in zip(paths, written, strict=True):
+        with torch.no_grad():
+            expected = model(normalize(load_image(p))[None])[0].argmax(0).numpy()
+        np.testing.assert_array_equal(np.asarray(Image.open(dst)), expected)
+
+
+def test_predict_paths_window_and_errors(tmp_path):
+    model = torch.nn.Conv2d(3, 19, 1)  # pointwise: sliding windows give the full-image result
+    _write_png(tmp_path / "a.png", 11, 23, 0)
+    full = predict_paths(model, [tmp_path / "a.png"], tmp_path / "full", outputs=["trainid"], progress=False)
+    tiled = predict_paths(
+        model,
+        [tmp_path / "a.png"],
+        tmp_path / "tiled",
+        outputs=["trainid"],
+        window=8,
+        stride=5,
+        progress=False,
+    )
+    np.testing.assert_array_equal(np.asarray(Image.open(full[0])), np.asarray(Image.open(tiled[0])))
+    with pytest.raises(ValueError, match="batch_size"):
+        predict_paths(model, [tmp_path / "a.png"], tmp_path / "x", batch_size=0)
+    with pytest.raises(ValueError, match="video_output"):
+        predict_paths(model, [tmp_path / "a.png"], tmp_path / "x", video_output="trainid")
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="bad.png"):
+        predict_paths(model, [tmp_path / "bad.png"], tmp_path / "x", progress=False)

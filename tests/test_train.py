@@ -80,7 +80,7 @@ def test_cli_mine_train_eval_predict(tmp_path, capsys):
         ]
     )
     out = capsys.readouterr().out
-    results = json.loads((tmp_path / "eval.json").read_text())
+    results = json.loads((tmp_path / "eval.json").read_text())["datasets"]
     assert set(results) == {"synthetic:fog:3:5", "synthetic:night:2:5"}
     assert f"{100 * results['synthetic:fog:3:5']['miou']:.2f}" in out
     from PIL import Image

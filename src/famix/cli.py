@@ -35,32 +35,55 @@ def cmd_eval(args) -> None:
 
     from famix.data.datasets import Normalized, build_dataset
     from famix.engine.distributed import resolve_device
-    from famix.engine.evaluate import evaluate, format_table
+    from famix.engine.evaluate import evaluate
     from famix.engine.inference import load_segmenter
+    from famix.engine.results import format_paper_table, format_table, write_results
 
     device = resolve_device(args.device)
     model, cfg = load_segmenter(args.checkpoint, device=device)
     results = {}
     for spec in args.data:
-        loader = DataLoader(
-            Normalized(build_dataset(spec, args.synthetic_size)), batch_size=1, num_workers=args.workers
+        dataset = Normalized(build_dataset(spec, args.synthetic_size))
+        loader = DataLoader(dataset, batch_size=1, num_workers=args.workers)
+        results[spec] = evaluate(
+            model,
+            loader,
+            cfg.num_classes,
+            device,
+            args.scale,
+            args.ensemble,
+            desc=spec,
+            window=args.window,
+            stride=args.stride,
         )
-        results[spec] = evaluate(model, loader, cfg.num_classes, device, args.scale, args.ensemble, desc=spec)
-    print(format_table(results, cfg.class_names, per_class=args.per_class))
+    print(format_paper_table(results) if args.paper_table else format_table(results, cfg.class_names))
+    if args.per_class:
+        print(format_table(results, cfg.class_names, per_class=True))
     out = Path(args.json or Path(args.checkpoint).with_suffix(".eval.json"))
-    out.write_text(json.dumps({k: v.to_dict() for k, v in results.items()}, indent=1))
+    write_results(results, out, cfg.class_names)
     print(f"results written to {out}")
 
 
 def cmd_predict(args) -> None:
     from famix.engine.distributed import resolve_device
     from famix.engine.inference import load_segmenter
-    from famix.engine.predict import list_images, predict_paths
+    from famix.engine.predict import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_images, predict_paths
 
     device = resolve_device(args.device)
     model, _ = load_segmenter(args.checkpoint, device=device)
+    paths = list_images(args.inputs, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
     written = predict_paths(
-        model, list_images(args.inputs), args.out, device, args.scale, args.ensemble, tuple(args.outputs)
+        model,
+        paths,
+        args.out,
+        device,
+        args.scale,
+        args.ensemble,
+        tuple(args.outputs),
+        batch_size=args.batch_size,
+        window=args.window,
+        stride=args.stride,
+        video_output=args.video_output,
     )
     print(f"wrote {len(written)} files to {args.out}")
 
@@ -93,23 +116,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on one or more datasets")
     e.add_argument("checkpoint")
-    e.add_argument("--data", nargs="+", required=True, help="dataset specs, e.g. synthetic:fog:300")
-    e.add_argument("--scale", type=float, default=None, help="test-time input scale, e.g. 0.5")
-    e.add_argument("--ensemble", action="store_true", help="average logits at scale 1 and --scale")
+    e.add_argument(
+        "--data", nargs="+", required=True, help="dataset specs, e.g. cityscapes:data/cityscapes:val"
+    )
     e.add_argument("--per-class", action="store_true", help="also print per-class IoU")
+    e.add_argument(
+        "--paper-table", action="store_true", help="the paper's layout: C, B, M, S, ACDC n/s/r/f, mean"
+    )
     e.add_argument("--json", help="where to write results (default: next to the checkpoint)")
-    for s in (e,):
-        s.add_argument("--synthetic-size", type=int, default=256)
-        s.add_argument("--workers", type=int, default=2)
+    e.add_argument("--synthetic-size", type=int, default=256, help="image size of synthetic:* datasets")
+    e.add_argument("--workers", type=int, default=2)
 
-    pr = sub.add_parser("predict", help="segment images (files, folders, globs)")
+    pr = sub.add_parser("predict", help="segment images and videos (files, folders, globs)")
     pr.add_argument("checkpoint")
     pr.add_argument("inputs", nargs="+")
     pr.add_argument("--out", required=True)
-    pr.add_argument("--scale", type=float, default=None)
-    pr.add_argument("--ensemble", action="store_true")
-    pr.add_argument("--outputs", nargs="+", default=["trainid", "color", "overlay"])
+    pr.add_argument("--outputs", nargs="+", default=["trainid", "color", "overlay"], help="for images")
+    pr.add_argument("--video-output", default="overlay", choices=["overlay", "color"], help="for videos")
+    pr.add_argument(
+        "--batch-size", type=int, default=1, help="images of one size (or video frames) per batch"
+    )
     for s in (e, pr):
+        s.add_argument("--scale", type=float, default=None, help="test-time input scale, e.g. 0.5")
+        s.add_argument("--ensemble", action="store_true", help="average logits at scale 1 and --scale")
+        s.add_argument(
+            "--window", type=int, default=None, help="sliding-window inference with this tile size"
+        )
+        s.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: 2/3 window)")
         s.add_argument("--device", default="auto")
 
     d = sub.add_parser("demo", help="the whole recipe on the embedded synthetic world (CPU, minutes)")

@@ -1,6 +1,10 @@
-"""Datasets by name: ``NAME[:CONDITION]:ROOT[:SPLIT]`` specs, and the seeded training wrapper.
+"""Datasets by name: ``NAME[:CONDITION]:ROOT[:SPLIT][:KEY=VALUE...]`` specs, and the seeded training
+wrapper.
 
 Every dataset yields (image uint8 [3, H, W], label int64 [H, W] of trainIds with 255 = ignore).
+SPLIT is a split name (``train``, ``val``) or the path of a split-list file (one image name per
+line); without SPLIT every image/label pair found is used, sorted. ``KEY=VALUE`` fields are
+per-dataset options (``mismatch=skip|error|resize`` everywhere; see each module).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import Dataset
 
+from famix.data import acdc, bdd, cityscapes, gta5, mapillary, synthia
 from famix.data.transforms import normalize
 
 
@@ -22,23 +27,38 @@ def _synthetic(spec: list[str], size: int):
     return SyntheticDataset(domain=domain, length=length, size=(size, size), seed=seed)
 
 
+# The benchmark loaders by spec name; each module has build(), scan(), SOURCE, USAGE, LAYOUT.
+MODULES = {m.SOURCE.name: m for m in (gta5, synthia, cityscapes, bdd, mapillary, acdc)}
+ALIASES = {"bdd": "bdd100k", "gtav": "gta5"}
+
 # name -> (builder(parts after the name, synthetic size), expected layout for help texts)
 DATASETS: dict[str, tuple[Callable, str]] = {
     "synthetic": (_synthetic, "synthetic:DOMAIN[:LENGTH[:SEED]] - the embedded procedural street world"),
+    **{name: (m.build, f"{m.USAGE}\n{m.LAYOUT}") for name, m in MODULES.items()},
 }
 
 
 def build_dataset(spec: str, synthetic_size: int = 256) -> Dataset:
-    """Build a dataset from a spec string such as ``synthetic:fog:300``."""
+    """Build a dataset from a spec such as ``synthetic:fog:300``, ``cityscapes:/data/cityscapes:val``,
+    ``acdc:night:/data/acdc:val`` or ``gta5:/data/gta5:/lists/gtav_split_train.txt``."""
     name, *rest = spec.split(":")
+    name = ALIASES.get(name.lower(), name.lower())
     if name not in DATASETS:
-        raise ValueError(
-            f"unknown dataset {name!r} in {spec!r}; known: "
-            + "; ".join(layout for _, layout in DATASETS.values())
-        )
+        raise ValueError(f"unknown dataset {name!r} in {spec!r}; known datasets:\n{describe_datasets()}")
     dataset = DATASETS[name][0](rest, synthetic_size)
     dataset.spec = spec
     return dataset
+
+
+def describe_datasets() -> str:
+    """The dataset names, spec syntax and expected folder layouts (``famix datasets``)."""
+    lines = [
+        "Dataset specs: NAME[:CONDITION]:ROOT[:SPLIT][:KEY=VALUE...]; SPLIT = a split name or a list file."
+    ]
+    for name, (_, layout) in DATASETS.items():
+        lines += ["", f"{name}:", *("  " + line for line in layout.splitlines())]
+    lines += ["", "aliases: " + ", ".join(f"{a} = {n}" for a, n in ALIASES.items())]
+    return "\n".join(lines)
 
 
 class SeededTransform(Dataset):

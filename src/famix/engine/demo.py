@@ -16,8 +16,9 @@ from torch.utils.data import DataLoader
 from famix.config import Config, save_config
 from famix.data.datasets import Normalized, build_dataset
 from famix.data.synthetic import SHIFTED_DOMAINS, SOURCE_DOMAIN
-from famix.engine.evaluate import evaluate, format_table
+from famix.engine.evaluate import evaluate
 from famix.engine.mine import mine
+from famix.engine.results import format_table
 from famix.engine.train import train
 from famix.io import atomic_write
 

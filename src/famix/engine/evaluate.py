@@ -1,10 +1,13 @@
-"""Semantic-segmentation evaluation: confusion matrices, (m)IoU, multi-scale inference and result tables."""
+"""Semantic-segmentation evaluation: confusion matrices, (m)IoU, multi-scale inference, the eval loop.
+
+Tables and result files are in :mod:`famix.engine.results`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -12,7 +15,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from famix.data.labels import CLASS_NAMES, NUM_CLASSES
+from famix.data.labels import NUM_CLASSES
 from famix.engine.sliding import sliding_logits
 
 # How often (in batches) the progress bar's running mIoU is refreshed; each refresh syncs the device.
@@ -171,9 +174,7 @@ def evaluate(
             images = images.to(device, non_blocking=True)  # [B, 3, H, W]
             labels = labels.to(device, non_blocking=True)  # [B, H, W]
             with autocast_context(device, amp_dtype):
-                logits = predict_logits(
-                    model, images, scale, ensemble, labels.shape[-2:], window, stride
-                )
+                logits = predict_logits(model, images, scale, ensemble, labels.shape[-2:], window, stride)
             cm += confusion_matrix(logits.argmax(1), labels, num_classes)  # argmax: [B, H, W]
             num_images += images.shape[0]
             if show and (i + 1) % _POSTFIX_EVERY == 0:
@@ -193,32 +194,12 @@ def evaluate(
     )
 
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None or math.isnan(v) else f"{100 * v:.2f}"
+def evaluate_many(
+    model: torch.nn.Module, specs: Sequence[str], build_loader: Callable[[str], Iterable], **kwargs
+) -> dict[str, EvalResult]:
+    """:func:`evaluate` on each dataset spec in turn; ``{spec: EvalResult}`` in the order given.
 
-
-def _row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-def format_table(
-    results: dict[str, EvalResult], class_names: Sequence[str] | None = None, per_class: bool = False
-) -> str:
-    """Markdown table of mIoU (%) per dataset plus their mean; optionally a per-class IoU table."""
-    names = list(results)
-    mious = [r.miou for r in results.values()]
-    valid = [m for m in mious if not math.isnan(m)]
-    mean = sum(valid) / len(valid) if valid else math.nan
-    lines = [
-        _row(["", *names, "mean"]),
-        _row(["---"] * (len(names) + 2)),
-        _row(["mIoU", *(_pct(m) for m in mious), _pct(mean)]),
-    ]
-    if per_class and results:
-        k = len(next(iter(results.values())).per_class_iou)
-        if class_names is None:
-            class_names = CLASS_NAMES if k == len(CLASS_NAMES) else [str(c) for c in range(k)]
-        lines += ["", _row(["class", *names]), _row(["---"] * (len(names) + 1))]
-        for c, cname in enumerate(class_names):
-            lines.append(_row([cname, *(_pct(r.per_class_iou[c]) for r in results.values())]))
-    return "\n".join(lines)
+    ``build_loader(spec)`` is called just before each evaluation, so only one dataset (and its loader
+    workers) is alive at a time. ``kwargs`` go to :func:`evaluate`; the progress bar is named by spec.
+    """
+    return {spec: evaluate(model, build_loader(spec), desc=spec, **kwargs) for spec in specs}

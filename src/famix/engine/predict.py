@@ -1,8 +1,8 @@
-"""Inference on image files: load, predict trainIds, write trainId / colour / overlay PNGs."""
+"""Inference on files: load images, predict trainIds, write trainId / colour / overlay PNGs; videos too."""
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import glob
 import os
 from collections.abc import Sequence
@@ -16,9 +16,12 @@ from tqdm import tqdm
 from famix.data.labels import NUM_CLASSES, colorize, palette
 from famix.data.transforms import normalize
 from famix.engine.evaluate import autocast_context, eval_mode, predict_logits
+from famix.io import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 OUTPUT_KINDS = ("trainid", "color", "overlay")
+VIDEO_OUTPUTS = ("overlay", "color")
 
 
 def load_image(path: str | os.PathLike) -> torch.Tensor:
@@ -36,29 +39,38 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
-def _is_image(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+def is_video(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a video file (by its extension, :data:`VIDEO_EXTENSIONS`)."""
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
 
-def list_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Expand files, folders (recursively, sorted) and glob patterns into a de-duplicated image list.
+def list_images(
+    inputs: Sequence[str | os.PathLike], extensions: Sequence[str] = IMAGE_EXTENSIONS
+) -> list[Path]:
+    """Expand files, folders (recursively, sorted) and glob patterns into a de-duplicated file list.
 
     Explicitly named files are kept whatever their extension; folder and glob matches are filtered
-    by :data:`IMAGE_EXTENSIONS`. An input that yields nothing raises FileNotFoundError naming it.
+    by ``extensions`` (lower case; pass ``IMAGE_EXTENSIONS + VIDEO_EXTENSIONS`` to include videos).
+    An input that yields nothing raises FileNotFoundError naming it.
     """
+    extensions = tuple(extensions)
+
+    def wanted(q: Path) -> bool:
+        return q.is_file() and q.suffix.lower() in extensions
+
     found: dict[Path, None] = {}  # ordered set
     for inp in inputs:
         p = Path(inp)
         if p.is_file():
             matches = [p]
         elif p.is_dir():
-            matches = sorted(q for q in p.rglob("*") if _is_image(q))
+            matches = sorted(q for q in p.rglob("*") if wanted(q))
         else:
-            matches = [q for q in map(Path, sorted(glob.glob(str(inp), recursive=True))) if _is_image(q)]
+            matches = [q for q in map(Path, sorted(glob.glob(str(inp), recursive=True))) if wanted(q)]
         if not matches:
             raise FileNotFoundError(
-                f"no images found for input {str(inp)!r} (expected a file, a folder or a glob matching "
-                f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} files)"
+                f"nothing found for input {str(inp)!r} (expected a file, a folder or a glob matching "
+                f"{'/'.join(e[1:] for e in extensions)} files)"
             )
         found.update(dict.fromkeys(matches))
     return list(found)
@@ -78,14 +90,8 @@ def overlay(image: torch.Tensor | np.ndarray, train_ids: torch.Tensor | np.ndarr
 
 
 def _save_png_atomic(array: np.ndarray, dst: Path) -> None:
-    # Temp name in the same folder so os.replace is an atomic rename: readers never see half a file.
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, dst)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    # Readers (and a crash) never see half a file.
+    atomic_write(dst, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
 def _unique_stems(paths: Sequence[Path]) -> list[str]:
@@ -106,6 +112,46 @@ def _render(kind: str, image: torch.Tensor, ids: np.ndarray) -> np.ndarray:
     return overlay(image, ids)  # [H, W, 3]
 
 
+def predict_ids(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    device: str | torch.device = "cpu",
+    scale: float | None = None,
+    ensemble: bool = False,
+    amp_dtype: torch.dtype | None = None,
+    window: int | None = None,
+    stride: int | None = None,
+) -> np.ndarray:
+    """trainIds uint8 [B, H, W] (numpy) of uint8 RGB ``images`` [B, 3, H, W].
+
+    See :func:`~famix.engine.evaluate.predict_logits` for ``scale``/``ensemble``/``window``/``stride``.
+    Call it under ``eval_mode(model)`` and ``torch.inference_mode()``.
+    """
+    device = torch.device(device)
+    x = normalize(images.to(device))  # [B, 3, H, W] float
+    with autocast_context(device, amp_dtype):
+        logits = predict_logits(model, x, scale, ensemble, window=window, stride=stride)  # [B, K, H, W]
+    return logits.argmax(1).to(torch.uint8).cpu().numpy()
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    # Reads the header only, so images can be grouped by size before any is decoded.
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        load_image(path)  # raises the error that says what is wrong with the file
+        raise
+
+
+def _size_batches(paths: Sequence[Path], batch_size: int) -> list[list[int]]:
+    # Indices into ``paths``: same-size images (in input order) chunked so each chunk stacks into one batch.
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, path in enumerate(paths):
+        groups.setdefault(_image_size(path), []).append(i)
+    return [g[j : j + batch_size] for g in groups.values() for j in range(0, len(g), batch_size)]
+
+
 def predict_paths(
     model: torch.nn.Module,
     paths: Sequence[str | os.PathLike],
@@ -116,30 +162,55 @@ def predict_paths(
     outputs: Sequence[str] = OUTPUT_KINDS,
     amp_dtype: torch.dtype | None = None,
     progress: bool = True,
+    batch_size: int = 1,
+    window: int | None = None,
+    stride: int | None = None,
+    video_output: str = "overlay",
 ) -> list[Path]:
-    """Predict every image in ``paths`` (one at a time, sizes may differ) and write PNGs to ``out_dir``.
+    """Segment every image and video in ``paths`` and write the results to ``out_dir``.
 
-    Writes ``<stem>_trainid.png`` (uint8 trainIds), ``<stem>_color.png`` (Cityscapes palette) and
-    ``<stem>_overlay.png`` as selected by ``outputs``; returns the written paths in order.
+    Images: ``<stem>_trainid.png`` (uint8 trainIds), ``<stem>_color.png`` (Cityscapes palette) and
+    ``<stem>_overlay.png`` as selected by ``outputs``. Images of equal size are segmented
+    ``batch_size`` at a time; sizes may differ between images. Videos (:data:`VIDEO_EXTENSIONS`, needs
+    PyAV): ``<stem>_<video_output>.mp4``, see :func:`famix.engine.video.segment_video`. Returns the
+    written paths in input order. ``scale``/``ensemble``/``window``/``stride``: see :func:`predict_ids`.
     """
     unknown = set(outputs) - set(OUTPUT_KINDS)
     if unknown:
         raise ValueError(f"unknown outputs {sorted(unknown)}; choose from {OUTPUT_KINDS}")
-    device = torch.device(device)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if video_output not in VIDEO_OUTPUTS:
+        raise ValueError(f"unknown video_output {video_output!r}; choose from {VIDEO_OUTPUTS}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [Path(p) for p in paths]
-    written: list[Path] = []
+    stems = _unique_stems(paths)
+    images = [i for i, p in enumerate(paths) if not is_video(p)]
+    videos = [i for i, p in enumerate(paths) if is_video(p)]
+    if videos:
+        # Imported here: video.py builds on this module, and PyAV is only needed for videos. Checked
+        # first so that a missing PyAV fails before the images are done, not after.
+        from famix.engine.video import import_av, segment_video
+
+        import_av()
+    segment = functools.partial(
+        predict_ids, model, device=device, scale=scale, ensemble=ensemble, amp_dtype=amp_dtype,
+        window=window, stride=stride,
+    )  # fmt: skip
+    written: dict[int, list[Path]] = {}  # input index -> its outputs
     with eval_mode(model), torch.inference_mode():
-        items = zip(paths, _unique_stems(paths), strict=True)
-        for path, stem in tqdm(items, total=len(paths), desc="predict", disable=not progress):
-            image = load_image(path)  # [3, H, W] uint8
-            x = normalize(image.to(device))[None]  # [1, 3, H, W]
-            with autocast_context(device, amp_dtype):
-                logits = predict_logits(model, x, scale, ensemble)  # [1, K, H, W]
-            ids = logits[0].argmax(0).to(torch.uint8).cpu().numpy()  # [H, W]
-            for kind in outputs:
-                dst = out / f"{stem}_{kind}.png"
-                _save_png_atomic(_render(kind, image, ids), dst)
-                written.append(dst)
-    return written
+        bar = tqdm(total=len(images), desc="predict", disable=not progress or not images)
+        for chunk in _size_batches([paths[i] for i in images], batch_size):
+            chunk = [images[j] for j in chunk]
+            batch = torch.stack([load_image(paths[i]) for i in chunk])  # [B, 3, H, W] uint8
+            for i, image, ids in zip(chunk, batch, segment(batch), strict=True):
+                written[i] = [out / f"{stems[i]}_{kind}.png" for kind in outputs]
+                for kind, dst in zip(outputs, written[i], strict=True):
+                    _save_png_atomic(_render(kind, image, ids), dst)
+            bar.update(len(chunk))
+        bar.close()
+        for i in videos:
+            dst = out / f"{stems[i]}_{video_output}.mp4"
+            written[i] = [segment_video(paths[i], dst, segment, video_output, batch_size, progress)]
+    return [p for i in range(len(paths)) for p in written[i]]

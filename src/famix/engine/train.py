@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from famix.config import Config, save_config
 from famix.data.datasets import Normalized, SeededTransform, build_dataset
-from famix.data.transforms import train_transform
+from famix.data.transforms import source_transform
 from famix.engine.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from famix.engine.distributed import barrier, cleanup, init_distributed, resolve_device
 from famix.engine.evaluate import evaluate
@@ -148,9 +148,9 @@ def train_step(net, mixer, images, labels, optimizer, scaler, amp_dtype, label_s
 
 def make_train_loader(cfg: Config, info, start: int) -> DataLoader:
     d = cfg.data
-    dataset = SeededTransform(
-        build_dataset(d.train, d.synthetic_size), train_transform(d.crop, d.jitter, d.hflip)
-    )
+    # The augmentation recipe depends on the source (SYNTHIA differs), named by the spec's first field.
+    transform = source_transform(d.train.split(":")[0], d.crop, d.jitter, d.hflip)
+    dataset = SeededTransform(build_dataset(d.train, d.synthetic_size), transform)
     sampler = StreamSampler(
         len(dataset), d.batch_size, cfg.train.seed, info.rank, info.world_size, start, cfg.train.iterations
     )

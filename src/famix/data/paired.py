@@ -1,0 +1,162 @@
+"""The dataset class shared by every benchmark loader, size screening and evaluation-time resizing.
+
+Items are (image uint8 [3, H, W], label int64 [H, W] of trainIds, 255 = ignore).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from famix.data.folder import DatasetError, Pair
+from famix.data.label_maps import to_train_ids
+from famix.data.labels import IGNORE_INDEX
+from famix.data.readers import image_size, read_image, read_raw_label
+
+# (image uint8 [H, W, 3], trainIds uint8 [H, W]) -> same, applied before conversion to tensors.
+EvalTransform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def mismatch_message(pair: Pair, image_wh: tuple[int, int], label_wh: tuple[int, int]) -> str:
+    return (
+        f"label {pair.label} is {label_wh[0]}x{label_wh[1]} (WxH) but its image {pair.image} is "
+        f"{image_wh[0]}x{image_wh[1]}. Re-download the pair, or set the dataset option mismatch=skip "
+        "(drop such pairs, counted) or mismatch=resize (resize the label, nearest)."
+    )
+
+
+def screen_sizes(
+    pairs: Sequence[Pair],
+    mismatch: str,
+    keep_size: tuple[int, int] | None = None,
+    name: str = "dataset",
+) -> tuple[list[Pair], list[tuple[Path, str]]]:
+    """Read the image and label headers of every pair (no pixel decoding) and drop what does not fit.
+
+    ``mismatch='skip'`` drops pairs whose label and image sizes differ (RobustNet's rule for GTA5),
+    ``'error'`` raises naming the first such pair, ``'resize'`` keeps them (the label is resized when
+    read). ``keep_size=(H, W)`` also drops images of any other size (FAMix's ACDC fog filter).
+    Returns (kept pairs, [(file, reason) for each dropped pair]).
+    """
+    kept, dropped, n_bad = [], [], 0
+    for pair in pairs:
+        image_wh = image_size(pair.image)
+        if keep_size is not None and image_wh != (keep_size[1], keep_size[0]):
+            dropped.append((pair.image, f"size {image_wh[0]}x{image_wh[1]} is not the protocol's"))
+            continue
+        if mismatch != "resize":
+            label_wh = image_size(pair.label, "label")
+            if label_wh != image_wh:
+                if mismatch == "error":
+                    raise DatasetError(f"{name}: " + mismatch_message(pair, image_wh, label_wh))
+                dropped.append((pair.label, mismatch_message(pair, image_wh, label_wh)))
+                n_bad += 1
+                continue
+        kept.append(pair)
+    if n_bad:
+        warnings.warn(
+            f"{name}: skipped {n_bad} image/label pair(s) of different sizes, e.g. {dropped[0][0]}; "
+            "set mismatch=error to stop instead, or mismatch=resize to keep them",
+            stacklevel=2,
+        )
+    return kept, dropped
+
+
+def center_crop_pad(size: tuple[int, int]) -> EvalTransform:
+    """Centre crop to (H, W), padding where the input is smaller: image with 0, label with 255.
+
+    The crop origin follows torchvision's ``center_crop`` (round((in - out) / 2)); padding is split
+    evenly so a portrait Mapillary image stays centred (FAMix pads the mask with 0 = road, a bug).
+    """
+    th, tw = size
+
+    def spans(n: int, t: int) -> tuple[slice, slice]:
+        if n >= t:
+            start = int(round((n - t) / 2.0))
+            return slice(start, start + t), slice(0, t)
+        start = (t - n) // 2
+        return slice(0, n), slice(start, start + n)
+
+    def apply(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        (src_y, dst_y), (src_x, dst_x) = spans(image.shape[0], th), spans(image.shape[1], tw)
+        out_image = np.zeros((th, tw, 3), dtype=image.dtype)
+        out_label = np.full((th, tw), IGNORE_INDEX, dtype=label.dtype)
+        out_image[dst_y, dst_x] = image[src_y, src_x]
+        out_label[dst_y, dst_x] = label[src_y, src_x]
+        return out_image, out_label
+
+    return apply
+
+
+def resize_height(height: int) -> EvalTransform:
+    """Resize to ``height`` keeping the aspect ratio (width = int(w / h * height), as FAMix does):
+    image bicubic, label nearest."""
+
+    def apply(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        h, w = label.shape
+        size = (max(1, int(w / h * height)), height)  # PIL wants (W, H)
+        image = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
+        label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
+        return image, label
+
+    return apply
+
+
+def compose(*steps: EvalTransform) -> EvalTransform:
+    def apply(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        for step in steps:
+            image, label = step(image, label)
+        return image, label
+
+    return apply
+
+
+class PairedDataset(Dataset):
+    """Image/label pairs read from disk, labels mapped to trainIds.
+
+    ``skipped`` lists (file, reason) for pairs dropped when the dataset was built (size mismatches,
+    ACDC fog filter); ``mismatch`` says what happens to a label of another size met when reading.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        pairs: Sequence[Pair],
+        mismatch: str = "error",
+        eval_transform: EvalTransform | None = None,
+        skipped: Sequence[tuple[Path, str]] = (),
+    ):
+        if not pairs:
+            raise DatasetError(f"{name}: no image/label pairs left to load (skipped {len(skipped)})")
+        self.name, self.pairs, self.mismatch = name, list(pairs), mismatch
+        self.eval_transform, self.skipped = eval_transform, list(skipped)
+        self.spec = name
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(image uint8 [H, W, 3], trainIds uint8 [H, W]) before the evaluation transform."""
+        pair = self.pairs[index]
+        image = read_image(pair.image)
+        label = to_train_ids(read_raw_label(pair.label, pair.encoding), pair.encoding)
+        if label.shape != image.shape[:2]:
+            if self.mismatch != "resize":
+                image_wh, label_wh = image.shape[1::-1], label.shape[::-1]
+                raise DatasetError(f"{self.name}: " + mismatch_message(pair, image_wh, label_wh))
+            size = (image.shape[1], image.shape[0])
+            label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
+        return image, label
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, label = self.load(index)
+        if self.eval_transform is not None:
+            image, label = self.eval_transform(image, label)
+        image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
+        return image_t, torch.from_numpy(np.ascontiguousarray(label)).long()

@@ -1,0 +1,80 @@
+"""Reading images and label files, with errors that name the file and say what to do.
+
+Label PNGs are read as indices: palette ('P') PNGs through ``np.array(Image.open(p))`` (never
+``.convert('RGB')``, which would turn class indices into colours), and SYNTHIA's 16-bit
+multi-channel PNGs through torchvision's PNG decoder (PIL keeps only the high byte of 16-bit RGB,
+which silently turns every SYNTHIA class id into 0).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from famix.data.folder import DatasetError
+from famix.data.label_maps import ENCODINGS
+
+_READ_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, RuntimeError)
+
+
+def _corrupt(path: Path, kind: str, err: Exception) -> DatasetError:
+    return DatasetError(
+        f"cannot read {kind} {path}: {err}. The file is truncated or not an image; re-download or "
+        f"re-extract it, or remove it together with its {'label' if kind == 'image' else 'image'}."
+    )
+
+
+def image_size(path: Path, kind: str = "image") -> tuple[int, int]:
+    """(width, height) from the file header alone (no pixel decoding)."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except _READ_ERRORS as err:
+        raise _corrupt(path, kind, err) from err
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An RGB image file -> uint8 [H, W, 3]."""
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))
+    except _READ_ERRORS as err:
+        raise _corrupt(path, "image", err) from err
+
+
+def read_index_png(path: Path) -> np.ndarray:
+    """An 8-bit palette or greyscale label PNG -> its indices, uint8 [H, W]."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L"):
+                raise DatasetError(
+                    f"label {path} has PIL mode {im.mode!r}, expected an 8-bit palette ('P') or "
+                    "greyscale ('L') PNG of class ids. Colour renderings (_color.png, colormaps/) are not "
+                    "labels: point the dataset at the id masks described by `famix datasets`."
+                )
+            return np.array(im)
+    except DatasetError:
+        raise
+    except _READ_ERRORS as err:
+        raise _corrupt(path, "label", err) from err
+
+
+def read_png16_channel0(path: Path) -> np.ndarray:
+    """A 16-bit (or 8-bit) PNG -> channel 0 (SYNTHIA's class id), [H, W] uint16 or uint8."""
+    from torchvision.io import ImageReadMode, decode_png, read_file
+
+    try:
+        data = decode_png(read_file(str(path)), mode=ImageReadMode.UNCHANGED)  # [C, H, W]
+    except _READ_ERRORS as err:
+        raise _corrupt(path, "label", err) from err
+    return data[0].numpy()
+
+
+_READERS = {"index8": read_index_png, "png16c0": read_png16_channel0}
+
+
+def read_raw_label(path: Path, encoding: str) -> np.ndarray:
+    """The raw ids of a label file [H, W] (unmapped), read as ``encoding`` requires."""
+    return _READERS[ENCODINGS[encoding].reader](path)

@@ -1,0 +1,127 @@
+"""Reporting evaluation results: markdown tables (plain and the paper's layout) and JSON result files."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from famix.data.labels import CLASS_NAMES
+from famix.engine.evaluate import EvalResult
+from famix.io import atomic_write
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None or math.isnan(v) else f"{100 * v:.2f}"
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _nanmean(values: Iterable[float]) -> float:
+    valid = [v for v in values if not math.isnan(v)]
+    return sum(valid) / len(valid) if valid else math.nan
+
+
+def _class_names(k: int, class_names: Sequence[str] | None) -> list[str]:
+    if class_names is not None:
+        return list(class_names)
+    return list(CLASS_NAMES) if k == len(CLASS_NAMES) else [str(c) for c in range(k)]
+
+
+def format_table(
+    results: dict[str, EvalResult], class_names: Sequence[str] | None = None, per_class: bool = False
+) -> str:
+    """Markdown table of mIoU (%) per dataset plus their mean; optionally a per-class IoU table."""
+    names = list(results)
+    mious = [r.miou for r in results.values()]
+    lines = [
+        _row(["", *names, "mean"]),
+        _row(["---"] * (len(names) + 2)),
+        _row(["mIoU", *(_pct(m) for m in mious), _pct(_nanmean(mious))]),
+    ]
+    if per_class and results:
+        names_k = _class_names(len(next(iter(results.values())).per_class_iou), class_names)
+        lines += ["", _row(["class", *names]), _row(["---"] * (len(names) + 1))]
+        for c, cname in enumerate(names_k):
+            lines.append(_row([cname, *(_pct(r.per_class_iou[c]) for r in results.values())]))
+    return "\n".join(lines)
+
+
+# The paper's result columns (method.md section 7), in its order.
+PAPER_COLUMNS = ("C", "B", "M", "S", "ACDC night", "snow", "rain", "fog")
+_PAPER_NAMES = {"cityscapes": "C", "bdd": "B", "bdd100k": "B", "mapillary": "M", "synthia": "S"}
+_ACDC_CONDITIONS = {"night": "ACDC night", "snow": "snow", "rain": "rain", "fog": "fog"}
+
+
+def paper_column(spec: str) -> str | None:
+    """The paper column of a dataset spec (``cityscapes:ROOT`` -> C, ``acdc:night:ROOT`` -> ACDC night)."""
+    name, *rest = spec.lower().split(":")
+    if name == "acdc":
+        return _ACDC_CONDITIONS.get(rest[0]) if rest else None
+    return _PAPER_NAMES.get(name)
+
+
+def format_paper_table(results: dict[str, EvalResult], name: str = "mIoU") -> str:
+    """One markdown row of mIoU (%) laid out like the paper: C, B, M, S, ACDC night, snow, rain, fog, mean.
+
+    Only columns with a result are shown, in the paper's order; datasets without a paper column (or a
+    second dataset for a column already filled) follow under their own spec. ``mean`` averages the
+    shown columns, as the paper's does, so it matches the paper's only when all eight are present.
+    """
+    columns: dict[str, float] = {}
+    for spec, r in results.items():
+        col = paper_column(spec)
+        columns[spec if col is None or col in columns else col] = r.miou
+    order = [c for c in PAPER_COLUMNS if c in columns] + [c for c in columns if c not in PAPER_COLUMNS]
+    values = [columns[c] for c in order]
+    return "\n".join(
+        [
+            _row(["", *order, "mean"]),
+            _row(["---"] * (len(order) + 2)),
+            _row([name, *map(_pct, values), _pct(_nanmean(values))]),
+        ]
+    )
+
+
+def write_results(
+    results: dict[str, EvalResult], path: str | os.PathLike, class_names: Sequence[str] | None = None
+) -> Path:
+    """Write ``results`` to a JSON file, atomically (a crash never leaves half a file behind).
+
+    Per dataset: mIoU, per-class IoU keyed by class name (null = class absent), confusion matrix and
+    image count; then the mean mIoU and the paper-layout table (:func:`format_paper_table`). IoUs are
+    fractions in [0, 1]; the table is in percent. :func:`load_results` reads it back.
+    """
+    datasets = {}
+    for spec, r in results.items():
+        d = r.to_dict()
+        d["per_class_iou"] = dict(
+            zip(_class_names(len(r.per_class_iou), class_names), r.per_class_iou, strict=True)
+        )
+        datasets[spec] = d
+    mean = _nanmean([r.miou for r in results.values()])
+    payload = {
+        "datasets": datasets,
+        "mean_miou": None if math.isnan(mean) else mean,
+        "table": format_paper_table(results),
+    }
+    text = json.dumps(payload, indent=1)
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def load_results(path: str | os.PathLike) -> dict[str, EvalResult]:
+    """Read a :func:`write_results` file back into ``{spec: EvalResult}`` (e.g. to tabulate several runs)."""
+    datasets = json.loads(Path(path).read_text())["datasets"]
+    return {
+        spec: EvalResult(
+            miou=math.nan if d["miou"] is None else d["miou"],
+            per_class_iou=list(d["per_class_iou"].values()),
+            confusion=d["confusion"],
+            num_images=d["num_images"],
+        )
+        for spec, d in datasets.items()
+    }

@@ -87,7 +87,7 @@ def test_gta5_val_centre_crop(tmp_path):
     assert image.shape == (3, 1046, 1914) and label.shape == (1046, 1914)  # official crop, padded
     top, left = (1046 - fake.H) // 2, (1914 - fake.W) // 2
     assert int(image[0, top, left]) == 1 and int(image[:, 0, 0].sum()) == 0
-    assert (label[:top] == 255).all() and int(label[top, left]) == 0  # id 7 -> road inside
+    assert (label[:top] == 255).all() and int(label[top, left]) == 1  # id 8 -> sidewalk inside
     image, label = build_dataset(f"gta5:{tmp_path}:val:center_crop=8x10")[0]
     assert image.shape == (3, 8, 10) and label.shape == (8, 10)
     assert build_dataset(f"gta5:{tmp_path}:val:center_crop=none")[0][0].shape == (3, fake.H, fake.W)
@@ -104,7 +104,8 @@ def test_synthia_16bit_channel0_ids(tmp_path):
     assert int(label[0, 0]) == 0  # SYNTHIA 3 = road
     # Why the loader avoids PIL: it keeps the high byte of 16-bit RGB, so every class id reads as 0.
     via_pil = np.array(Image.open(tmp_path / "GT/LABELS/val/0000002.png"))[..., 0]
-    assert (via_pil == 0).all() and (raw != 0).any()
+    classes = raw < 256  # (the 300 in the fake label has a high byte of 1)
+    assert (via_pil[classes] == 0).all() and (raw[classes] != 0).mean() > 0.9
 
 
 def test_synthia_flat_layout_with_named_split_list(tmp_path):
@@ -135,7 +136,7 @@ def test_mapillary_map_resize_and_centre_crop_pad(tmp_path):
     assert image.shape == (3, 32, 32) and label.shape == (32, 32)
     assert (label[:, :5] == 255).all() and (label[:, 26:] == 255).all()  # mask padded with ignore
     assert (image[:, :, :5] == 0).all() and (label[:, 5:26] != 255).any()
-    inner = np.asarray(Image.fromarray(plain[0][1].numpy().astype(np.uint8)).resize((21, 32), Image.NEAREST))
+    inner = np.array(Image.fromarray(plain[0][1].numpy().astype(np.uint8)).resize((21, 32), Image.NEAREST))
     assert torch.equal(label[:, 5:26], torch.from_numpy(inner).long())
     image, label = ds[1]  # 16x40 -> 32x80 -> centre crop columns 24..55
     assert image.shape == (3, 32, 32) and not (label == 255).all(dim=0).any()

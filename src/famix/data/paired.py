@@ -101,8 +101,8 @@ def resize_height(height: int) -> EvalTransform:
     def apply(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, w = label.shape
         size = (max(1, int(w / h * height)), height)  # PIL wants (W, H)
-        image = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
-        label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
+        image = np.array(Image.fromarray(image).resize(size, Image.BICUBIC))
+        label = np.array(Image.fromarray(label).resize(size, Image.NEAREST))
         return image, label
 
     return apply
@@ -151,7 +151,7 @@ class PairedDataset(Dataset):
                 image_wh, label_wh = image.shape[1::-1], label.shape[::-1]
                 raise DatasetError(f"{self.name}: " + mismatch_message(pair, image_wh, label_wh))
             size = (image.shape[1], image.shape[0])
-            label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
+            label = np.array(Image.fromarray(label).resize(size, Image.NEAREST))
         return image, label
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:

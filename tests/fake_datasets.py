@@ -127,7 +127,9 @@ def mapillary(root: Path, sizes: list[tuple[int, int]], labels_dir: str = "label
         write_palette(root / "validation" / labels_dir / f"img{k:03d}.png", raster(MAPILLARY_VALUES, h, w))
 
 
-def acdc(root: Path, condition: str, split: str, n: int, sizes: dict[int, tuple[int, int]] | None = None) -> None:
+def acdc(
+    root: Path, condition: str, split: str, n: int, sizes: dict[int, tuple[int, int]] | None = None
+) -> None:
     for i in range(n):
         h, w = (sizes or {}).get(i, (H, W))
         frame = f"GOPR0475_frame_{i:06d}"

@@ -91,7 +91,23 @@ def cmd_predict(args) -> None:
 def cmd_demo(args) -> None:
     from famix.engine.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, seed=args.seed)
+    run_demo(args.out, quick=args.quick, seed=args.seed, ablation=args.ablation, seeds=args.seeds)
+
+
+def cmd_datasets(args) -> None:
+    from famix.data.check import check_dataset, exit_code, format_check
+    from famix.data.datasets import describe_datasets
+
+    if args.action is None:
+        print(describe_datasets())
+        return
+    if args.action != "check" or not args.name:
+        raise ValueError(
+            "usage: famix datasets [check NAME ROOT]  (NAME may be a full spec, e.g. acdc:night)"
+        )
+    report = check_dataset(args.name, args.root)
+    print(format_check(report))
+    sys.exit(exit_code(report))
 
 
 def cmd_convert(args) -> None:
@@ -148,7 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the whole recipe on the embedded synthetic world (CPU, minutes)")
     d.add_argument("--out", default="famix-demo")
     d.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="first seed")
+    d.add_argument("--seeds", type=int, default=1, help="number of seeds (mean +/- std, paired deltas)")
+    d.add_argument("--ablation", action="store_true", help="the paper's Freeze/Augment/Mix grid + a control")
+
+    ds = sub.add_parser("datasets", help="list dataset names and layouts, or check a dataset folder")
+    ds.add_argument(
+        "action", nargs="?", choices=["check"], help="check NAME ROOT: counts, pairing, label values"
+    )
+    ds.add_argument("name", nargs="?", help="dataset name (gta5, cityscapes, acdc:night, ...) or a full spec")
+    ds.add_argument("root", nargs="?", help="dataset root folder")
 
     c = sub.add_parser("convert", help="convert official checkpoints / banks / CLIP weights")
     c.add_argument("kind", choices=["checkpoint", "bank", "clip"])
@@ -168,6 +193,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "predict": cmd_predict,
     "demo": cmd_demo,
+    "datasets": cmd_datasets,
     "convert": cmd_convert,
 }
 

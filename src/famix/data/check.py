@@ -69,7 +69,8 @@ def _check_unit(scan: Scan, fog_size, max_labels: int | None) -> dict:
         if fog_size is not None and image_wh != (fog_size[1], fog_size[0]):
             entry["filtered"] += 1  # FAMix's fog filter drops it; not a problem
         if image_wh != label_wh:
-            entry["size_mismatches"].append(f"{pair.label} is {label_wh}, its image {image_wh} (WxH)")
+            sizes = "x".join(map(str, label_wh)), "x".join(map(str, image_wh))
+            entry["size_mismatches"].append(f"{pair.label} is {sizes[0]}, its image {sizes[1]} (WxH)")
         else:
             readable.append(pair)
     sample = readable

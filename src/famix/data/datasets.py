@@ -2,8 +2,9 @@
 wrapper.
 
 Every dataset yields (image uint8 [3, H, W], label int64 [H, W] of trainIds with 255 = ignore).
-SPLIT is a split name (``train``, ``val``) or the path of a split-list file (one image name per
-line); without SPLIT every image/label pair found is used, sorted. ``KEY=VALUE`` fields are
+SPLIT is a split name (``train``, ``val``) or the path of a split-list file (containing ``/`` or
+ending in ``.txt``; one image name per line); without SPLIT every image/label pair found is used,
+sorted. ``KEY=VALUE`` fields are
 per-dataset options (``mismatch=skip|error|resize`` everywhere; see each module).
 """
 
@@ -53,7 +54,9 @@ def build_dataset(spec: str, synthetic_size: int = 256) -> Dataset:
 def describe_datasets() -> str:
     """The dataset names, spec syntax and expected folder layouts (``famix datasets``)."""
     lines = [
-        "Dataset specs: NAME[:CONDITION]:ROOT[:SPLIT][:KEY=VALUE...]; SPLIT = a split name or a list file."
+        "Dataset specs: NAME[:CONDITION]:ROOT[:SPLIT][:KEY=VALUE...]",
+        "  SPLIT: a split name, or a split-list path (containing / or ending in .txt), one name per line;",
+        "  no SPLIT: every image/label pair found. KEY=VALUE: the options shown per dataset.",
     ]
     for name, (_, layout) in DATASETS.items():
         lines += ["", f"{name}:", *("  " + line for line in layout.splitlines())]

@@ -138,8 +138,9 @@ def unpaired_error(scan: Scan, source: Source) -> DatasetError | None:
 
 
 def is_list_file(split: str) -> bool:
-    """A split given as a path (a list file) rather than a split name such as ``val``."""
-    return "/" in split or "\\" in split or split.endswith(".txt") or Path(split).is_file()
+    """A split given as a list-file path (containing a folder separator or ending in ``.txt``) rather
+    than a split name such as ``val`` (a stray file called ``val`` in the working folder must not win)."""
+    return "/" in split or "\\" in split or split.endswith(".txt")
 
 
 def list_key(entry: str, image_suffixes: tuple[str, ...]) -> str:

@@ -49,7 +49,8 @@ class LabelEncoding:
 
     ``reader`` is ``"index8"`` (8-bit palette/grey PNG, value = id) or ``"png16c0"`` (16-bit
     multi-channel PNG, channel 0 = id); ``lut`` maps raw ids 0-255 to trainIds; ``known`` are the
-    raw ids the dataset defines (anything else in a file is reported by the checker).
+    raw ids the dataset defines, plus 255, the ignore value of preprocessed copies (anything else in a
+    file is reported by the checker).
     """
 
     name: str
@@ -64,7 +65,7 @@ ENCODINGS: dict[str, LabelEncoding] = {
         "cityscapes",
         "index8",
         cityscapes_id_to_train_id(),
-        frozenset(range(34)),
+        frozenset([*range(34), IGNORE_INDEX]),
         "Cityscapes labelIds 0-33 (8-bit; GTA5's palette index is the same id)",
     ),
     "trainid": LabelEncoding(
@@ -78,14 +79,14 @@ ENCODINGS: dict[str, LabelEncoding] = {
         "synthia",
         "png16c0",
         _lut(SYNTHIA_TO_TRAIN_ID),
-        frozenset(range(23)),
+        frozenset([*range(23), IGNORE_INDEX]),
         "SYNTHIA class ids 0-22 in channel 0 of a 16-bit PNG",
     ),
     "mapillary": LabelEncoding(
         "mapillary",
         "index8",
         _lut(MAPILLARY_TO_TRAIN_ID),
-        frozenset(range(66)),
+        frozenset([*range(66), IGNORE_INDEX]),
         "Mapillary Vistas v1.2 class ids 0-65 (8-bit palette)",
     ),
 }

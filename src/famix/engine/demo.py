@@ -1,12 +1,14 @@
 """``famix demo``: the whole FAMix recipe on the embedded synthetic world, on a CPU, in minutes.
 
 Mine a style bank on the "day" source domain with a tiny CLIP, train FAMix and a plain baseline on day,
-evaluate both on day and on the shifted domains, print the table, save it (markdown, JSON) and a chart.
-The same code paths as real use; only data and weights differ.
+evaluate on day and on held-out domains, print the table, save it (markdown, JSON), a chart and a grid of
+predictions. ``--ablation`` runs the paper's Freeze/Augment/Mix grid plus the "un-optimised styles"
+control over several seeds. The same code paths as real use; only data and weights differ.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -16,16 +18,34 @@ from torch.utils.data import DataLoader
 from famix.config import Config, save_config
 from famix.data.datasets import Normalized, build_dataset
 from famix.data.synthetic import SHIFTED_DOMAINS, SOURCE_DOMAIN
+from famix.engine.demo_report import chart, prediction_grid, report
 from famix.engine.evaluate import evaluate
+from famix.engine.inference import load_segmenter
 from famix.engine.mine import mine
-from famix.engine.results import format_table
 from famix.engine.train import train
 from famix.io import atomic_write
 
+# name -> (freeze preset, mix mode, bank): the paper's grid (method.md section 7) and one control.
+# "-" in Freeze = full fine-tuning; bank "mined" = PIN-optimised styles, "raw" = the patches' own styles.
+ABLATION = {
+    "-/-/-": ("none", "none", None),
+    "-/A/-": ("none", "augment", "mined"),
+    "-/-/M": ("none", "mixstyle", None),
+    "-/A/M": ("none", "famix", "mined"),
+    "F/-/-": ("last-block", "none", None),
+    "F/A/-": ("last-block", "augment", "mined"),
+    "F/-/M": ("last-block", "mixstyle", None),
+    "F/A/M (FAMix)": ("last-block", "famix", "mined"),
+    "F/A/M, un-optimised styles": ("last-block", "famix", "raw"),
+}
+DEFAULT_VARIANTS = ("F/-/-", "F/A/M (FAMix)")
+BASELINE, FAMIX, LANGUAGE_FREE = "F/-/-", "F/A/M (FAMix)", "F/-/M"
+
 
 def demo_config(out: Path, quick: bool, seed: int) -> Config:
+    """The demo's settings: tiny CLIP, synthetic day source, CPU."""
     cfg = Config()
-    cfg.model.backbone, cfg.model.freeze = "tiny-rn", "last-block"
+    cfg.model.backbone = "tiny-rn"
     cfg.data.train, cfg.data.val = f"synthetic:{SOURCE_DOMAIN}:2000:{seed}", []
     cfg.data.synthetic_size, cfg.data.crop, cfg.data.batch_size, cfg.data.workers = 96, 64, 8, 0
     cfg.mine.out, cfg.mine.crop, cfg.mine.batch_size = str(out / "bank.safetensors"), 64, 16
@@ -39,70 +59,65 @@ def demo_config(out: Path, quick: bool, seed: int) -> Config:
     return cfg
 
 
-def run_demo(out: str | Path = "famix-demo", quick: bool = False, seed: int = 0) -> dict:
-    """Run the demo into ``out``; returns {variant: {domain: mIoU}}."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    cfg = demo_config(out, quick, seed)
-    print(f"[famix demo] mining styles on synthetic {SOURCE_DOMAIN} with a tiny CLIP ({cfg.model.backbone})")
-    bank = mine(cfg)
-    print(f"[famix demo] bank: {len(bank)} styles, per class {json.dumps(bank.counts())}")
-    variants = {"baseline": ("none", None), "FAMix": ("famix", cfg.mine.out)}
+def run_demo(
+    out: str | Path = "famix-demo", quick: bool = False, seed: int = 0, ablation: bool = False, seeds: int = 1
+) -> dict:
+    """Run the demo into ``out``; returns {"runs": {variant: {seed: {domain: result dict}}}, ...}."""
+    out, start = Path(out), time.perf_counter()
+    variants = list(ABLATION) if ablation else list(DEFAULT_VARIANTS)
     domains = [SOURCE_DOMAIN, *SHIFTED_DOMAINS]
-    n_eval = 16 if quick else 100
-    table: dict[str, dict[str, float]] = {}
-    for name, (mix, bank_path) in variants.items():
-        cfg.style.mix, cfg.style.bank, cfg.train.out = mix, bank_path, str(out / name)
-        print(f"[famix demo] training {name} ({cfg.train.iterations} iterations)")
-        train(cfg)
-        from famix.engine.inference import load_segmenter
-
-        model, _ = load_segmenter(str(out / name / "latest.pt"))
-        results = {}
-        for domain in domains:
-            ds = Normalized(
-                build_dataset(f"synthetic:{domain}:{n_eval}:{10_000 + seed}", cfg.data.synthetic_size)
-            )
-            results[domain] = evaluate(model, DataLoader(ds, batch_size=8), progress=False)
-        table[name] = {d: r.miou for d, r in results.items()}
-        print(format_table(results))
-    report = _report(table, domains)
-    print(report)
-    atomic_write(out / "results.md", lambda p: p.write_text(report))
-    atomic_write(out / "results.json", lambda p: p.write_text(json.dumps(table, indent=1)))
-    save_config(cfg, out / "config.yaml")
-    _chart(table, domains, out / "results.png")
-    print(f"[famix demo] done in {time.perf_counter() - start:.0f} s; table, chart and runs in {out}/")
-    return table
-
-
-def _report(table: dict[str, dict[str, float]], domains: list[str]) -> str:
-    shifted = [d for d in domains if d != SOURCE_DOMAIN]
-    head = "| variant | " + " | ".join(domains) + " | shifted mean |\n|---|" + "---|" * (len(domains) + 1)
-    rows = [
-        f"| {name} | "
-        + " | ".join(f"{100 * r[d]:.1f}" for d in domains)
-        + f" | {100 * sum(r[d] for d in shifted) / len(shifted):.1f} |"
-        for name, r in table.items()
-    ]
-    return "mIoU (%) on the synthetic world, trained on day only\n\n" + "\n".join([head, *rows]) + "\n"
+    n_eval = 16 if quick else 300
+    runs: dict[str, dict[int, dict[str, dict]]] = {v: {} for v in variants}
+    for s in range(seed, seed + seeds):
+        base = demo_config(out / f"seed{s}", quick, s)
+        banks = _mine_banks(base, variants)
+        for name in variants:
+            freeze, mix, bank = ABLATION[name]
+            cfg = copy.deepcopy(base)
+            cfg.model.freeze, cfg.style.mix, cfg.style.bank = freeze, mix, banks.get(bank)
+            cfg.train.out = str(out / f"seed{s}" / _slug(name))
+            print(f"[famix demo] seed {s}: training {name} ({cfg.train.iterations} iterations)")
+            train(cfg)
+            model, _ = load_segmenter(str(Path(cfg.train.out) / "latest.pt"))
+            runs[name][s] = {d: _evaluate(model, d, n_eval, base).to_dict() for d in domains}
+        save_config(base, out / f"seed{s}" / "config.yaml")
+    text = report(runs, domains, BASELINE, FAMIX, LANGUAGE_FREE)
+    print(text)
+    atomic_write(out / "results.md", lambda p: p.write_text(text))
+    atomic_write(out / "results.json", lambda p: p.write_text(json.dumps({"runs": runs}, indent=1)))
+    chart(runs, domains, out / "results.png")
+    prediction_grid(
+        out,
+        seed,
+        domains,
+        [BASELINE, FAMIX] if BASELINE in variants else variants[:2],
+        _slug,
+        base.data.synthetic_size,
+    )
+    print(f"[famix demo] done in {time.perf_counter() - start:.0f} s; tables, chart, predictions in {out}/")
+    return {"runs": runs, "seconds": time.perf_counter() - start}
 
 
-def _chart(table: dict[str, dict[str, float]], domains: list[str], path: Path) -> None:
-    import matplotlib
+def _mine_banks(cfg: Config, variants: list[str]) -> dict[str, str]:
+    kinds = {ABLATION[v][2] for v in variants} - {None}
+    banks = {}
+    for kind in sorted(kinds):
+        c = copy.deepcopy(cfg)
+        c.mine.out = str(Path(cfg.mine.out).with_name(f"bank_{kind}.safetensors"))
+        if kind == "raw":
+            c.mine.steps = 0  # the control: each patch's own statistics, no language
+        print(f"[famix demo] mining {kind} styles on synthetic {SOURCE_DOMAIN} with {cfg.model.backbone}")
+        bank = mine(c)
+        print(f"[famix demo] {kind} bank: {len(bank)} styles, per class {json.dumps(bank.counts())}")
+        banks[kind] = c.mine.out
+    return banks
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    width = 0.8 / len(table)
-    for i, (name, r) in enumerate(table.items()):
-        ax.bar([j + i * width for j in range(len(domains))], [100 * r[d] for d in domains], width, label=name)
-    ax.set_xticks([j + width * (len(table) - 1) / 2 for j in range(len(domains))], domains)
-    ax.set_ylabel("mIoU (%)")
-    ax.set_title("famix demo: trained on day, tested on unseen domains")
-    ax.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
-    plt.close(fig)
+def _evaluate(model, domain: str, n: int, cfg: Config):
+    spec = f"synthetic:{domain}:{n}:{10_000 + cfg.train.seed}"  # held-out scenes: seeds never trained on
+    ds = Normalized(build_dataset(spec, cfg.data.synthetic_size))
+    return evaluate(model, DataLoader(ds, batch_size=16), cfg.model.num_classes, progress=False)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")

@@ -18,6 +18,7 @@ _ARCHES = ("RN50", "RN101", "RN50x4")
 # OpenAI's ResNets were trained with QuickGELU, so the "-quickgelu" configs are the faithful ones.
 CLIP_CONFIGS: dict[str, dict] = {name: open_clip.get_model_config(f"{name}-quickgelu") for name in _ARCHES}
 CLIP_CONFIGS["tiny-rn"] = json.loads(resources.files("famix").joinpath("assets/tiny-rn.json").read_text())
+CLIP_CONFIGS["tiny-clip"] = json.loads(resources.files("famix").joinpath("assets/tiny-clip.json").read_text())
 
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 # Non-parameter entries that TorchScript archives carry next to the weights: OpenAI's scalars, and open_clip's
@@ -37,6 +38,13 @@ def get_clip_config(name: str) -> dict:
     raise ValueError(
         f"unknown CLIP backbone {name!r}; valid names: {', '.join(CLIP_CONFIGS)} or a path to a .json config"
     )
+
+
+def packaged_weights(name: str) -> str | None:
+    """Path of the weights shipped inside famix for backbone ``name`` (``assets/<name>.safetensors``, e.g.
+    the pretrained "tiny-clip"), or None when the package has none."""
+    path = resources.files("famix").joinpath(f"assets/{name}.safetensors")
+    return str(path) if path.is_file() else None
 
 
 def _is_tag(weights: str) -> bool:

@@ -1,0 +1,107 @@
+"""The demo's outputs: a markdown table (mean +/- std over seeds, groups, paired deltas), a bar chart and a
+grid of predictions per domain."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from famix.data.labels import colorize
+from famix.data.synthetic import SOURCE_DOMAIN, render
+from famix.data.transforms import normalize
+from famix.io import atomic_write
+
+# Held-out domains grouped by the kind of shift: global statistics (what restyling features can imitate)
+# versus structure (lights, streaks, flakes: new local patterns).
+GROUPS = {"statistics-like": ("fog",), "structure-like": ("night", "snow", "rain")}
+
+
+def _scores(runs_of_variant: dict, domains: list[str]) -> dict[str, list[float]]:
+    """{column: [score per seed]} in percent, with group means and the held-out mean."""
+    held_out = [d for d in domains if d != SOURCE_DOMAIN]
+    cols: dict[str, list[float]] = {d: [] for d in domains}
+    for group in GROUPS:
+        cols[group] = []
+    cols["held-out mean"] = []
+    for per_domain in runs_of_variant.values():
+        miou = {d: 100 * per_domain[d]["miou"] for d in domains}
+        for d in domains:
+            cols[d].append(miou[d])
+        for group, members in GROUPS.items():
+            present = [m for m in members if m in miou]
+            cols[group].append(sum(miou[m] for m in present) / max(len(present), 1))
+        cols["held-out mean"].append(sum(miou[d] for d in held_out) / len(held_out))
+    return cols
+
+
+def _fmt(values: list[float]) -> str:
+    if len(values) > 1:
+        return f"{statistics.mean(values):.1f} +/- {statistics.stdev(values):.1f}"
+    return f"{values[0]:.1f}"
+
+
+def report(runs: dict, domains: list[str], baseline: str, famix: str, language_free: str) -> str:
+    """Markdown: one row per variant (mIoU %, mean +/- std over seeds), then FAMix's paired deltas."""
+    scores = {name: _scores(r, domains) for name, r in runs.items() if r}
+    cols = list(next(iter(scores.values())))
+    seeds = len(next(iter(runs.values())))
+    lines = [
+        f"mIoU (%) on the synthetic world, trained on {SOURCE_DOMAIN} only; {seeds} seed(s)",
+        "",
+        "| variant (Freeze/Augment/Mix) | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    lines += [f"| {name} | " + " | ".join(_fmt(s[c]) for c in cols) + " |" for name, s in scores.items()]
+    for other in (baseline, language_free):
+        if famix in scores and other in scores:
+            ours, theirs = scores[famix]["held-out mean"], scores[other]["held-out mean"]
+            deltas = ", ".join(f"{a - b:+.1f}" for a, b in zip(ours, theirs, strict=True))
+            lines += ["", f"FAMix - {other}, held-out mean, per seed: {deltas}"]
+    return "\n".join(lines) + "\n"
+
+
+def chart(runs: dict, domains: list[str], path: Path) -> None:
+    """Grouped bars of mIoU per domain for every variant, with the std over seeds as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores = {name: _scores(r, domains) for name, r in runs.items() if r}
+    cols = [*domains, "held-out mean"]
+    fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(cols) * max(1, len(scores) / 3)), 4))
+    width = 0.8 / len(scores)
+    for i, (name, s) in enumerate(scores.items()):
+        means = [statistics.mean(s[c]) for c in cols]
+        errs = [statistics.stdev(s[c]) if len(s[c]) > 1 else 0 for c in cols]
+        ax.bar([j + i * width for j in range(len(cols))], means, width, yerr=errs, label=name, capsize=2)
+    ax.set_xticks([j + width * (len(scores) - 1) / 2 for j in range(len(cols))], cols)
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title(f"famix demo: trained on {SOURCE_DOMAIN}, tested on unseen domains")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    plt.close(fig)
+
+
+@torch.inference_mode()
+def prediction_grid(out: Path, seed: int, domains: list[str], variants: list[str], slug, size: int) -> None:
+    """One scene per domain (rows): image, ground truth, then each variant's prediction."""
+    from famix.engine.inference import load_segmenter
+
+    models = [load_segmenter(str(out / f"seed{seed}" / slug(v) / "latest.pt"))[0] for v in variants]
+    rows = []
+    for domain in domains:
+        image, label = render(20_000 + seed, domain, (size, size))
+        x = normalize(torch.from_numpy(image).permute(2, 0, 1))[None]
+        preds = [m(x).argmax(1)[0].numpy().astype(np.uint8) for m in models]
+        rows.append(np.concatenate([image, colorize(label), *[colorize(p) for p in preds]], axis=1))
+    grid = np.concatenate(rows, axis=0)
+    from PIL import Image
+
+    atomic_write(out / "predictions.png", lambda p: Image.fromarray(grid).save(p, format="PNG"))
+    header = "columns: image, ground truth, " + ", ".join(variants) + "; rows: " + ", ".join(domains)
+    atomic_write(out / "predictions.txt", lambda p: p.write_text(header + "\n"))

@@ -22,18 +22,32 @@ def denormalize(image: torch.Tensor) -> torch.Tensor:
     return ((image * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 
+def _fill() -> dict:  # noqa: N802 (a constant that needs a lazy import)
+    """Padding values: image 0, mask 255 (ignore)."""
+    from torchvision import tv_tensors
+
+    return {tv_tensors.Image: 0, tv_tensors.Mask: 255}
+
+
+def _crop_jitter_flip(crop, jitter: float, hflip: float):
+    """``crop`` (a joint v2 transform), then colour jitter on the image and a joint horizontal flip."""
+    from torchvision.transforms import v2
+
+    steps = [crop]
+    if jitter > 0:
+        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
+    if hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(hflip))
+    return v2.Compose(steps)
+
+
 def train_transform(crop: int, jitter: float = 0.8, hflip: float = 0.5):
     """Source training transform (method.md section 5): random crop (image padded 0, mask padded 255),
     colour jitter, horizontal flip. Takes and returns (uint8 image [3, H, W], int64 label [H, W])."""
     from torchvision import tv_tensors
     from torchvision.transforms import v2
 
-    steps = [v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: 255})]
-    if jitter > 0:
-        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
-    if hflip > 0:
-        steps.append(v2.RandomHorizontalFlip(hflip))
-    compose = v2.Compose(steps)
+    compose = _crop_jitter_flip(v2.RandomCrop(crop, pad_if_needed=True, fill=_fill()), jitter, hflip)
 
     def apply(image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         image, label = compose(tv_tensors.Image(image), tv_tensors.Mask(label))
@@ -52,15 +66,16 @@ def synthia_transform(crop: int, jitter: float = 0.8, hflip: float = 0.5):
     from torchvision.transforms.v2 import functional as TF
 
     size = round(crop * 720 / 768)
-    steps = [
-        v2.RandomCrop(size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: 255}),
-        v2.Resize((crop, crop), interpolation=InterpolationMode.BILINEAR, antialias=True),
-    ]
-    if jitter > 0:
-        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
-    if hflip > 0:
-        steps.append(v2.RandomHorizontalFlip(hflip))
-    compose = v2.Compose(steps)
+    compose = _crop_jitter_flip(
+        v2.Compose(
+            [
+                v2.RandomCrop(size, pad_if_needed=True, fill=_fill()),
+                v2.Resize((crop, crop), interpolation=InterpolationMode.BILINEAR, antialias=True),
+            ]
+        ),
+        jitter,
+        hflip,
+    )
 
     def apply(image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # RandomSizeAndCrop: one scale for both sides, drawn from torch's RNG so SeededTransform's

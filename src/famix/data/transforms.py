@@ -22,7 +22,7 @@ def denormalize(image: torch.Tensor) -> torch.Tensor:
     return ((image * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 
-def _fill() -> dict:  # noqa: N802 (a constant that needs a lazy import)
+def _fill() -> dict:
     """Padding values: image 0, mask 255 (ignore)."""
     from torchvision import tv_tensors
 

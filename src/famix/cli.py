@@ -110,6 +110,15 @@ def cmd_datasets(args) -> None:
     sys.exit(exit_code(report))
 
 
+def cmd_pretrain_tiny_clip(args) -> None:
+    from famix.engine.pretrain_clip import pretrain_tiny_clip
+
+    result = pretrain_tiny_clip(
+        args.out, steps=args.steps, batch=args.batch, seed=args.seed, threads=args.threads
+    )
+    print(json.dumps(result["zero_shot"], indent=1))
+
+
 def cmd_convert(args) -> None:
     from famix.engine import convert
 
@@ -175,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("name", nargs="?", help="dataset name (gta5, cityscapes, acdc:night, ...) or a full spec")
     ds.add_argument("root", nargs="?", help="dataset root folder")
 
+    pt = sub.add_parser("pretrain-tiny-clip", help="pretrain the demo's tiny CLIP on the synthetic world")
+    pt.add_argument("--out", required=True, help="folder for the weights, model card and loss curve")
+    pt.add_argument("--steps", type=int, default=1100)
+    pt.add_argument("--batch", type=int, default=128)
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 = reproducible timing)")
+
     c = sub.add_parser("convert", help="convert official checkpoints / banks / CLIP weights")
     c.add_argument("kind", choices=["checkpoint", "bank", "clip"])
     c.add_argument("src")
@@ -194,6 +210,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "demo": cmd_demo,
     "datasets": cmd_datasets,
+    "pretrain-tiny-clip": cmd_pretrain_tiny_clip,
     "convert": cmd_convert,
 }
 

@@ -56,11 +56,17 @@ KINDS = ("both", "style", "class", "present")
 
 @dataclass
 class World:
-    """Pre-rendered scenes: images uint8 [N, 3, S, S], labels uint8 [N, S, S], style index [N]."""
+    """Pre-rendered scenes: images uint8 [N, 3, S, S], labels uint8 [N, S, S] (trainIds), style index
+    [N], and the labels as int8 indices into WORLD_CLASSES (-1: ignore), which crops count."""
 
     images: torch.Tensor
     labels: np.ndarray
     styles: np.ndarray
+    classes: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.classes is None:
+            self.classes = _LUT[self.labels].astype(np.int8)
 
     def __len__(self) -> int:
         return len(self.styles)
@@ -89,7 +95,8 @@ def render_world(n: int, seed: int, split: str = "train", size: int = 128, progr
 @dataclass
 class Crops:
     """Square crops: scene index, box (x0, y0, side) in pixels, flip, style, dominant class index into
-    WORLD_CLASSES, and present [B, K] (classes covering at least ``present_share`` of the crop)."""
+    WORLD_CLASSES, present [B, K] (classes covering at least ``present_share`` of the crop) and share
+    [B, K] (each class's fraction of the crop's labelled pixels)."""
 
     scene: np.ndarray
     box: np.ndarray
@@ -97,14 +104,15 @@ class Crops:
     style: np.ndarray
     dominant: np.ndarray
     present: np.ndarray
+    share: np.ndarray
 
 
-def _box_around(rng, label: np.ndarray, side: int) -> tuple[int, int]:
+def _box_around(rng, classes: np.ndarray, side: int) -> tuple[int, int]:
     """Top-left corner of a ``side`` crop centred on a random pixel of a random class of the scene."""
-    s = label.shape[0]
-    ids = np.unique(_LUT[label])
-    k = rng.choice(ids[ids >= 0])  # classes drawn uniformly, so rare ones get crops of their own
-    ys, xs = np.nonzero(_LUT[label] == k)
+    s = classes.shape[0]
+    ids = np.flatnonzero(np.bincount(classes.ravel() + 1, minlength=len(WORLD_CLASSES) + 1)[1:])
+    k = rng.choice(ids)  # classes drawn uniformly, so rare ones get crops of their own
+    ys, xs = np.nonzero(classes == k)
     j = rng.integers(len(ys))
     clip = lambda v: int(np.clip(v - side // 2, 0, s - side))  # noqa: E731
     return clip(xs[j]), clip(ys[j])
@@ -128,23 +136,24 @@ def sample_crops(
     scene = rng.integers(len(world), size=n) if scenes is None else np.asarray(scenes)
     box = np.empty((n, 3), np.int64)
     dominant = np.empty(n, np.int64)
-    present = np.zeros((n, len(WORLD_CLASSES)), bool)
+    share = np.zeros((n, len(WORLD_CLASSES)), np.float32)
     focused = rng.random(n) < focus
     for i in range(n):
         lo, hi = focus_side if focused[i] else side
         w = int(round(rng.uniform(lo, hi) * s))
-        label = world.labels[scene[i]]
+        label = world.classes[scene[i]]
         if focused[i]:
             x, y = _box_around(rng, label, w)
         else:
             x, y = (int(v) for v in rng.integers(0, s - w + 1, size=2))
         box[i] = x, y, w
-        counts = np.bincount(_LUT[label[y : y + w, x : x + w]].ravel() + 1, minlength=len(WORLD_CLASSES) + 1)
+        counts = np.bincount(label[y : y + w, x : x + w].ravel() + 1, minlength=len(WORLD_CLASSES) + 1)
         counts = counts[1:]  # drop ignore
         dominant[i] = counts.argmax()
-        present[i] = (counts > 0) & (counts >= present_share * counts.sum())
+        share[i] = counts / max(counts.sum(), 1)
+    present = (share > 0) & (share >= present_share)
     flips = rng.random(n) < 0.5 if flip else np.zeros(n, bool)
-    return Crops(scene, box, flips, world.styles[scene], dominant, present)
+    return Crops(scene, box, flips, world.styles[scene], dominant, present, share)
 
 
 def crop_images(world: World, crops: Crops, size: int = 64) -> torch.Tensor:

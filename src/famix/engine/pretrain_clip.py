@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from famix.models.clip import build_clip, clip_preprocess_size, get_clip_config
 __all__ = ["multi_positive_loss", "pretrain_tiny_clip", "save_clip_fp16", "zero_shot_accuracy"]
 
 WEIGHTS_NAME = "tiny-clip.safetensors"
+KIND_SHARES = (0.4, 0.15, 0.3, 0.15)  # caption kinds (famix.data.captions.KINDS): both, style, class, present
 
 
 def multi_positive_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -63,11 +65,21 @@ def save_clip_fp16(model: torch.nn.Module, path: str | Path, metadata: dict | No
     return path
 
 
-def train_step(model, opt, world, rng, batch: int, focus: float, size: int) -> float:
+def _cpu_name() -> str:
+    try:  # Linux names the CPU model here; platform.processor() is often empty there
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def train_step(model, opt, world, rng, batch: int, focus: float, size: int, kinds=KIND_SHARES) -> float:
     """One contrastive step on a fresh batch of crops and captions; returns the loss."""
     crops = sample_crops(world, rng, batch, focus=focus)
     images = crop_images(world, crops, size).contiguous(memory_format=torch.channels_last)
-    captions = make_captions(crops, rng)
+    captions = make_captions(crops, rng, kinds)
     tokens = open_clip.tokenize(captions.texts, model.context_length)
     img = F.normalize(model.encode_image(images), dim=-1)
     txt = F.normalize(model.encode_text(tokens), dim=-1)
@@ -89,6 +101,7 @@ def pretrain_tiny_clip(
     weight_decay: float = 0.05,
     scenes: int = 9600,
     focus: float = 0.5,
+    kinds: tuple[float, ...] = KIND_SHARES,
     config: str = "tiny-clip",
     threads: int | None = None,
     eval_images: int = 2400,
@@ -100,9 +113,10 @@ def pretrain_tiny_clip(
     ``scenes`` scenes (scene i in style i % 12, seeds from the "train" range) are rendered once at 128 px;
     each step draws ``batch`` crops (a share ``focus`` tight around a class), resizes them to the CLIP
     input size and captions them. AdamW with a one-cycle schedule peaking at ``lr``. ``threads`` sets
-    torch's CPU threads (results are bit-reproducible only at equal thread counts). Writes ``out_dir``/
-    tiny-clip.safetensors (fp16) and pretrain.json (settings, loss per step, timings, zero-shot accuracy
-    of the saved fp16 weights on ``eval_images`` fresh scenes; 0 skips it) and returns that record.
+    torch's CPU threads (results are bit-reproducible only at equal thread counts). Writes to ``out_dir``
+    tiny-clip.safetensors (fp16), a model card tiny-clip.md and pretrain.json (settings, loss per step,
+    timings, zero-shot accuracy of the saved fp16 weights on ``eval_images`` fresh scenes; 0 skips it)
+    and returns that record.
     """
     from tqdm import tqdm
 
@@ -121,7 +135,7 @@ def pretrain_tiny_clip(
     losses = []
     bar = tqdm(range(steps), desc="pretrain tiny CLIP", disable=not progress)
     for step in bar:
-        losses.append(train_step(model, opt, world, rng, batch, focus, size))
+        losses.append(train_step(model, opt, world, rng, batch, focus, size, kinds))
         sched.step()
         if step % log_every == 0 or step == steps - 1:
             bar.set_postfix(loss=f"{np.mean(losses[-log_every:]):.3f}")
@@ -131,16 +145,26 @@ def pretrain_tiny_clip(
     path = save_clip_fp16(model, out_dir / WEIGHTS_NAME, meta)
     record = {
         "weights": str(path),
-        "settings": {**meta, "lr": lr, "weight_decay": weight_decay, "scenes": scenes, "focus": focus},
+        "file_bytes": path.stat().st_size,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "settings": {
+            **meta,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "scenes": scenes,
+            "focus": focus,
+            "kinds": kinds,
+        },
         "clip_config": get_clip_config(config),
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": _cpu_name(),
+            "cores": os.cpu_count(),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "open_clip": open_clip.__version__,
         },
         "seconds": {"render": round(t_render, 1), "train": round(t_train, 1)},
-        "logit_scale": round(float(model.logit_scale.exp()), 2),
+        "logit_scale": round(float(model.logit_scale.detach().exp()), 2),
         "loss": [round(v, 4) for v in losses],
     }
     if eval_images:
@@ -152,4 +176,74 @@ def pretrain_tiny_clip(
         }
         record["seconds"]["eval"] = round(time.perf_counter() - t1, 1)
     (out_dir / "pretrain.json").write_text(json.dumps(record, indent=1))
+    (out_dir / "tiny-clip.md").write_text(model_card(record))
     return record
+
+
+def model_card(record: dict, every: int = 100) -> str:
+    """A markdown model card for a ``pretrain_tiny_clip`` record (settings, loss curve, zero-shot)."""
+    s, sec = record["settings"], record["seconds"]
+    lines = [
+        "# tiny-clip: a CLIP that knows the synthetic world's styles",
+        "",
+        "An open_clip `CLIP` (ModifiedResNet image tower with attention pool, transformer text tower, "
+        "open_clip tokenizer) pretrained from scratch by `famix.engine.pretrain_clip` on captioned crops of "
+        "famix's synthetic street world in all 12 styles. It stands in for OpenAI's CLIP in the offline "
+        "demo.",
+        "",
+        "## Config",
+        "```json",
+        json.dumps(record["clip_config"], indent=1),
+        "```",
+        f"Parameters: {record.get('parameters', '?')}; weights stored in fp16 "
+        f"({record.get('file_bytes', 0) / 1e6:.1f} MB). Learned temperature: {record['logit_scale']}.",
+        "",
+        "## Training",
+        f"- seed {s['seed']}, {s['steps']} steps, batch {s['batch']}, AdamW (lr {s['lr']}, one-cycle, "
+        f"weight decay {s['weight_decay']}), multi-positive symmetric soft cross-entropy",
+        f'- data: {s["scenes"]} scenes from the "train" seed range, 128 px, scene i in style i % 12; '
+        f"crops: {100 * s['focus']:.0f} % tight (20-50 % of the side, centred on a random class), the rest "
+        "uniform (42-100 %), resized to 64 px, half flipped; caption kinds (both, style, class, present) "
+        f"drawn with probabilities {list(s['kinds'])}",
+        f"- wall time: render {sec['render']} s, train {sec['train']} s"
+        + (f", evaluation {sec['eval']} s" if "eval" in sec else "")
+        + "; {cpu} ({cores} cores), {threads} torch thread(s), torch {torch}, open_clip {open_clip}".format(
+            **record["machine"]
+        ),
+        "",
+        "## Loss (mean over each window of steps)",
+        "| steps | loss |",
+        "|---|---|",
+    ]
+    loss = record["loss"]
+    for a in range(0, len(loss), every):
+        lines.append(f"| {a}-{min(a + every, len(loss)) - 1} | {np.mean(loss[a : a + every]):.3f} |")
+    for name, z in record.get("zero_shot", {}).items():
+        lines += [
+            "",
+            f"## Zero-shot accuracy (%), {z['n_images']} fresh scenes, {name.replace('_', ' ')} "
+            f"(focus {z['focus']})",
+            "| style (12-way) | dominant class (13-way) | style + class (156-way) | majority class |"
+            + (" 156-way, mining's 80-template text |" if "joint_imagenet80" in z else ""),
+            "|---|---|---|---|" + ("---|" if "joint_imagenet80" in z else ""),
+            f"| {z['style']} | {z['class']} | {z['joint']} | {z['class_majority']} |"
+            + (f" {z['joint_imagenet80']} |" if "joint_imagenet80" in z else ""),
+            "",
+            "Per style: " + ", ".join(f"{k} {v}" for k, v in z["per_style"].items()),
+            "",
+            "Per dominant class (accuracy, count): "
+            + ", ".join(f"{k} {v['acc']} ({v['n']})" for k, v in z["per_class"].items()),
+            "",
+            "Dominant class by its lead over the runner-up (share of the crop's pixels; accuracy, count): "
+            + ", ".join(f"{k} {v['acc']} ({v['n']})" for k, v in z.get("class_by_margin", {}).items()),
+        ]
+    lines += [
+        "",
+        "## Retrain",
+        "```",
+        f"famix pretrain-tiny-clip --out DIR --steps {s['steps']} --seed {s['seed']} "
+        f"--threads {record['machine']['threads']}",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

@@ -42,7 +42,8 @@ def zero_shot_accuracy(
     class, 13-way over the classes the world draws), ``joint`` (156-way "style + class" prompts), and with
     ``imagenet`` ``joint_imagenet80``: the same 156-way choice with style mining's text embeddings
     (famix.style.prompts: "<style> <class>" averaged over the 80 OpenAI ImageNet templates). Also the
-    majority-class share, and per-style / per-class accuracy with counts.
+    majority-class share, class accuracy by the margin of the dominant class over the runner-up (near-ties
+    are coin flips even for a good model), and per-style / per-class accuracy with counts.
     """
     was_training = model.training
     model.eval()
@@ -76,6 +77,13 @@ def zero_shot_accuracy(
     if imagenet:
         mining = TextEmbedder(model)([prompt(f["s"], f["c"]) for f in both])
         out["joint_imagenet80"] = _pct((feats @ mining.T).argmax(1).numpy() == truth_joint)
+    top2 = np.sort(crops.share, 1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]  # how far the dominant class leads the runner-up (share of pixels)
+    out["class_by_margin"] = {
+        name: {"acc": _pct(class_ok[(margin >= lo) & (margin < hi)]), "n": int(n)}
+        for name, lo, hi in (("<0.05", 0, 0.05), ("0.05-0.15", 0.05, 0.15), (">=0.15", 0.15, 2))
+        if (n := ((margin >= lo) & (margin < hi)).sum())
+    }
     out["per_style"] = {s: _pct(style_ok[crops.style == k]) for k, s in enumerate(DOMAINS)}
     out["per_class"] = {
         c: {"acc": _pct(class_ok[crops.dominant == k]), "n": int((crops.dominant == k).sum())}

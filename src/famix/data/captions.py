@@ -52,6 +52,9 @@ PRESENT_TEMPLATES = ("a photo with a {c} in it.", "a {s} photo with a {c} in it.
 IMAGENET_TEMPLATES = tuple(open_clip.OPENAI_IMAGENET_TEMPLATES)
 # caption kinds: style + dominant class, style only, dominant class only, a present class (style or not)
 KINDS = ("both", "style", "class", "present")
+# Their default shares: style is learnt fast, so most captions name the dominant class (short runs: +2.6
+# points of class accuracy over (0.4, 0.15, 0.3, 0.15) at equal style accuracy).
+KIND_SHARES = (0.4, 0.1, 0.4, 0.1)
 
 
 @dataclass
@@ -122,7 +125,7 @@ def sample_crops(
     world: World,
     rng: np.random.Generator,
     n: int,
-    focus: float = 0.5,
+    focus: float = 0.25,
     side: tuple[float, float] = (0.42, 1.0),
     focus_side: tuple[float, float] = (0.2, 0.5),
     present_share: float = 0.02,
@@ -179,7 +182,7 @@ class Captions:
 
 
 def make_captions(
-    crops: Crops, rng: np.random.Generator, kinds: tuple[float, ...] = (0.4, 0.15, 0.3, 0.15), p_imagenet=0.4
+    crops: Crops, rng: np.random.Generator, kinds: tuple[float, ...] = KIND_SHARES, p_imagenet: float = 0.4
 ) -> Captions:
     """One caption per crop, true of that crop. ``kinds``: probabilities of KINDS; ``p_imagenet``: share
     of "both" and "class" captions phrased with an OpenAI ImageNet template instead of ours."""

@@ -66,7 +66,7 @@ def run_demo(
     out, start = Path(out), time.perf_counter()
     variants = list(ABLATION) if ablation else list(DEFAULT_VARIANTS)
     domains = [SOURCE_DOMAIN, *SHIFTED_DOMAINS]
-    n_eval = 16 if quick else 300
+    n_eval = 16 if quick else (300 if ablation else 100)
     runs: dict[str, dict[int, dict[str, dict]]] = {v: {} for v in variants}
     for s in range(seed, seed + seeds):
         base = demo_config(out / f"seed{s}", quick, s)

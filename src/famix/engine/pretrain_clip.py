@@ -22,14 +22,13 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from famix.data.captions import crop_images, make_captions, render_world, sample_crops, targets
+from famix.data.captions import KIND_SHARES, crop_images, make_captions, render_world, sample_crops, targets
 from famix.engine.zero_shot import zero_shot_accuracy
 from famix.models.clip import build_clip, clip_preprocess_size, get_clip_config
 
 __all__ = ["multi_positive_loss", "pretrain_tiny_clip", "save_clip_fp16", "zero_shot_accuracy"]
 
 WEIGHTS_NAME = "tiny-clip.safetensors"
-KIND_SHARES = (0.4, 0.15, 0.3, 0.15)  # caption kinds (famix.data.captions.KINDS): both, style, class, present
 
 
 def multi_positive_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -94,13 +93,13 @@ def train_step(model, opt, world, rng, batch: int, focus: float, size: int, kind
 
 def pretrain_tiny_clip(
     out_dir: str | Path,
-    steps: int = 1500,
+    steps: int = 1100,
     batch: int = 128,
     seed: int = 0,
     lr: float = 2e-3,
     weight_decay: float = 0.05,
     scenes: int = 9600,
-    focus: float = 0.5,
+    focus: float = 0.25,
     kinds: tuple[float, ...] = KIND_SHARES,
     config: str = "tiny-clip",
     threads: int | None = None,

@@ -83,6 +83,25 @@ def test_scene_seed_splits_are_disjoint():
         scene_seed("train", 0, 1_000_000)
 
 
+def test_multi_positive_loss_generalises_clip_loss():
+    from famix.engine.pretrain_clip import multi_positive_loss
+
+    logits = torch.randn(6, 6, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(6)
+    clip = (
+        torch.nn.functional.cross_entropy(logits, labels)
+        + torch.nn.functional.cross_entropy(logits.T, labels)
+    ) / 2
+    torch.testing.assert_close(multi_positive_loss(logits, torch.eye(6)), clip)
+    # several positives: each row (image -> text) and column (text -> image) averages over its positives
+    target = (torch.rand(6, 6, generator=torch.Generator().manual_seed(1)) < 0.4).float()
+    target.fill_diagonal_(1)
+    i2t = [-torch.log_softmax(logits[i], 0)[target[i] > 0].mean() for i in range(6)]
+    t2i = [-torch.log_softmax(logits[:, j], 0)[target[:, j] > 0].mean() for j in range(6)]
+    expected = (torch.stack(i2t).mean() + torch.stack(t2i).mean()) / 2
+    torch.testing.assert_close(multi_positive_loss(logits, target), expected)
+
+
 def test_pretraining_is_deterministic_by_seed(tmp_path):
     from safetensors.torch import load_file
 

@@ -190,10 +190,9 @@ def model_card(record: dict, every: int = 100) -> str:
         "famix's synthetic street world in all 12 styles. It stands in for OpenAI's CLIP in the offline "
         "demo.",
         "",
-        "## Config",
-        "```json",
-        json.dumps(record["clip_config"], indent=1),
-        "```",
+        "## Config (`src/famix/assets/tiny-clip.json`, open_clip `CLIP` arguments)",
+        *(f"- {k}: `{json.dumps(v)}`" for k, v in record["clip_config"].items()),
+        "",
         f"Parameters: {record.get('parameters', '?')}; weights stored in fp16 "
         f"({record.get('file_bytes', 0) / 1e6:.1f} MB). Learned temperature: {record['logit_scale']}.",
         "",

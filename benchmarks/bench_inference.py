@@ -15,18 +15,7 @@ import argparse
 
 import torch
 
-from common import (
-    Result,
-    amp_name,
-    autocast,
-    base_parser,
-    device_name,
-    parse_size,
-    peak_memory_bytes,
-    print_table,
-    setup,
-    time_iterations,
-)
+from common import autocast, base_parser, report, setup, time_iterations
 from famix.config import ModelConfig
 from famix.models.build import build_segmenter
 
@@ -36,8 +25,7 @@ def main() -> None:
     p.add_argument("--output-stride", type=int, default=16, choices=(8, 16))
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args()
-    device, amp_dtype = setup(args)
-    h, w = parse_size(args.size)
+    device, amp_dtype, (h, w) = setup(args)
 
     model = build_segmenter(ModelConfig(backbone=args.backbone, output_stride=args.output_stride), seed=0)
     model = model.to(device).eval()
@@ -51,25 +39,16 @@ def main() -> None:
             model(images)  # [B, K, H, W]
 
     flops, seconds = time_iterations(step, device, args.warmup, args.iters)
-    result = Result(
+    report(
         "inference",
-        device_name(device),
-        f"{args.backbone} OS{args.output_stride}",
-        args.batch,
-        f"{h}x{w}",
-        amp_name(amp_dtype),
-        seconds,
-        args.batch,
-        "images",
+        args,
+        device,
+        amp_dtype,
         flops,
-        peak_memory_bytes(device),
-        "CUDA alloc" if device.type == "cuda" else "CPU RSS",
-        notes=[
-            f"channels_last={args.channels_last}",
-            "s/iter of each timed step: " + ", ".join(f"{s:.3f}" for s in seconds),
-        ],
+        seconds,
+        backbone=f"{args.backbone} OS{args.output_stride}",
+        notes=[f"channels_last={args.channels_last}"],
     )
-    print_table(result, header=not args.no_header)
 
 
 if __name__ == "__main__":

@@ -16,18 +16,7 @@ import statistics
 
 import torch
 
-from common import (
-    Result,
-    amp_name,
-    base_parser,
-    count_flops,
-    device_name,
-    parse_size,
-    peak_memory_bytes,
-    print_table,
-    setup,
-    time_iterations,
-)
+from common import base_parser, count_flops, peak_memory_bytes, report, setup, time_iterations
 from famix.models.clip import build_clip, clip_preprocess_size
 from famix.style.mining import pin_optimize, split_patches
 from famix.style.stats import normalize_patches, patch_stats
@@ -39,8 +28,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100, help="PIN optimisation steps per batch")
     p.add_argument("--lr", type=float, default=0.1)
     args = p.parse_args()
-    device, amp_dtype = setup(args)
-    h, w = parse_size(args.size)
+    device, amp_dtype, (h, w) = setup(args)
 
     clip = build_clip(args.backbone, seed=0).to(device).requires_grad_(False)
     visual, pool = clip.visual, clip_preprocess_size(clip) // 4  # 56 for RN50
@@ -82,27 +70,23 @@ def main() -> None:
     # exact FLOPs of one PIN step (forward + backward through the CLIP tail): pin(1 step) - pin(0 steps)
     feats = features()
     per_step = (count_flops(lambda: pin(*feats, 1)) - count_flops(lambda: pin(*feats, 0))) / n / 1e9
-    result = Result(
+    report(
         "mining",
-        device_name(device),
-        args.backbone,
-        args.batch,
-        f"{h}x{w}",
-        amp_name(amp_dtype),
-        seconds,
-        n,
-        "styles",
+        args,
+        device,
+        amp_dtype,
         flops,
-        peak,
-        "CUDA alloc" if device.type == "cuda" else "CPU RSS",
+        seconds,
+        backbone=args.backbone,
+        items=n,
+        unit="styles",
+        peak_bytes=peak,
         notes=[
             f"grid={args.grid} ({n} patches/iter) PIN steps={args.steps} pool={pool}",
             f"{per_step:.2f} GFLOP per PIN step per patch; "
             f"{statistics.median(seconds) / args.steps:.3f} s per PIN step of the whole batch",
-            "s/iter of each timed step: " + ", ".join(f"{s:.3f}" for s in seconds),
         ],
     )
-    print_table(result, header=not args.no_header)
 
 
 if __name__ == "__main__":

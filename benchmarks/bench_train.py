@@ -17,17 +17,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from common import (
-    Result,
-    amp_name,
-    base_parser,
-    device_name,
-    parse_size,
-    peak_memory_bytes,
-    print_table,
-    setup,
-    time_iterations,
-)
+from common import base_parser, report, setup, time_iterations
 from famix.config import Config, ModelConfig
 from famix.engine.train import build_optimizer
 from famix.models.build import build_segmenter
@@ -74,8 +64,7 @@ def main() -> None:
     args = p.parse_args()
     if args.batch < 2:
         p.error("--batch must be >= 2 for training (BatchNorm in the head's image pooling needs 2 values)")
-    device, amp_dtype = setup(args)
-    h, w = parse_size(args.size)
+    device, amp_dtype, (h, w) = setup(args)
 
     cfg = Config(
         model=ModelConfig(backbone=args.backbone, output_stride=args.output_stride, freeze=args.freeze)
@@ -115,26 +104,19 @@ def main() -> None:
 
     flops, seconds = time_iterations(step, device, args.warmup, args.iters)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    result = Result(
+    report(
         "train",
-        device_name(device),
-        f"{args.backbone} OS{args.output_stride}",
-        args.batch,
-        f"{h}x{w}",
-        amp_name(amp_dtype),
-        seconds,
-        args.batch,
-        "images",
+        args,
+        device,
+        amp_dtype,
         flops,
-        peak_memory_bytes(device),
-        "CUDA alloc" if device.type == "cuda" else "CPU RSS",
+        seconds,
+        backbone=f"{args.backbone} OS{args.output_stride}",
         notes=[
             f"freeze={args.freeze} mix={args.mix} channels_last={args.channels_last} "
-            f"trainable params={trainable / 1e6:.1f}M",
-            "s/iter of each timed step: " + ", ".join(f"{s:.3f}" for s in seconds),
+            f"trainable params={trainable / 1e6:.1f}M"
         ],
     )
-    print_table(result, header=not args.no_header)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,8 +71,9 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def setup(args: argparse.Namespace) -> tuple[torch.device, torch.dtype | None]:
-    """Resolve the device and the autocast dtype (None = no autocast); seed everything."""
+def setup(args: argparse.Namespace) -> tuple[torch.device, torch.dtype | None, tuple[int, int]]:
+    """Resolve the device, the autocast dtype (None = no autocast) and the input size (H, W); seed
+    everything."""
     if args.iters < 1 or args.warmup < 0 or args.batch < 1:
         raise SystemExit("--iters and --batch must be >= 1, --warmup >= 0")
     if args.threads:
@@ -80,7 +81,7 @@ def setup(args: argparse.Namespace) -> tuple[torch.device, torch.dtype | None]:
     device = resolve_device(args.device)
     torch.manual_seed(0)
     amp = args.amp if args.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
-    return device, AMP_DTYPES.get(amp)
+    return device, AMP_DTYPES.get(amp), parse_size(args.size)
 
 
 def autocast(device: torch.device, amp_dtype: torch.dtype | None):
@@ -222,3 +223,41 @@ def print_table(result: Result, header: bool = True) -> None:
 
 def amp_name(amp_dtype: torch.dtype | None) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "off"}[amp_dtype]
+
+
+def report(
+    benchmark: str,
+    args: argparse.Namespace,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    flops: int,
+    seconds: list[float],
+    *,
+    backbone: str,
+    items: int | None = None,
+    unit: str = "images",
+    peak_bytes: int | None = None,
+    notes: Sequence[str] = (),
+) -> None:
+    """Print the table row of a run timed by ``time_iterations`` (its FLOPs and seconds).
+
+    Batch, size and ``--no-header`` come from ``args``; ``items`` processed per iteration default to the
+    batch; peak memory is read now unless ``peak_bytes`` is given. The notes get the time of each iteration.
+    """
+    h, w = parse_size(args.size)
+    result = Result(
+        benchmark,
+        device_name(device),
+        backbone,
+        args.batch,
+        f"{h}x{w}",
+        amp_name(amp_dtype),
+        seconds,
+        args.batch if items is None else items,
+        unit,
+        flops,
+        peak_memory_bytes(device) if peak_bytes is None else peak_bytes,
+        "CUDA alloc" if device.type == "cuda" else "CPU RSS",
+        notes=[*notes, "s/iter of each timed step: " + ", ".join(f"{s:.3f}" for s in seconds)],
+    )
+    print_table(result, header=not args.no_header)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from famix.engine.mine import first_per_class
+from famix.engine.mine import cap_per_class, first_per_class
 from famix.models.clip import build_clip
 from famix.style.mining import clip_tail, pin_optimize, split_patches
 from famix.style.prompts import TextEmbedder, prompt
@@ -98,3 +98,22 @@ def test_text_embedder_averages_templates_then_normalises(clip):
 def test_first_per_class_keeps_the_first_patch_of_each_class():
     classes = torch.tensor([3, 1, 3, 255, 1, 0, 255])
     assert first_per_class(classes).tolist() == [True, True, False, True, False, True, False]
+
+
+@pytest.mark.parametrize("n, k, cap", [(1, 3, 1), (37, 4, 2), (200, 20, 5), (64, 2, 40)])
+def test_cap_per_class_matches_a_loop(n, k, cap):
+    g = torch.Generator().manual_seed(n)
+    classes = torch.randint(k, (n,), generator=g)
+    classes[classes == k - 1] = 255  # an ignore class among them
+    keep = cap_per_class(classes, cap, torch.Generator().manual_seed(5))
+    # the loop: draw the same random priority, keep the first `cap` patches of each class in that order
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(5)).tolist()
+    seen, expected = {}, [False] * n
+    for i in order:
+        c = classes[i].item()
+        if seen.get(c, 0) < cap:
+            expected[i] = True
+        seen[c] = seen.get(c, 0) + 1
+    assert keep.tolist() == expected
+    for c in classes.unique():  # every class keeps min(count, cap) patches
+        assert keep[classes == c].sum().item() == min((classes == c).sum().item(), cap)

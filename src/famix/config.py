@@ -62,6 +62,7 @@ class MineConfig:
     crop: int = 768
     vocabulary: list[str] = field(default_factory=lambda: list(DEFAULT_STYLE_WORDS))
     one_per_class: bool = False  # the official quirk: first patch of each dominant class per batch
+    per_class: int | None = None  # at most this many patches per dominant class per batch (random); None: all
     max_images: int | None = None
     save_every: int = 20  # batches between bank checkpoints (mining resumes from the last one)
 

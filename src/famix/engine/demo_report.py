@@ -63,6 +63,24 @@ def report(runs: dict, domains: list[str], baseline: str, famix: str, language_f
     return "\n".join(lines) + "\n"
 
 
+def bank_table(counts: dict[int, dict[str, dict[str, int]]]) -> str:
+    """Markdown: the style banks' number of styles per class, for each seed's bank of each kind."""
+    rows = [(s, kind, c) for s, per_kind in counts.items() for kind, c in per_kind.items()]
+    if not rows:
+        return ""
+    classes = [k for k in dict.fromkeys(k for *_, c in rows for k in c)]
+    lines = [
+        "",
+        "Style bank: mined styles per dominant class",
+        "",
+        "| seed | bank | " + " | ".join(classes) + " |",
+        "|---|---|" + "---|" * len(classes),
+    ]
+    for s, kind, c in rows:
+        lines.append(f"| {s} | {kind} | " + " | ".join(str(c.get(k, 0)) for k in classes) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def chart(runs: dict, domains: list[str], path: Path) -> None:
     """Grouped bars of mIoU per domain for every variant, with the std over seeds as error bars."""
     import matplotlib

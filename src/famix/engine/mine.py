@@ -32,6 +32,7 @@ _RESUME_KEYS = (
     "vocabulary",
     "crop",
     "batch_size",
+    "per_class",
 )
 
 
@@ -40,6 +41,25 @@ def first_per_class(classes: torch.Tensor) -> torch.Tensor:
     keep = torch.zeros_like(classes, dtype=torch.bool)
     for c in classes.unique():
         keep[(classes == c).nonzero()[0, 0]] = True
+    return keep
+
+
+def cap_per_class(classes: torch.Tensor, cap: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """[N] classes -> [N] bool keeping at most ``cap`` patches of each class, drawn uniformly at random.
+
+    Balances a batch's mining work: the few patches of rare classes are all kept while the many road or
+    sky patches are subsampled, so a finer mining grid costs little more than a coarse one.
+    """
+    n = classes.numel()
+    order = torch.randperm(n, generator=generator).to(classes.device)  # random priority
+    shuffled = classes[order]
+    sorted_classes, index = torch.sort(shuffled, stable=True)  # by class, random order within a class
+    counts = torch.bincount(sorted_classes)
+    starts = counts.cumsum(0) - counts
+    rank = torch.empty_like(index)
+    rank[index] = torch.arange(n, device=classes.device) - starts[sorted_classes]  # rank within its class
+    keep = torch.zeros(n, dtype=torch.bool, device=classes.device)
+    keep[order] = rank < cap
     return keep
 
 
@@ -66,6 +86,7 @@ def mine(cfg: Config, progress: bool = True) -> StyleBank:
         "crop": m.crop,
         "batch_size": m.batch_size,
         "one_per_class": m.one_per_class,
+        "per_class": m.per_class,
         "famix_version": __version__,
     }
     bank = _resume_or_new(Path(m.out), names, visual.layer1[-1].conv3.out_channels, meta)
@@ -130,8 +151,8 @@ def mine_batch(
     ]
     target = embed(texts)
     groups = split_patches(f_norm, m.grid)
-    if m.one_per_class:
-        keep = first_per_class(classes)
+    if m.one_per_class or m.per_class:
+        keep = first_per_class(classes) if m.one_per_class else cap_per_class(classes, m.per_class, generator)
         groups = [(p[keep[i]], i[keep[i]]) for p, i in groups]
     mu_s, sigma_s, cos, order = pin_optimize(
         visual,

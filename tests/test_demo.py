@@ -1,0 +1,69 @@
+"""The demo: report arithmetic (against plain loops), the bank table, and a quick end-to-end run that is
+reused, not redone, when run again."""
+
+import os
+import statistics
+
+import pytest
+
+from famix.engine.demo import BASELINE, DEFAULT_VARIANTS, FAMIX, run_demo
+from famix.engine.demo_report import GROUPS, bank_table, report
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+DOMAINS = ["day", "night", "fog", "snow", "rain"]
+
+
+def _runs(values: dict[str, list[dict[str, float]]]) -> dict:
+    """{variant: [ {domain: miou fraction} per seed ]} -> the demo's runs layout."""
+    return {
+        v: {s: {d: {"miou": m} for d, m in per.items()} for s, per in enumerate(seeds)}
+        for v, seeds in values.items()
+    }
+
+
+def test_report_rows_are_means_over_seeds_and_deltas_are_paired():
+    import random
+
+    rng = random.Random(0)
+    values = {v: [{d: rng.random() for d in DOMAINS} for _ in range(3)] for v in (BASELINE, "F/-/M", FAMIX)}
+    text = report(_runs(values), DOMAINS, BASELINE, FAMIX, "F/-/M")
+    for v, seeds in values.items():
+        held = [100 * sum(s[d] for d in DOMAINS[1:]) / 4 for s in seeds]
+        structure = [100 * sum(s[d] for d in GROUPS["structure-like"]) / 3 for s in seeds]
+        row = next(line for line in text.splitlines() if line.startswith(f"| {v} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[-1] == f"{statistics.mean(held):.1f} +/- {statistics.stdev(held):.1f}"
+        assert cells[-2] == f"{statistics.mean(structure):.1f} +/- {statistics.stdev(structure):.1f}"
+        night = [100 * s["night"] for s in seeds]
+        assert cells[2] == f"{statistics.mean(night):.1f} +/- {statistics.stdev(night):.1f}"
+    for other in (BASELINE, "F/-/M"):
+        expected = ", ".join(
+            f"{100 * (sum(a[d] for d in DOMAINS[1:]) - sum(b[d] for d in DOMAINS[1:])) / 4:+.1f}"
+            for a, b in zip(values[FAMIX], values[other], strict=True)
+        )
+        assert f"FAMix - {other}, held-out mean, per seed: {expected}" in text
+
+
+def test_bank_table_lists_every_class_with_styles():
+    text = bank_table({0: {"mined": {"road": 5, "pole": 2}}, 1: {"mined": {"road": 4, "person": 1}}})
+    lines = text.strip().splitlines()
+    assert lines[2] == "| seed | bank | road | pole | person |"
+    assert lines[4] == "| 0 | mined | 5 | 2 | 0 |"
+    assert lines[5] == "| 1 | mined | 4 | 0 | 1 |"
+
+
+def test_quick_demo_writes_its_outputs_and_reuses_finished_runs(tmp_path):
+    out = tmp_path / "demo"
+    first = run_demo(out, quick=True)
+    for name in ("results.md", "results.json", "results.png", "predictions.png", "seed0/config.yaml"):
+        assert (out / name).is_file(), name
+    text = (out / "results.md").read_text()
+    assert all(f"| {v} |" in text for v in DEFAULT_VARIANTS)
+    assert "Style bank: mined styles per dominant class" in text
+    checkpoint = out / "seed0" / "F_A_M__FAMix" / "latest.pt"
+    stamp = checkpoint.stat().st_mtime_ns
+    second = run_demo(out, quick=True)  # finished runs are reused: nothing retrained, same numbers
+    assert checkpoint.stat().st_mtime_ns == stamp
+    assert second["runs"] == first["runs"]
+    with pytest.raises(FileExistsError, match="other settings"):
+        run_demo(out, quick=False)  # another configuration never overwrites or mixes with these runs

@@ -27,7 +27,9 @@ from famix.io import atomic_write
 from famix.models.clip import packaged_weights
 
 # name -> (freeze preset, mix mode, bank): the paper's grid (method.md section 7) and one control.
-# "-" in Freeze = full fine-tuning; bank "mined" = PIN-optimised styles, "raw" = the patches' own styles.
+# "-" in Freeze = full fine-tuning; bank "mined" = PIN-optimised styles, "raw" = the patches' own styles,
+# "fine" = PIN-optimised on a 6x6 grid with at most 4 patches per class per batch, so that thin, rare
+# classes (pole, traffic sign, person) get styles of their own.
 ABLATION = {
     "-/-/-": ("none", "none", None),
     "-/A/-": ("none", "augment", "mined"),
@@ -38,6 +40,7 @@ ABLATION = {
     "F/-/M": ("last-block", "mixstyle", None),
     "F/A/M (FAMix)": ("last-block", "famix", "mined"),
     "F/A/M, un-optimised styles": ("last-block", "famix", "raw"),
+    "F/A/M, fine-grid bank": ("last-block", "famix", "fine"),
 }
 DEFAULT_VARIANTS = ("F/-/-", "F/A/M (FAMix)")
 BASELINE, FAMIX, LANGUAGE_FREE = "F/-/-", "F/A/M (FAMix)", "F/-/M"
@@ -111,6 +114,8 @@ def _mine_banks(cfg: Config, variants: list[str]) -> tuple[dict[str, str], dict[
         c.mine.out = str(Path(cfg.mine.out).with_name(f"bank_{kind}.safetensors"))
         if kind == "raw":
             c.mine.steps = 0  # the control: each patch's own statistics, no language
+        if kind == "fine":
+            c.mine.grid, c.mine.per_class, c.mine.max_images = 6, 4, 3 * cfg.mine.max_images
         print(f"[famix demo] mining {kind} styles on synthetic {SOURCE_DOMAIN} with {cfg.model.backbone}")
         bank = mine(c)
         counts[kind] = {k: v for k, v in bank.counts().items() if v}

@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from famix.engine.demo import BASELINE, DEFAULT_VARIANTS, FAMIX, run_demo
+from famix.engine.demo import ABLATION, BASELINE, DEFAULT_VARIANTS, FAMIX, run_demo, run_folder
 from famix.engine.demo_report import GROUPS, bank_table, report
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -42,6 +42,12 @@ def test_report_rows_are_means_over_seeds_and_deltas_are_paired():
             for a, b in zip(values[FAMIX], values[other], strict=True)
         )
         assert f"FAMix - {other}, held-out mean, per seed: {expected}" in text
+
+
+def test_every_variant_gets_its_own_run_folder():
+    folders = [run_folder(name) for name in ABLATION]
+    assert len(set(folders)) == len(folders)
+    assert all(f and "/" not in f and f not in (".", "..") for f in folders)
 
 
 def test_bank_table_lists_every_class_with_styles():

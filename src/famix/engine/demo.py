@@ -84,7 +84,7 @@ def run_demo(
             freeze, mix, bank = ABLATION[name]
             cfg = copy.deepcopy(base)
             cfg.model.freeze, cfg.style.mix, cfg.style.bank = freeze, mix, banks.get(bank)
-            cfg.train.out = str(out / f"seed{s}" / _slug(name))
+            cfg.train.out = str(out / f"seed{s}" / run_folder(name))
             runs[name][s] = _train_and_evaluate(cfg, name, domains, n_eval)
         save_config(base, out / f"seed{s}" / "config.yaml")
     text = report(runs, domains, BASELINE, FAMIX, LANGUAGE_FREE) + bank_table(counts)
@@ -98,7 +98,7 @@ def run_demo(
         seed,
         domains,
         [BASELINE, FAMIX] if BASELINE in variants else variants[:2],
-        _slug,
+        run_folder,
         base.data.synthetic_size,
     )
     print(f"[famix demo] done in {time.perf_counter() - start:.0f} s; tables, chart, predictions in {out}/")
@@ -153,5 +153,6 @@ def _evaluate(model, domain: str, n: int, cfg: Config):
     return evaluate(model, DataLoader(ds, batch_size=16), cfg.model.num_classes, progress=False)
 
 
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+def run_folder(name: str) -> str:
+    """A variant's run folder name: "F/A/M (FAMix)" -> "F_A_M__FAMix"; "-/-/-" (no letters) -> "finetune"."""
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_") or "finetune"

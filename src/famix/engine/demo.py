@@ -2,8 +2,9 @@
 
 Mine a style bank on the "day" source domain with a tiny CLIP, train FAMix and a plain baseline on day,
 evaluate on day and on held-out domains, print the table, save it (markdown, JSON), a chart and a grid of
-predictions. ``--ablation`` runs the paper's Freeze/Augment/Mix grid plus the "un-optimised styles"
-control over several seeds. The same code paths as real use; only data and weights differ.
+predictions. ``--ablation`` runs the paper's Freeze/Augment/Mix grid plus two controls ("un-optimised
+styles", "fine-grid bank") over several seeds. Finished runs are reused when the command is run again.
+The same code paths as real use; only data and weights differ.
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ def _mine_banks(cfg: Config, variants: list[str]) -> tuple[dict[str, str], dict[
 
 def _train_and_evaluate(cfg: Config, name: str, domains: list[str], n_eval: int) -> dict[str, dict]:
     """Train one variant (a finished run is reused: training resumes from its last checkpoint) and evaluate
-    it on every domain (results cached in the run folder, keyed by the number of evaluation images)."""
+    it on every domain (results cached in the run folder, keyed by its resolved config and the number of
+    evaluation images). A folder holding a run made with other settings is an error, never overwritten."""
     run = Path(cfg.train.out)
     settings = cfg.to_dict()
     if (run / "config.yaml").is_file() and load_config(run / "config.yaml").to_dict() != settings:

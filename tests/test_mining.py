@@ -117,3 +117,17 @@ def test_cap_per_class_matches_a_loop(n, k, cap):
     assert keep.tolist() == expected
     for c in classes.unique():  # every class keeps min(count, cap) patches
         assert keep[classes == c].sum().item() == min((classes == c).sum().item(), cap)
+
+
+@pytest.mark.parametrize("overrides", [{"per_class": 0}, {"per_class": 2, "one_per_class": True}])
+def test_mine_rejects_a_meaningless_per_class_cap(tmp_path, overrides):
+    from famix.config import Config
+    from famix.engine.mine import mine
+
+    cfg = Config()
+    cfg.mine.out = str(tmp_path / "bank.safetensors")
+    for key, value in overrides.items():
+        setattr(cfg.mine, key, value)
+    with pytest.raises(ValueError, match="mine.per_class"):
+        mine(cfg)
+    assert not (tmp_path / "bank.safetensors").exists()

@@ -67,6 +67,11 @@ def mine(cfg: Config, progress: bool = True) -> StyleBank:
     """Mine a style bank for ``cfg.data.train`` with ``cfg.model``'s CLIP; resumes ``cfg.mine.out`` if it
     was interrupted (same settings), and writes it atomically every ``save_every`` batches."""
     m, seed = cfg.mine, cfg.train.seed
+    if m.per_class is not None and (m.per_class < 1 or m.one_per_class):
+        raise ValueError(
+            f"mine.per_class={m.per_class}: give a number of patches >= 1 per class and batch (or null for "
+            "all), and not together with mine.one_per_class"
+        )
     device = resolve_device(cfg.train.device)
     clip = build_clip(cfg.model.backbone, cfg.model.weights, device=device, seed=seed).requires_grad_(False)
     visual, embed, pool = clip.visual, TextEmbedder(clip), clip_preprocess_size(clip) // 4

@@ -6,6 +6,7 @@ import statistics
 
 import pytest
 
+from famix.engine import demo
 from famix.engine.demo import ABLATION, BASELINE, DEFAULT_VARIANTS, FAMIX, run_demo, run_folder
 from famix.engine.demo_report import GROUPS, bank_table, report
 
@@ -58,7 +59,7 @@ def test_bank_table_lists_every_class_with_styles():
     assert lines[5] == "| 1 | mined | 4 | 0 | 1 |"
 
 
-def test_quick_demo_writes_its_outputs_and_reuses_finished_runs(tmp_path):
+def test_quick_demo_writes_its_outputs_and_reuses_finished_runs(tmp_path, monkeypatch):
     out = tmp_path / "demo"
     first = run_demo(out, quick=True)
     for name in ("results.md", "results.json", "results.png", "predictions.png", "seed0/config.yaml"):
@@ -68,8 +69,23 @@ def test_quick_demo_writes_its_outputs_and_reuses_finished_runs(tmp_path):
     assert "Style bank: mined styles per dominant class" in text
     checkpoint = out / "seed0" / "F_A_M__FAMix" / "latest.pt"
     stamp = checkpoint.stat().st_mtime_ns
-    second = run_demo(out, quick=True)  # finished runs are reused: nothing retrained, same numbers
+
+    def no_evaluation(*args):
+        raise AssertionError("a cached evaluation was recomputed")
+
+    monkeypatch.setattr(demo, "_evaluate", no_evaluation)
+    second = run_demo(out, quick=True)  # finished runs are reused: nothing retrained nor re-evaluated
     assert checkpoint.stat().st_mtime_ns == stamp
     assert second["runs"] == first["runs"]
-    with pytest.raises(FileExistsError, match="other settings"):
-        run_demo(out, quick=False)  # another configuration never overwrites or mixes with these runs
+
+    quick_config = demo.demo_config
+
+    def other_training(out, quick, seed):  # same mining settings (banks resume), another learning rate
+        cfg = quick_config(out, quick, seed)
+        cfg.train.lr *= 2
+        return cfg
+
+    monkeypatch.setattr(demo, "demo_config", other_training)
+    with pytest.raises(FileExistsError, match="holds a run made with other settings"):
+        run_demo(out, quick=True)  # a run folder is never overwritten by, or mixed with, other settings
+    assert checkpoint.stat().st_mtime_ns == stamp

@@ -100,14 +100,16 @@ def test_first_per_class_keeps_the_first_patch_of_each_class():
     assert first_per_class(classes).tolist() == [True, True, False, True, False, True, False]
 
 
+@pytest.mark.parametrize("seeded", [True, False])
 @pytest.mark.parametrize("n, k, cap", [(1, 3, 1), (37, 4, 2), (200, 20, 5), (64, 2, 40)])
-def test_cap_per_class_matches_a_loop(n, k, cap):
+def test_cap_per_class_matches_a_loop(n, k, cap, seeded):
     g = torch.Generator().manual_seed(n)
     classes = torch.randint(k, (n,), generator=g)
     classes[classes == k - 1] = 255  # an ignore class among them
-    keep = cap_per_class(classes, cap, torch.Generator().manual_seed(5))
-    # the loop: draw the same random priority, keep the first `cap` patches of each class in that order
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(5)).tolist()
+    keep = cap_per_class(classes, cap, torch.Generator().manual_seed(5) if seeded else None)
+    # the loop: walk the patches in priority order (the same random permutation, or index order without a
+    # generator) and keep each one while its class has had fewer than `cap` kept
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(5)).tolist() if seeded else range(n)
     seen, expected = {}, [False] * n
     for i in order:
         c = classes[i].item()

@@ -127,11 +127,11 @@ def _mine_banks(cfg: Config, variants: list[str]) -> tuple[dict[str, str], dict[
 
 def _train_and_evaluate(cfg: Config, name: str, domains: list[str], n_eval: int) -> dict[str, dict]:
     """Train one variant (a finished run is reused: training resumes from its last checkpoint) and evaluate
-    it on every domain (results cached in the run folder, keyed by its resolved config and the number of
-    evaluation images). A folder holding a run made with other settings is an error, never overwritten."""
+    it on every domain (results cached in the run folder, keyed by the number of evaluation images).
+    A folder holding a run made with other settings is an error, never overwritten, so a cache always
+    belongs to ``cfg``."""
     run = Path(cfg.train.out)
-    settings = cfg.to_dict()
-    if (run / "config.yaml").is_file() and load_config(run / "config.yaml").to_dict() != settings:
+    if (run / "config.yaml").is_file() and load_config(run / "config.yaml").to_dict() != cfg.to_dict():
         raise FileExistsError(
             f"{run} holds a run made with other settings; pass another --out (or move that folder away)"
         )
@@ -139,12 +139,11 @@ def _train_and_evaluate(cfg: Config, name: str, domains: list[str], n_eval: int)
     train(cfg)
     cache = run / "demo_eval.json"
     cached = json.loads(cache.read_text()) if cache.is_file() else {}
-    fresh = cached.get("n_eval") == n_eval and cached.get("config") == settings
-    if fresh and all(d in cached["results"] for d in domains):
+    if cached.get("n_eval") == n_eval and all(d in cached["results"] for d in domains):
         return {d: cached["results"][d] for d in domains}
     model, _ = load_segmenter(str(run / "latest.pt"))
     results = {d: _evaluate(model, d, n_eval, cfg).to_dict() for d in domains}
-    payload = {"n_eval": n_eval, "config": settings, "results": results}
+    payload = {"n_eval": n_eval, "results": results}
     atomic_write(cache, lambda p: p.write_text(json.dumps(payload)))
     return results
 

@@ -68,7 +68,7 @@ def bank_table(counts: dict[int, dict[str, dict[str, int]]]) -> str:
     rows = [(s, kind, c) for s, per_kind in counts.items() for kind, c in per_kind.items()]
     if not rows:
         return ""
-    classes = [k for k in dict.fromkeys(k for *_, c in rows for k in c)]
+    classes = list(dict.fromkeys(k for *_, c in rows for k in c))
     lines = [
         "",
         "Style bank: mined styles per dominant class",

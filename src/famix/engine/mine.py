@@ -38,27 +38,28 @@ _RESUME_KEYS = (
 
 def first_per_class(classes: torch.Tensor) -> torch.Tensor:
     """[N] classes -> [N] bool, True at the first patch of each distinct class (the official quirk)."""
-    keep = torch.zeros_like(classes, dtype=torch.bool)
-    for c in classes.unique():
-        keep[(classes == c).nonzero()[0, 0]] = True
-    return keep
+    return cap_per_class(classes, 1)
 
 
 def cap_per_class(classes: torch.Tensor, cap: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """[N] classes -> [N] bool keeping at most ``cap`` patches of each class, drawn uniformly at random.
+    """[N] classes -> [N] bool keeping at most ``cap`` patches of each class: drawn uniformly at random
+    from ``generator``, or the first ``cap`` in index order when it is None.
 
     Balances a batch's mining work: the few patches of rare classes are all kept while the many road or
     sky patches are subsampled, so a finer mining grid costs little more than a coarse one.
     """
-    n = classes.numel()
-    order = torch.randperm(n, generator=generator).to(classes.device)  # random priority
-    shuffled = classes[order]
-    sorted_classes, index = torch.sort(shuffled, stable=True)  # by class, random order within a class
+    n, device = classes.numel(), classes.device
+    order = (  # priority: patches earlier in ``order`` are kept first
+        torch.arange(n, device=device)
+        if generator is None
+        else torch.randperm(n, generator=generator).to(device)
+    )
+    sorted_classes, index = torch.sort(classes[order], stable=True)  # by class, priority order within
     counts = torch.bincount(sorted_classes)
     starts = counts.cumsum(0) - counts
     rank = torch.empty_like(index)
-    rank[index] = torch.arange(n, device=classes.device) - starts[sorted_classes]  # rank within its class
-    keep = torch.zeros(n, dtype=torch.bool, device=classes.device)
+    rank[index] = torch.arange(n, device=device) - starts[sorted_classes]  # rank within its class
+    keep = torch.zeros(n, dtype=torch.bool, device=device)
     keep[order] = rank < cap
     return keep
 

@@ -74,8 +74,22 @@ def test_split_list_errors_and_spec_parsing(tmp_path):
         build_dataset(f"gta5:{tmp_path}::colour=1")
     with pytest.raises(ValueError, match="(?s)unknown dataset 'kitti'.*acdc:CONDITION:ROOT"):
         build_dataset("kitti:/data")
-    assert len(build_dataset("synthetic:fog:3", 32)) == 3
-    assert "mapillary" in describe_datasets() and "rgb_anon" in describe_datasets()
+    synthetic = build_dataset("synthetic:fog:3:7:size=32")
+    assert len(synthetic) == 3 and synthetic[0][0].shape == (3, 32, 32) and synthetic.seed == 7
+    for bad, what in [
+        ("synthetic:day:ten", "N .*'ten'"),
+        ("synthetic:day:3:x", "SEED"),
+        ("synthetic:day:size=b", "size"),
+    ]:
+        with pytest.raises(ValueError, match=what):
+            build_dataset(bad)
+    with pytest.raises(ValueError, match="unknown synthetic domain 'dusky'"):
+        build_dataset("synthetic:dusky:3")
+    listing = describe_datasets()
+    assert "mapillary" in listing and "rgb_anon" in listing
+    assert "synthetic:DOMAIN" in listing and all(
+        d in listing for d in ("night", "fog", "snow", "rain", "sepia")
+    )
 
 
 def test_check_reports_counts_and_exit_codes(tmp_path):

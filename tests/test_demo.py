@@ -6,16 +6,16 @@ import statistics
 
 import pytest
 
-from famix.engine import demo
-from famix.engine.demo import ABLATION, BASELINE, DEFAULT_VARIANTS, FAMIX, run_demo, run_folder
-from famix.engine.demo_report import GROUPS, bank_table, report
+from famix.demo import run as demo
+from famix.demo.report import GROUPS, bank_table, report
+from famix.demo.run import ABLATION, BASELINE, DEFAULT_VARIANTS, FAMIX, run_demo, run_folder
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 DOMAINS = ["day", "night", "fog", "snow", "rain"]
 
 
 def _runs(values: dict[str, list[dict[str, float]]]) -> dict:
-    """{variant: [ {domain: miou fraction} per seed ]} -> the demo's runs layout."""
+    """{variant: [ {domain: mIoU %} per seed ]} -> the demo's runs layout."""
     return {
         v: {s: {d: {"miou": m} for d, m in per.items()} for s, per in enumerate(seeds)}
         for v, seeds in values.items()
@@ -26,20 +26,20 @@ def test_report_rows_are_means_over_seeds_and_deltas_are_paired():
     import random
 
     rng = random.Random(0)
-    values = {v: [{d: rng.random() for d in DOMAINS} for _ in range(3)] for v in (BASELINE, "F/-/M", FAMIX)}
+    values = {v: [{d: 100 * rng.random() for d in DOMAINS} for _ in range(3)] for v in (BASELINE, "F/-/M", FAMIX)}
     text = report(_runs(values), DOMAINS, BASELINE, FAMIX, "F/-/M")
     for v, seeds in values.items():
-        held = [100 * sum(s[d] for d in DOMAINS[1:]) / 4 for s in seeds]
-        structure = [100 * sum(s[d] for d in GROUPS["structure-like"]) / 3 for s in seeds]
+        held = [sum(s[d] for d in DOMAINS[1:]) / 4 for s in seeds]
+        structure = [sum(s[d] for d in GROUPS["structure-like"]) / 3 for s in seeds]
         row = next(line for line in text.splitlines() if line.startswith(f"| {v} |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[-1] == f"{statistics.mean(held):.1f} +/- {statistics.stdev(held):.1f}"
         assert cells[-2] == f"{statistics.mean(structure):.1f} +/- {statistics.stdev(structure):.1f}"
-        night = [100 * s["night"] for s in seeds]
+        night = [s["night"] for s in seeds]
         assert cells[2] == f"{statistics.mean(night):.1f} +/- {statistics.stdev(night):.1f}"
     for other in (BASELINE, "F/-/M"):
         expected = ", ".join(
-            f"{100 * (sum(a[d] for d in DOMAINS[1:]) - sum(b[d] for d in DOMAINS[1:])) / 4:+.1f}"
+            f"{(sum(a[d] for d in DOMAINS[1:]) - sum(b[d] for d in DOMAINS[1:])) / 4:+.1f}"
             for a, b in zip(values[FAMIX], values[other], strict=True)
         )
         assert f"FAMix - {other}, held-out mean, per seed: {expected}" in text
@@ -70,10 +70,11 @@ def test_quick_demo_writes_its_outputs_and_reuses_finished_runs(tmp_path, monkey
     checkpoint = out / "seed0" / "F_A_M__FAMix" / "latest.pt"
     stamp = checkpoint.stat().st_mtime_ns
 
-    def no_evaluation(*args):
+    def no_evaluation(*args, **kwargs):
         raise AssertionError("a cached evaluation was recomputed")
 
-    monkeypatch.setattr(demo, "_evaluate", no_evaluation)
+    monkeypatch.setattr(demo, "evaluate_specs", no_evaluation)
+    monkeypatch.setattr(demo, "train", no_evaluation)
     second = run_demo(out, quick=True)  # finished runs are reused: nothing retrained nor re-evaluated
     assert checkpoint.stat().st_mtime_ns == stamp
     assert second["runs"] == first["runs"]

@@ -1,4 +1,4 @@
-"""Tests for famix.engine.evaluate/sliding/results: IoU and sliding windows vs loop oracles, eval, tables."""
+"""famix.engine.evaluate / inference / results: IoU and sliding windows vs loop oracles, eval, tables."""
 
 from __future__ import annotations
 
@@ -10,16 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from famix.engine.evaluate import (
-    EvalResult,
-    confusion_matrix,
-    evaluate,
-    evaluate_many,
-    iou_from_confusion,
-    predict_logits,
-)
+from famix.engine.evaluate import EvalResult, confusion_matrix, evaluate, evaluate_specs, iou_from_confusion
+from famix.engine.inference import TestTime, predict_logits, sliding_logits, window_starts
 from famix.engine.results import format_paper_table, format_table, load_results, paper_column, write_results
-from famix.engine.sliding import sliding_logits, window_starts
 
 
 def _cm_oracle(pred, label, k):
@@ -88,14 +81,14 @@ def test_predict_logits_scales():
     with torch.no_grad():
         full = model(x)
         np.testing.assert_array_equal(predict_logits(model, x).numpy(), full.numpy())
-        np.testing.assert_array_equal(predict_logits(model, x, scale=1.0).numpy(), full.numpy())
+        np.testing.assert_array_equal(predict_logits(model, x, TestTime(scale=1.0)).numpy(), full.numpy())
 
         small = F.interpolate(x, size=(round(17 * 0.5), round(22 * 0.5)), mode="bilinear", align_corners=True)
         half = F.interpolate(model(small), size=(17, 22), mode="bilinear", align_corners=True)
-        out = predict_logits(model, x, scale=0.5)
+        out = predict_logits(model, x, TestTime(scale=0.5))
         assert out.shape == (2, 4, 17, 22)
         torch.testing.assert_close(out, half)
-        torch.testing.assert_close(predict_logits(model, x, scale=0.5, ensemble=True), (full + half) / 2)
+        torch.testing.assert_close(predict_logits(model, x, TestTime(0.5, ensemble=True)), (full + half) / 2)
 
         # out_size: scale-1 logits are resized to the label size
         resized = F.interpolate(full, size=(9, 30), mode="bilinear", align_corners=True)
@@ -127,7 +120,7 @@ def test_evaluate_matches_numpy():
     res = evaluate(model, loader, num_classes=k, progress=False)
     assert res.num_images == 6
     assert res.confusion == cm.tolist()
-    assert res.miou == pytest.approx(np.nanmean(_iou_oracle(cm.astype(np.float64))))
+    assert res.miou == pytest.approx(100 * np.nanmean(_iou_oracle(cm.astype(np.float64))))  # percent
     d = res.to_dict()
     assert d["confusion"] == cm.tolist() and d["num_images"] == 6
 
@@ -144,12 +137,12 @@ def test_evaluate_restores_modes():
 
 
 def test_format_table():
-    a = EvalResult(0.5, [0.25, None, 0.75], [[0]], 3)
-    b = EvalResult(0.4123, [0.1, 0.2, None], [[0]], 2)
+    a = EvalResult(50.0, [25.0, None, 75.0], [[0]], 3)  # percent
+    b = EvalResult(41.0, [10.0, 20.0, None], [[0]], 2)
     table = format_table({"gta": a, "bdd": b}, class_names=["x", "y", "z"])
     lines = table.splitlines()
     assert lines[0].split("|")[2:5] == [" gta ", " bdd ", " mean "]
-    assert "| mIoU | 50.00 | 41.23 | 45.62 |" in table
+    assert "| mIoU | 50.00 | 41.00 | 45.50 |" in table
     assert "class" not in table
     full = format_table({"gta": a, "bdd": b}, class_names=["x", "y", "z"], per_class=True)
     assert "| y | - | 20.00 |" in full and "| z | 75.00 | - |" in full
@@ -225,18 +218,32 @@ def test_predict_logits_window_with_scale_and_ensemble():
     x = torch.randn(2, 3, 19, 26)
     with torch.no_grad():
         for scale, ensemble in [(None, False), (0.5, False), (0.5, True), (1.5, True)]:
-            full = predict_logits(pointwise, x, scale, ensemble, out_size=(10, 30))
-            tiled = predict_logits(pointwise, x, scale, ensemble, out_size=(10, 30), window=7, stride=5)
+            full = predict_logits(pointwise, x, TestTime(scale, ensemble), out_size=(10, 30))
+            tiled = predict_logits(pointwise, x, TestTime(scale, ensemble, 7, 5), out_size=(10, 30))
             torch.testing.assert_close(tiled, full)
-    conv = _conv_model()
     res_full = evaluate(pointwise, _make_loader(), num_classes=4, progress=False)
-    res_tiled = evaluate(pointwise, _make_loader(), num_classes=4, progress=False, window=5)
+    res_tiled = evaluate(pointwise, _make_loader(), num_classes=4, tta=TestTime(window=5), progress=False)
     assert res_tiled.confusion == res_full.confusion
-    many = evaluate_many(
-        conv, ["a", "b"], lambda spec: _make_loader(seed=ord(spec)), num_classes=4, progress=False
-    )
-    assert list(many) == ["a", "b"]
-    assert many["b"].confusion == evaluate(conv, _make_loader(seed=ord("b")), 4, progress=False).confusion
+
+
+def test_evaluate_specs_equals_evaluate_per_dataset():
+    import famix.world  # noqa: F401  (synthetic:* specs)
+    from famix.data.datasets import Normalized, build_dataset
+
+    conv = _conv_model(k=19)
+    specs = ["synthetic:fog:3:5:size=24", "synthetic:night:2:6:size=16"]
+    many = evaluate_specs(conv, specs, 19, batch_size=2, progress=False)
+    assert list(many) == specs
+    for spec in specs:
+        one = evaluate(conv, [tuple(t[None] for t in item) for item in Normalized(build_dataset(spec))], 19)
+        assert many[spec].confusion == one.confusion and many[spec].num_images == one.num_images
+
+
+def test_test_time_settings_are_checked():
+    for bad in (dict(scale=0), dict(window=0), dict(window=4, stride=5), dict(stride=3)):
+        with pytest.raises(ValueError):
+            TestTime(**bad)
+    assert TestTime().describe() == "" and TestTime(0.5, True, 512).describe() == "s0.5e-w512"
 
 
 def test_paper_column():
@@ -261,31 +268,35 @@ def _result(miou, k=3):
 
 def test_format_paper_table():
     results = {
-        "synthetic:fog:30": _result(0.1),
-        "acdc:fog:/a": _result(0.4),
-        "mapillary:/m": _result(0.3),
-        "cityscapes:/c": _result(0.48154),
+        "synthetic:fog:30": _result(10.0),
+        "acdc:fog:/a": _result(40.0),
+        "mapillary:/m": _result(30.0),
+        "cityscapes:/c": _result(48.154),
         "acdc:night:/a": _result(math.nan),
-        "cityscapes:/other": _result(0.2),  # a second Cityscapes: its own column
+        "cityscapes:/other": _result(20.0),  # a second Cityscapes: its own column
     }
     lines = format_paper_table(results, name="famix").splitlines()
     header = [c.strip() for c in lines[0].split("|")[1:-1]]
     assert header == ["", "C", "M", "ACDC night", "fog", "synthetic:fog:30", "cityscapes:/other", "mean"]
     assert lines[1] == "| --- | --- | --- | --- | --- | --- | --- | --- |"
-    mean = 100 * (0.48154 + 0.3 + 0.4 + 0.1 + 0.2) / 5  # nan (an empty split) is shown as "-", not averaged
+    mean = (48.154 + 30 + 40 + 10 + 20) / 5  # nan (an empty split) is shown as "-", not averaged
     assert lines[2] == f"| famix | 48.15 | 30.00 | - | 40.00 | 10.00 | 20.00 | {mean:.2f} |"
 
 
 def test_write_and_load_results(tmp_path):
-    results = {"cityscapes:/c": _result(0.5, k=19), "acdc:snow:/a": _result(math.nan, k=19)}
+    results = {"cityscapes:/c": _result(50.0, k=19), "acdc:snow:/a": _result(math.nan, k=19)}
     path = write_results(results, tmp_path / "sub" / "eval.json")
     assert [p.name for p in path.parent.iterdir()] == ["eval.json"]  # no temporary file left
     data = json.loads(path.read_text())
     cs = data["datasets"]["cityscapes:/c"]
     assert list(cs["per_class_iou"])[:2] == ["road", "sidewalk"] and cs["per_class_iou"]["bicycle"] is None
-    assert cs["miou"] == 0.5 and cs["num_images"] == 2 and data["datasets"]["acdc:snow:/a"]["miou"] is None
-    assert data["mean_miou"] == 0.5 and data["table"] == format_paper_table(results)
+    assert cs["miou"] == 50.0 and cs["num_images"] == 2 and data["datasets"]["acdc:snow:/a"]["miou"] is None
+    assert (
+        data["unit"] == "percent"
+        and data["mean_miou"] == 50.0
+        and data["table"] == format_paper_table(results)
+    )
     back = load_results(path)
     assert back["cityscapes:/c"] == results["cityscapes:/c"] and math.isnan(back["acdc:snow:/a"].miou)
-    named = json.loads(write_results({"x": _result(0.5)}, tmp_path / "n.json", ["a", "b", "c"]).read_text())
-    assert named["datasets"]["x"]["per_class_iou"] == {"a": 0.5, "b": 0.5, "c": None}
+    named = json.loads(write_results({"x": _result(50.0)}, tmp_path / "n.json", ["a", "b", "c"]).read_text())
+    assert named["datasets"]["x"]["per_class_iou"] == {"a": 50.0, "b": 50.0, "c": None}

@@ -9,14 +9,16 @@ from PIL import Image
 
 from famix.data.labels import colorize
 from famix.data.transforms import normalize
+from famix.engine.inference import TestTime
 from famix.engine.predict import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
     list_images,
     load_image,
-    overlay,
+    output_stems,
     predict_paths,
 )
+from famix.engine.visualize import overlay
 
 
 def _write_png(path, h, w, seed):
@@ -108,8 +110,7 @@ def test_predict_paths_window_and_errors(tmp_path):
         [tmp_path / "a.png"],
         tmp_path / "tiled",
         outputs=["trainid"],
-        window=8,
-        stride=5,
+        tta=TestTime(window=8, stride=5),
         progress=False,
     )
     np.testing.assert_array_equal(np.asarray(Image.open(full[0])), np.asarray(Image.open(tiled[0])))
@@ -120,3 +121,21 @@ def test_predict_paths_window_and_errors(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="bad.png"):
         predict_paths(model, [tmp_path / "bad.png"], tmp_path / "x", progress=False)
+
+
+def test_output_names_keep_the_extension_when_stems_collide(tmp_path):
+    names = ["x/a.png", "x/a.jpg", "y/a.png", "x/b.png", "y/c.JPG"]
+    assert output_stems([tmp_path / n for n in names]) == ["a_png", "a_jpg", "a_png_2", "b", "c"]
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 19, 1)
+    for i, n in enumerate(["a.png", "a.jpg"]):
+        arr = np.random.default_rng(i).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(tmp_path / n, quality=95)
+    written = predict_paths(
+        model, [tmp_path / "a.png", tmp_path / "a.jpg"], tmp_path / "o", ["trainid"], progress=False
+    )
+    assert [p.name for p in written] == ["a_png_trainid.png", "a_jpg_trainid.png"]
+    for src, dst in zip(["a.png", "a.jpg"], written, strict=True):
+        with torch.no_grad():
+            expected = model(normalize(load_image(tmp_path / src))[None])[0].argmax(0).numpy()
+        np.testing.assert_array_equal(np.asarray(Image.open(dst)), expected)

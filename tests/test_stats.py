@@ -87,13 +87,13 @@ def test_dominant_class_matches_loop_with_ties_and_ignore(b, h, w, g, k):
     # few distinct values so ties are frequent; include ignore (255) and out-of-range ids (k, 40)
     choices = torch.tensor(list(range(k)) + [255, k, 40])
     labels = choices[torch.randint(len(choices), (b, h, w), generator=gen)]
-    torch.testing.assert_close(dominant_class(labels, g, k), loop_dominant(labels, g, k))
+    torch.testing.assert_close(dominant_class(labels, g, k, 255), loop_dominant(labels, g, k))
 
 
 def test_dominant_class_tie_goes_to_smaller_value_and_ignore_loses():
     labels = torch.tensor([[[3, 1], [1, 3]]])  # tie 1 vs 3
-    assert dominant_class(labels, 1, 5).item() == 1
+    assert dominant_class(labels, 1, 5, 255).item() == 1
     labels = torch.tensor([[[255, 2], [2, 255]]])  # tie class 2 vs ignore
-    assert dominant_class(labels, 1, 5).item() == 2
+    assert dominant_class(labels, 1, 5, 255).item() == 2
     labels = torch.tensor([[[255, 255], [255, 2]]])
-    assert dominant_class(labels, 1, 5).item() == 255
+    assert dominant_class(labels, 1, 5, 255).item() == 255

@@ -1,4 +1,4 @@
-"""Tests for famix.data.synthetic: determinism, domain-free labels, class coverage, domain statistics."""
+"""Tests for famix.world.synthetic: determinism, domain-free labels, class coverage, domain statistics."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from famix.data.labels import IGNORE_INDEX, NUM_CLASSES, TRAIN_ID
-from famix.data.synthetic import (
+from famix.world.synthetic import (
     DOMAINS,
     SHIFTED_DOMAINS,
     SOURCE_DOMAIN,

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from famix.data.captions import (
+from famix.data.labels import CLASS_NAMES
+from famix.data.transforms import normalize
+from famix.world.captions import (
     KINDS,
     WORLD_CLASSES,
     crop_images,
@@ -19,9 +21,7 @@ from famix.data.captions import (
     scene_seed,
     targets,
 )
-from famix.data.labels import CLASS_NAMES
-from famix.data.synthetic import DOMAINS
-from famix.data.transforms import normalize
+from famix.world.synthetic import DOMAINS
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_scene_seed_splits_are_disjoint():
 
 
 def test_multi_positive_loss_generalises_clip_loss():
-    from famix.engine.pretrain_clip import multi_positive_loss
+    from famix.world.pretrain import multi_positive_loss
 
     logits = torch.randn(6, 6, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(6)
@@ -105,7 +105,7 @@ def test_multi_positive_loss_generalises_clip_loss():
 def test_pretraining_is_deterministic_by_seed(tmp_path):
     from safetensors.torch import load_file
 
-    from famix.engine.pretrain_clip import pretrain_tiny_clip
+    from famix.world.pretrain import pretrain_tiny_clip
 
     kw = dict(steps=3, batch=8, scenes=24, eval_images=0, progress=False)
     runs = [pretrain_tiny_clip(tmp_path / name, seed=s, **kw) for name, s in (("a", 0), ("b", 0), ("c", 1))]
@@ -118,8 +118,8 @@ def test_pretraining_is_deterministic_by_seed(tmp_path):
 
 def test_shipped_tiny_clip_knows_styles_and_classes(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the packaged weights must never need the network
-    from famix.engine.zero_shot import zero_shot_accuracy
     from famix.models.clip import build_clip, packaged_weights
+    from famix.world.zero_shot import zero_shot_accuracy
 
     path = packaged_weights("tiny-clip")
     assert path is not None and path.endswith("tiny-clip.safetensors")

@@ -95,7 +95,7 @@ def test_bank_with_wrong_channel_count_is_a_clear_error(tmp_path, capsys):
     from famix.style.bank import StyleBank
 
     bad = StyleBank(list(CLASS_NAMES), 256, metadata={"backbone": "RN50"})
-    bad.add(torch.ones(2, 256), torch.ones(2, 256), torch.tensor([0, 1]))
+    bad.add(torch.ones(2, 256), torch.ones(2, 256), torch.tensor([0, 1]), 255)
     bad.save(tmp_path / "rn50.safetensors")
     with pytest.raises(SystemExit):
         main(

@@ -30,43 +30,36 @@ def cmd_train(args) -> None:
         print(json.dumps(result))
 
 
+def _tta(args):
+    from famix.engine.inference import TestTime
+
+    return TestTime(args.scale, args.ensemble, args.window, args.stride)
+
+
 def cmd_eval(args) -> None:
-    from torch.utils.data import DataLoader
-
-    from famix.data.datasets import Normalized, build_dataset
+    from famix.engine.amp import amp_dtype
+    from famix.engine.checkpoint import load_segmenter
     from famix.engine.distributed import resolve_device
-    from famix.engine.evaluate import evaluate
-    from famix.engine.inference import load_segmenter
-    from famix.engine.results import format_paper_table, format_table, write_results
+    from famix.engine.evaluate import evaluate_specs
+    from famix.engine.results import default_results_path, format_paper_table, format_table, write_results
 
-    device = resolve_device(args.device)
+    device, tta = resolve_device(args.device), _tta(args)
     model, cfg = load_segmenter(args.checkpoint, device=device)
-    results = {}
-    for spec in args.data:
-        dataset = Normalized(build_dataset(spec, args.synthetic_size))
-        loader = DataLoader(dataset, batch_size=1, num_workers=args.workers)
-        results[spec] = evaluate(
-            model,
-            loader,
-            cfg.num_classes,
-            device,
-            args.scale,
-            args.ensemble,
-            desc=spec,
-            window=args.window,
-            stride=args.stride,
-        )
-    print(format_paper_table(results) if args.paper_table else format_table(results, cfg.class_names))
-    if args.per_class:
-        print(format_table(results, cfg.class_names, per_class=True))
-    out = Path(args.json or Path(args.checkpoint).with_suffix(".eval.json"))
-    write_results(results, out, cfg.class_names)
+    results = evaluate_specs(
+        model, args.data, cfg.num_classes, device, tta, amp_dtype(args.amp, device), workers=args.workers
+    )
+    if args.paper_table:
+        print(format_paper_table(results))
+    print(format_table(results, cfg.class_names, per_class=args.per_class))
+    out = Path(args.json) if args.json else default_results_path(args.checkpoint, args.data, tta)
+    write_results(results, out, cfg.class_names, {"checkpoint": str(args.checkpoint), "test_time": vars(tta)})
     print(f"results written to {out}")
 
 
 def cmd_predict(args) -> None:
+    from famix.engine.amp import amp_dtype
+    from famix.engine.checkpoint import load_segmenter
     from famix.engine.distributed import resolve_device
-    from famix.engine.inference import load_segmenter
     from famix.engine.predict import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_images, predict_paths
 
     device = resolve_device(args.device)
@@ -77,19 +70,17 @@ def cmd_predict(args) -> None:
         paths,
         args.out,
         device,
-        args.scale,
-        args.ensemble,
+        _tta(args),
         tuple(args.outputs),
+        amp_dtype(args.amp, device),
         batch_size=args.batch_size,
-        window=args.window,
-        stride=args.stride,
         video_output=args.video_output,
     )
     print(f"wrote {len(written)} files to {args.out}")
 
 
 def cmd_demo(args) -> None:
-    from famix.engine.demo import run_demo
+    from famix.demo.run import run_demo
 
     run_demo(args.out, quick=args.quick, seed=args.seed, ablation=args.ablation, seeds=args.seeds)
 
@@ -111,7 +102,7 @@ def cmd_datasets(args) -> None:
 
 
 def cmd_pretrain_tiny_clip(args) -> None:
-    from famix.engine.pretrain_clip import pretrain_tiny_clip
+    from famix.world.pretrain import pretrain_tiny_clip
 
     result = pretrain_tiny_clip(
         args.out, steps=args.steps, batch=args.batch, seed=args.seed, threads=args.threads
@@ -148,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--paper-table", action="store_true", help="the paper's layout: C, B, M, S, ACDC n/s/r/f, mean"
     )
-    e.add_argument("--json", help="where to write results (default: next to the checkpoint)")
-    e.add_argument("--synthetic-size", type=int, default=256, help="image size of synthetic:* datasets")
+    e.add_argument(
+        "--json", help="where to write results (default: next to the checkpoint, named by the data evaluated)"
+    )
     e.add_argument("--workers", type=int, default=2)
 
     pr = sub.add_parser("predict", help="segment images and videos (files, folders, globs)")
@@ -168,7 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
             "--window", type=int, default=None, help="sliding-window inference with this tile size"
         )
         s.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: 2/3 window)")
-        s.add_argument("--device", default="auto")
+        s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+        s.add_argument(
+            "--amp", default="bf16", choices=["bf16", "fp16", "off"], help="autocast dtype on CUDA"
+        )
 
     d = sub.add_parser("demo", help="the whole recipe on the embedded synthetic world (CPU, minutes)")
     d.add_argument("--out", default="famix-demo")
@@ -216,10 +211,12 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> None:
+    import famix.world  # noqa: F401  (registers the miniature world's synthetic:* dataset specs)
+
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
         if os.environ.get("FAMIX_DEBUG"):
             raise
         print(f"famix {args.command}: error: {e}", file=sys.stderr)

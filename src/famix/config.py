@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from famix.data.labels import CLASS_NAMES
-from famix.style.prompts import DEFAULT_STYLE_WORDS
+from famix.style.vocabulary import DEFAULT_STYLE_WORDS
 
 
 @dataclass
@@ -32,38 +32,38 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = "gta5:data/gta5"  # dataset spec NAME[:CONDITION]:ROOT[:SPLIT] or synthetic:DOMAIN[:N]
+    train: str = "gta5:data/gta5"  # dataset spec NAME[:CONDITION]:ROOT[:SPLIT], or synthetic:DOMAIN[:N]...
     val: list[str] = field(default_factory=list)
     crop: int = 768
     batch_size: int = 8
     workers: int = 4
     jitter: float = 0.8  # brightness = contrast = saturation jitter
     hflip: float = 0.5
-    synthetic_size: int = 256  # image size of synthetic:* datasets
 
 
 @dataclass
 class StyleConfig:
     mix: str = "famix"  # famix | augment | mixstyle | none
-    bank: str | None = None
+    bank: str | None = None  # the style bank: written by `famix mine`, read by `famix train`
     grid: int = 3
     beta: float = 0.1
 
 
 @dataclass
 class MineConfig:
-    out: str = "banks/bank.safetensors"
+    # famix: every patch, its own loss (summed), lr per patch. official: the official code exactly: the
+    # first patch of each dominant class per batch in patch-major order, loss averaged over them, lr 1.
+    recipe: str = "famix"
     grid: int = 3
     steps: int = 100
-    lr: float = 0.1  # per patch (the loss is summed over patches)
+    lr: float | None = None  # None: the recipe's (famix 0.1 per patch; official 1 on the averaged loss)
     momentum: float = 0.9
     weight_decay: float = 1e-4
     batch_size: int = 16
     crop: int = 768
     vocabulary: list[str] = field(default_factory=lambda: list(DEFAULT_STYLE_WORDS))
-    one_per_class: bool = False  # the official quirk: first patch of each dominant class per batch
     per_class: int | None = None  # at most this many patches per dominant class per batch (random); None: all
-    max_images: int | None = None
+    max_images: int | None = None  # stop after this many source images (a later run may go on further)
     save_every: int = 20  # batches between bank checkpoints (mining resumes from the last one)
 
 
@@ -82,11 +82,18 @@ class TrainConfig:
     min_lr: float = 1e-6
     label_smoothing: float = 0.1
     val_interval: int = 750
+    ckpt_interval: int = 1000  # steps between latest.pt checkpoints (a crash loses at most this much)
     log_interval: int = 50
-    amp: str = "bf16"  # bf16 | fp16 | off (autocast is used on CUDA only)
     channels_last: bool = True
-    device: str = "auto"
+
+
+@dataclass
+class RunConfig:
+    """Settings shared by every stage (mine, train): where and how it computes."""
+
     seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "bf16"  # bf16 | fp16 | off (autocast is used on CUDA only)
 
 
 @dataclass
@@ -96,9 +103,49 @@ class Config:
     style: StyleConfig = field(default_factory=StyleConfig)
     mine: MineConfig = field(default_factory=MineConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Settings that never change what a run computes (where it writes, how often it logs, validates or
+# checkpoints, where it stops, how it loads data, which device): a run may resume with them changed.
+RESUMABLE_KEYS = frozenset(
+    {
+        "train.out",
+        "train.stop_after",
+        "train.val_interval",
+        "train.ckpt_interval",
+        "train.log_interval",
+        "data.val",
+        "data.workers",
+        "run.device",
+        "mine.save_every",
+        "mine.max_images",
+    }
+)
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def changed_settings(old: dict, new: dict, sections: tuple[str, ...] | None = None) -> list[str]:
+    """The ``section.key`` settings (in ``sections``, default all) whose values differ between two config
+    dicts and that change a run's result (``RESUMABLE_KEYS`` excluded), as ``key: old -> new`` strings."""
+    a, b = flatten(old), flatten(new)
+    keys = sorted((set(a) | set(b)) - RESUMABLE_KEYS)
+    if sections is not None:
+        keys = [k for k in keys if k.split(".")[0] in sections]
+    return [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in keys if a.get(k) != b.get(k)]
 
 
 def _coerce(value, tp, where: str):
@@ -132,6 +179,12 @@ def from_dict(data: dict, cls=Config, prefix: str = ""):
     """Build a (nested) config dataclass from a dict; unknown keys are errors that list valid keys."""
     hints = typing.get_type_hints(cls)
     valid = {f.name for f in fields(cls)}
+    if not isinstance(data, dict):
+        where = f"section {prefix[:-1]!r}" if prefix else "file"
+        raise ValueError(
+            f"config {where}: expected a mapping of key: value lines (valid keys: {sorted(valid)}), "
+            f"got {type(data).__name__} {data!r}"
+        )
     unknown = set(data) - valid
     if unknown:
         raise ValueError(
@@ -160,7 +213,12 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         *parents, leaf = key.strip().split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {p} is not a section")
+        try:
+            node[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({e})") from None
     return data
 
 
@@ -176,7 +234,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                     f"config {path} not found (a YAML path, or a preset name in configs/)"
                 )
             p = bundled
-        data = yaml.safe_load(p.read_text()) or {}
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ValueError(
+                f"config {p}{where}: not valid YAML ({getattr(e, 'problem', None) or e})"
+            ) from None
     return from_dict(apply_overrides(data, overrides or []))
 
 

@@ -61,7 +61,7 @@ def check_condition(condition: str | None) -> str:
     return condition
 
 
-def build(parts: list[str], synthetic_size: int = 256) -> PairedDataset:
+def build(parts: list[str]) -> PairedDataset:
     """Build from the spec fields after ``acdc:``; evaluation is at full resolution."""
     f = parse_fields(parts, USAGE, with_condition=True, options=("fog_size", "mismatch"))
     condition = check_condition(f.condition)

@@ -49,7 +49,7 @@ def scan(root: Path, split: str | None) -> Scan:
     return scan_pairs(images, IMAGE_SUFFIXES, labels, ((suffix, "trainid"),))
 
 
-def build(parts: list[str], synthetic_size: int = 256) -> PairedDataset:
+def build(parts: list[str]) -> PairedDataset:
     """Build from the spec fields after ``bdd100k:``; evaluation is at full resolution."""
     f = parse_fields(parts, USAGE, with_condition=False, options=("mismatch",))
     mismatch = parse_mismatch(f.options.get("mismatch", "error"))

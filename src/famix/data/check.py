@@ -15,7 +15,7 @@ import numpy as np
 
 from famix.data.datasets import ALIASES, MODULES
 from famix.data.folder import DatasetError, MissingDataError, Scan, is_list_file, parse_fields, select
-from famix.data.label_maps import ENCODINGS
+from famix.data.labels import ENCODINGS
 from famix.data.readers import image_size, read_raw_label
 
 SHOWN = 10  # file names listed per category in the report

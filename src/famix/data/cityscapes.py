@@ -42,7 +42,7 @@ def scan(root: Path, split: str | None) -> Scan:
     return scan_pairs(images, IMAGE_SUFFIXES, labels, LABEL_SUFFIXES, recursive=True)
 
 
-def build(parts: list[str], synthetic_size: int = 256) -> PairedDataset:
+def build(parts: list[str]) -> PairedDataset:
     """Build from the spec fields after ``cityscapes:``; evaluation is at full resolution."""
     f = parse_fields(parts, USAGE, with_condition=False, options=("mismatch",))
     mismatch = parse_mismatch(f.options.get("mismatch", "error"))

@@ -4,13 +4,15 @@ wrapper.
 Every dataset yields (image uint8 [3, H, W], label int64 [H, W] of trainIds with 255 = ignore).
 SPLIT is a split name (``train``, ``val``) or the path of a split-list file (containing ``/`` or
 ending in ``.txt``; one image name per line); without SPLIT every image/label pair found is used,
-sorted. ``KEY=VALUE`` fields are
-per-dataset options (``mismatch=skip|error|resize`` everywhere; see each module).
+sorted. ``KEY=VALUE`` fields are per-dataset options (``mismatch=skip|error|resize`` everywhere; see
+each module). Other packages add datasets with :func:`register_dataset` (the miniature world registers
+``synthetic:*`` when ``famix.world`` is imported, as the ``famix`` command does).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import Dataset
@@ -19,34 +21,39 @@ from famix.data import acdc, bdd, cityscapes, gta5, mapillary, synthia
 from famix.data.transforms import normalize
 
 
-def _synthetic(spec: list[str], size: int):
-    from famix.data.synthetic import SyntheticDataset
+@dataclass(frozen=True)
+class DatasetEntry:
+    """One name in the dataset table: ``build(fields after the name)`` -> a dataset, and its help text."""
 
-    domain = spec[0] if spec else "day"
-    length = int(spec[1]) if len(spec) > 1 else 100
-    seed = int(spec[2]) if len(spec) > 2 else 0
-    return SyntheticDataset(domain=domain, length=length, size=(size, size), seed=seed)
+    build: Callable[[list[str]], Dataset]
+    usage: str
+    layout: str
 
 
 # The benchmark loaders by spec name; each module has build(), scan(), SOURCE, USAGE, LAYOUT.
 MODULES = {m.SOURCE.name: m for m in (gta5, synthia, cityscapes, bdd, mapillary, acdc)}
 ALIASES = {"bdd": "bdd100k", "gtav": "gta5"}
-
-# name -> (builder(parts after the name, synthetic size), expected layout for help texts)
-DATASETS: dict[str, tuple[Callable, str]] = {
-    "synthetic": (_synthetic, "synthetic:DOMAIN[:LENGTH[:SEED]] - the embedded procedural street world"),
-    **{name: (m.build, f"{m.USAGE}\n{m.LAYOUT}") for name, m in MODULES.items()},
+DATASETS: dict[str, DatasetEntry] = {
+    name: DatasetEntry(m.build, m.USAGE, m.LAYOUT) for name, m in MODULES.items()
 }
 
 
-def build_dataset(spec: str, synthetic_size: int = 256) -> Dataset:
-    """Build a dataset from a spec such as ``synthetic:fog:300``, ``cityscapes:/data/cityscapes:val``,
+def register_dataset(name: str, entry: DatasetEntry) -> None:
+    """Make ``NAME:...`` specs build with ``entry`` (re-registering a name replaces it)."""
+    DATASETS[name.lower()] = entry
+
+
+def build_dataset(spec: str) -> Dataset:
+    """Build a dataset from a spec such as ``cityscapes:/data/cityscapes:val``,
     ``acdc:night:/data/acdc:val`` or ``gta5:/data/gta5:/lists/gtav_split_train.txt``."""
     name, *rest = spec.split(":")
     name = ALIASES.get(name.lower(), name.lower())
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r} in {spec!r}; known datasets:\n{describe_datasets()}")
-    dataset = DATASETS[name][0](rest, synthetic_size)
+        hint = " (synthetic:* specs exist once famix.world is imported)" if name == "synthetic" else ""
+        raise ValueError(
+            f"unknown dataset {name!r} in {spec!r}{hint}; known datasets:\n{describe_datasets()}"
+        )
+    dataset = DATASETS[name].build(rest)
     dataset.spec = spec
     return dataset
 
@@ -58,8 +65,8 @@ def describe_datasets() -> str:
         "  SPLIT: a split name, or a split-list path (containing / or ending in .txt), one name per line;",
         "  no SPLIT: every image/label pair found. KEY=VALUE: the options shown per dataset.",
     ]
-    for name, (_, layout) in DATASETS.items():
-        lines += ["", f"{name}:", *("  " + line for line in layout.splitlines())]
+    for name, entry in DATASETS.items():
+        lines += ["", f"{name}:", *("  " + line for line in f"{entry.usage}\n{entry.layout}".splitlines())]
     lines += ["", "aliases: " + ", ".join(f"{a} = {n}" for a, n in ALIASES.items())]
     return "\n".join(lines)
 

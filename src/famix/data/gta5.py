@@ -23,7 +23,8 @@ from famix.data.folder import (
     require_dir,
     scan_pairs,
 )
-from famix.data.paired import PairedDataset, center_crop_pad, screen_sizes
+from famix.data.paired import PairedDataset, screen_sizes
+from famix.data.transforms import center_crop_pad
 
 LAYOUT = """  ROOT/images/NNNNN.png   (RGB, mostly 1914x1052)
   ROOT/labels/NNNNN.png   (8-bit palette PNG, index = Cityscapes labelId)
@@ -67,7 +68,7 @@ def split_list(root: Path, split: str) -> Path:
     )
 
 
-def build(parts: list[str], synthetic_size: int = 256) -> PairedDataset:
+def build(parts: list[str]) -> PairedDataset:
     """Build from the spec fields after ``gta5:``."""
     f = parse_fields(parts, USAGE, with_condition=False, options=("mismatch", "center_crop"))
     mismatch = parse_mismatch(f.options.get("mismatch", MISMATCH_DEFAULT))

@@ -20,7 +20,8 @@ from famix.data.folder import (
     require_dir,
     scan_pairs,
 )
-from famix.data.paired import PairedDataset, center_crop_pad, compose, resize_height, screen_sizes
+from famix.data.paired import PairedDataset, screen_sizes
+from famix.data.transforms import center_crop_pad, compose, resize_height
 
 LAYOUT = """  ROOT/{training,validation}/images/<id>.jpg
   ROOT/{training,validation}/labels/<id>.png   (v1.2 8-bit palette PNG, ids 0-65)
@@ -54,7 +55,7 @@ def scan(root: Path, split: str | None) -> Scan:
     return scan_pairs(images, IMAGE_SUFFIXES, labels, LABEL_SUFFIXES)
 
 
-def build(parts: list[str], synthetic_size: int = 256) -> PairedDataset:
+def build(parts: list[str]) -> PairedDataset:
     """Build from the spec fields after ``mapillary:``."""
     f = parse_fields(parts, USAGE, with_condition=False, options=("size", "mismatch"))
     mismatch = parse_mismatch(f.options.get("mismatch", "error"))

@@ -1,4 +1,4 @@
-"""The dataset class shared by every benchmark loader, size screening and evaluation-time resizing.
+"""The dataset class shared by every benchmark loader, and size screening of image/label pairs.
 
 Items are (image uint8 [3, H, W], label int64 [H, W] of trainIds, 255 = ignore).
 """
@@ -6,7 +6,7 @@ Items are (image uint8 [3, H, W], label int64 [H, W] of trainIds, 255 = ignore).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +15,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from famix.data.folder import DatasetError, Pair
-from famix.data.label_maps import to_train_ids
-from famix.data.labels import IGNORE_INDEX
+from famix.data.labels import to_train_ids
 from famix.data.readers import image_size, read_image, read_raw_label
-
-# (image uint8 [H, W, 3], trainIds uint8 [H, W]) -> same, applied before conversion to tensors.
-EvalTransform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+from famix.data.transforms import EvalTransform
 
 
 def mismatch_message(pair: Pair, image_wh: tuple[int, int], label_wh: tuple[int, int]) -> str:
@@ -66,55 +63,6 @@ def screen_sizes(
             stacklevel=2,
         )
     return kept, dropped
-
-
-def center_crop_pad(size: tuple[int, int]) -> EvalTransform:
-    """Centre crop to (H, W), padding where the input is smaller: image with 0, label with 255.
-
-    The crop origin follows torchvision's ``center_crop`` (round((in - out) / 2)); padding is split
-    evenly so a portrait Mapillary image stays centred (FAMix pads the mask with 0 = road, a bug).
-    """
-    th, tw = size
-
-    def spans(n: int, t: int) -> tuple[slice, slice]:
-        if n >= t:
-            start = int(round((n - t) / 2.0))
-            return slice(start, start + t), slice(0, t)
-        start = (t - n) // 2
-        return slice(0, n), slice(start, start + n)
-
-    def apply(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        (src_y, dst_y), (src_x, dst_x) = spans(image.shape[0], th), spans(image.shape[1], tw)
-        out_image = np.zeros((th, tw, 3), dtype=image.dtype)
-        out_label = np.full((th, tw), IGNORE_INDEX, dtype=label.dtype)
-        out_image[dst_y, dst_x] = image[src_y, src_x]
-        out_label[dst_y, dst_x] = label[src_y, src_x]
-        return out_image, out_label
-
-    return apply
-
-
-def resize_height(height: int) -> EvalTransform:
-    """Resize to ``height`` keeping the aspect ratio (width = int(w / h * height), as FAMix does):
-    image bicubic, label nearest."""
-
-    def apply(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        h, w = label.shape
-        size = (max(1, int(w / h * height)), height)  # PIL wants (W, H)
-        image = np.array(Image.fromarray(image).resize(size, Image.BICUBIC))
-        label = np.array(Image.fromarray(label).resize(size, Image.NEAREST))
-        return image, label
-
-    return apply
-
-
-def compose(*steps: EvalTransform) -> EvalTransform:
-    def apply(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        for step in steps:
-            image, label = step(image, label)
-        return image, label
-
-    return apply
 
 
 class PairedDataset(Dataset):

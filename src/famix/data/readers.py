@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from famix.data.folder import DatasetError
-from famix.data.label_maps import ENCODINGS
+from famix.data.labels import ENCODINGS
 
 _READ_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, RuntimeError)
 

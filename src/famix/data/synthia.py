@@ -76,7 +76,7 @@ def _split_list(root: Path, split: str) -> str | None:
     return str(path)
 
 
-def build(parts: list[str], synthetic_size: int = 256) -> PairedDataset:
+def build(parts: list[str]) -> PairedDataset:
     """Build from the spec fields after ``synthia:``; evaluation is at full resolution."""
     f = parse_fields(parts, USAGE, with_condition=False, options=("mismatch",))
     mismatch = parse_mismatch(f.options.get("mismatch", "error"))

@@ -1,11 +1,21 @@
-"""Joint image/label transforms (torchvision transforms v2) and CLIP normalisation."""
+"""Joint image/label transforms: training (torchvision transforms v2, random crop / jitter / flip), the
+evaluation protocol's (centre crop-pad, resize to a height; numpy, before tensors) and CLIP normalisation."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
+from PIL import Image
+
+from famix.data.labels import IGNORE_INDEX
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# (image uint8 [H, W, 3], trainIds uint8 [H, W]) -> same, applied before conversion to tensors.
+EvalTransform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def normalize(image: torch.Tensor) -> torch.Tensor:
@@ -15,18 +25,11 @@ def normalize(image: torch.Tensor) -> torch.Tensor:
     return (image.float() / 255.0 - mean) / std
 
 
-def denormalize(image: torch.Tensor) -> torch.Tensor:
-    """CLIP-normalised float [..., 3, H, W] -> uint8 [..., 3, H, W]."""
-    mean = torch.tensor(CLIP_MEAN, device=image.device).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=image.device).view(3, 1, 1)
-    return ((image * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
-
-
 def _fill() -> dict:
     """Padding values: image 0, mask 255 (ignore)."""
     from torchvision import tv_tensors
 
-    return {tv_tensors.Image: 0, tv_tensors.Mask: 255}
+    return {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}
 
 
 def _crop_jitter_flip(crop, jitter: float, hflip: float):
@@ -98,3 +101,52 @@ def source_transform(dataset_name: str, crop: int, jitter: float = 0.8, hflip: f
     if dataset_name.lower() == "synthia":
         return synthia_transform(crop, jitter, hflip)
     return train_transform(crop, jitter, hflip)
+
+
+def center_crop_pad(size: tuple[int, int]) -> EvalTransform:
+    """Centre crop to (H, W), padding where the input is smaller: image with 0, label with 255.
+
+    The crop origin follows torchvision's ``center_crop`` (round((in - out) / 2)); padding is split
+    evenly so a portrait Mapillary image stays centred (FAMix pads the mask with 0 = road, a bug).
+    """
+    th, tw = size
+
+    def spans(n: int, t: int) -> tuple[slice, slice]:
+        if n >= t:
+            start = int(round((n - t) / 2.0))
+            return slice(start, start + t), slice(0, t)
+        start = (t - n) // 2
+        return slice(0, n), slice(start, start + n)
+
+    def apply(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        (src_y, dst_y), (src_x, dst_x) = spans(image.shape[0], th), spans(image.shape[1], tw)
+        out_image = np.zeros((th, tw, 3), dtype=image.dtype)
+        out_label = np.full((th, tw), IGNORE_INDEX, dtype=label.dtype)
+        out_image[dst_y, dst_x] = image[src_y, src_x]
+        out_label[dst_y, dst_x] = label[src_y, src_x]
+        return out_image, out_label
+
+    return apply
+
+
+def resize_height(height: int) -> EvalTransform:
+    """Resize to ``height`` keeping the aspect ratio (width = int(w / h * height), as FAMix does):
+    image bicubic, label nearest."""
+
+    def apply(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        h, w = label.shape
+        size = (max(1, int(w / h * height)), height)  # PIL wants (W, H)
+        image = np.array(Image.fromarray(image).resize(size, Image.BICUBIC))
+        label = np.array(Image.fromarray(label).resize(size, Image.NEAREST))
+        return image, label
+
+    return apply
+
+
+def compose(*steps: EvalTransform) -> EvalTransform:
+    def apply(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        for step in steps:
+            image, label = step(image, label)
+        return image, label
+
+    return apply

@@ -1,4 +1,5 @@
-"""Checkpoints: written atomically, read with ``weights_only=True``, checked against the model.
+"""Checkpoints: written atomically, read with ``weights_only=True``, checked against the model; and the
+segmenter a checkpoint was trained as (:func:`load_segmenter`).
 
 Layout (a superset of official FAMix ``.pth`` files, so either loads): ``model_state``,
 ``optimizer_state``, ``scheduler_state``, ``cur_itrs``, ``best_score``, plus famix's ``scaler_state``,
@@ -7,13 +8,18 @@ Layout (a superset of official FAMix ``.pth`` files, so either loads): ``model_s
 
 from __future__ import annotations
 
+import dataclasses
+import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from famix import __version__
+from famix.config import ModelConfig, from_dict
 from famix.io import atomic_write
+from famix.models.build import build_segmenter
+from famix.models.segmenter import Segmenter
 
 
 def save_checkpoint(path: str | Path, **content) -> Path:
@@ -29,6 +35,16 @@ def load_checkpoint(path: str | Path) -> dict:
         raise FileNotFoundError(
             f"checkpoint {path} not found: pass the .pt written by `famix train` "
             "(runs/<name>/best.pt) or an official FAMix .pth"
+        )
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not zipfile.is_zipfile(path) and not head.startswith(b"\x80"):  # torch.save: zip, or legacy pickle
+        what = (
+            "truncated or corrupt (an incomplete copy?)" if head.startswith(b"PK") else "not a PyTorch file"
+        )
+        raise ValueError(
+            f"checkpoint {path} is {what}: pass the .pt written by `famix train` (runs/<name>/best.pt) or "
+            "an official FAMix .pth, copied whole"
         )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -64,7 +80,7 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
         model.load_state_dict(state)
         return
     head = "classifier.classifier.3.weight"
-    hint = "pick the --backbone / model config it was trained with"
+    hint = "build the model with the model.backbone / model.output_stride it was trained with"
     if head in state and head in own and state[head].shape[0] != own[head].shape[0]:
         hint = (
             f"it predicts {state[head].shape[0]} classes, the model {own[head].shape[0]}: set "
@@ -76,3 +92,21 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
         if v
     ]
     raise ValueError(f"{source} does not fit this model ({'; '.join(parts)}). {hint.capitalize()}.")
+
+
+def load_segmenter(
+    checkpoint: str | Path, model_cfg: ModelConfig | None = None, device: torch.device | str = "cpu"
+) -> tuple[Segmenter, ModelConfig]:
+    """Build the segmenter a checkpoint was trained as, load its weights, return it in eval mode.
+
+    famix checkpoints carry their config; official FAMix ``.pth`` files do not, so ``model_cfg`` (defaults:
+    RN50, OS16, 19 classes) describes them. CLIP weights are not needed: the checkpoint holds the backbone.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    if model_cfg is None:
+        stored = ckpt.get("config", {}).get("model")
+        model_cfg = from_dict(stored, ModelConfig, "model.") if stored else ModelConfig()
+    model_cfg = dataclasses.replace(model_cfg, weights=None)
+    model = build_segmenter(model_cfg, seed=0)
+    load_model_state(model, ckpt["model_state"], f"checkpoint {checkpoint}")
+    return model.to(device).eval(), model_cfg

@@ -37,14 +37,26 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
 
 def resolve_device(device: str, info: DistInfo | None = None) -> torch.device:
-    """ "auto" -> this rank's CUDA device if there is one, else CPU."""
+    """``run.device`` / ``--device`` -> a torch device: "auto" is this rank's CUDA device if there is one,
+    else the CPU; "cpu", "cuda", "cuda:N" and "mps" name one. Errors say what is valid."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and info is not None and info.enabled:
         device = f"cuda:{info.local_rank}"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device {device!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r} is not supported: use auto, cpu, cuda, cuda:N or mps")
     if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA GPU is visible on this machine; use cpu (or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
         torch.cuda.set_device(dev)
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine; use cpu (or auto)")
     return dev
 
 

@@ -1,22 +1,23 @@
-"""Semantic-segmentation evaluation: confusion matrices, (m)IoU, multi-scale inference, the eval loop.
+"""Semantic-segmentation evaluation: confusion matrices, (m)IoU, and the one evaluation loop that the CLI,
+training-time validation and the demo share (:func:`evaluate_specs`).
 
-Tables and result files are in :mod:`famix.engine.results`.
+Every mIoU / IoU famix reports (tables, JSON, metrics.jsonl) is in percent. Tables and result files are
+in :mod:`famix.engine.results`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from tqdm import tqdm
+from torch.utils.data import DataLoader
 
-from famix.data.labels import NUM_CLASSES
-from famix.engine.sliding import sliding_logits
+from famix.data.datasets import Normalized, build_dataset
+from famix.engine.inference import PLAIN, TestTime, eval_mode, predict_logits
+from famix.progress import progress_bar
 
 # How often (in batches) the progress bar's running mIoU is refreshed; each refresh syncs the device.
 _POSTFIX_EVERY = 10
@@ -27,7 +28,7 @@ def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int) 
 
     Pixels whose label is the ignore index (255) or otherwise outside [0, K) are skipped; so are
     (invalid) predictions outside [0, K), which would otherwise spill into the next row.
-    Fully vectorised (one ``torch.bincount``), no host synchronisation.
+    One ``torch.bincount`` over a masked flat index: no host synchronisation.
     """
     if pred.shape != label.shape:
         raise ValueError(f"pred shape {tuple(pred.shape)} != label shape {tuple(label.shape)}")
@@ -35,15 +36,15 @@ def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int) 
     pred = pred.reshape(-1).long()  # [N]
     label = label.reshape(-1).long()  # [N]
     valid = (label >= 0) & (label < k) & (pred >= 0) & (pred < k)
-    # Boolean indexing keeps it sync-free w.r.t. Python; bincount of label*K+pred is the flat matrix.
-    index = label[valid] * k + pred[valid]
-    return torch.bincount(index, minlength=k * k).reshape(k, k)
+    # Invalid pixels go to an extra bin k*k that is dropped: no boolean indexing (which would sync).
+    index = torch.where(valid, label * k + pred, k * k)
+    return torch.bincount(index, minlength=k * k + 1)[: k * k].reshape(k, k)
 
 
 def iou_from_confusion(cm: torch.Tensor) -> tuple[float, torch.Tensor]:
     """Per-class IoU = TP / (TP + FP + FN) and their mean over classes with a non-empty union.
 
-    Returns ``(miou, per_class)`` where ``per_class`` is float64 [K] with nan for classes that are
+    Returns ``(miou, per_class)`` as fractions, ``per_class`` float64 [K] with nan for classes that are
     neither present nor predicted; a class predicted but absent from the ground truth scores 0.
     ``miou`` is nan when every union is empty.
     """
@@ -55,55 +56,24 @@ def iou_from_confusion(cm: torch.Tensor) -> tuple[float, torch.Tensor]:
     return miou, per_class
 
 
-def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
-
-
-def predict_logits(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    scale: float | None = None,
-    ensemble: bool = False,
-    out_size: Sequence[int] | None = None,
-    window: int | None = None,
-    stride: int | None = None,
-) -> torch.Tensor:
-    """Run ``model`` on normalised ``images`` [B, 3, H, W] and return logits [B, K, *out_size].
-
-    ``scale`` s is a resize factor for the input (0.5 = half resolution; bilinear, align_corners=True),
-    the logits are resized back to ``out_size`` (default: the input size). With ``ensemble`` the logits
-    of scale 1 and scale s are averaged. Scale None / 1 runs the model on the input as is.
-    With ``window`` each (scaled) input is segmented by :func:`~famix.engine.sliding.sliding_logits`
-    in overlapping ``window``-pixel tiles ``stride`` apart, for images too large for memory.
-    """
-    h, w = images.shape[-2:]
-    size = (h, w) if out_size is None else tuple(out_size)
-
-    def run(s: float) -> torch.Tensor:
-        x = images
-        if s != 1.0:
-            # round() so that e.g. 1024 * 0.5 is exactly 512 and odd sizes do not drift.
-            x = _resize(images, (max(1, round(h * s)), max(1, round(w * s))))
-        logits = model(x) if window is None else sliding_logits(model, x, window, stride)
-        return _resize(logits, size)  # [B, K, *size]
-
-    s = 1.0 if scale is None else float(scale)
-    if not ensemble or s == 1.0:
-        return run(s)
-    # float() so averaging under autocast does not lose precision in half types.
-    return (run(1.0).float() + run(s).float()) / 2
-
-
 @dataclass
 class EvalResult:
-    """Outcome of :func:`evaluate`: mIoU in [0, 1], per-class IoU (None = class absent), raw confusion."""
+    """Outcome of :func:`evaluate`: mIoU and per-class IoU in percent (None = class absent), confusion."""
 
     miou: float
     per_class_iou: list[float | None]
     confusion: list[list[int]]
     num_images: int
+
+    @classmethod
+    def from_confusion(cls, cm: torch.Tensor, num_images: int) -> EvalResult:
+        miou, per_class = iou_from_confusion(cm)
+        return cls(
+            miou=100 * miou,
+            per_class_iou=[None if math.isnan(v) else 100 * v for v in per_class.tolist()],
+            confusion=cm.cpu().tolist(),
+            num_images=num_images,
+        )
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dict (nan mIoU becomes None)."""
@@ -113,30 +83,6 @@ class EvalResult:
         return d
 
 
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Put ``model`` in eval mode, then restore every submodule's own ``training`` flag exactly.
-
-    ``model.train()`` would not do: some submodules (frozen backbone, BN) are deliberately kept in
-    eval during training and must stay that way.
-    """
-    saved = {name: m.training for name, m in model.named_modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for name, m in model.named_modules():
-            if name in saved:
-                m.training = saved[name]
-
-
-def autocast_context(device: torch.device, amp_dtype: torch.dtype | None):
-    """``torch.autocast`` on ``device`` with ``amp_dtype``, or a no-op context when it is None."""
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
-
-
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -144,37 +90,30 @@ def _distributed() -> bool:
 def evaluate(
     model: torch.nn.Module,
     loader: Iterable,
-    num_classes: int = NUM_CLASSES,
+    num_classes: int,
     device: str | torch.device = "cpu",
-    scale: float | None = None,
-    ensemble: bool = False,
+    tta: TestTime = PLAIN,
     amp_dtype: torch.dtype | None = None,
     progress: bool = True,
     desc: str = "eval",
     reduce: bool = True,
-    window: int | None = None,
-    stride: int | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on ``loader`` batches ``(images [B,3,H,W], labels [B,H,W])`` and return IoUs.
 
-    Logits are predicted at the label size (see :func:`predict_logits` for ``scale``/``ensemble`` and
-    the sliding ``window``/``stride``).
-    Under torch.distributed each rank evaluates its shard and the confusion matrices are summed (set
-    ``reduce=False`` when only one rank evaluates, as training's validation does). The model's
-    per-submodule train/eval state is restored afterwards.
+    Logits are predicted at the label size with the test-time settings ``tta``. Under torch.distributed
+    each rank evaluates its shard and the confusion matrices are summed (``reduce=False`` when only one
+    rank evaluates). The model's per-submodule train/eval state is restored afterwards.
     """
     device = torch.device(device)
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     num_images = 0
     show = progress and (not _distributed() or dist.get_rank() == 0)
     with eval_mode(model), torch.inference_mode():
-        bar = tqdm(loader, desc=desc, disable=not show, dynamic_ncols=True)
-        for i, batch in enumerate(bar):
-            images, labels = batch[0], batch[1]
+        bar = progress_bar(loader, desc=desc, disable=not show)
+        for i, (images, labels) in enumerate(bar):
             images = images.to(device, non_blocking=True)  # [B, 3, H, W]
             labels = labels.to(device, non_blocking=True)  # [B, H, W]
-            with autocast_context(device, amp_dtype):
-                logits = predict_logits(model, images, scale, ensemble, labels.shape[-2:], window, stride)
+            logits = predict_logits(model, images, tta, labels.shape[-2:], amp_dtype)
             cm += confusion_matrix(logits.argmax(1), labels, num_classes)  # argmax: [B, H, W]
             num_images += images.shape[0]
             if show and (i + 1) % _POSTFIX_EVERY == 0:
@@ -185,21 +124,35 @@ def evaluate(
         dist.all_reduce(cm, op=dist.ReduceOp.SUM)
         dist.all_reduce(counts, op=dist.ReduceOp.SUM)
         num_images = int(counts.item())
-    miou, per_class = iou_from_confusion(cm)
-    return EvalResult(
-        miou=miou,
-        per_class_iou=[None if math.isnan(v) else v for v in per_class.tolist()],
-        confusion=cm.cpu().tolist(),
-        num_images=num_images,
-    )
+    return EvalResult.from_confusion(cm, num_images)
 
 
-def evaluate_many(
-    model: torch.nn.Module, specs: Sequence[str], build_loader: Callable[[str], Iterable], **kwargs
+def evaluate_specs(
+    model: torch.nn.Module,
+    specs: Sequence[str],
+    num_classes: int,
+    device: str | torch.device = "cpu",
+    tta: TestTime = PLAIN,
+    amp_dtype: torch.dtype | None = None,
+    batch_size: int = 1,
+    workers: int = 0,
+    progress: bool = True,
+    reduce: bool = True,
 ) -> dict[str, EvalResult]:
-    """:func:`evaluate` on each dataset spec in turn; ``{spec: EvalResult}`` in the order given.
+    """:func:`evaluate` on each dataset spec in turn: ``{spec: EvalResult}`` in the order given.
 
-    ``build_loader(spec)`` is called just before each evaluation, so only one dataset (and its loader
-    workers) is alive at a time. ``kwargs`` go to :func:`evaluate`; the progress bar is named by spec.
+    Each dataset (and its loader workers) is built just before its evaluation, so only one is alive at
+    a time. Images of one batch must share a size (a dataset of mixed sizes needs ``batch_size=1``).
     """
-    return {spec: evaluate(model, build_loader(spec), desc=spec, **kwargs) for spec in specs}
+    results = {}
+    for spec in specs:
+        loader = DataLoader(
+            Normalized(build_dataset(spec)),
+            batch_size=batch_size,
+            num_workers=workers,
+            pin_memory=torch.device(device).type == "cuda",
+        )
+        results[spec] = evaluate(
+            model, loader, num_classes, device, tta, amp_dtype, progress, desc=spec, reduce=reduce
+        )
+    return results

@@ -7,14 +7,17 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from famix import __version__
 from famix.config import Config
 from famix.data.datasets import SeededTransform, build_dataset
+from famix.data.labels import IGNORE_INDEX
 from famix.data.transforms import train_transform
+from famix.engine.amp import amp_dtype
 from famix.engine.distributed import resolve_device
+from famix.engine.seeds import item_seed, sequence_seed
 from famix.models.clip import build_clip, clip_preprocess_size, weights_fingerprint
+from famix.progress import progress_bar
 from famix.style.bank import StyleBank
 from famix.style.mining import pin_optimize, split_patches
 from famix.style.prompts import TextEmbedder, prompt
@@ -67,16 +70,19 @@ def cap_per_class(classes: torch.Tensor, cap: int, generator: torch.Generator | 
 def mine(cfg: Config, progress: bool = True) -> StyleBank:
     """Mine a style bank for ``cfg.data.train`` with ``cfg.model``'s CLIP; resumes ``cfg.mine.out`` if it
     was interrupted (same settings), and writes it atomically every ``save_every`` batches."""
-    m, seed = cfg.mine, cfg.train.seed
-    if m.per_class is not None and (m.per_class < 1 or m.one_per_class):
+    m, seed = cfg.mine, cfg.run.seed
+    if not cfg.style.bank:
+        raise ValueError("set style.bank=PATH: the style bank `famix mine` writes (and `famix train` reads)")
+    out = cfg.style.bank
+    if m.per_class is not None and (m.per_class < 1 or m.recipe == "official"):
         raise ValueError(
             f"mine.per_class={m.per_class}: give a number of patches >= 1 per class and batch (or null for "
-            "all), and not together with mine.one_per_class"
+            "all), and not together with mine.recipe=official"
         )
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.run.device)
     clip = build_clip(cfg.model.backbone, cfg.model.weights, device=device, seed=seed).requires_grad_(False)
     visual, embed, pool = clip.visual, TextEmbedder(clip), clip_preprocess_size(clip) // 4
-    amp_dtype = torch.bfloat16 if device.type == "cuda" and cfg.train.amp == "bf16" else None
+    amp = amp_dtype(cfg.run.amp, device)
     names = cfg.model.class_names
     meta = {
         "backbone": cfg.model.backbone,
@@ -91,19 +97,17 @@ def mine(cfg: Config, progress: bool = True) -> StyleBank:
         "vocabulary": list(m.vocabulary),
         "crop": m.crop,
         "batch_size": m.batch_size,
-        "one_per_class": m.one_per_class,
+        "recipe": m.recipe,
         "per_class": m.per_class,
         "famix_version": __version__,
     }
-    bank = _resume_or_new(Path(m.out), names, visual.layer1[-1].conv3.out_channels, meta)
-    dataset = SeededTransform(
-        build_dataset(cfg.data.train, cfg.data.synthetic_size), train_transform(m.crop, jitter=0, hflip=0)
-    )
+    bank = _resume_or_new(Path(out), names, visual.layer1[-1].conv3.out_channels, meta)
+    dataset = SeededTransform(build_dataset(cfg.data.train), train_transform(m.crop, jitter=0, hflip=0))
     total = min(len(dataset), m.max_images or len(dataset))
     start = bank.metadata.get("batches_done", 0)
-    items = [(i, seed * 1_000_003 + i) for i in range(start * m.batch_size, total)]
+    items = [(i, item_seed(seed, i)) for i in range(start * m.batch_size, total)]
     loader = DataLoader(dataset, batch_size=m.batch_size, sampler=items, num_workers=cfg.data.workers)
-    bar = tqdm(
+    bar = progress_bar(
         loader, total=math.ceil(total / m.batch_size), initial=start, desc="mine", disable=not progress
     )
     for batch, (images, labels) in enumerate(bar, start=start):
@@ -113,17 +117,17 @@ def mine(cfg: Config, progress: bool = True) -> StyleBank:
             images.to(device),
             labels.to(device),
             cfg,
-            torch.Generator().manual_seed(seed * 100_003 + batch),
+            torch.Generator().manual_seed(sequence_seed(seed, batch)),
             pool,
-            amp_dtype,
+            amp,
         )
-        bank.add(mu, sigma, classes)
+        bank.add(mu, sigma, classes, IGNORE_INDEX)
         bank.metadata["batches_done"] = batch + 1
         bank.metadata["images"] = min((batch + 1) * m.batch_size, total)
         bar.set_postfix(styles=len(bank), cos=f"{cos.mean().item():.3f}")
         if (batch + 1) % m.save_every == 0:
-            bank.save(m.out)
-    bank.save(m.out)
+            bank.save(out)
+    bank.save(out)
     return bank
 
 
@@ -148,7 +152,7 @@ def mine_batch(
         mu, sigma = patch_stats(f, m.grid)  # [B, C, G, G]
         f_norm = normalize_patches(f, mu, sigma)
     c = f.shape[1]
-    classes = dominant_class(labels, m.grid, len(names)).reshape(-1)  # [N]
+    classes = dominant_class(labels, m.grid, len(names), IGNORE_INDEX).reshape(-1)  # [N]
     flat_mu, flat_sigma = (t.permute(0, 2, 3, 1).reshape(-1, c) for t in (mu, sigma))  # [N, C]
     words = torch.randint(len(m.vocabulary), (classes.numel(),), generator=generator).tolist()
     texts = [
@@ -157,8 +161,12 @@ def mine_batch(
     ]
     target = embed(texts)
     groups = split_patches(f_norm, m.grid)
-    if m.one_per_class or m.per_class:
-        keep = first_per_class(classes) if m.one_per_class else cap_per_class(classes, m.per_class, generator)
+    if m.recipe == "official" or m.per_class:
+        keep = (
+            first_per_class(classes)
+            if m.recipe == "official"
+            else cap_per_class(classes, m.per_class, generator)
+        )
         groups = [(p[keep[i]], i[keep[i]]) for p, i in groups]
     mu_s, sigma_s, cos, order = pin_optimize(
         visual,
@@ -168,7 +176,7 @@ def mine_batch(
         target,
         pool,
         m.steps,
-        m.lr,
+        m.lr if m.lr is not None else 0.1,
         m.momentum,
         m.weight_decay,
         amp_dtype,

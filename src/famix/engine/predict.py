@@ -11,17 +11,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
-from famix.data.labels import NUM_CLASSES, colorize, palette
 from famix.data.transforms import normalize
-from famix.engine.evaluate import autocast_context, eval_mode, predict_logits
+from famix.engine.inference import PLAIN, TestTime, eval_mode, predict_logits
+from famix.engine.video import import_av, segment_video
+from famix.engine.visualize import OUTPUT_KINDS, VIDEO_OUTPUTS, render
 from famix.io import atomic_write
+from famix.progress import progress_bar
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
-OUTPUT_KINDS = ("trainid", "color", "overlay")
-VIDEO_OUTPUTS = ("overlay", "color")
 
 
 def load_image(path: str | os.PathLike) -> torch.Tensor:
@@ -76,61 +75,42 @@ def list_images(
     return list(found)
 
 
-def overlay(image: torch.Tensor | np.ndarray, train_ids: torch.Tensor | np.ndarray, alpha: float = 0.5):
-    """Blend the Cityscapes colours of ``train_ids`` [H, W] over ``image`` uint8 [3, H, W].
-
-    Returns uint8 [H, W, 3]. Pixels without a valid class (e.g. 255) keep the original image.
-    """
-    img = np.asarray(image).transpose(1, 2, 0).astype(np.float32)  # [H, W, 3]
-    ids = np.asarray(train_ids).astype(np.int64)  # [H, W]
-    colours = palette()[np.clip(ids, 0, 255)].astype(np.float32)  # [H, W, 3]
-    blended = (1 - alpha) * img + alpha * colours
-    valid = ((ids >= 0) & (ids < NUM_CLASSES))[..., None]
-    return np.where(valid, blended, img).round().clip(0, 255).astype(np.uint8)
-
-
 def _save_png_atomic(array: np.ndarray, dst: Path) -> None:
     # Readers (and a crash) never see half a file.
     atomic_write(dst, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
-def _unique_stems(paths: Sequence[Path]) -> list[str]:
-    # Same stem in different folders would overwrite each other's outputs: suffix repeats with _2, _3...
+def output_stems(paths: Sequence[Path]) -> list[str]:
+    """The name each input's outputs start with: its stem, unique among ``paths``.
+
+    Inputs sharing a stem keep their extension in the name (``a.png``, ``a.jpg`` -> ``a_png``, ``a_jpg``);
+    the same file name in different folders is numbered in input order (``a_png``, ``a_png_2``).
+    """
+    by_stem: dict[str, int] = {}
+    for p in paths:
+        by_stem[p.stem] = by_stem.get(p.stem, 0) + 1
     seen: dict[str, int] = {}
     stems = []
     for p in paths:
-        seen[p.stem] = seen.get(p.stem, 0) + 1
-        stems.append(p.stem if seen[p.stem] == 1 else f"{p.stem}_{seen[p.stem]}")
+        name = p.stem if by_stem[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower() or 'noext'}"
+        seen[name] = seen.get(name, 0) + 1
+        stems.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
     return stems
-
-
-def _render(kind: str, image: torch.Tensor, ids: np.ndarray) -> np.ndarray:
-    if kind == "trainid":
-        return ids  # [H, W] uint8, saved as mode L
-    if kind == "color":
-        return colorize(ids)  # [H, W, 3]
-    return overlay(image, ids)  # [H, W, 3]
 
 
 def predict_ids(
     model: torch.nn.Module,
     images: torch.Tensor,
     device: str | torch.device = "cpu",
-    scale: float | None = None,
-    ensemble: bool = False,
+    tta: TestTime = PLAIN,
     amp_dtype: torch.dtype | None = None,
-    window: int | None = None,
-    stride: int | None = None,
 ) -> np.ndarray:
-    """trainIds uint8 [B, H, W] (numpy) of uint8 RGB ``images`` [B, 3, H, W].
+    """trainIds uint8 [B, H, W] (numpy) of uint8 RGB ``images`` [B, 3, H, W] with test-time settings ``tta``.
 
-    See :func:`~famix.engine.evaluate.predict_logits` for ``scale``/``ensemble``/``window``/``stride``.
     Call it under ``eval_mode(model)`` and ``torch.inference_mode()``.
     """
-    device = torch.device(device)
     x = normalize(images.to(device))  # [B, 3, H, W] float
-    with autocast_context(device, amp_dtype):
-        logits = predict_logits(model, x, scale, ensemble, window=window, stride=stride)  # [B, K, H, W]
+    logits = predict_logits(model, x, tta, amp_dtype=amp_dtype)  # [B, K, H, W]
     return logits.argmax(1).to(torch.uint8).cpu().numpy()
 
 
@@ -157,23 +137,20 @@ def predict_paths(
     paths: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     device: str | torch.device = "cpu",
-    scale: float | None = None,
-    ensemble: bool = False,
+    tta: TestTime = PLAIN,
     outputs: Sequence[str] = OUTPUT_KINDS,
     amp_dtype: torch.dtype | None = None,
     progress: bool = True,
     batch_size: int = 1,
-    window: int | None = None,
-    stride: int | None = None,
     video_output: str = "overlay",
 ) -> list[Path]:
     """Segment every image and video in ``paths`` and write the results to ``out_dir``.
 
     Images: ``<stem>_trainid.png`` (uint8 trainIds), ``<stem>_color.png`` (Cityscapes palette) and
-    ``<stem>_overlay.png`` as selected by ``outputs``. Images of equal size are segmented
-    ``batch_size`` at a time; sizes may differ between images. Videos (:data:`VIDEO_EXTENSIONS`, needs
-    PyAV): ``<stem>_<video_output>.mp4``, see :func:`famix.engine.video.segment_video`. Returns the
-    written paths in input order. ``scale``/``ensemble``/``window``/``stride``: see :func:`predict_ids`.
+    ``<stem>_overlay.png`` as selected by ``outputs`` (``<stem>``: see :func:`output_stems`). Images of
+    equal size are segmented ``batch_size`` at a time; sizes may differ between images. Videos
+    (:data:`VIDEO_EXTENSIONS`, needs PyAV): ``<stem>_<video_output>.mp4``, see
+    :func:`famix.engine.video.segment_video`. Returns the written paths in input order.
     """
     unknown = set(outputs) - set(OUTPUT_KINDS)
     if unknown:
@@ -185,29 +162,22 @@ def predict_paths(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [Path(p) for p in paths]
-    stems = _unique_stems(paths)
+    stems = output_stems(paths)
     images = [i for i, p in enumerate(paths) if not is_video(p)]
     videos = [i for i, p in enumerate(paths) if is_video(p)]
     if videos:
-        # Imported here: video.py builds on this module, and PyAV is only needed for videos. Checked
-        # first so that a missing PyAV fails before the images are done, not after.
-        from famix.engine.video import import_av, segment_video
-
-        import_av()
-    segment = functools.partial(
-        predict_ids, model, device=device, scale=scale, ensemble=ensemble, amp_dtype=amp_dtype,
-        window=window, stride=stride,
-    )  # fmt: skip
+        import_av()  # a missing PyAV fails before the images are done, not after
+    segment = functools.partial(predict_ids, model, device=device, tta=tta, amp_dtype=amp_dtype)
     written: dict[int, list[Path]] = {}  # input index -> its outputs
     with eval_mode(model), torch.inference_mode():
-        bar = tqdm(total=len(images), desc="predict", disable=not progress or not images)
+        bar = progress_bar(total=len(images), desc="predict", disable=not progress or not images)
         for chunk in _size_batches([paths[i] for i in images], batch_size):
             chunk = [images[j] for j in chunk]
             batch = torch.stack([load_image(paths[i]) for i in chunk])  # [B, 3, H, W] uint8
             for i, image, ids in zip(chunk, batch, segment(batch), strict=True):
                 written[i] = [out / f"{stems[i]}_{kind}.png" for kind in outputs]
                 for kind, dst in zip(outputs, written[i], strict=True):
-                    _save_png_atomic(_render(kind, image, ids), dst)
+                    _save_png_atomic(render(kind, image, ids), dst)
             bar.update(len(chunk))
         bar.close()
         for i in videos:

@@ -14,7 +14,7 @@ from famix.io import atomic_write
 
 
 def _pct(v: float | None) -> str:
-    return "-" if v is None or math.isnan(v) else f"{100 * v:.2f}"
+    return "-" if v is None or math.isnan(v) else f"{v:.2f}"
 
 
 def _row(cells: Sequence[str]) -> str:
@@ -88,13 +88,16 @@ def format_paper_table(results: dict[str, EvalResult], name: str = "mIoU") -> st
 
 
 def write_results(
-    results: dict[str, EvalResult], path: str | os.PathLike, class_names: Sequence[str] | None = None
+    results: dict[str, EvalResult],
+    path: str | os.PathLike,
+    class_names: Sequence[str] | None = None,
+    extra: dict | None = None,
 ) -> Path:
     """Write ``results`` to a JSON file, atomically (a crash never leaves half a file behind).
 
     Per dataset: mIoU, per-class IoU keyed by class name (null = class absent), confusion matrix and
-    image count; then the mean mIoU and the paper-layout table (:func:`format_paper_table`). IoUs are
-    fractions in [0, 1]; the table is in percent. :func:`load_results` reads it back.
+    image count; then the mean mIoU and the paper-layout table (:func:`format_paper_table`). IoUs are in
+    percent, as everywhere in famix. :func:`load_results` reads it back.
     """
     datasets = {}
     for spec, r in results.items():
@@ -105,12 +108,39 @@ def write_results(
         datasets[spec] = d
     mean = _nanmean([r.miou for r in results.values()])
     payload = {
+        **(extra or {}),
+        "unit": "percent",
         "datasets": datasets,
         "mean_miou": None if math.isnan(mean) else mean,
         "table": format_paper_table(results),
     }
     text = json.dumps(payload, indent=1)
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def default_results_path(checkpoint: str | os.PathLike, specs: Sequence[str], tta=None) -> Path:
+    """Where ``famix eval`` writes results by default: next to the checkpoint, named by what was evaluated
+    (``best.eval.cityscapes-val.acdc-night-val.json``), so evaluations on other data never overwrite it.
+    Long names are shortened with a hash of the full list."""
+    import hashlib
+    import re
+
+    def slug(spec: str) -> str:  # the spec without its folder paths: cityscapes:data/cs:val -> cityscapes-val
+        fields = [Path(f).stem if f.endswith(".txt") else f for f in spec.split(":")]
+        kept = [
+            f
+            for f, raw in zip(fields, spec.split(":"), strict=True)
+            if "/" not in raw or raw.endswith(".txt")
+        ]
+        return re.sub(r"[^A-Za-z0-9=]+", "-", "-".join(kept)).strip("-")
+
+    parts = [slug(s) for s in specs] + ([tta.describe()] if tta is not None and tta.describe() else [])
+    name = ".".join(parts)
+    if len(name) > 80:
+        digest = hashlib.sha256("\n".join([*specs, name]).encode()).hexdigest()[:8]
+        name = f"{name[:60].rstrip('.-')}.{digest}"
+    ckpt = Path(checkpoint)
+    return ckpt.with_name(f"{ckpt.stem}.eval.{name}.json")
 
 
 def load_results(path: str | os.PathLike) -> dict[str, EvalResult]:

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
+from famix.engine.seeds import item_seed, sequence_seed
+
 
 class StreamSampler(Sampler[tuple[int, int]]):
     def __init__(
@@ -34,7 +36,7 @@ class StreamSampler(Sampler[tuple[int, int]]):
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if self._perm is None or self._perm[0] != epoch:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            g = torch.Generator().manual_seed(sequence_seed(self.seed, epoch))
             self._perm = (epoch, torch.randperm(self.length, generator=g))
         return self._perm[1]
 
@@ -48,7 +50,7 @@ class StreamSampler(Sampler[tuple[int, int]]):
             for j in range(self.batch_size):
                 q = self.position(step, j)
                 epoch, i = divmod(q, self.length)
-                yield int(self._permutation(epoch)[i]), self.seed * 1_000_003 + q
+                yield int(self._permutation(epoch)[i]), item_seed(self.seed, q)
             step += 1
 
     def __len__(self) -> int:

@@ -8,23 +8,28 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from famix.config import Config, save_config
-from famix.data.datasets import Normalized, SeededTransform, build_dataset
+from famix.config import Config, changed_settings, save_config
+from famix.data.datasets import SeededTransform, build_dataset
+from famix.data.labels import IGNORE_INDEX
 from famix.data.transforms import source_transform
+from famix.engine.amp import amp_dtype
 from famix.engine.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from famix.engine.distributed import barrier, cleanup, init_distributed, resolve_device
-from famix.engine.evaluate import evaluate
+from famix.engine.evaluate import evaluate_specs
+from famix.engine.loss import SegmentationLoss
 from famix.engine.sampler import StreamSampler
+from famix.engine.seeds import step_seed
+from famix.io import remove_stale_temps
 from famix.models.build import build_segmenter
+from famix.progress import progress_bar
 from famix.style.bank import StyleBank
 from famix.style.mixing import LocalStyleMixer
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
+# The config sections that decide what training computes (mining settings live in the bank file).
+TRAIN_SECTIONS = ("model", "data", "style", "train", "run")
 
 
 def build_optimizer(model, cfg: Config):
@@ -41,6 +46,7 @@ def build_optimizer(model, cfg: Config):
 
 
 def build_mixer(cfg: Config, model, device) -> LocalStyleMixer | None:
+    """The style mixer of ``cfg.style`` (None for ``style.mix=none``); loads the bank, checks it fits."""
     s = cfg.style
     if s.mix == "none":
         return None
@@ -55,57 +61,57 @@ def build_mixer(cfg: Config, model, device) -> LocalStyleMixer | None:
         bank.check_compatible(model.low_channels, cfg.model.class_names, s.bank)
         packed = bank.packed(device)
     generator = torch.Generator(device=device)
-    return LocalStyleMixer(s.mix, s.grid, s.beta, cfg.model.num_classes, packed, generator)
-
-
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """All randomness of a step (dropout, style draws) is re-seeded from (seed, step, rank): exact resume."""
-    return (seed * 1_000_003 + step * 7919 + rank) % (2**63)
+    return LocalStyleMixer(s.mix, s.grid, s.beta, cfg.model.num_classes, packed, generator, IGNORE_INDEX)
 
 
 def train(cfg: Config) -> dict:
-    """Train (or resume from ``<out>/latest.pt``) and return the final metrics."""
-    info = init_distributed(cfg.train.device)
-    device = resolve_device(cfg.train.device, info)
+    """Train (or resume from ``<out>/latest.pt``, same settings only) and return the final metrics."""
+    info = init_distributed(cfg.run.device)
+    device = resolve_device(cfg.run.device, info)
     t, out = cfg.train, Path(cfg.train.out)
-    model = build_segmenter(cfg.model, seed=t.seed).to(device)
+    model = build_segmenter(cfg.model, seed=cfg.run.seed).to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     mixer = build_mixer(cfg, model, device)
     optimizer, scheduler = build_optimizer(model, cfg)
-    amp_dtype = AMP_DTYPES[t.amp] if device.type == "cuda" else None
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    amp = amp_dtype(cfg.run.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    criterion = SegmentationLoss(t.label_smoothing, IGNORE_INDEX)
     start, best = 0, -1.0
-    if (out / "latest.pt").is_file():
-        ckpt = load_checkpoint(out / "latest.pt")
+    ckpt = _resume_point(cfg, out)
+    if ckpt is not None:
         load_model_state(model, ckpt["model_state"], str(out / "latest.pt"))
         optimizer.load_state_dict(ckpt["optimizer_state"])
         scheduler.load_state_dict(ckpt["scheduler_state"])
         scaler.load_state_dict(ckpt["scaler_state"])
         start, best = ckpt["cur_itrs"], ckpt["best_score"]
+    logger = MetricsLogger(out, info.main)
     if info.main:
         out.mkdir(parents=True, exist_ok=True)
+        for name in ("latest.pt", "best.pt", "config.yaml", "metrics.jsonl"):
+            remove_stale_temps(out / name)
+        logger.truncate(start)  # lines logged after the checkpoint would be logged again
         save_config(cfg, out / "config.yaml")
+    barrier()
     loader = make_train_loader(cfg, info, start)
     net = (
         DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if info.enabled
         else model
     )
-    logger = MetricsLogger(out, info.main)
     model.train()
-    bar = tqdm(total=t.iterations, initial=start, desc="train", disable=not info.main, dynamic_ncols=True)
+    bar = progress_bar(total=t.iterations, initial=start, desc="train", disable=not info.main)
     running, tick, last_log = torch.zeros((), device=device), time.perf_counter(), start
     last = min(t.iterations, t.stop_after or t.iterations)
     for step, (images, labels) in zip(range(start + 1, last + 1), loader, strict=False):
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True)  # [B, 3, H, W]
+        labels = labels.to(device, non_blocking=True)  # [B, H, W]
         if t.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        torch.manual_seed(step_seed(t.seed, step, info.rank))
+        torch.manual_seed(step_seed(cfg.run.seed, step, info.rank))
         if mixer is not None:
-            mixer.generator.manual_seed(step_seed(t.seed, step, info.rank))
-        running += train_step(net, mixer, images, labels, optimizer, scaler, amp_dtype, t.label_smoothing)
+            mixer.generator.manual_seed(step_seed(cfg.run.seed, step, info.rank))
+        running += train_step(net, mixer, images, labels, optimizer, scaler, amp, criterion)
         scheduler.step()
         bar.update(1)
         validate_now = step % t.val_interval == 0 or step == last
@@ -115,30 +121,31 @@ def train(cfg: Config) -> dict:
             if not math.isfinite(mean_loss):
                 raise FloatingPointError(
                     f"non-finite training loss near step {step}; stopped without saving, the last good "
-                    f"checkpoint ({out / 'latest.pt'}) is kept. Lower train.lr or set train.amp=off, "
+                    f"checkpoint ({out / 'latest.pt'}) is kept. Lower train.lr or set run.amp=off, "
                     "then resume."
                 )
             now = time.perf_counter()
             logger.log(step=step, loss=mean_loss, lr=scheduler.get_last_lr()[0], seconds=round(now - tick, 3))
             tick, last_log = now, step
             bar.set_postfix(loss=f"{mean_loss:.3f}")
+        score = None  # mIoU % at a validation step; -1 when there is nothing to validate on
         if validate_now:
-            best = validate_and_save(
-                cfg, model, optimizer, scheduler, scaler, step, best, device, amp_dtype, info, logger
-            )
+            score = validate(cfg, model, device, amp, info, logger, step) if cfg.data.val else -1.0
+        if validate_now or step % t.ckpt_interval == 0:
+            best = save_checkpoints(cfg, model, optimizer, scheduler, scaler, step, best, score, info)
     bar.close()
     barrier()
     cleanup()
-    return {"step": last, "best_score": best}
+    return {"step": last, "best_miou": best}
 
 
-def train_step(net, mixer, images, labels, optimizer, scaler, amp_dtype, label_smoothing) -> torch.Tensor:
+def train_step(net, mixer, images, labels, optimizer, scaler, amp_dtype, criterion) -> torch.Tensor:
     """One SGD step: images [B, 3, H, W], labels [B, H, W]; layer1 features restyled by ``mixer``.
     Returns the detached loss (no host synchronisation)."""
     restyle = (lambda f: mixer(f, labels)) if mixer is not None else None
     with torch.autocast(images.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
         logits = net(images, restyle=restyle)  # [B, K, H, W]
-        loss = F.cross_entropy(logits.float(), labels, ignore_index=255, label_smoothing=label_smoothing)
+        loss = criterion(logits, labels)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -146,13 +153,35 @@ def train_step(net, mixer, images, labels, optimizer, scaler, amp_dtype, label_s
     return loss.detach()
 
 
+def _resume_point(cfg: Config, out: Path) -> dict | None:
+    """The checkpoint to resume from (None: a fresh run); a run folder of other settings is an error."""
+    latest = out / "latest.pt"
+    ckpt = load_checkpoint(latest) if latest.is_file() else None
+    if ckpt is not None:
+        stored, where = ckpt.get("config", {}), str(latest)
+    elif (out / "config.yaml").is_file():
+        import yaml
+
+        stored, where = yaml.safe_load((out / "config.yaml").read_text()) or {}, str(out / "config.yaml")
+    else:
+        return None
+    changed = changed_settings(stored, cfg.to_dict(), TRAIN_SECTIONS)
+    if changed:
+        raise FileExistsError(
+            f"{out} holds a run made with other settings ({where}): {'; '.join(changed)}. famix resumes "
+            "only the same run (logging, validation, checkpoint interval, workers, device and stop_after "
+            "may differ): pass another train.out, or move that folder away"
+        )
+    return ckpt
+
+
 def make_train_loader(cfg: Config, info, start: int) -> DataLoader:
     d = cfg.data
     # The augmentation recipe depends on the source (SYNTHIA differs), named by the spec's first field.
     transform = source_transform(d.train.split(":")[0], d.crop, d.jitter, d.hflip)
-    dataset = SeededTransform(build_dataset(d.train, d.synthetic_size), transform)
+    dataset = SeededTransform(build_dataset(d.train), transform)
     sampler = StreamSampler(
-        len(dataset), d.batch_size, cfg.train.seed, info.rank, info.world_size, start, cfg.train.iterations
+        len(dataset), d.batch_size, cfg.run.seed, info.rank, info.world_size, start, cfg.train.iterations
     )
     return DataLoader(
         dataset,
@@ -165,25 +194,24 @@ def make_train_loader(cfg: Config, info, start: int) -> DataLoader:
     )
 
 
-def validate_and_save(cfg, model, optimizer, scheduler, scaler, step, best, device, amp_dtype, info, logger):
-    """Rank 0: evaluate on the val sets, write ``latest.pt`` and (if improved) ``best.pt`` atomically."""
+def validate(cfg: Config, model, device, amp, info, logger, step: int) -> float | None:
+    """Rank 0 evaluates ``cfg.data.val`` and logs the mIoUs (%); returns their mean (None on other ranks)."""
+    score = None
     if info.main:
-        scores = {}
-        for spec in cfg.data.val:
-            loader = DataLoader(Normalized(build_dataset(spec, cfg.data.synthetic_size)), batch_size=1)
-            result = evaluate(
-                model,
-                loader,
-                cfg.model.num_classes,
-                device,
-                amp_dtype=amp_dtype,
-                progress=False,
-                reduce=False,
-            )
-            scores[spec] = result.miou
-        score = sum(scores.values()) / len(scores) if scores else -1.0
-        if scores:
-            logger.log(step=step, val=scores, val_mean=score)
+        results = evaluate_specs(
+            model, cfg.data.val, cfg.model.num_classes, device, amp_dtype=amp, progress=False, reduce=False
+        )
+        scores = {spec: r.miou for spec, r in results.items()}
+        score = sum(scores.values()) / len(scores)
+        logger.log(step=step, val_miou=scores, val_mean_miou=score)
+    barrier()
+    return score
+
+
+def save_checkpoints(cfg, model, optimizer, scheduler, scaler, step, best, score, info) -> float:
+    """Rank 0 writes ``latest.pt`` and, at a validation step (``score`` not None) that beats ``best`` or
+    finds no ``best.pt``, ``best.pt``, atomically. Returns the best score (mIoU %, -1: none measured)."""
+    if info.main:
         state = dict(
             model_state=model.state_dict(),
             optimizer_state=optimizer.state_dict(),
@@ -193,12 +221,11 @@ def validate_and_save(cfg, model, optimizer, scheduler, scaler, step, best, devi
             config=cfg.to_dict(),
         )
         out = Path(cfg.train.out)
-        if score > best or not (out / "best.pt").is_file():
+        if score is not None and (score > best or not (out / "best.pt").is_file()):
             best = max(score, best)
             save_checkpoint(out / "best.pt", best_score=best, **state)
         save_checkpoint(out / "latest.pt", best_score=best, **state)
     barrier()
-    model.train()
     return best
 
 
@@ -206,21 +233,30 @@ class MetricsLogger:
     """JSON lines in ``<out>/metrics.jsonl`` and, if installed, TensorBoard scalars (rank 0 only)."""
 
     def __init__(self, out: Path, enabled: bool):
-        self.enabled, self.path, self.tb = enabled, out / "metrics.jsonl", None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        self.enabled, self.path, self.tb, self.out = enabled, out / "metrics.jsonl", None, out
 
-                self.tb = SummaryWriter(str(out / "tb"))
-            except ImportError:
-                pass
+    def truncate(self, step: int) -> None:
+        """Drop the lines logged after ``step`` (a resumed run logs those steps again)."""
+        if not self.path.is_file():
+            return
+        lines = self.path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            self.path.write_text("".join(line + "\n" for line in kept))
 
     def log(self, **record) -> None:
         if not self.enabled:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
+        if self.tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.out / "tb"))
+            except ImportError:
+                self.tb = False
+        if self.tb:
             for k, v in record.items():
                 if isinstance(v, int | float) and k != "step":
                     self.tb.add_scalar(k, v, record["step"])

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from famix.data.labels import colorize
-from famix.engine.predict import VIDEO_OUTPUTS, overlay
+from famix.engine.visualize import VIDEO_OUTPUTS, render
 from famix.io import atomic_path
+from famix.progress import progress_bar
 
 # Output container by file extension; all three take H.264 / MPEG-4 part 2 video.
 CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}
@@ -106,7 +105,9 @@ def segment_video(
         stream = source.streams.video[0]
         stream.thread_type = "AUTO"  # multi-threaded decoding
         rate = stream.average_rate or stream.guessed_rate or _FALLBACK_RATE
-        frames = tqdm(source.decode(stream), total=stream.frames or None, desc=src.name, disable=not progress)
+        frames = progress_bar(
+            source.decode(stream), total=stream.frames or None, desc=src.name, disable=not progress
+        )
         with atomic_path(dst) as tmp:
             # The temporary name ends in .tmp, so the container format is given, not guessed.
             with av.open(str(tmp), mode="w", format=CONTAINERS[dst.suffix.lower()]) as sink:
@@ -128,4 +129,4 @@ def segment_video(
 def _write_batch(batch: list[np.ndarray], segment: Segment, kind: str, encoder: _Encoder) -> None:
     images = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)  # [B, 3, H, W] uint8
     for image, ids in zip(images, segment(images), strict=True):
-        encoder.write(colorize(ids) if kind == "color" else overlay(image, ids))
+        encoder.write(render(kind, image, ids))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors import safe_open
@@ -13,6 +14,19 @@ from safetensors.torch import save_file
 from famix.io import atomic_write
 
 IGNORE_KEY = "ignore"
+
+
+class PackedBank(NamedTuple):
+    """A bank as four tensors on the training device, rows sorted by class (ignore last), for the mixer.
+
+    mu, sigma: [N, C]; counts, offsets: [K + 1] long (class k's styles are rows offsets[k] ...
+    offsets[k] + counts[k] - 1; row K of counts/offsets is the ignore bank).
+    """
+
+    mu: torch.Tensor
+    sigma: torch.Tensor
+    counts: torch.Tensor
+    offsets: torch.Tensor
 
 
 @dataclass
@@ -32,9 +46,7 @@ class StyleBank:
         for name in [*self.class_names, IGNORE_KEY]:
             self.styles.setdefault(name, (torch.zeros(0, self.channels), torch.zeros(0, self.channels)))
 
-    def add(
-        self, mu: torch.Tensor, sigma: torch.Tensor, classes: torch.Tensor, ignore_index: int = 255
-    ) -> None:
+    def add(self, mu: torch.Tensor, sigma: torch.Tensor, classes: torch.Tensor, ignore_index: int) -> None:
         """Append styles. mu, sigma: [N, C]; classes: [N] trainIds or ``ignore_index``."""
         mu, sigma, classes = mu.detach().float().cpu(), sigma.detach().float().cpu(), classes.cpu()
         for k, name in [*enumerate(self.class_names), (ignore_index, IGNORE_KEY)]:
@@ -49,14 +61,14 @@ class StyleBank:
     def __len__(self) -> int:
         return sum(self.counts().values())
 
-    def packed(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
-        """(mu [N, C], sigma [N, C], counts [K + 1], offsets [K + 1]) sorted by class, ignore last."""
+    def packed(self, device: torch.device | str = "cpu") -> PackedBank:
+        """The bank as a :class:`PackedBank` on ``device``."""
         names = [*self.class_names, IGNORE_KEY]
         mu = torch.cat([self.styles[n][0] for n in names]).to(device)
         sigma = torch.cat([self.styles[n][1] for n in names]).to(device)
         counts = torch.tensor([self.styles[n][0].shape[0] for n in names], device=device)
         offsets = torch.cumsum(counts, 0) - counts
-        return mu, sigma, counts, offsets
+        return PackedBank(mu, sigma, counts, offsets)
 
     def save(self, path: str | Path) -> Path:
         """Write the bank atomically as safetensors (tensors ``mu/<class>``, ``sigma/<class>``)."""

@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from famix.style.bank import PackedBank
 from famix.style.stats import dominant_class, normalize_patches, patch_stats, restyle
 
 # mode -> (where target styles come from, how they are mixed), the paper's ablations (method.md section 4)
@@ -94,8 +95,8 @@ def mix_stats(
 class LocalStyleMixer:
     """Restyles a training batch's layer1 features (method.md section 4); never used at evaluation.
 
-    ``bank`` holds a class-sorted style bank on the training device: mu, sigma [N, C], counts, offsets
-    [K + 1] (see ``StyleBank.packed``). Call ``mixer(f, labels)`` with f: [B, C, H, W] and labels:
+    ``bank`` is a :class:`~famix.style.bank.PackedBank` on the training device; label values outside
+    [0, num_classes) (``ignore_index`` among them) count as ignore when finding dominant classes. Call ``mixer(f, labels)`` with f: [B, C, H, W] and labels:
     [B, H', W'] (the label crop at input resolution).
     """
 
@@ -105,16 +106,20 @@ class LocalStyleMixer:
         grid: int = 3,
         beta: float = 0.1,
         num_classes: int = 19,
-        bank: tuple[torch.Tensor, ...] | None = None,
+        bank: PackedBank | None = None,
         generator: torch.Generator | None = None,
+        ignore_index: int = 255,
     ):
         if mode not in MIX_MODES:
             raise ValueError(f"unknown mix mode {mode!r}; choose one of: {', '.join(MIX_MODES)}")
         if mode in ("famix", "augment") and bank is None:
             raise ValueError(f"mix mode {mode!r} needs a style bank: pass --bank (made by `famix mine`)")
-        if bank is not None and bank[0].shape[0] == 0:  # an all-empty bank: one dummy row, never selected
-            bank = (bank[0].new_zeros(1, bank[0].shape[1]), bank[1].new_ones(1, bank[1].shape[1]), *bank[2:])
+        if bank is not None and bank.mu.shape[0] == 0:  # an all-empty bank: one dummy row, never selected
+            bank = bank._replace(
+                mu=bank.mu.new_zeros(1, bank.mu.shape[1]), sigma=bank.sigma.new_ones(1, bank.sigma.shape[1])
+            )
         self.mode, self.grid, self.beta, self.num_classes = mode, grid, beta, num_classes
+        self.ignore_index = ignore_index
         self.bank, self.generator = bank, generator
 
     def __call__(self, f: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -130,12 +135,14 @@ class LocalStyleMixer:
                 flat(t)[other].view(b, self.grid, self.grid, c).permute(0, 3, 1, 2) for t in (mu, sigma)
             )
         else:
-            bank_mu, bank_sigma, counts, offsets = self.bank
-            classes = dominant_class(labels, self.grid, self.num_classes)
-            index, found = sample_bank_indices(classes, counts, offsets, self.generator)  # [B, G, G]
+            bank = self.bank
+            classes = dominant_class(labels, self.grid, self.num_classes, self.ignore_index)  # [B, G, G]
+            index, found = sample_bank_indices(
+                classes, bank.counts, bank.offsets, self.generator
+            )  # [B, G, G]
             keep = ~found[:, None]
-            mu_t = torch.where(keep, mu, bank_mu[index].permute(0, 3, 1, 2))
-            sigma_t = torch.where(keep, sigma, bank_sigma[index].permute(0, 3, 1, 2))
+            mu_t = torch.where(keep, mu, bank.mu[index].permute(0, 3, 1, 2))
+            sigma_t = torch.where(keep, sigma, bank.sigma[index].permute(0, 3, 1, 2))
         if self.mode == "augment":
             alpha = torch.zeros(b, c, 1, 1, device=f.device)
         else:

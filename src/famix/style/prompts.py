@@ -5,30 +5,6 @@ from __future__ import annotations
 import open_clip
 import torch
 
-# The paper's default style vocabulary (method.md section 3).
-DEFAULT_STYLE_WORDS: tuple[str, ...] = (
-    "Ethereal Mist style",
-    "Cyberpunk Cityscape style",
-    "Rustic Charm style",
-    "Galactic Fantasy style",
-    "Pastel Dreams style",
-    "Dystopian Noir style",
-    "Whimsical Wonderland style",
-    "Urban Grit style",
-    "Enchanted Forest style",
-    "Retro Futurism style",
-    "Monochrome Elegance style",
-    "Vibrant Graffiti style",
-    "Haunting Shadows style",
-    "Steampunk Adventures style",
-    "Watercolor Serenity style",
-    "Industrial Chic style",
-    "Cosmic Voyage style",
-    "Pop Art Popularity style",
-    "Abstract Symphony style",
-    "Magical Realism style",
-)
-
 
 def prompt(style: str, class_name: str | None) -> str:
     """The mining text of a patch: "<style> <class>", or "photo" for an ignore-dominant patch."""

@@ -71,9 +71,7 @@ def restyle(f_norm: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torc
     return torch.relu(expand_patches(sigma, h, w) * f_norm + expand_patches(mu, h, w))
 
 
-def dominant_class(
-    labels: torch.Tensor, grid: int, num_classes: int, ignore_index: int = 255
-) -> torch.Tensor:
+def dominant_class(labels: torch.Tensor, grid: int, num_classes: int, ignore_index: int) -> torch.Tensor:
     """Most frequent label value of each patch; ignore counts as a value; ties go to the smallest value.
 
     labels: [B, H, W] ints (trainIds, ``ignore_index``; other values count as ignore) -> [B, G, G] long,

@@ -7,7 +7,9 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from famix.data.captions import (
+from famix.models.clip import clip_preprocess_size
+from famix.style.prompts import TextEmbedder, prompt
+from famix.world.captions import (
     BOTH_TEMPLATES,
     CLASS_TEMPLATES,
     STYLE_TEMPLATES,
@@ -16,9 +18,7 @@ from famix.data.captions import (
     render_world,
     sample_crops,
 )
-from famix.data.synthetic import DOMAINS
-from famix.models.clip import clip_preprocess_size
-from famix.style.prompts import TextEmbedder, prompt
+from famix.world.synthetic import DOMAINS
 
 
 @torch.no_grad()

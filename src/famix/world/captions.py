@@ -17,8 +17,8 @@ import torch
 from torchvision.ops import roi_align
 
 from famix.data.labels import TRAIN_ID
-from famix.data.synthetic import DOMAINS, render
 from famix.data.transforms import normalize
+from famix.world.synthetic import DOMAINS, render
 
 # The trainIds the synthetic world draws (the others never occur); captions and zero-shot use these.
 WORLD_CLASSES: tuple[str, ...] = (

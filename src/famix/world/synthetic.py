@@ -6,7 +6,7 @@ a stream keyed by (seed, domain). ``day`` is the source domain; ``night``, ``fog
 are the physically motivated shifts used for evaluation; the rest are global restylings (tint, palette,
 contrast). Add a domain by registering ``STYLES[name] = fn(base_rgb, scene, rng) -> rgb`` (floats in [0, 1]).
 
-Scenes are laid out by ``synthetic_scene`` and the styles live in ``synthetic_styles``; this module is the
+Scenes are laid out by ``scene`` and the styles live in ``styles``; this module is the
 public face of the world (domains, ``render``, ``SyntheticDataset``).
 """
 
@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from famix.data.synthetic_scene import Scene, build_scene
-from famix.data.synthetic_styles import STYLES, Style
+from famix.world.scene import Scene, build_scene
+from famix.world.styles import STYLES, Style
 
 __all__ = [
     "DOMAINS",
+    "build_synthetic",
     "MINING_DOMAINS",
     "SHIFTED_DOMAINS",
     "SOURCE_DOMAIN",
@@ -105,3 +106,29 @@ class SyntheticDataset(Dataset):
             raise IndexError(f"index {index} out of range for {self.length} scenes")
         image, label = render(self.seed * 1_000_003 + index, self.domain, self.size)
         return torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(label.astype(np.int64))
+
+
+def build_synthetic(parts: list[str]) -> SyntheticDataset:
+    """A ``SyntheticDataset`` from the spec fields after ``synthetic:``: DOMAIN[:N[:SEED]][:size=S]."""
+    usage = "synthetic:DOMAIN[:N[:SEED]][:size=S]"
+    positional = [p for p in parts if "=" not in p]
+    options = dict(p.split("=", 1) for p in parts if "=" in p)
+    unknown = set(options) - {"size"}
+    if unknown or len(positional) > 3:
+        raise ValueError(f"synthetic spec fields {parts}: expected {usage} (options: size)")
+
+    def number(text: str, what: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(
+                f"synthetic:{':'.join(parts)}: {what} must be an integer, got {text!r} ({usage})"
+            ) from None
+
+    domain = positional[0] if positional else SOURCE_DOMAIN
+    length = number(positional[1], "N (number of scenes)") if len(positional) > 1 else 100
+    seed = number(positional[2], "SEED") if len(positional) > 2 else 0
+    size = number(options.get("size", "256"), "size")
+    if length < 1 or size < 8:
+        raise ValueError(f"synthetic:{':'.join(parts)}: need N >= 1 scenes and size >= 8 pixels ({usage})")
+    return SyntheticDataset(domain=domain, length=length, size=(size, size), seed=seed)

@@ -1,4 +1,4 @@
-"""Procedural street-scene layout for the synthetic world (styles: ``synthetic_styles``; API: ``synthetic``).
+"""Procedural street-scene layout for the synthetic world (styles: ``styles``; API: ``synthetic``).
 
 A scene is a pinhole view down a straight street: a ground plane (road with lane dashes, kerbs, paved
 sidewalks, terrain strips), two facade planes cut into segments (buildings with window grids, tree
@@ -6,8 +6,8 @@ masses, walls, fences), a distant skyline closing the street, and depth-sorted o
 trees, poles carrying signs, traffic lights or lamps). Every pixel gets a trainId, a depth in metres,
 an emission strength (lit windows, lamps, car lights) and a plain "day" colour that styles restyle.
 
-The street itself (camera, ground, facades, skyline, shading) is drawn by ``synthetic_street`` and the
-primitives (class ids, palettes, canvas, noise fields) live in ``synthetic_canvas``; this module adds the
+The street itself (camera, ground, facades, skyline, shading) is drawn by ``street`` and the
+primitives (class ids, palettes, canvas, noise fields) live in ``canvas``; this module adds the
 objects and builds whole scenes (``build_scene``). The public names of those modules are re-exported here.
 """
 
@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from famix.data.labels import IGNORE_INDEX
-from famix.data.synthetic_canvas import (
+from famix.world.canvas import (
     _CARS,
     _FENCES,
     _LAMPS,
@@ -48,7 +48,7 @@ from famix.data.synthetic_canvas import (
     resize,
     smooth_noise,
 )
-from famix.data.synthetic_street import _Street
+from famix.world.street import _Street
 
 __all__ = [
     "BUILDING",

@@ -22,9 +22,9 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from famix.data.captions import KIND_SHARES, crop_images, make_captions, render_world, sample_crops, targets
-from famix.engine.zero_shot import zero_shot_accuracy
 from famix.models.clip import build_clip, clip_preprocess_size, get_clip_config
+from famix.world.captions import KIND_SHARES, crop_images, make_captions, render_world, sample_crops, targets
+from famix.world.zero_shot import zero_shot_accuracy
 
 __all__ = ["multi_positive_loss", "pretrain_tiny_clip", "save_clip_fp16", "zero_shot_accuracy"]
 
@@ -186,7 +186,7 @@ def model_card(record: dict, every: int = 100) -> str:
         "# tiny-clip: a CLIP that knows the synthetic world's styles",
         "",
         "An open_clip `CLIP` (ModifiedResNet image tower with attention pool, transformer text tower, "
-        "open_clip tokenizer) pretrained from scratch by `famix.engine.pretrain_clip` on captioned crops of "
+        "open_clip tokenizer) pretrained from scratch by `famix.world.pretrain` on captioned crops of "
         "famix's synthetic street world in all 12 styles. It stands in for OpenAI's CLIP in the offline "
         "demo.",
         "",

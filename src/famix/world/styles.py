@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from famix.data.synthetic_canvas import (
+from famix.world.canvas import (
     PERSON,
     ROAD,
     SIDEWALK,

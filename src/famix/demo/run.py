@@ -14,18 +14,17 @@ import json
 import time
 from pathlib import Path
 
-from torch.utils.data import DataLoader
-
-from famix.config import Config, load_config, save_config
-from famix.data.datasets import Normalized, build_dataset
-from famix.data.synthetic import MINING_DOMAINS, SHIFTED_DOMAINS, SOURCE_DOMAIN
-from famix.engine.demo_report import bank_table, chart, prediction_grid, report
-from famix.engine.evaluate import evaluate
-from famix.engine.inference import load_segmenter
+from famix.config import Config, changed_settings, load_config, save_config
+from famix.demo.report import bank_table, chart, prediction_grid, report
+from famix.engine.checkpoint import load_checkpoint, load_segmenter
+from famix.engine.evaluate import evaluate_specs
 from famix.engine.mine import mine
 from famix.engine.train import train
 from famix.io import atomic_write
 from famix.models.clip import packaged_weights
+from famix.world import MINING_DOMAINS, SHIFTED_DOMAINS, SOURCE_DOMAIN
+
+SIZE = 96  # scene side in pixels
 
 # name -> (freeze preset, mix mode, bank): the paper's grid (method.md section 7) and one control.
 # "-" in Freeze = full fine-tuning; bank "mined" = PIN-optimised styles, "raw" = the patches' own styles,
@@ -56,14 +55,14 @@ def demo_config(out: Path, quick: bool, seed: int) -> Config:
     """
     cfg = Config()
     cfg.model.backbone, cfg.model.weights = "tiny-clip", packaged_weights("tiny-clip")
-    cfg.data.train, cfg.data.val = f"synthetic:{SOURCE_DOMAIN}:2000:{seed}", []
-    cfg.data.synthetic_size, cfg.data.crop, cfg.data.batch_size, cfg.data.workers = 96, 64, 8, 0
-    cfg.mine.out, cfg.mine.crop, cfg.mine.batch_size = str(out / "bank.safetensors"), 64, 16
+    cfg.data.train, cfg.data.val = f"synthetic:{SOURCE_DOMAIN}:2000:{seed}:size={SIZE}", []
+    cfg.data.crop, cfg.data.batch_size, cfg.data.workers = 64, 8, 0
+    cfg.style.bank, cfg.mine.crop, cfg.mine.batch_size = str(out / "bank.safetensors"), 64, 16
     cfg.mine.vocabulary = list(MINING_DOMAINS)
     cfg.mine.steps, cfg.mine.max_images = (5, 16) if quick else (100, 64)
     cfg.train.iterations = 20 if quick else 1000
     cfg.train.val_interval = cfg.train.iterations
-    cfg.train.lr, cfg.train.amp, cfg.train.device, cfg.train.seed = 0.05, "off", "cpu", seed
+    cfg.train.lr, cfg.run.amp, cfg.run.device, cfg.run.seed = 0.05, "off", "cpu", seed
     cfg.train.log_interval = 10
     return cfg
 
@@ -100,7 +99,7 @@ def run_demo(
         domains,
         [BASELINE, FAMIX] if BASELINE in variants else variants[:2],
         run_folder,
-        base.data.synthetic_size,
+        SIZE,
     )
     print(f"[famix demo] done in {time.perf_counter() - start:.0f} s; tables, chart, predictions in {out}/")
     return {"runs": runs, "seconds": time.perf_counter() - start}
@@ -112,7 +111,7 @@ def _mine_banks(cfg: Config, variants: list[str]) -> tuple[dict[str, str], dict[
     banks, counts = {}, {}
     for kind in sorted(kinds):
         c = copy.deepcopy(cfg)
-        c.mine.out = str(Path(cfg.mine.out).with_name(f"bank_{kind}.safetensors"))
+        c.style.bank = str(Path(cfg.style.bank).with_name(f"bank_{kind}.safetensors"))
         if kind == "raw":
             c.mine.steps = 0  # the control: each patch's own statistics, no language
         if kind == "fine":
@@ -121,7 +120,7 @@ def _mine_banks(cfg: Config, variants: list[str]) -> tuple[dict[str, str], dict[
         bank = mine(c)
         counts[kind] = {k: v for k, v in bank.counts().items() if v}
         print(f"[famix demo] {kind} bank: {len(bank)} styles, per class {json.dumps(counts[kind])}")
-        banks[kind] = c.mine.out
+        banks[kind] = c.style.bank
     return banks, counts
 
 
@@ -131,27 +130,35 @@ def _train_and_evaluate(cfg: Config, name: str, domains: list[str], n_eval: int)
     A folder holding a run made with other settings is an error, never overwritten, so a cache always
     belongs to ``cfg``."""
     run = Path(cfg.train.out)
-    if (run / "config.yaml").is_file() and load_config(run / "config.yaml").to_dict() != cfg.to_dict():
-        raise FileExistsError(
-            f"{run} holds a run made with other settings; pass another --out (or move that folder away)"
-        )
-    print(f"[famix demo] seed {cfg.train.seed}: training {name} ({cfg.train.iterations} iterations)")
-    train(cfg)
+    if (run / "config.yaml").is_file():
+        changed = changed_settings(load_config(run / "config.yaml").to_dict(), cfg.to_dict())
+        if changed:
+            raise FileExistsError(
+                f"{run} holds a run made with other settings ({'; '.join(changed)}); pass another --out "
+                "(or move that folder away)"
+            )
+    seed = cfg.run.seed
+    done = (run / "latest.pt").is_file() and load_checkpoint(run / "latest.pt")[
+        "cur_itrs"
+    ] >= cfg.train.iterations
+    if done:
+        print(f"[famix demo] seed {seed}: {name}: reusing the finished run in {run}")
+    else:
+        print(f"[famix demo] seed {seed}: training {name} ({cfg.train.iterations} iterations)")
+        train(cfg)
     cache = run / "demo_eval.json"
     cached = json.loads(cache.read_text()) if cache.is_file() else {}
-    if cached.get("n_eval") == n_eval and all(d in cached["results"] for d in domains):
+    key = {"n_eval": n_eval, "unit": "percent"}
+    if all(cached.get(k) == v for k, v in key.items()) and all(d in cached["results"] for d in domains):
         return {d: cached["results"][d] for d in domains}
-    model, _ = load_segmenter(str(run / "latest.pt"))
-    results = {d: _evaluate(model, d, n_eval, cfg).to_dict() for d in domains}
-    payload = {"n_eval": n_eval, "results": results}
-    atomic_write(cache, lambda p: p.write_text(json.dumps(payload)))
+    print(f"[famix demo] seed {seed}: evaluating {name} on {', '.join(domains)} ({n_eval} images each)")
+    model, _ = load_segmenter(run / "latest.pt")
+    # held-out scenes: scene seeds never trained on
+    specs = {d: f"synthetic:{d}:{n_eval}:{10_000 + seed}:size={SIZE}" for d in domains}
+    scores = evaluate_specs(model, list(specs.values()), cfg.model.num_classes, batch_size=16)
+    results = {d: scores[spec].to_dict() for d, spec in specs.items()}
+    atomic_write(cache, lambda p: p.write_text(json.dumps({**key, "results": results})))
     return results
-
-
-def _evaluate(model, domain: str, n: int, cfg: Config):
-    spec = f"synthetic:{domain}:{n}:{10_000 + cfg.train.seed}"  # held-out scenes: seeds never trained on
-    ds = Normalized(build_dataset(spec, cfg.data.synthetic_size))
-    return evaluate(model, DataLoader(ds, batch_size=16), cfg.model.num_classes, progress=False)
 
 
 def run_folder(name: str) -> str:

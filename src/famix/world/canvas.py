@@ -2,7 +2,7 @@
 
 ``Scene`` is what a built scene hands to the styles; ``_Canvas`` is the painter's raster the scene is drawn
 on; ``noise_bank`` / ``noise_window`` and ``resize`` are the shared noise fields and bilinear resize that
-both the scene shading (``synthetic_street``) and the styles (``synthetic_styles``) read.
+both the scene shading (``street``) and the styles (``styles``) read.
 """
 
 from __future__ import annotations

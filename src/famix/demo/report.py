@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from famix.data.labels import colorize
-from famix.data.synthetic import SOURCE_DOMAIN, render
 from famix.data.transforms import normalize
 from famix.io import atomic_write
+from famix.world.synthetic import SOURCE_DOMAIN, render
 
 # Held-out domains grouped by the kind of shift: global statistics (what restyling features can imitate)
 # versus structure (lights, streaks, flakes: new local patterns).
@@ -27,7 +27,7 @@ def _scores(runs_of_variant: dict, domains: list[str]) -> dict[str, list[float]]
         cols[group] = []
     cols["held-out mean"] = []
     for per_domain in runs_of_variant.values():
-        miou = {d: 100 * per_domain[d]["miou"] for d in domains}
+        miou = {d: per_domain[d]["miou"] for d in domains}  # percent
         for d in domains:
             cols[d].append(miou[d])
         for group, members in GROUPS.items():
@@ -108,7 +108,7 @@ def chart(runs: dict, domains: list[str], path: Path) -> None:
 @torch.inference_mode()
 def prediction_grid(out: Path, seed: int, domains: list[str], variants: list[str], slug, size: int) -> None:
     """One scene per domain (rows): image, ground truth, then each variant's prediction."""
-    from famix.engine.inference import load_segmenter
+    from famix.engine.checkpoint import load_segmenter
 
     models = [load_segmenter(str(out / f"seed{seed}" / slug(v) / "latest.pt"))[0] for v in variants]
     rows = []

@@ -1,7 +1,7 @@
 """The street of a synthetic scene: camera, ground plane, facades, skyline, and the shading of base colours.
 
 ``_Street`` holds one scene's drawing state (canvas, camera, street plan, a pool of uniform numbers) with the
-helpers that project world boxes and ellipses onto the canvas; ``synthetic_scene`` extends it with the
+helpers that project world boxes and ellipses onto the canvas; ``scene`` extends it with the
 objects standing in the street and builds whole scenes.
 """
 
@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from famix.data.synthetic_canvas import (
+from famix.world.canvas import (
     _FACADES,
     _SEGMENT_LOOKS,
     _SIDEWALKS,

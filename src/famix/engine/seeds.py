@@ -1,0 +1,18 @@
+"""Seed derivations, one place for each: every random draw of a run is a function of (run.seed, where)."""
+
+from __future__ import annotations
+
+
+def item_seed(seed: int, position: int) -> int:
+    """The augmentation seed of the item at ``position`` of a sample stream (training, mining)."""
+    return seed * 1_000_003 + position
+
+
+def sequence_seed(seed: int, index: int) -> int:
+    """The seed of the ``index``-th generator of a sequence: an epoch's permutation, a mining batch."""
+    return seed * 100_003 + index
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """All randomness of a training step (dropout, style draws) is re-seeded from (seed, step, rank)."""
+    return (seed * 1_000_003 + step * 7919 + rank) % (2**63)

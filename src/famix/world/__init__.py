@@ -1,0 +1,24 @@
+"""The miniature world: procedural street scenes in named styles, captions, the tiny CLIP pretrained on
+them, and its zero-shot check. It sits above the library (it uses ``data``/``models``/``style``; nothing
+there imports it). Importing it registers the ``synthetic:DOMAIN[:N[:SEED]][:size=S]`` dataset specs.
+"""
+
+from famix.data.datasets import DatasetEntry, register_dataset
+from famix.world.synthetic import (
+    DOMAINS,
+    MINING_DOMAINS,
+    SHIFTED_DOMAINS,
+    SOURCE_DOMAIN,
+    SyntheticDataset,
+    build_synthetic,
+)
+
+USAGE = "synthetic:DOMAIN[:N[:SEED]][:size=S]  (N scenes, default 100; SEED 0; S x S pixels, default 256)"
+LAYOUT = (
+    "  the embedded procedural street world, rendered on the fly (nothing on disk)\n"
+    f"  source domain: {SOURCE_DOMAIN}; held-out shifts: {', '.join(SHIFTED_DOMAINS)};\n"
+    f"  mining-word styles: {', '.join(MINING_DOMAINS)}; all domains: {', '.join(DOMAINS)}"
+)
+register_dataset("synthetic", DatasetEntry(build_synthetic, USAGE, LAYOUT))
+
+__all__ = ["DOMAINS", "MINING_DOMAINS", "SHIFTED_DOMAINS", "SOURCE_DOMAIN", "SyntheticDataset"]

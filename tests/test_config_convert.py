@@ -85,3 +85,42 @@ def test_unsafe_checkpoint_is_refused(tmp_path):
         load_checkpoint(tmp_path / "evil.pt")
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_yaml_errors_name_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: 0.1\n  iterations: [1, 2\nmodel:\n  backbone: RN50\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml line \d+, column \d+: not valid YAML"):
+        load_config(bad)
+    as_string = tmp_path / "string.yaml"
+    as_string.write_text("model: RN50\n")  # a section given as a string, not read letter by letter
+    with pytest.raises(ValueError, match=r"section 'model': expected a mapping.*got str 'RN50'"):
+        load_config(as_string)
+    with pytest.raises(ValueError, match="override 'train.lr=\\[1': the value is not valid YAML"):
+        load_config(None, ["train.lr=[1"])
+    with pytest.raises(ValueError, match="section 'run': expected a mapping"):
+        load_config(None, ["run=cpu"])
+
+
+def test_reading_a_config_imports_no_model_library(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from famix.config import load_config; load_config('tiny', ['train.lr=0.2']); "
+        "print(sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_changed_settings_lists_result_changing_keys_only():
+    from famix.config import changed_settings
+
+    a = load_config("tiny").to_dict()
+    b = load_config(
+        "tiny", ["train.lr=0.01", "style.mix=none", "train.log_interval=1", "run.device=cuda"]
+    ).to_dict()
+    changed = changed_settings(a, b)
+    assert changed == ["style.mix: 'famix' -> 'none'", "train.lr: 0.05 -> 0.01"]
+    assert changed_settings(a, b, ("model", "run")) == []

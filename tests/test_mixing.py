@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from famix.style.bank import PackedBank
 from famix.style.mixing import (
     LocalStyleMixer,
     mix_stats,
@@ -117,7 +118,7 @@ def test_mixer_with_one_style_per_class_matches_loop(b, c, h, w, scale, grid, mo
     bank_mu, bank_sigma = torch.randn(2, c, generator=gen), torch.rand(2, c, generator=gen) + 0.5
     counts, offsets = torch.tensor([1, 0, 0, 1]), torch.tensor([0, 1, 1, 1])
     mixer = LocalStyleMixer(
-        mode, grid, 0.1, k, (bank_mu, bank_sigma, counts, offsets), torch.Generator().manual_seed(9)
+        mode, grid, 0.1, k, PackedBank(bank_mu, bank_sigma, counts, offsets), torch.Generator().manual_seed(9)
     )
     out = mixer(f, labels)
     if mode == "augment":
@@ -140,7 +141,7 @@ def test_mixer_with_one_style_per_class_matches_loop(b, c, h, w, scale, grid, mo
 def test_mixer_keeps_own_style_with_empty_bank_and_alpha_one_is_identity():
     f = torch.rand(2, 3, 12, 12) + 0.1
     labels = torch.zeros(2, 48, 48, dtype=torch.long)
-    empty = (
+    empty = PackedBank(
         torch.zeros(0, 3),
         torch.zeros(0, 3),
         torch.zeros(4, dtype=torch.long),

@@ -128,3 +128,37 @@ def test_frozen_bn_statistics_do_not_move_in_training():
     for k, v in before.items():
         moved = not torch.equal(v, after[k])
         assert moved == (k.startswith("backbone.layer4.1") or k.startswith("classifier")), k
+
+
+def test_restyle_hook_feeds_both_the_head_and_layer2():
+    """The mixing point: ``forward(x, restyle)`` restyles layer1 once, and that restyled map is both the
+    head's low-level input and layer2's input (written out stage by stage here)."""
+    import torch.nn.functional as F
+
+    model = build_segmenter(ModelConfig(backbone="tiny-rn", num_classes=5, class_names=list("abcde"))).eval()
+    x = torch.randn(2, 3, 40, 56, generator=torch.Generator().manual_seed(0))
+    shift = torch.linspace(0.5, 2.0, model.low_channels).view(1, -1, 1, 1)
+    calls = []
+
+    def restyle(f):
+        calls.append(f.shape)
+        return f * shift + 0.3
+
+    v = model.backbone
+    with torch.no_grad():
+        low = restyle(v.layer1(v.stem(x)))
+        deep = v.layer4(v.layer3(v.layer2(low)))
+        expected = F.interpolate(model.classifier(low, deep), size=x.shape[-2:], mode="bilinear")
+        calls.clear()
+        out = model(x, restyle=restyle)
+        plain = model(x)
+    assert len(calls) == 1 and calls[0][1] == model.low_channels  # once, on layer1's output
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out, plain, atol=1e-3)  # the restyle changed the result
+    with torch.no_grad():  # restyling only the head's input (or only layer2's) would not match
+        only_head = F.interpolate(
+            model.classifier(low, v.layer4(v.layer3(v.layer2(v.layer1(v.stem(x)))))),
+            size=x.shape[-2:],
+            mode="bilinear",
+        )
+    assert not torch.allclose(out, only_head, atol=1e-3)

@@ -132,7 +132,7 @@ def test_output_names_keep_the_extension_when_stems_collide(tmp_path):
         arr = np.random.default_rng(i).integers(0, 256, (6, 8, 3), dtype=np.uint8)
         Image.fromarray(arr).save(tmp_path / n, quality=95)
     written = predict_paths(
-        model, [tmp_path / "a.png", tmp_path / "a.jpg"], tmp_path / "o", ["trainid"], progress=False
+        model, [tmp_path / "a.png", tmp_path / "a.jpg"], tmp_path / "o", outputs=["trainid"], progress=False
     )
     assert [p.name for p in written] == ["a_png_trainid.png", "a_jpg_trainid.png"]
     for src, dst in zip(["a.png", "a.jpg"], written, strict=True):

@@ -48,7 +48,7 @@ def test_resume_equals_straight_run(tmp_path):
 
 def test_cli_mine_train_eval_predict(tmp_path, capsys):
     bank = tmp_path / "bank.safetensors"
-    main(["mine", "-c", TINY, f"mine.out={bank}", "mine.max_images=8", "mine.steps=2"])
+    main(["mine", "-c", TINY, f"style.bank={bank}", "mine.max_images=8", "mine.steps=2"])
     assert "styles" in capsys.readouterr().out
     run = tmp_path / "run"
     main(
@@ -69,10 +69,8 @@ def test_cli_mine_train_eval_predict(tmp_path, capsys):
             "eval",
             str(run / "latest.pt"),
             "--data",
-            "synthetic:fog:3:5",
-            "synthetic:night:2:5",
-            "--synthetic-size",
-            "64",
+            "synthetic:fog:3:5:size=64",
+            "synthetic:night:2:5:size=64",
             "--workers",
             "0",
             "--json",
@@ -81,8 +79,8 @@ def test_cli_mine_train_eval_predict(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     results = json.loads((tmp_path / "eval.json").read_text())["datasets"]
-    assert set(results) == {"synthetic:fog:3:5", "synthetic:night:2:5"}
-    assert f"{100 * results['synthetic:fog:3:5']['miou']:.2f}" in out
+    assert set(results) == {"synthetic:fog:3:5:size=64", "synthetic:night:2:5:size=64"}
+    assert f"{results['synthetic:fog:3:5:size=64']['miou']:.2f}" in out  # percent, in the table and JSON
     from PIL import Image
 
     Image.new("RGB", (40, 30), (120, 30, 200)).save(tmp_path / "x.png")
@@ -157,7 +155,7 @@ def test_mining_resumes_to_the_same_bank(tmp_path):
 
     def run(out, images):
         return mine(
-            load_config(TINY, [f"mine.out={out}", f"mine.max_images={images}", "mine.steps=2"]), False
+            load_config(TINY, [f"style.bank={out}", f"mine.max_images={images}", "mine.steps=2"]), False
         )
 
     straight = run(tmp_path / "a.safetensors", 8)
@@ -168,4 +166,104 @@ def test_mining_resumes_to_the_same_bank(tmp_path):
     for name, (mu, sigma) in straight.styles.items():
         assert torch.equal(mu, reloaded.styles[name][0]) and torch.equal(sigma, reloaded.styles[name][1])
     with pytest.raises(FileExistsError, match="other settings"):
-        mine(load_config(TINY, [f"mine.out={tmp_path / 'b.safetensors'}", "mine.steps=3"]), False)
+        mine(load_config(TINY, [f"style.bank={tmp_path / 'b.safetensors'}", "mine.steps=3"]), False)
+
+
+def test_resume_with_other_settings_is_refused_naming_the_keys(tmp_path):
+    """The scenario a new user hit: 20 iterations at lr 0.05, then the same train.out with other settings
+    used to resume silently on the old schedule and write a config.yaml it never used."""
+    train(tiny_cfg(tmp_path, "train.iterations=20", "style.mix=mixstyle"))
+    before = (tmp_path / "config.yaml").read_text(), (tmp_path / "latest.pt").read_bytes()
+    other = tiny_cfg(tmp_path, "train.iterations=40", "train.lr=0.01", "style.mix=none")
+    with pytest.raises(FileExistsError, match="other settings") as err:
+        train(other)
+    for key in ("train.iterations: 20 -> 40", "train.lr: 0.05 -> 0.01", "style.mix: 'mixstyle' -> 'none'"):
+        assert key in str(err.value)
+    assert ((tmp_path / "config.yaml").read_text(), (tmp_path / "latest.pt").read_bytes()) == before
+    # settings that do not change the result may differ: logging, validation, workers, device, stop_after
+    same = tiny_cfg(
+        tmp_path, "train.iterations=20", "style.mix=mixstyle", "train.log_interval=2", "train.val_interval=7",
+        "run.device=cpu", "data.workers=0", "train.stop_after=20", "train.ckpt_interval=3",
+    )  # fmt: skip
+    assert train(same)["step"] == 20
+
+
+def test_checkpoint_interval_and_metrics_after_a_crash(tmp_path, monkeypatch):
+    """A crash loses at most ckpt_interval steps; the resumed run's metrics.jsonl has every step once, and
+    the temporary files of an interrupted atomic write are removed."""
+    from famix.engine import train as train_module
+
+    common = ["train.iterations=12", "train.val_interval=100", "train.log_interval=1", "style.mix=mixstyle"]
+    real_step, calls = train_module.train_step, []
+
+    def crash_at_step_8(*args):
+        calls.append(1)
+        if len(calls) == 8:
+            raise KeyboardInterrupt  # as a kill between checkpoints
+        return real_step(*args)
+
+    monkeypatch.setattr(train_module, "train_step", crash_at_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg(tmp_path, "train.ckpt_interval=5", *common))
+    assert (
+        load_checkpoint(tmp_path / "latest.pt")["cur_itrs"] == 5
+    )  # no validation yet: the interval saved it
+    steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 8))  # logged past the checkpoint
+    (tmp_path / ".latest.pt.abc123.tmp").write_bytes(b"half a checkpoint")  # left by a kill -9 mid-write
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    train(tiny_cfg(tmp_path, "train.ckpt_interval=5", *common))
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 13))
+    assert not list(tmp_path.glob(".*.tmp"))
+    straight = tmp_path / "straight"
+    train(tiny_cfg(straight, "train.ckpt_interval=5", *common))
+    a, b = load_checkpoint(tmp_path / "latest.pt"), load_checkpoint(straight / "latest.pt")
+    assert all(torch.equal(v, b["model_state"][k]) for k, v in a["model_state"].items())
+
+
+def test_run_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        train(tiny_cfg(tmp_path, "train.iterations=2", "train.val_interval=2", "style.mix=none"))
+    finally:
+        os.umask(old)
+    for name in ("latest.pt", "best.pt", "config.yaml", "metrics.jsonl"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+    from famix.io import atomic_write
+
+    old = os.umask(0o077)
+    try:
+        atomic_write(tmp_path / "private.txt", lambda p: p.write_text("x"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600
+
+
+def test_build_mixer_reads_a_real_bank_file(tmp_path):
+    """build_mixer loads the bank file into the mixer, and an augment step gives each patch the style of
+    its dominant class from that file."""
+    from famix.data.labels import CLASS_NAMES
+    from famix.engine.train import build_mixer
+    from famix.models.build import build_segmenter
+    from famix.style.bank import StyleBank
+    from famix.style.stats import patch_stats
+
+    cfg = tiny_cfg(tmp_path / "r", f"style.bank={tmp_path / 'b.safetensors'}", "style.mix=augment")
+    model = build_segmenter(cfg.model)
+    c = model.low_channels
+    g = torch.Generator().manual_seed(0)
+    # mu far above sigma: the ReLU of the restyle never clips, so the patch stats are the style exactly
+    styles = {0: (torch.rand(1, c, generator=g) + 10, 0.1 * torch.rand(1, c, generator=g) + 0.1)}
+    bank = StyleBank(list(CLASS_NAMES), c)
+    for k, (mu, sigma) in styles.items():
+        bank.add(mu, sigma, torch.tensor([k]), 255)
+    bank.save(cfg.style.bank)
+    mixer = build_mixer(cfg, model, torch.device("cpu"))
+    torch.testing.assert_close(mixer.bank.mu, styles[0][0])
+    assert mixer.bank.counts.tolist() == [1] + [0] * 19
+    f = torch.rand(2, c, 12, 12, generator=g) + 0.1
+    labels = torch.zeros(2, 48, 48, dtype=torch.long)  # every patch: class 0 (road)
+    mu, sigma = patch_stats(mixer(f, labels), 3)
+    torch.testing.assert_close(mu, styles[0][0].view(1, c, 1, 1).expand_as(mu), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(sigma, styles[0][1].view(1, c, 1, 1).expand_as(sigma), rtol=1e-3, atol=1e-3)

@@ -28,11 +28,26 @@ class _LineBar(tqdm):
         return True
 
 
+class _Lines:
+    """The log stream, minus the bare newline tqdm writes when it closes (each line already ends in one)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        if text != "\n":
+            self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def progress_bar(iterable=None, **kwargs) -> tqdm:
     """``tqdm(iterable, **kwargs)``, as lines every ``FILE_INTERVAL`` s when stderr is not a terminal."""
     stream = kwargs.get("file") or sys.stderr
     if hasattr(stream, "isatty") and stream.isatty():
         return tqdm(iterable, dynamic_ncols=True, **kwargs)
+    kwargs["file"] = _Lines(stream)
     kwargs.setdefault("mininterval", FILE_INTERVAL)
     kwargs.setdefault("maxinterval", FILE_INTERVAL * 4)
     kwargs.setdefault(

@@ -97,7 +97,7 @@ def write_results(
 
     Per dataset: mIoU, per-class IoU keyed by class name (null = class absent), confusion matrix and
     image count; then the mean mIoU and the paper-layout table (:func:`format_paper_table`). IoUs are in
-    percent, as everywhere in famix. :func:`load_results` reads it back.
+    percent, as everywhere in famix.
     """
     datasets = {}
     for spec, r in results.items():
@@ -141,17 +141,3 @@ def default_results_path(checkpoint: str | os.PathLike, specs: Sequence[str], tt
         name = f"{name[:60].rstrip('.-')}.{digest}"
     ckpt = Path(checkpoint)
     return ckpt.with_name(f"{ckpt.stem}.eval.{name}.json")
-
-
-def load_results(path: str | os.PathLike) -> dict[str, EvalResult]:
-    """Read a :func:`write_results` file back into ``{spec: EvalResult}`` (e.g. to tabulate several runs)."""
-    datasets = json.loads(Path(path).read_text())["datasets"]
-    return {
-        spec: EvalResult(
-            miou=math.nan if d["miou"] is None else d["miou"],
-            per_class_iou=list(d["per_class_iou"].values()),
-            confusion=d["confusion"],
-            num_images=d["num_images"],
-        )
-        for spec, d in datasets.items()
-    }

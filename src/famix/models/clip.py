@@ -154,7 +154,7 @@ def _check_keys(model: CLIP, sd: dict[str, torch.Tensor], source: str, name: str
     parts = [f"{len(v)} {what}: {few(v)}" for what, v in found if v]
     raise ValueError(
         f"CLIP weights {source} do not fit backbone config {name!r}: {'; '.join(parts)}. These weights "
-        "probably belong to another architecture; pick the matching --backbone (RN50, RN101, RN50x4, ...)."
+        "probably belong to another architecture; set the matching model.backbone (RN50, RN101, RN50x4, ...)."
     )
 
 

@@ -96,8 +96,9 @@ class LocalStyleMixer:
     """Restyles a training batch's layer1 features (method.md section 4); never used at evaluation.
 
     ``bank`` is a :class:`~famix.style.bank.PackedBank` on the training device; label values outside
-    [0, num_classes) (``ignore_index`` among them) count as ignore when finding dominant classes. Call ``mixer(f, labels)`` with f: [B, C, H, W] and labels:
-    [B, H', W'] (the label crop at input resolution).
+    [0, num_classes) (``ignore_index`` among them) count as ignore when finding dominant classes.
+    Call ``mixer(f, labels)`` with f: [B, C, H, W] and labels: [B, H', W'] (the label crop at input
+    resolution).
     """
 
     def __init__(

@@ -1,0 +1,64 @@
+"""The package layout shows the method: library leaves never import the layers above them, the core never
+imports the miniature world or the demo, and no module imports itself back through others."""
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _imports() -> dict[str, set[str]]:
+    """{module: famix modules it imports (anywhere in the file, lazy imports included)}."""
+    graph = {}
+    for path in (SRC / "famix").rglob("*.py"):
+        name = ".".join(path.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("famix"):
+                deps.add(node.module)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name.startswith("famix"))
+        graph[name] = deps
+    return graph
+
+
+def test_leaves_and_core_import_nothing_above_them():
+    above = {
+        "famix.models": ("famix.engine", "famix.config", "famix.cli", "famix.world", "famix.demo"),
+        "famix.style": ("famix.engine", "famix.config", "famix.cli", "famix.world", "famix.demo"),
+        "famix.data": ("famix.engine", "famix.config", "famix.cli", "famix.world", "famix.demo"),
+        "famix.engine": ("famix.cli", "famix.world", "famix.demo"),
+        "famix.world": ("famix.cli", "famix.demo"),
+    }
+    wrong = [
+        f"{module} imports {dep}"
+        for module, deps in _imports().items()
+        for package, banned in above.items()
+        if module.startswith(package + ".") or module == package
+        for dep in deps
+        if dep.startswith(banned)
+    ]
+    assert wrong == []
+
+
+def test_no_import_cycle():
+    graph = _imports()
+    state, cycles = {}, []
+
+    def visit(module, stack):
+        state[module] = "open"
+        stack.append(module)
+        for dep in sorted(graph[module]):
+            if dep not in graph:
+                continue
+            if state.get(dep) == "open":
+                cycles.append(" -> ".join(stack[stack.index(dep) :] + [dep]))
+            elif dep not in state:
+                visit(dep, stack)
+        stack.pop()
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+    assert cycles == []

@@ -267,3 +267,41 @@ def test_build_mixer_reads_a_real_bank_file(tmp_path):
     mu, sigma = patch_stats(mixer(f, labels), 3)
     torch.testing.assert_close(mu, styles[0][0].view(1, c, 1, 1).expand_as(mu), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(sigma, styles[0][1].view(1, c, 1, 1).expand_as(sigma), rtol=1e-3, atol=1e-3)
+
+
+def test_training_and_eval_report_miou_in_the_same_unit(tmp_path, capsys):
+    """Validation in metrics.jsonl and `famix eval` give the same number for the same model and data (%)."""
+    spec = "synthetic:fog:3:4:size=64"
+    main(
+        [
+            "train",
+            "-c",
+            TINY,
+            f"train.out={tmp_path}",
+            "train.iterations=3",
+            "style.mix=none",
+            f"data.val=[{spec}]",
+        ]
+    )
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    val = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if "val_miou" in x][
+        -1
+    ]
+    main(
+        [
+            "eval",
+            str(tmp_path / "latest.pt"),
+            "--data",
+            spec,
+            "--workers",
+            "0",
+            "--json",
+            str(tmp_path / "e.json"),
+        ]
+    )
+    evaluated = json.loads((tmp_path / "e.json").read_text())["datasets"][spec]["miou"]
+    assert (
+        val["val_miou"][spec] == pytest.approx(evaluated, abs=1e-9)
+        and printed["best_miou"] == val["val_mean_miou"]
+    )
+    assert 1 < evaluated <= 100  # percent, not a fraction

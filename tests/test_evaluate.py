@@ -228,14 +228,16 @@ def test_predict_logits_window_with_scale_and_ensemble():
 
 def test_evaluate_specs_equals_evaluate_per_dataset():
     import famix.world  # noqa: F401  (synthetic:* specs)
-    from famix.data.datasets import Normalized, build_dataset
+    from famix.data.datasets import build_dataset
+    from famix.data.transforms import normalize
 
     conv = _conv_model(k=19)
     specs = ["synthetic:fog:3:5:size=24", "synthetic:night:2:6:size=16"]
     many = evaluate_specs(conv, specs, 19, batch_size=2, progress=False)
     assert list(many) == specs
     for spec in specs:
-        one = evaluate(conv, [tuple(t[None] for t in item) for item in Normalized(build_dataset(spec))], 19)
+        items = [(normalize(image)[None], label[None]) for image, label in build_dataset(spec)]
+        one = evaluate(conv, items, 19)
         assert many[spec].confusion == one.confusion and many[spec].num_images == one.num_images
 
 
@@ -299,3 +301,27 @@ def test_write_results(tmp_path):
     assert cs["confusion"] == results["cityscapes:/c"].confusion
     named = json.loads(write_results({"x": _result(50.0)}, tmp_path / "n.json", ["a", "b", "c"]).read_text())
     assert named["datasets"]["x"]["per_class_iou"] == {"a": 50.0, "b": 50.0, "c": None}
+
+
+def test_batched_evaluation_equals_batch_one():
+    """Batch 1 and batch N give the same confusion matrix (CPU), also for a dataset of mixed image sizes."""
+    from famix.config import ModelConfig
+    from famix.engine.evaluate import collate_by_size
+    from famix.models.build import build_segmenter
+
+    model = build_segmenter(ModelConfig(backbone="tiny-rn"), seed=1)
+    specs = ["synthetic:fog:5:3:size=40"]
+    one = evaluate_specs(model, specs, 19, batch_size=1, progress=False)[specs[0]]
+    many = evaluate_specs(model, specs, 19, batch_size=4, progress=False)[specs[0]]
+    assert many.confusion == one.confusion and many.num_images == one.num_images == 5
+    g = torch.Generator().manual_seed(0)
+    items = [
+        (torch.randint(0, 256, (3, h, 24), dtype=torch.uint8, generator=g), torch.zeros(h, 24))
+        for h in (16, 24, 16)
+    ]
+    batches = collate_by_size(items)
+    assert [tuple(b[0].shape) for b in batches] == [(2, 3, 16, 24), (1, 3, 24, 24)]
+    assert torch.equal(batches[0][0][1], items[2][0])
+    mixed = evaluate(model, [batches], 19, progress=False)
+    single = evaluate(model, [(i[None], t[None]) for i, t in items], 19, progress=False)
+    assert mixed.confusion == single.confusion and mixed.num_images == 3

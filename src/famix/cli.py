@@ -46,7 +46,14 @@ def cmd_eval(args) -> None:
     device, tta = resolve_device(args.device), _tta(args)
     model, cfg = load_segmenter(args.checkpoint, device=device)
     results = evaluate_specs(
-        model, args.data, cfg.num_classes, device, tta, amp_dtype(args.amp, device), workers=args.workers
+        model,
+        args.data,
+        cfg.num_classes,
+        device,
+        tta,
+        amp_dtype(args.amp, device),
+        batch_size=args.batch_size,
+        workers=args.workers,
     )
     if args.paper_table:
         print(format_paper_table(results))
@@ -142,7 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--json", help="where to write results (default: next to the checkpoint, named by the data evaluated)"
     )
-    e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data-loader processes")
+    e.add_argument(
+        "--batch-size", type=int, default=4, help="images per batch (images of other sizes: their own batch)"
+    )
 
     pr = sub.add_parser("predict", help="segment images and videos (files, folders, globs)")
     pr.add_argument("checkpoint")
@@ -151,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--outputs", nargs="+", default=["trainid", "color", "overlay"], help="for images")
     pr.add_argument("--video-output", default="overlay", choices=["overlay", "color"], help="for videos")
     pr.add_argument(
-        "--batch-size", type=int, default=1, help="images of one size (or video frames) per batch"
+        "--batch-size", type=int, default=4, help="images of one size (or video frames) per batch"
     )
     for s in (e, pr):
         s.add_argument("--scale", type=float, default=None, help="test-time input scale, e.g. 0.5")

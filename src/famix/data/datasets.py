@@ -92,17 +92,3 @@ class SeededTransform(Dataset):
                 torch.manual_seed(seed)
                 image, label = self.transform(image, label)
         return normalize(image), label
-
-
-class Normalized(Dataset):
-    """Evaluation view of a dataset: CLIP-normalised images, labels unchanged."""
-
-    def __init__(self, base: Dataset):
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, label = self.base[index]
-        return normalize(image), label

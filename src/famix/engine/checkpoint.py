@@ -109,4 +109,7 @@ def load_segmenter(
     model_cfg = dataclasses.replace(model_cfg, weights=None)
     model = build_segmenter(model_cfg, seed=0)
     load_model_state(model, ckpt["model_state"], f"checkpoint {checkpoint}")
-    return model.to(device).eval(), model_cfg
+    model = model.to(device).eval()
+    if torch.device(device).type == "cuda":  # cuDNN's fast NHWC convolutions
+        model = model.to(memory_format=torch.channels_last)
+    return model, model_cfg

@@ -15,12 +15,10 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from famix.data.datasets import Normalized, build_dataset
+from famix.data.datasets import build_dataset
+from famix.data.transforms import normalize
 from famix.engine.inference import PLAIN, TestTime, eval_mode, predict_logits
 from famix.progress import progress_bar
-
-# How often (in batches) the progress bar's running mIoU is refreshed; each refresh syncs the device.
-_POSTFIX_EVERY = 10
 
 
 def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -67,11 +65,12 @@ class EvalResult:
 
     @classmethod
     def from_confusion(cls, cm: torch.Tensor, num_images: int) -> EvalResult:
+        cm = cm.cpu()  # the evaluation's one device -> host copy
         miou, per_class = iou_from_confusion(cm)
         return cls(
             miou=100 * miou,
             per_class_iou=[None if math.isnan(v) else 100 * v for v in per_class.tolist()],
-            confusion=cm.cpu().tolist(),
+            confusion=cm.tolist(),
             num_images=num_images,
         )
 
@@ -87,6 +86,17 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def collate_by_size(
+    items: list[tuple[torch.Tensor, torch.Tensor]],
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A DataLoader ``collate_fn`` for evaluation: items of one image size are stacked into one batch, so a
+    batch of a dataset with images of several sizes becomes one (images, labels) batch per size."""
+    groups: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for image, label in items:
+        groups.setdefault(tuple(image.shape), []).append((image, label))
+    return [(torch.stack([i for i, _ in g]), torch.stack([t for _, t in g])) for g in groups.values()]
+
+
 def evaluate(
     model: torch.nn.Module,
     loader: Iterable,
@@ -100,24 +110,30 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate ``model`` on ``loader`` batches ``(images [B,3,H,W], labels [B,H,W])`` and return IoUs.
 
-    Logits are predicted at the label size with the test-time settings ``tta``. Under torch.distributed
-    each rank evaluates its shard and the confusion matrices are summed (``reduce=False`` when only one
-    rank evaluates). The model's per-submodule train/eval state is restored afterwards.
+    Images are uint8 (normalised here, on the device) or already CLIP-normalised floats; a batch may also
+    be a list of such batches (:func:`collate_by_size`). Logits are predicted at the label size with the
+    test-time settings ``tta``; the confusion matrix stays on the device until the end (one host copy
+    per evaluation). Under torch.distributed each rank evaluates its shard and the matrices are summed
+    (``reduce=False`` when only one rank evaluates). The model's train/eval states are restored afterwards.
     """
     device = torch.device(device)
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     num_images = 0
     show = progress and (not _distributed() or dist.get_rank() == 0)
+    channels_last = device.type == "cuda"
     with eval_mode(model), torch.inference_mode():
         bar = progress_bar(loader, desc=desc, disable=not show)
-        for i, (images, labels) in enumerate(bar):
-            images = images.to(device, non_blocking=True)  # [B, 3, H, W]
-            labels = labels.to(device, non_blocking=True)  # [B, H, W]
-            logits = predict_logits(model, images, tta, labels.shape[-2:], amp_dtype)
-            cm += confusion_matrix(logits.argmax(1), labels, num_classes)  # argmax: [B, H, W]
-            num_images += images.shape[0]
-            if show and (i + 1) % _POSTFIX_EVERY == 0:
-                bar.set_postfix(mIoU=f"{100 * iou_from_confusion(cm)[0]:.2f}")
+        for batch in bar:
+            for images, labels in batch if isinstance(batch, list) else [batch]:
+                images = images.to(device, non_blocking=True)  # [B, 3, H, W]
+                labels = labels.to(device, non_blocking=True)  # [B, H, W]
+                if images.dtype == torch.uint8:
+                    images = normalize(images)
+                if channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                logits = predict_logits(model, images, tta, labels.shape[-2:], amp_dtype)
+                cm += confusion_matrix(logits.argmax(1), labels, num_classes)  # argmax: [B, H, W]
+                num_images += images.shape[0]
         bar.close()
     if reduce and _distributed():
         counts = torch.tensor([num_images], dtype=torch.int64, device=device)
@@ -142,14 +158,16 @@ def evaluate_specs(
     """:func:`evaluate` on each dataset spec in turn: ``{spec: EvalResult}`` in the order given.
 
     Each dataset (and its loader workers) is built just before its evaluation, so only one is alive at
-    a time. Images of one batch must share a size (a dataset of mixed sizes needs ``batch_size=1``).
+    a time. Workers hand over uint8 images and labels; normalisation runs on the device. Images of
+    different sizes within a batch are evaluated as one batch per size.
     """
     results = {}
     for spec in specs:
         loader = DataLoader(
-            Normalized(build_dataset(spec)),
+            build_dataset(spec),
             batch_size=batch_size,
             num_workers=workers,
+            collate_fn=collate_by_size,
             pin_memory=torch.device(device).type == "cuda",
         )
         results[spec] = evaluate(

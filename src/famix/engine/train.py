@@ -69,6 +69,7 @@ def train(cfg: Config) -> dict:
     info = init_distributed(cfg.run.device)
     device = resolve_device(cfg.run.device, info)
     t, out = cfg.train, Path(cfg.train.out)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed crop size: let cuDNN pick its kernels
     model = build_segmenter(cfg.model, seed=cfg.run.seed).to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -175,11 +176,15 @@ def _resume_point(cfg: Config, out: Path) -> dict | None:
     return ckpt
 
 
+def make_source_dataset(spec: str, crop: int, jitter: float, hflip: float) -> SeededTransform:
+    """The training view of a source dataset: items ``(index, seed)`` -> augmented (image, label)."""
+    # The augmentation recipe depends on the source (SYNTHIA differs), named by the spec's first field.
+    return SeededTransform(build_dataset(spec), source_transform(spec.split(":")[0], crop, jitter, hflip))
+
+
 def make_train_loader(cfg: Config, info, start: int) -> DataLoader:
     d = cfg.data
-    # The augmentation recipe depends on the source (SYNTHIA differs), named by the spec's first field.
-    transform = source_transform(d.train.split(":")[0], d.crop, d.jitter, d.hflip)
-    dataset = SeededTransform(build_dataset(d.train), transform)
+    dataset = make_source_dataset(d.train, d.crop, d.jitter, d.hflip)
     sampler = StreamSampler(
         len(dataset), d.batch_size, cfg.run.seed, info.rank, info.world_size, start, cfg.train.iterations
     )
@@ -199,7 +204,15 @@ def validate(cfg: Config, model, device, amp, info, logger, step: int) -> float 
     score = None
     if info.main:
         results = evaluate_specs(
-            model, cfg.data.val, cfg.model.num_classes, device, amp_dtype=amp, progress=False, reduce=False
+            model,
+            cfg.data.val,
+            cfg.model.num_classes,
+            device,
+            amp_dtype=amp,
+            batch_size=cfg.data.batch_size,
+            workers=cfg.data.workers,
+            progress=False,
+            reduce=False,
         )
         scores = {spec: r.miou for spec, r in results.items()}
         score = sum(scores.values()) / len(scores)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from famix.style.stats import (
+    affine_patches,
     dominant_class,
     grid_edges,
     normalize_patches,
@@ -97,3 +98,24 @@ def test_dominant_class_tie_goes_to_smaller_value_and_ignore_loses():
     assert dominant_class(labels, 1, 5, 255).item() == 2
     labels = torch.tensor([[[255, 255], [255, 2]]])
     assert dominant_class(labels, 1, 5, 255).item() == 255
+
+
+@pytest.mark.parametrize("b,c,h,w,g", [(2, 4, 12, 12, 3), (3, 5, 13, 10, 3), (1, 3, 9, 11, 2)])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_fused_restyle_equals_normalize_then_restyle(b, c, h, w, g, channels_last, dtype, tol):
+    """The mixer's one-pass ReLU(scale * f + shift) against the two-step formula in fp32: fp32 within 1e-5,
+    bf16 within 3e-2 (bf16 keeps 8 bits of mantissa: ~0.4 % per rounding, on values of a few units)."""
+    gen = torch.Generator().manual_seed(b * 100 + h * 10 + w)
+    f = (torch.randn(b, c, h, w, generator=gen) * 2 + 1).to(dtype)
+    if channels_last:
+        f = f.contiguous(memory_format=torch.channels_last)
+    mu, sigma = patch_stats(f, g)
+    mu2 = torch.randn(b, c, g, g, generator=gen)
+    sigma2 = torch.rand(b, c, g, g, generator=gen) + 0.5
+    expected = restyle(normalize_patches(f.float(), mu, sigma), mu2, sigma2)
+    scale = sigma2 / sigma
+    out = affine_patches(f, scale, mu2 - mu * scale)
+    assert out.dtype == dtype and out.shape == f.shape
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    torch.testing.assert_close(out.float(), expected, rtol=tol, atol=tol)

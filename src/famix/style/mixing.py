@@ -1,6 +1,6 @@
 """Local style randomisation ("Mix"): restyle each layer1 feature patch during training.
 
-The deterministic core (``mix_stats`` + ``stats.restyle``) is separate from the random draws
+The deterministic core (``mix_stats`` + ``stats.affine_patches``) is separate from the random draws
 (``sample_beta``, ``sample_bank_indices``, ``sample_other_patches``), each a pure function taking an
 explicit ``torch.Generator``. ``LocalStyleMixer`` puts them together for a training step, as tensor ops
 with no Python loop over images or patches and no GPU->CPU synchronisation.
@@ -13,7 +13,7 @@ import math
 import torch
 
 from famix.style.bank import PackedBank
-from famix.style.stats import dominant_class, normalize_patches, patch_stats, restyle
+from famix.style.stats import affine_patches, dominant_class, patch_stats
 
 # mode -> (where target styles come from, how they are mixed), the paper's ablations (method.md section 4)
 MIX_MODES = {
@@ -127,8 +127,7 @@ class LocalStyleMixer:
         if self.mode == "none":
             return f
         b, c = f.shape[:2]
-        mu, sigma = patch_stats(f, self.grid)  # [B, C, G, G]
-        f_norm = normalize_patches(f.float(), mu, sigma)
+        mu, sigma = patch_stats(f, self.grid)  # [B, C, G, G] fp32
         if self.mode == "mixstyle":
             flat = lambda t: t.permute(0, 2, 3, 1).reshape(-1, c)  # noqa: E731  [B*G*G, C]
             other = sample_other_patches(b, self.grid**2, self.generator, f.device)
@@ -149,4 +148,6 @@ class LocalStyleMixer:
         else:
             alpha = sample_beta((b, c, 1, 1), self.beta, self.beta, self.generator, f.device)
         mu_mix, sigma_mix = mix_stats(mu, sigma, mu_t, sigma_t, alpha)
-        return restyle(f_norm, mu_mix, sigma_mix).to(f.dtype)
+        # ReLU(sigma_mix * (f - mu) / sigma + mu_mix) as one multiply-add, in f's dtype and memory format
+        scale = sigma_mix / sigma
+        return affine_patches(f, scale, mu_mix - mu * scale)

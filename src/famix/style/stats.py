@@ -52,10 +52,12 @@ def patch_stats(f: torch.Tensor, grid: int, eps: float = EPS) -> tuple[torch.Ten
     return mu, torch.sqrt(var + eps)
 
 
-def expand_patches(values: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Broadcast per-patch values to pixels: [B, C, G, G] -> [B, C, H, W]."""
+def expand_patches(values: torch.Tensor, h: int, w: int, channels_last: bool = False) -> torch.Tensor:
+    """Broadcast per-patch values to pixels: [B, C, G, G] -> [B, C, H, W] (channels_last strides if asked)."""
     grid = values.shape[-1]
     r, c = band_index(h, grid, values.device), band_index(w, grid, values.device)
+    if channels_last:  # gather in [B, G, G, C] so that the result is NHWC in memory
+        return values.permute(0, 2, 3, 1)[:, r][:, :, c].permute(0, 3, 1, 2)
     return values[:, :, r][:, :, :, c]
 
 
@@ -69,6 +71,19 @@ def restyle(f_norm: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torc
     """Give normalised patches new statistics: ReLU(sigma * f_norm + mu); [B, C, H, W] -> [B, C, H, W]."""
     h, w = f_norm.shape[-2:]
     return torch.relu(expand_patches(sigma, h, w) * f_norm + expand_patches(mu, h, w))
+
+
+def affine_patches(f: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """ReLU(scale * f + shift) with per-patch scale, shift [B, C, G, G]: [B, C, H, W] -> [B, C, H, W], in
+    ``f``'s dtype and memory format (channels_last stays channels_last).
+
+    ``restyle(normalize_patches(f, mu, sigma), mu2, sigma2)`` in one pass: scale = sigma2 / sigma,
+    shift = mu2 - mu * scale.
+    """
+    h, w = f.shape[-2:]
+    nhwc = f.dim() == 4 and f.is_contiguous(memory_format=torch.channels_last) and not f.is_contiguous()
+    scale, shift = (expand_patches(t.to(f.dtype), h, w, nhwc) for t in (scale, shift))
+    return torch.addcmul(shift, f, scale).relu_()
 
 
 def dominant_class(labels: torch.Tensor, grid: int, num_classes: int, ignore_index: int) -> torch.Tensor:

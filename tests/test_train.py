@@ -305,3 +305,15 @@ def test_training_and_eval_report_miou_in_the_same_unit(tmp_path, capsys):
         and printed["best_miou"] == val["val_mean_miou"]
     )
     assert 1 < evaluated <= 100  # percent, not a fraction
+
+
+def test_compiled_training_runs_and_matches_eager(tmp_path):
+    """train.compile wraps the network in torch.compile (here the aot_eager backend: no C++ build on CI)."""
+    common = ["train.iterations=2", "train.val_interval=2", "style.mix=mixstyle"]
+    train(tiny_cfg(tmp_path / "eager", *common))
+    train(tiny_cfg(tmp_path / "compiled", *common, "train.compile=aot_eager"))
+    a = load_checkpoint(tmp_path / "eager" / "latest.pt")["model_state"]
+    b = load_checkpoint(tmp_path / "compiled" / "latest.pt")["model_state"]
+    assert a.keys() == b.keys()  # the compiled wrapper adds no prefix to the saved state
+    for k, v in a.items():
+        torch.testing.assert_close(b[k], v, rtol=1e-4, atol=1e-5, msg=k)

@@ -85,6 +85,9 @@ class TrainConfig:
     ckpt_interval: int = 1000  # steps between latest.pt checkpoints (a crash loses at most this much)
     log_interval: int = 50
     channels_last: bool = True
+    compile: str | None = (
+        None  # a torch.compile backend for the training network (e.g. inductor); None: eager
+    )
 
 
 @dataclass

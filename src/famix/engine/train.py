@@ -100,6 +100,8 @@ def train(cfg: Config) -> dict:
         if info.enabled
         else model
     )
+    if t.compile:
+        net = torch.compile(net, backend=t.compile)
     model.train()
     bar = progress_bar(total=t.iterations, initial=start, desc="train", disable=not info.main)
     running, tick, last_log = torch.zeros((), device=device), time.perf_counter(), start

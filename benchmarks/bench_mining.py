@@ -1,75 +1,78 @@
 """Style-mining speed: styles/s (patches mined per second), peak memory and achieved TFLOP/s of PIN.
 
 Defaults are the paper's: RN50 CLIP, batches of 16 crops of 768x768, a 3x3 grid (144 patches per batch),
-100 PIN steps (SGD, lr 0.1, momentum 0.9, weight decay 1e-4), bf16 autocast on CUDA. Weights are random and
-the text targets are random unit vectors (the text tower is not timed). One iteration = one batch as
-``famix.engine.mine.mine_batch`` does it: stem + layer1 features, patch statistics and normalisation, then
-``pin_optimize`` over all patches.
+100 PIN steps (SGD, momentum 0.9, weight decay 1e-4, the recipe's lr), bf16 autocast on CUDA. Weights are
+random, labels are random (each patch's dominant class is then one of the 19 classes at random) and the
+text targets are random unit vectors (the text tower is not timed). One iteration = one call of the real
+mining step, ``famix.style.mining.mine_batch``: stem + layer1 features, patch statistics and
+normalisation, patch choice, then ``pin_optimize`` over the chosen patches.
 
     python benchmarks/bench_mining.py                                    # paper sizes (GPU)
+    python benchmarks/bench_mining.py --recipe official                  # the official recipe
     python benchmarks/bench_mining.py --backbone tiny-rn --size 128 --batch 2 --steps 5 --iters 3  # CPU
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 
 import torch
 
 from common import base_parser, count_flops, peak_memory_bytes, report, setup, time_iterations
+from famix.data.labels import CLASS_NAMES, IGNORE_INDEX
 from famix.models.clip import build_clip, clip_preprocess_size
-from famix.style.mining import pin_optimize, split_patches
-from famix.style.stats import normalize_patches, patch_stats
+from famix.style.mining import RECIPE_LR, MiningSettings, mine_batch
+from famix.style.vocabulary import DEFAULT_STYLE_WORDS
 
 
 def main() -> None:
     p = base_parser(__doc__.splitlines()[0], batch=16, size="768", iters=3, warmup=1)
     p.add_argument("--grid", type=int, default=3, help="patches per side")
     p.add_argument("--steps", type=int, default=100, help="PIN optimisation steps per batch")
-    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--recipe", default="famix", choices=tuple(RECIPE_LR), help="mine.recipe")
+    p.add_argument("--lr", type=float, default=None, help="default: the recipe's")
+    p.add_argument("--per-class", type=int, default=None, help="mine.per_class (famix recipe)")
     args = p.parse_args()
     device, amp_dtype, (h, w) = setup(args)
+    settings = MiningSettings(
+        grid=args.grid,
+        steps=args.steps,
+        vocabulary=DEFAULT_STYLE_WORDS,
+        recipe=args.recipe,
+        lr=args.lr,
+        per_class=args.per_class,
+    )
 
     clip = build_clip(args.backbone, seed=0).to(device).requires_grad_(False)
     visual, pool = clip.visual, clip_preprocess_size(clip) // 4  # 56 for RN50
-    images = torch.randn(args.batch, 3, h, w, device=device)
-    n = args.batch * args.grid**2
     g = torch.Generator(device).manual_seed(0)
+    images = torch.randn(args.batch, 3, h, w, device=device, generator=g)
+    labels = torch.randint(len(CLASS_NAMES), (args.batch, h, w), device=device, generator=g)
+    n = args.batch * args.grid**2
     text = torch.randn(n, visual.output_dim, device=device, generator=g)
     text = text / text.norm(dim=-1, keepdim=True)  # [N, D] unit-norm targets
 
-    def features() -> tuple[list, torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            f = visual.layer1(visual.stem(images))  # [B, C, H/4, W/4]
-            mu, sigma = patch_stats(f, args.grid)  # [B, C, G, G]
-            f_norm = normalize_patches(f, mu, sigma)
-        c = f.shape[1]
-        flat_mu, flat_sigma = (t.permute(0, 2, 3, 1).reshape(-1, c) for t in (mu, sigma))  # [N, C]
-        return split_patches(f_norm, args.grid), flat_mu, flat_sigma
-
-    def pin(groups, flat_mu, flat_sigma, steps: int) -> None:
-        pin_optimize(
+    def step(s: MiningSettings):
+        return mine_batch(
             visual,
-            groups,
-            flat_mu,
-            flat_sigma,
-            text,
+            lambda prompts: text[: len(prompts)],  # random targets in place of the (untimed) text tower
+            images,
+            labels,
+            CLASS_NAMES,
+            s,
+            torch.Generator().manual_seed(0),
             pool,
-            steps=steps,
-            lr=args.lr,
-            momentum=0.9,
-            weight_decay=1e-4,
-            amp_dtype=amp_dtype,
+            IGNORE_INDEX,
+            amp_dtype,
         )
 
-    def mine_batch() -> None:
-        pin(*features(), args.steps)
-
-    flops, seconds = time_iterations(mine_batch, device, args.warmup, args.iters)
+    mined = len(step(dataclasses.replace(settings, steps=0)).classes)  # styles per iteration
+    flops, seconds = time_iterations(lambda: step(settings), device, args.warmup, args.iters)
     peak = peak_memory_bytes(device)
-    # exact FLOPs of one PIN step (forward + backward through the CLIP tail): pin(1 step) - pin(0 steps)
-    feats = features()
-    per_step = (count_flops(lambda: pin(*feats, 1)) - count_flops(lambda: pin(*feats, 0))) / n / 1e9
+    # exact FLOPs of one PIN step (forward + backward through the CLIP tail): step(1 PIN step) - step(0)
+    one, zero = (dataclasses.replace(settings, steps=k) for k in (1, 0))
+    per_step = (count_flops(lambda: step(one)) - count_flops(lambda: step(zero))) / mined / 1e9
     report(
         "mining",
         args,
@@ -78,13 +81,14 @@ def main() -> None:
         flops,
         seconds,
         backbone=args.backbone,
-        items=n,
+        items=mined,
         unit="styles",
         peak_bytes=peak,
         notes=[
-            f"grid={args.grid} ({n} patches/iter) PIN steps={args.steps} pool={pool}",
+            f"recipe={settings.recipe} lr={settings.lr} grid={args.grid} ({n} patches/iter, {mined} mined) "
+            f"PIN steps={args.steps} pool={pool}",
             f"{per_step:.2f} GFLOP per PIN step per patch; "
-            f"{statistics.median(seconds) / args.steps:.3f} s per PIN step of the whole batch",
+            f"{statistics.median(seconds) / max(args.steps, 1):.3f} s per PIN step of the whole batch",
         ],
     )
 

@@ -1,23 +1,65 @@
-"""Style mining: patch splitting, the PIN optimisation (vectorised == one patch at a time), text targets."""
+"""Style mining: patch splitting, patch choice, the PIN optimisation (vectorised == one patch at a time, for
+both recipes), text targets, fp16 loss scaling, and the mining loop's resume check."""
 
 import os
+import shutil
+from pathlib import Path
 
+import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
 
-from famix.engine.mine import cap_per_class, first_per_class
+from famix.config import load_config
+from famix.data.labels import IGNORE_INDEX
+from famix.engine.mine import mine
 from famix.models.clip import build_clip
-from famix.style.mining import clip_tail, pin_optimize, split_patches
+from famix.style import mining
+from famix.style.bank import StyleBank
+from famix.style.mining import (
+    MiningSettings,
+    cap_per_class,
+    clip_tail,
+    first_per_class,
+    mine_batch,
+    pin_optimize,
+    split_patches,
+)
 from famix.style.prompts import TextEmbedder, prompt
 from famix.style.stats import grid_edges, normalize_patches, patch_stats
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+NAMES = [f"class{k}" for k in range(6)]
 
 
 @pytest.fixture(scope="module")
 def clip():
     return build_clip("tiny-rn", seed=0).requires_grad_(False)
+
+
+def patch_inputs(visual, b, h, w, g, seed):
+    """Random layer1-like features cut on a G x G grid: (f_norm, flat mu, flat sigma [N, C])."""
+    f = torch.randn(
+        b, visual.layer1[-1].conv3.out_channels, h, w, generator=torch.Generator().manual_seed(seed)
+    )
+    mu, sigma = patch_stats(f.relu(), g)
+    c = f.shape[1]
+    flat = [t.permute(0, 2, 3, 1).reshape(-1, c) for t in (mu, sigma)]
+    return normalize_patches(f.relu(), mu, sigma), *flat
+
+
+def pin_alone(visual, patch, mu, sigma, text, pool, steps, lr, weight_decay):
+    """The reference: one patch [1, C, h, w] optimised on its own loss, plain SGD (momentum 0.9)."""
+    m, s = mu.clone().requires_grad_(True), sigma.clone().requires_grad_(True)
+    opt = torch.optim.SGD([m, s], lr=lr, momentum=0.9, weight_decay=weight_decay)
+    for _ in range(steps):
+        opt.zero_grad()
+        z = F.adaptive_avg_pool2d(torch.relu(s[None, :, None, None] * patch + m[None, :, None, None]), pool)
+        loss = 1 - F.cosine_similarity(clip_tail(visual, z), text[None])[0]
+        loss.backward()
+        opt.step()
+    return m.detach(), s.detach()
 
 
 @pytest.mark.parametrize(
@@ -39,13 +81,8 @@ def test_split_patches_matches_slicing(b, c, h, w, g):
 @pytest.mark.parametrize("h,w,g", [(12, 12, 3), (13, 10, 3)])
 def test_pin_is_per_patch_independent_and_matches_loop(clip, h, w, g):
     visual = clip.visual
-    gen = torch.Generator().manual_seed(h)
-    f = torch.randn(2, visual.layer1[-1].conv3.out_channels, h, w, generator=gen).relu()
-    mu, sigma = patch_stats(f, g)
-    f_norm = normalize_patches(f, mu, sigma)
-    c = f.shape[1]
-    flat_mu, flat_sigma = (t.permute(0, 2, 3, 1).reshape(-1, c) for t in (mu, sigma))
-    text = F.normalize(torch.randn(flat_mu.shape[0], 128, generator=gen), dim=-1)
+    f_norm, flat_mu, flat_sigma = patch_inputs(visual, 2, h, w, g, seed=h)
+    text = F.normalize(torch.randn(flat_mu.shape[0], 128, generator=torch.Generator().manual_seed(1)), dim=-1)
     steps, lr = 3, 0.5
     mu_s, sigma_s, cos, order = pin_optimize(
         visual, split_patches(f_norm, g), flat_mu, flat_sigma, text, 16, steps, lr
@@ -55,26 +92,16 @@ def test_pin_is_per_patch_independent_and_matches_loop(clip, h, w, g):
         bi, rest = divmod(p, g * g)
         i, j = divmod(rest, g)
         patch = f_norm[bi : bi + 1, :, rows[i] : rows[i + 1], cols[j] : cols[j + 1]]
-        m = flat_mu[p].clone().requires_grad_(True)
-        s = flat_sigma[p].clone().requires_grad_(True)
-        opt = torch.optim.SGD([m, s], lr=lr, momentum=0.9, weight_decay=1e-4)
-        for _ in range(steps):
-            opt.zero_grad()
-            z = F.adaptive_avg_pool2d(torch.relu(s[None, :, None, None] * patch + m[None, :, None, None]), 16)
-            loss = 1 - F.cosine_similarity(clip_tail(visual, z), text[p : p + 1])[0]
-            loss.backward()
-            opt.step()
-        torch.testing.assert_close(mu_s[k], m.detach(), rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(sigma_s[k], s.detach(), rtol=1e-4, atol=1e-5)
+        m, s = pin_alone(visual, patch, flat_mu[p], flat_sigma[p], text[p], 16, steps, lr, 1e-4)
+        torch.testing.assert_close(mu_s[k], m, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(sigma_s[k], s, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(mu_s, flat_mu[order])  # the styles did move
 
 
 def test_pin_raises_similarity_to_text(clip):
-    f = torch.randn(2, 64, 16, 16, generator=torch.Generator().manual_seed(0)).relu()
-    mu, sigma = patch_stats(f, 2)
-    flat = [t.permute(0, 2, 3, 1).reshape(-1, 64) for t in (mu, sigma)]
+    f_norm, *flat = patch_inputs(clip.visual, 2, 16, 16, 2, seed=0)
     text = F.normalize(torch.randn(8, 128, generator=torch.Generator().manual_seed(1)), dim=-1)
-    groups = split_patches(normalize_patches(f, mu, sigma), 2)
+    groups = split_patches(f_norm, 2)
     _, _, before, _ = pin_optimize(clip.visual, groups, *flat, text, 16, steps=0)
     _, _, after, _ = pin_optimize(clip.visual, groups, *flat, text, 16, steps=30, lr=1.0)
     assert (after > before).all()
@@ -87,17 +114,42 @@ def test_text_embedder_averages_templates_then_normalises(clip):
     out = embed(prompts)
     assert prompts[1] == "photo" and out.shape == (3, 128)
     for p, e in zip(prompts, out, strict=True):
-        import open_clip
-
         tokens = open_clip.tokenize([t(p) for t in templates], clip.context_length)
         expected = F.normalize(clip.encode_text(tokens).mean(0), dim=-1)
         torch.testing.assert_close(e, expected, rtol=1e-4, atol=1e-5)
     assert len(embed.cache) == 2  # cached by prompt
 
 
-def test_first_per_class_keeps_the_first_patch_of_each_class():
-    classes = torch.tensor([3, 1, 3, 255, 1, 0, 255])
-    assert first_per_class(classes).tolist() == [True, True, False, True, False, True, False]
+def first_per_class_loop(classes: torch.Tensor) -> torch.Tensor:
+    """The official rule, literally: walk patches j = l * B + b and keep each class's first one."""
+    b, g, _ = classes.shape
+    keep, seen = torch.zeros(classes.shape, dtype=torch.bool), set()
+    for j in range(g * g * b):
+        l, bi = divmod(j, b)
+        row, col = divmod(l, g)
+        k = classes[bi, row, col].item()
+        if k not in seen:
+            seen.add(k)
+            keep[bi, row, col] = True
+    return keep
+
+
+def test_first_per_class_is_patch_major():
+    # class 3 is in image 0 at position 3 and in image 1 at position 0: patch-major order takes image 1's
+    classes = torch.tensor([[[5, 5], [255, 3]], [[3, 7], [5, 255]]])
+    expected = [[[True, False], [True, False]], [[True, True], [False, False]]]
+    assert first_per_class(classes).tolist() == expected
+
+
+@pytest.mark.parametrize("b,g,k", [(1, 3, 4), (2, 2, 3), (4, 3, 6), (16, 3, 20), (3, 5, 2)])
+def test_first_per_class_matches_the_official_loop(b, g, k):
+    for seed in range(5):
+        gen = torch.Generator().manual_seed(seed)
+        classes = torch.randint(k, (b, g, g), generator=gen)
+        classes[classes == k - 1] = IGNORE_INDEX  # ignore patches, a "class" of their own
+        keep = first_per_class(classes)
+        assert torch.equal(keep, first_per_class_loop(classes))
+        assert keep.sum().item() == classes.unique().numel()
 
 
 @pytest.mark.parametrize("seeded", [True, False])
@@ -121,15 +173,132 @@ def test_cap_per_class_matches_a_loop(n, k, cap, seeded):
         assert keep[classes == c].sum().item() == min((classes == c).sum().item(), cap)
 
 
-@pytest.mark.parametrize("overrides", [{"per_class": 0}, {"per_class": 2, "one_per_class": True}])
-def test_mine_rejects_a_meaningless_per_class_cap(tmp_path, overrides):
-    from famix.config import Config
-    from famix.engine.mine import mine
+@pytest.mark.parametrize("b,h,w,g", [(2, 48, 48, 3), (3, 52, 40, 2)])
+def test_official_step_equals_each_chosen_patch_alone_with_scaled_lr_and_decay(clip, b, h, w, g):
+    """recipe=official: the first patch of each class (patch-major), optimised together on the averaged
+    loss with lr 1 == each of those N patches optimised alone with lr 1/N and weight decay 1e-4 * N."""
+    visual, steps, word = clip.visual, 3, "Neon style"
+    gen = torch.Generator().manual_seed(b * h)
+    images = torch.randn(b, 3, h, w, generator=gen)
+    cells = torch.randint(4, (b, g, g), generator=gen)  # the classes repeat across images and positions
+    cells[cells == 3] = IGNORE_INDEX
+    rows, cols = grid_edges(h, g), grid_edges(w, g)
+    r_band, c_band = (torch.repeat_interleave(torch.arange(g), torch.tensor(e).diff()) for e in (rows, cols))
+    labels = cells[:, r_band][:, :, c_band]  # [B, H, W], each cell one class
+    embed = TextEmbedder(clip, (lambda c: f"a photo of {c}.",))
+    settings = MiningSettings(grid=g, steps=steps, vocabulary=(word,), recipe="official")
+    assert settings.lr == 1.0  # the official recipe's default
+    out = mine_batch(visual, embed, images, labels, NAMES, settings, torch.Generator(), 16, IGNORE_INDEX)
 
-    cfg = Config()
-    cfg.mine.out = str(tmp_path / "bank.safetensors")
-    for key, value in overrides.items():
-        setattr(cfg.mine, key, value)
-    with pytest.raises(ValueError, match="mine.per_class"):
-        mine(cfg)
-    assert not (tmp_path / "bank.safetensors").exists()
+    chosen = first_per_class_loop(cells).nonzero().tolist()  # [(b, row, col)]
+    n = len(chosen)
+    assert sorted(out.classes.tolist()) == sorted(cells[tuple(zip(*chosen, strict=True))].tolist())
+    f = visual.layer1(visual.stem(images))
+    mu, sigma = patch_stats(f, g)
+    f_norm = normalize_patches(f, mu, sigma)
+    fr, fc = grid_edges(f.shape[2], g), grid_edges(f.shape[3], g)
+    moved = []
+    for bi, r, c in chosen:
+        k = cells[bi, r, c].item()
+        text = embed([prompt(word, NAMES[k] if k < len(NAMES) else None)])[0]
+        patch = f_norm[bi : bi + 1, :, fr[r] : fr[r + 1], fc[c] : fc[c + 1]]
+        m, s = pin_alone(visual, patch, mu[bi, :, r, c], sigma[bi, :, r, c], text, 16, steps, 1 / n, 1e-4 * n)
+        (row,) = (out.classes == k).nonzero()[:, 0].tolist()
+        torch.testing.assert_close(out.mu[row], m, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out.sigma[row], s, rtol=1e-4, atol=1e-5)
+        moved.append(not torch.allclose(m, mu[bi, :, r, c]))
+    assert all(moved)
+
+
+def test_fp16_pin_scales_the_loss_and_retakes_overflowed_steps(clip, monkeypatch):
+    """fp16 autocast (run on CPU here) goes through a loss scaler; steps whose scaled gradients overflow
+    are taken again, so a first scale that overflows for a dozen tries still gives `steps` real updates."""
+    f_norm, flat_mu, flat_sigma = patch_inputs(clip.visual, 1, 8, 8, 2, seed=3)
+    text = F.normalize(torch.randn(4, 128, generator=torch.Generator().manual_seed(4)), dim=-1)
+    groups = split_patches(f_norm, 2)
+
+    def run(amp):
+        return pin_optimize(clip.visual, groups, flat_mu, flat_sigma, text, 16, 3, 0.5, amp_dtype=amp)[:2]
+
+    fp32, fp16 = run(None), run(torch.float16)
+    monkeypatch.setattr(mining, "FP16_INIT_SCALE", 2.0**30)  # overflows fp16 on the first ~14 tries
+    fp16_overflowing = run(torch.float16)
+    for a, b, c in zip(fp32, fp16, fp16_overflowing, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=5e-3)  # fp16's precision
+        torch.testing.assert_close(c, b, rtol=1e-3, atol=1e-4)  # three real updates, not skipped ones
+    assert not torch.allclose(fp16_overflowing[0], flat_mu[torch.cat([i for _, i in groups])], atol=1e-2)
+
+
+def test_fp16_pin_stops_when_the_gradients_stay_non_finite(clip):
+    f_norm, flat_mu, flat_sigma = patch_inputs(clip.visual, 1, 12, 12, 3, seed=5)
+    text = F.normalize(torch.randn(9, 128, generator=torch.Generator().manual_seed(6)), dim=-1)
+    huge = flat_mu + 1e6  # the restyled patches overflow fp16 in the CLIP tail whatever the loss scale
+    with pytest.raises(FloatingPointError, match="run.amp=bf16"):
+        pin_optimize(
+            clip.visual, split_patches(f_norm, 3), huge, flat_sigma, text, 16, 2, amp_dtype=torch.float16
+        )
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["mine.per_class=0"], "mine.per_class=0"),
+        (["mine.per_class=2", "mine.recipe=official"], "mine.per_class=2 .*mine.recipe=official"),
+        (["mine.recipe=paper"], "mine.recipe='paper'.*famix, official"),
+    ],
+)
+def test_mine_rejects_meaningless_settings_before_writing(tmp_path, overrides, match):
+    bank = tmp_path / "bank.safetensors"
+    with pytest.raises(ValueError, match=match):
+        mine(load_config(TINY, [f"style.bank={bank}", *overrides]), False)
+    assert not bank.exists()
+
+
+def tiny_mine(bank, *overrides):
+    return mine(load_config(TINY, [f"style.bank={bank}", "mine.steps=1", *overrides]), False)
+
+
+@pytest.fixture(scope="module")
+def one_batch_bank(tmp_path_factory):
+    """A bank interrupted after one batch of 4 images (the tiny config, 1 PIN step)."""
+    bank = tmp_path_factory.mktemp("mine") / "bank.safetensors"
+    tiny_mine(bank, "mine.max_images=4")
+    return bank
+
+
+@pytest.mark.parametrize(
+    "override,change",
+    [
+        ("mine.momentum=0.5", "mine.momentum: 0.9 -> 0.5"),
+        ("mine.weight_decay=0.001", "mine.weight_decay: 0.0001 -> 0.001"),
+        ("mine.recipe=official", "mine.recipe: 'famix' -> 'official'"),
+        ("mine.lr=0.2", "mine.lr: 0.1 -> 0.2"),
+        ("run.seed=1", "run.seed: 0 -> 1"),
+    ],
+)
+def test_mine_refuses_to_resume_with_other_settings_naming_them(one_batch_bank, override, change):
+    with pytest.raises(FileExistsError, match="other settings") as error:
+        tiny_mine(one_batch_bank, "mine.max_images=8", override)
+    assert change in str(error.value) and "pass another style.bank" in str(error.value)
+    assert StyleBank.load(one_batch_bank).metadata["batches_done"] == 1  # untouched
+
+
+def test_mine_resumes_with_other_save_every_and_max_images(one_batch_bank, tmp_path):
+    bank = shutil.copy(one_batch_bank, tmp_path / "bank.safetensors")
+    first = StyleBank.load(bank)
+    resumed = tiny_mine(bank, "mine.max_images=8", "mine.save_every=1", "mine.lr=0.1")  # lr: the default
+    assert resumed.metadata["batches_done"] == 2 and len(resumed) == 2 * 4 * 9
+    for name, (mu, _) in first.styles.items():  # the first batch's styles are kept, the second's appended
+        assert torch.equal(resumed.styles[name][0][: len(mu)], mu)
+
+
+def test_mine_official_recipe_mines_at_most_one_style_per_class_per_batch(tmp_path):
+    bank = tmp_path / "bank.safetensors"
+    counts = []
+    for images in (4, 8):  # one batch, then a resumed second one
+        counts.append(tiny_mine(bank, "mine.recipe=official", f"mine.max_images={images}").counts())
+    per_batch = [counts[0], {name: counts[1][name] - counts[0][name] for name in counts[0]}]
+    for batch in per_batch:
+        assert set(batch.values()) <= {0, 1} and sum(batch.values()) >= 1
+    meta = StyleBank.load(bank).metadata
+    assert meta["mine"]["recipe"] == "official" and meta["mine"]["lr"] == 1.0 and meta["batches_done"] == 2

@@ -113,6 +113,10 @@ class StyleBank:
             bank.styles[name] = (value, sigma) if kind == "mu" else (mu, value)
         return bank
 
+    def _backbone(self) -> str:
+        model = self.metadata.get("model")
+        return model.get("backbone", "?") if isinstance(model, dict) else self.metadata.get("backbone", "?")
+
     def check_compatible(
         self, channels: int, class_names: list[str] | tuple[str, ...], source: str = ""
     ) -> None:
@@ -121,7 +125,7 @@ class StyleBank:
         if self.channels != channels:
             raise ValueError(
                 f"style bank{where} has {self.channels}-channel styles but the model's layer1 has {channels} "
-                f"channels (bank mined with backbone {self.metadata.get('backbone', '?')}): mine a bank with "
+                f"channels (bank mined with backbone {self._backbone()}): mine a bank with "
                 "the same backbone as the model (`famix mine`)"
             )
         if list(self.class_names) != list(class_names):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import open_clip
 import torch
 
@@ -9,6 +11,18 @@ import torch
 def prompt(style: str, class_name: str | None) -> str:
     """The mining text of a patch: "<style> <class>", or "photo" for an ignore-dominant patch."""
     return "photo" if class_name is None else f"{style} {class_name}"
+
+
+def draw_prompts(
+    classes: torch.Tensor, class_names: Sequence[str], vocabulary: Sequence[str], generator: torch.Generator
+) -> list[str]:
+    """The mining texts of N patches: a style word drawn uniformly from ``vocabulary`` (with ``generator``)
+    for each patch, with its class. classes: [N] trainIds; any other value (the ignore index) -> "photo"."""
+    words = torch.randint(len(vocabulary), (classes.numel(),), generator=generator).tolist()
+    return [
+        prompt(vocabulary[w], class_names[k] if 0 <= k < len(class_names) else None)
+        for w, k in zip(words, classes.tolist(), strict=True)
+    ]
 
 
 class TextEmbedder:

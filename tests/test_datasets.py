@@ -37,7 +37,7 @@ def test_cityscapes_pairs_counts_and_label_ids(tmp_path):
     for k in range(5):
         image, label = everything[k]  # sorted: train/aachen, train/bochum, val/lindau
         assert image.dtype == torch.uint8 and image.shape == (3, fake.H, fake.W)
-        assert label.dtype == torch.int64 and label.shape == (fake.H, fake.W)
+        assert label.dtype == torch.uint8 and label.shape == (fake.H, fake.W)
         assert pixel(image) == k  # image k came with label k
         raw = fake.raster(fake.CITYSCAPES_VALUES, first=7 + k)
         assert torch.equal(label, expected(raw, CITYSCAPES))

@@ -1,7 +1,8 @@
 """Datasets by name: ``NAME[:CONDITION]:ROOT[:SPLIT][:KEY=VALUE...]`` specs, and the seeded training
 wrapper.
 
-Every dataset yields (image uint8 [3, H, W], label int64 [H, W] of trainIds with 255 = ignore).
+Every dataset yields (image uint8 [3, H, W], label [H, W] of trainIds with 255 = ignore; uint8 for the
+benchmark datasets).
 SPLIT is a split name (``train``, ``val``) or the path of a split-list file (containing ``/`` or
 ending in ``.txt``; one image name per line); without SPLIT every image/label pair found is used,
 sorted. ``KEY=VALUE`` fields are per-dataset options (``mismatch=skip|error|resize`` everywhere; see

@@ -145,6 +145,6 @@ def to_train_ids(raw: np.ndarray, encoding: str) -> np.ndarray:
     """Map raw ids [H, W] (any integer dtype) to uint8 trainIds [H, W]; ids > 255 become ignore."""
     lut = ENCODINGS[encoding].lut
     if raw.dtype == np.uint8:
-        return lut[raw]
+        return np.take(lut, raw)
     # 16-bit labels: every LUT maps 255 to ignore, so clamping sends out-of-range ids to ignore too.
     return lut[np.minimum(raw, 255).astype(np.intp)]

@@ -1,6 +1,6 @@
 """The dataset class shared by every benchmark loader, and size screening of image/label pairs.
 
-Items are (image uint8 [3, H, W], label int64 [H, W] of trainIds, 255 = ignore).
+Items are (image uint8 [3, H, W], label uint8 [H, W] of trainIds, 255 = ignore).
 """
 
 from __future__ import annotations
@@ -89,22 +89,23 @@ class PairedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(image uint8 [H, W, 3], trainIds uint8 [H, W]) before the evaluation transform."""
+    def load(self, index: int) -> tuple[torch.Tensor, np.ndarray]:
+        """(image uint8 [3, H, W], trainIds uint8 [H, W]) before the evaluation transform."""
         pair = self.pairs[index]
         image = read_image(pair.image)
         label = to_train_ids(read_raw_label(pair.label, pair.encoding), pair.encoding)
-        if label.shape != image.shape[:2]:
+        if label.shape != tuple(image.shape[1:]):
             if self.mismatch != "resize":
-                image_wh, label_wh = image.shape[1::-1], label.shape[::-1]
+                image_wh, label_wh = (image.shape[2], image.shape[1]), label.shape[::-1]
                 raise DatasetError(f"{self.name}: " + mismatch_message(pair, image_wh, label_wh))
-            size = (image.shape[1], image.shape[0])
+            size = (image.shape[2], image.shape[1])
             label = np.array(Image.fromarray(label).resize(size, Image.NEAREST))
         return image, label
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image uint8 [3, H, W], trainIds uint8 [H, W]; 255 = ignore)."""
         image, label = self.load(index)
         if self.eval_transform is not None:
-            image, label = self.eval_transform(image, label)
-        image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
-        return image_t, torch.from_numpy(np.ascontiguousarray(label)).long()
+            array, label = self.eval_transform(image.permute(1, 2, 0).numpy(), label)
+            image = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
+        return image, torch.from_numpy(np.ascontiguousarray(label))

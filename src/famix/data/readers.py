@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from famix.data.folder import DatasetError
@@ -35,13 +36,28 @@ def image_size(path: Path, kind: str = "image") -> tuple[int, int]:
         raise _corrupt(path, kind, err) from err
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An RGB image file -> uint8 [H, W, 3]."""
+def read_image(path: Path) -> torch.Tensor:
+    """An RGB image file -> uint8 [3, H, W].
+
+    PNGs (GTA5, SYNTHIA, Cityscapes, ACDC) go through torchvision's libpng decoder straight into a
+    channel-first tensor (lossless: the same pixels as PIL, without PIL's decode-then-transpose copies);
+    other formats (the JPEGs of BDD100K and Mapillary) through PIL, as the official code reads them.
+    """
+    if path.suffix.lower() == ".png":
+        from torchvision.io import ImageReadMode, decode_png, read_file
+
+        try:
+            data = decode_png(read_file(str(path)), mode=ImageReadMode.RGB)
+        except _READ_ERRORS as err:
+            raise _corrupt(path, "image", err) from err
+        if data.dtype == torch.uint8:
+            return data
     try:
         with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
+            array = np.array(im.convert("RGB"))  # [H, W, 3]
     except _READ_ERRORS as err:
         raise _corrupt(path, "image", err) from err
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 def read_index_png(path: Path) -> np.ndarray:

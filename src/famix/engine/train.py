@@ -108,7 +108,7 @@ def train(cfg: Config) -> dict:
     last = min(t.iterations, t.stop_after or t.iterations)
     for step, (images, labels) in zip(range(start + 1, last + 1), loader, strict=False):
         images = images.to(device, non_blocking=True)  # [B, 3, H, W]
-        labels = labels.to(device, non_blocking=True)  # [B, H, W]
+        labels = labels.to(device, non_blocking=True).long()  # [B, H, W]
         if t.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         torch.manual_seed(step_seed(cfg.run.seed, step, info.rank))

@@ -138,5 +138,6 @@ def test_train_loader_uses_the_synthia_recipe(tmp_path):
     cfg.train.iterations = 1
     loader = make_train_loader(cfg, DistInfo(), 0)
     assert "synthia_transform" in loader.dataset.transform.__qualname__
-    images, labels = next(iter(loader))
-    assert images.shape == (2, 3, 32, 32) and images.dtype == torch.float32 and labels.shape == (2, 32, 32)
+    images, labels, jitter = next(iter(loader))  # what workers hand over: uint8, jitter runs on the device
+    assert images.shape == (2, 3, 32, 32) and images.dtype == torch.uint8 and labels.shape == (2, 32, 32)
+    assert labels.dtype == torch.uint8 and jitter.shape == (2, 6)

@@ -168,9 +168,10 @@ def test_acdc_conditions_splits_and_fog_filter(tmp_path):
 def test_synthia_transform_sizes():
     image = torch.randint(0, 255, (3, 24, 40), dtype=torch.uint8)
     label = torch.randint(0, 19, (24, 40))
-    torch.manual_seed(0)
-    out_image, out_label = source_transform("synthia", 32, 0.8, 0.5)(image, label)
-    assert out_image.shape == (3, 32, 32) and out_image.dtype == torch.uint8
-    assert out_label.shape == (32, 32) and set(out_label.unique().tolist()) <= set(range(19)) | {255}
-    out_image, out_label = source_transform("gta5", 16)(image, label)
+    g = torch.Generator().manual_seed(0)
+    out_image, out_label, params = source_transform("synthia", 32, 0.8, 0.5)(image, label, g)
+    assert out_image.shape == (3, 32, 32) and out_image.dtype == torch.uint8 and params.shape == (6,)
+    assert out_label.dtype == torch.uint8 and out_label.shape == (32, 32)
+    assert set(out_label.unique().tolist()) <= set(range(19)) | {255}
+    out_image, out_label, _ = source_transform("gta5", 16)(image, label, g)
     assert out_image.shape == (3, 16, 16) and out_label.shape == (16, 16)

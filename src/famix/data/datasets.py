@@ -19,7 +19,6 @@ import torch
 from torch.utils.data import Dataset
 
 from famix.data import acdc, bdd, cityscapes, gta5, mapillary, synthia
-from famix.data.transforms import normalize
 
 
 @dataclass(frozen=True)
@@ -73,23 +72,21 @@ def describe_datasets() -> str:
 
 
 class SeededTransform(Dataset):
-    """Applies a random joint transform whose randomness is a function of (index, seed) alone.
+    """Training items: ``(index, seed)`` -> ``transform(image, label, torch.Generator().manual_seed(seed))``.
 
-    Items are requested as ``(index, seed)`` pairs (see ``engine.sampler``), so augmentations are
-    reproducible across resumes, worker counts and ranks. Returns (normalised image, label).
+    The augmentation of an item is a function of (index, seed) alone (``engine.sampler`` pairs them), so it
+    is reproducible across resumes, worker counts and ranks. With :func:`~famix.data.transforms.
+    train_transform` an item is (uint8 crop [3, c, c], uint8 label [c, c], colour-jitter params [6]); the
+    jitter and the normalisation run on the device (``transforms.color_jitter``, ``normalize``).
     """
 
-    def __init__(self, base: Dataset, transform: Callable | None):
+    def __init__(self, base: Dataset, transform: Callable):
         self.base, self.transform = base, transform
 
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, ...]:
         index, seed = item
         image, label = self.base[index]
-        if self.transform is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                image, label = self.transform(image, label)
-        return normalize(image), label
+        return self.transform(image, label, torch.Generator().manual_seed(seed))

@@ -17,7 +17,7 @@ from famix import __version__
 from famix.config import RESUMABLE_KEYS, Config, MineConfig, changed_settings
 from famix.data.datasets import SeededTransform, build_dataset
 from famix.data.labels import IGNORE_INDEX
-from famix.data.transforms import train_transform
+from famix.data.transforms import normalize, train_transform
 from famix.engine.amp import amp_dtype
 from famix.engine.distributed import resolve_device
 from famix.engine.seeds import item_seed, sequence_seed
@@ -80,12 +80,12 @@ def mine(cfg: Config, progress: bool = True) -> StyleBank:
     bar = progress_bar(
         loader, total=math.ceil(total / m.batch_size), initial=start, desc="mine", disable=not progress
     )
-    for batch, (images, labels) in enumerate(bar, start=start):
+    for batch, (images, labels, _) in enumerate(bar, start=start):  # no jitter: _ is the identity
         generator = torch.Generator().manual_seed(sequence_seed(seed, batch))
         styles = mine_batch(
             visual,
             embed,
-            images.to(device),
+            normalize(images.to(device)),
             labels.to(device),
             names,
             settings,

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from famix.config import Config, changed_settings, save_config
 from famix.data.datasets import SeededTransform, build_dataset
 from famix.data.labels import IGNORE_INDEX
-from famix.data.transforms import source_transform
+from famix.data.transforms import color_jitter, normalize, source_transform
 from famix.engine.amp import amp_dtype
 from famix.engine.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from famix.engine.distributed import barrier, cleanup, init_distributed, resolve_device
@@ -106,11 +106,9 @@ def train(cfg: Config) -> dict:
     bar = progress_bar(total=t.iterations, initial=start, desc="train", disable=not info.main)
     running, tick, last_log = torch.zeros((), device=device), time.perf_counter(), start
     last = min(t.iterations, t.stop_after or t.iterations)
-    for step, (images, labels) in zip(range(start + 1, last + 1), loader, strict=False):
-        images = images.to(device, non_blocking=True)  # [B, 3, H, W]
+    for step, (images, labels, jitter) in zip(range(start + 1, last + 1), loader, strict=False):
+        images = prepare_images(images.to(device, non_blocking=True), jitter, t.channels_last)  # [B, 3, H, W]
         labels = labels.to(device, non_blocking=True).long()  # [B, H, W]
-        if t.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         torch.manual_seed(step_seed(cfg.run.seed, step, info.rank))
         if mixer is not None:
             mixer.generator.manual_seed(step_seed(cfg.run.seed, step, info.rank))
@@ -154,6 +152,13 @@ def train_step(net, mixer, images, labels, optimizer, scaler, amp_dtype, criteri
     scaler.step(optimizer)
     scaler.update()
     return loss.detach()
+
+
+def prepare_images(images: torch.Tensor, jitter: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A training batch on the device: uint8 [B, 3, H, W] and per-image jitter parameters [B, 6] ->
+    colour-jittered, CLIP-normalised float32 [B, 3, H, W] (channels_last if asked)."""
+    x = normalize(color_jitter(images, jitter))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def _resume_point(cfg: Config, out: Path) -> dict | None:

@@ -6,6 +6,7 @@ The resolved config is written beside every run and stored in every checkpoint a
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -36,7 +37,7 @@ class DataConfig:
     val: list[str] = field(default_factory=list)
     crop: int = 768
     batch_size: int = 8
-    workers: int = 4
+    workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))  # loader processes: cores, <= 8
     jitter: float = 0.8  # brightness = contrast = saturation jitter
     hflip: float = 0.5
 

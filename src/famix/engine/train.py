@@ -203,6 +203,7 @@ def make_train_loader(cfg: Config, info, start: int) -> DataLoader:
         pin_memory=torch.cuda.is_available(),
         drop_last=True,
         persistent_workers=d.workers > 0,
+        prefetch_factor=4 if d.workers > 0 else None,
     )
 
 

@@ -17,14 +17,14 @@ FILE_INTERVAL = 30.0  # seconds between progress lines in a log file
 class _LineBar(tqdm):
     """A tqdm that writes each refresh as its own line (no carriage return)."""
 
-    _last = ""
+    _last_n: int | None = None
 
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
         text = (msg or self.__str__()).strip()
-        if text and text != self._last:  # close() redisplays the final state
+        if text and self.n != self._last_n:  # one line per position (close() redisplays the last one)
             self.fp.write(text + "\n")
             self.fp.flush()
-            self._last = text
+            self._last_n = self.n
         return True
 
 

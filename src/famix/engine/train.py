@@ -15,7 +15,7 @@ from famix.config import Config, changed_settings, save_config
 from famix.data.datasets import SeededTransform, build_dataset
 from famix.data.labels import IGNORE_INDEX
 from famix.data.transforms import color_jitter, normalize, source_transform
-from famix.engine.amp import amp_dtype
+from famix.engine.amp import amp_dtype, autocast
 from famix.engine.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from famix.engine.distributed import barrier, cleanup, init_distributed, resolve_device
 from famix.engine.evaluate import evaluate_specs
@@ -144,7 +144,7 @@ def train_step(net, mixer, images, labels, optimizer, scaler, amp_dtype, criteri
     """One SGD step: images [B, 3, H, W], labels [B, H, W]; layer1 features restyled by ``mixer``.
     Returns the detached loss (no host synchronisation)."""
     restyle = (lambda f: mixer(f, labels)) if mixer is not None else None
-    with torch.autocast(images.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+    with autocast(images.device, amp_dtype):
         logits = net(images, restyle=restyle)  # [B, K, H, W]
         loss = criterion(logits, labels)
     optimizer.zero_grad(set_to_none=True)

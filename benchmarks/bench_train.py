@@ -3,8 +3,10 @@
 Defaults are the paper's: RN50, output stride 16, batch 8, 768x768 crops, GTA5 freezing (last-block),
 local style mixing (famix mode: Beta(0.1, 0.1) mixing with styles of the patch's dominant class, from a
 random style bank), SGD with the poly schedule, bf16 autocast on CUDA, channels_last. Weights are random
-(speed does not depend on them). One iteration = forward with mixing + loss + backward + optimizer and
-scheduler steps, exactly as ``famix.engine.train`` does it (data loading excluded).
+(speed does not depend on them). One iteration is the body of ``famix.engine.train.train``'s loop:
+``prepare_images`` (colour jitter and normalisation of the uint8 batch on the device), ``train_step``
+(forward with mixing, ``SegmentationLoss``, backward, optimizer step) and the scheduler step, with the
+optimizer, mixer and loss built as ``train`` builds them (data loading excluded).
 
     python benchmarks/bench_train.py                                    # paper sizes (GPU)
     python benchmarks/bench_train.py --backbone tiny-rn --size 128 --batch 2 --iters 3   # CPU smoke run
@@ -13,38 +15,41 @@ scheduler steps, exactly as ``famix.engine.train`` does it (data loading exclude
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from common import base_parser, report, setup, time_iterations
 from famix.config import Config, ModelConfig
-from famix.engine.train import build_optimizer
+from famix.data.labels import IGNORE_INDEX
+from famix.data.transforms import jitter_params
+from famix.engine.loss import SegmentationLoss
+from famix.engine.train import build_mixer, build_optimizer, prepare_images, train_step
 from famix.models.build import build_segmenter
-from famix.style.mixing import LocalStyleMixer
+from famix.style.bank import StyleBank
 
 
-def random_bank(
-    channels: int, num_classes: int, per_class: int, device: torch.device, seed: int = 0
-) -> tuple[torch.Tensor, ...]:
-    """A class-sorted bank of ``per_class`` random styles for each class and for ignore, packed as
-    ``StyleBank.packed``: mu, sigma [N, C], counts, offsets [num_classes + 1] long."""
+def random_bank(class_names: list[str], channels: int, per_class: int, seed: int = 0) -> StyleBank:
+    """A style bank of ``per_class`` random styles (mu, sigma [C]) for each class and for ignore."""
     g = torch.Generator().manual_seed(seed)
-    n = per_class * (num_classes + 1)
-    mu = torch.randn(n, channels, generator=g) * 0.5
-    sigma = torch.rand(n, channels, generator=g) + 0.1
-    counts = torch.full((num_classes + 1,), per_class, dtype=torch.long)
-    offsets = torch.cumsum(counts, 0) - counts
-    return tuple(t.to(device) for t in (mu, sigma, counts, offsets))
+    bank = StyleBank(list(class_names), channels)
+    classes = torch.arange(len(class_names) + 1).repeat_interleave(per_class)  # [N]
+    classes[classes == len(class_names)] = IGNORE_INDEX
+    mu = torch.randn(classes.numel(), channels, generator=g) * 0.5  # [N, C]
+    sigma = torch.rand(classes.numel(), channels, generator=g) + 0.1  # [N, C]
+    bank.add(mu, sigma, classes, IGNORE_INDEX)
+    return bank
 
 
 def random_labels(
     batch: int, h: int, w: int, num_classes: int, device: torch.device, block: int = 32
 ) -> torch.Tensor:
-    """[B, H, W] long: blocky random trainIds with ~5% ignore (255), so patches have dominant classes."""
+    """[B, H, W] long: blocky random trainIds with ~5% ignore, so that patches have dominant classes."""
     g = torch.Generator().manual_seed(1)
     coarse = torch.randint(0, num_classes, (batch, 1, -(-h // block), -(-w // block)), generator=g)
-    coarse[torch.rand(coarse.shape, generator=g) < 0.05] = 255
+    coarse[torch.rand(coarse.shape, generator=g) < 0.05] = IGNORE_INDEX
     labels = F.interpolate(coarse.float(), size=(h, w), mode="nearest")[:, 0].long()
     return labels.to(device)
 
@@ -69,37 +74,32 @@ def main() -> None:
     cfg = Config(
         model=ModelConfig(backbone=args.backbone, output_stride=args.output_stride, freeze=args.freeze)
     )
-    cfg.data.batch_size, cfg.data.crop = args.batch, h
-    model = build_segmenter(cfg.model, seed=0).to(device)
+    cfg.data.batch_size, cfg.data.crop, cfg.style.mix = args.batch, h, args.mix
+    cfg.train.channels_last, cfg.run.device, cfg.run.amp = args.channels_last, args.device, args.amp
+    model = build_segmenter(cfg.model, seed=cfg.run.seed).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
     optimizer, scheduler = build_optimizer(model, cfg)
-    k = cfg.model.num_classes
-    bank = (
-        random_bank(model.low_channels, k, args.styles_per_class, device)
-        if args.mix in ("famix", "augment")
-        else None
-    )
-    mixer = LocalStyleMixer(
-        args.mix, cfg.style.grid, cfg.style.beta, k, bank, generator=torch.Generator(device).manual_seed(0)
-    )
+    with tempfile.TemporaryDirectory() as tmp:  # the mixer reads its bank from a file, as in training
+        if args.mix in ("famix", "augment"):
+            cfg.style.bank = str(Path(tmp) / "bank.safetensors")
+            bank = random_bank(cfg.model.class_names, model.low_channels, args.styles_per_class)
+            bank.save(cfg.style.bank)
+        mixer = build_mixer(cfg, model, device)
+    if mixer is not None:
+        mixer.generator.manual_seed(cfg.run.seed)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    criterion = SegmentationLoss(cfg.train.label_smoothing, IGNORE_INDEX)
 
-    images = torch.randn(args.batch, 3, h, w, device=device)
-    if args.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    labels = random_labels(args.batch, h, w, k, device)
-    restyle = None if args.mix == "none" else (lambda f: mixer(f, labels))
+    g = torch.Generator().manual_seed(2)
+    images = torch.randint(0, 256, (args.batch, 3, h, w), dtype=torch.uint8, generator=g).to(device)
+    jitter = torch.stack([jitter_params(cfg.data.jitter, g) for _ in range(args.batch)])  # [B, 6]
+    labels = random_labels(args.batch, h, w, cfg.model.num_classes, device)  # [B, H, W]
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            logits = model(images, restyle=restyle)  # [B, K, H, W]
-            loss = F.cross_entropy(
-                logits.float(), labels, ignore_index=255, label_smoothing=cfg.train.label_smoothing
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        x = prepare_images(images, jitter, args.channels_last)  # [B, 3, H, W] float
+        train_step(model, mixer, x, labels, optimizer, scaler, amp_dtype, criterion)
         scheduler.step()
 
     flops, seconds = time_iterations(step, device, args.warmup, args.iters)

@@ -8,7 +8,6 @@ their backward) actually dispatched. Elementwise ops are not counted, as usual f
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import platform
 import resource
@@ -25,10 +24,10 @@ from torch.utils.flop_counter import FlopCounterMode
 if importlib.util.find_spec("famix") is None:  # not installed: use this checkout's src/
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from famix.engine.amp import AMP_DTYPES, amp_dtype  # noqa: E402
 from famix.engine.distributed import resolve_device  # noqa: E402
 
 BACKBONES = ("RN50", "RN101", "tiny-rn")
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def base_parser(
@@ -51,9 +50,9 @@ def base_parser(
     )
     p.add_argument(
         "--amp",
-        default="auto",
-        choices=("auto", "bf16", "off"),
-        help="autocast dtype; auto = bf16 on CUDA, off on CPU",
+        default="bf16",
+        choices=tuple(AMP_DTYPES),
+        help="autocast dtype on CUDA, as famix's run.amp (a CPU always runs in fp32, as famix does)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-header", action="store_true", help="print only the table row (to append to a table)")
@@ -72,22 +71,15 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def setup(args: argparse.Namespace) -> tuple[torch.device, torch.dtype | None, tuple[int, int]]:
-    """Resolve the device, the autocast dtype (None = no autocast) and the input size (H, W); seed
-    everything."""
+    """Resolve the device, the autocast dtype (None = no autocast: off, or not on CUDA; famix's rule) and
+    the input size (H, W); seed everything."""
     if args.iters < 1 or args.warmup < 0 or args.batch < 1:
         raise SystemExit("--iters and --batch must be >= 1, --warmup >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    amp = args.amp if args.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
-    return device, AMP_DTYPES.get(amp), parse_size(args.size)
-
-
-def autocast(device: torch.device, amp_dtype: torch.dtype | None):
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=amp_dtype)
+    return device, amp_dtype(args.amp, device), parse_size(args.size)
 
 
 def synchronize(device: torch.device) -> None:
@@ -221,15 +213,16 @@ def print_table(result: Result, header: bool = True) -> None:
         print(f"# {result.benchmark}: {note}", file=sys.stderr)
 
 
-def amp_name(amp_dtype: torch.dtype | None) -> str:
-    return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "off"}[amp_dtype]
+def amp_name(dtype: torch.dtype | None) -> str:
+    """The ``run.amp`` name of an autocast dtype ("off" for None)."""
+    return {d: name for name, d in AMP_DTYPES.items()}[dtype]
 
 
 def report(
     benchmark: str,
     args: argparse.Namespace,
     device: torch.device,
-    amp_dtype: torch.dtype | None,
+    dtype: torch.dtype | None,
     flops: int,
     seconds: list[float],
     *,
@@ -251,7 +244,7 @@ def report(
         backbone,
         args.batch,
         f"{h}x{w}",
-        amp_name(amp_dtype),
+        amp_name(dtype),
         seconds,
         args.batch if items is None else items,
         unit,

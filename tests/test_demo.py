@@ -1,13 +1,15 @@
-"""The demo: report arithmetic (against plain loops), the bank table, and a quick end-to-end run that is
-reused, not redone, when run again."""
+"""The demo: report arithmetic (against plain loops), the bank table, the labelled prediction grid, and a
+quick end-to-end run that is reused, not redone, when run again (and says so)."""
 
 import os
 import statistics
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from famix.demo import run as demo
-from famix.demo.report import GROUPS, bank_table, report
+from famix.demo.report import GROUPS, bank_table, labelled_grid, report
 from famix.demo.run import ABLATION, BASELINE, DEFAULT_VARIANTS, FAMIX, run_demo, run_folder
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -26,7 +28,9 @@ def test_report_rows_are_means_over_seeds_and_deltas_are_paired():
     import random
 
     rng = random.Random(0)
-    values = {v: [{d: 100 * rng.random() for d in DOMAINS} for _ in range(3)] for v in (BASELINE, "F/-/M", FAMIX)}
+    values = {
+        v: [{d: 100 * rng.random() for d in DOMAINS} for _ in range(3)] for v in (BASELINE, "F/-/M", FAMIX)
+    }
     text = report(_runs(values), DOMAINS, BASELINE, FAMIX, "F/-/M")
     for v, seeds in values.items():
         held = [sum(s[d] for d in DOMAINS[1:]) / 4 for s in seeds]
@@ -59,14 +63,47 @@ def test_bank_table_lists_every_class_with_styles():
     assert lines[5] == "| 1 | mined | 4 | 0 | 1 |"
 
 
-def test_quick_demo_writes_its_outputs_and_reuses_finished_runs(tmp_path, monkeypatch):
-    out = tmp_path / "demo"
-    first = run_demo(out, quick=True)
+def _has_text(strip: np.ndarray) -> bool:
+    """Dark label pixels on the white margin."""
+    return bool((strip == 255).all(-1).any() and (strip.max(-1) < 128).any())
+
+
+def test_labelled_grid_adds_label_margins_with_text():
+    rng = np.random.default_rng(0)
+    rows, cols = ["day", "night", "fog"], ["image", "ground truth", "F/A/M, un-optimised styles"]
+    h, w = 24, 64
+    cells = [[rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in cols] for _ in rows]
+    out = labelled_grid(cells, rows, cols)
+    bare = np.concatenate([np.concatenate(r, axis=1) for r in cells], axis=0)
+    top, left = out.shape[0] - bare.shape[0], out.shape[1] - bare.shape[1]
+    assert top > 0 and left > 0 and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[top:, left:], bare)  # the cells, untouched, below and right of labels
+    for j in range(len(cols)):
+        assert _has_text(out[:top, left + j * w : left + (j + 1) * w]), cols[j]
+    for i in range(len(rows)):
+        assert _has_text(out[top + i * h : top + (i + 1) * h, :left]), rows[i]
+    assert (out[:top, :left] == 255).all()  # the corner stays blank
+    with pytest.raises(ValueError, match="labels"):
+        labelled_grid(cells, rows[:2], cols)
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    """A quick demo run (shared: it takes about a minute): its folder and its returned results."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    return out, run_demo(out, quick=True)
+
+
+def test_quick_demo_writes_its_outputs_and_reuses_finished_runs(quick_demo, monkeypatch):
+    out, first = quick_demo
     for name in ("results.md", "results.json", "results.png", "predictions.png", "seed0/config.yaml"):
         assert (out / name).is_file(), name
     text = (out / "results.md").read_text()
     assert all(f"| {v} |" in text for v in DEFAULT_VARIANTS)
     assert "Style bank: mined styles per dominant class" in text
+    with Image.open(out / "predictions.png") as picture:  # labelled: larger than the bare grid
+        width, height = picture.size
+    assert width > (2 + len(DEFAULT_VARIANTS)) * demo.SIZE and height > len(DOMAINS) * demo.SIZE
     checkpoint = out / "seed0" / "F_A_M__FAMix" / "latest.pt"
     stamp = checkpoint.stat().st_mtime_ns
 
@@ -90,3 +127,20 @@ def test_quick_demo_writes_its_outputs_and_reuses_finished_runs(tmp_path, monkey
     with pytest.raises(FileExistsError, match="holds a run made with other settings"):
         run_demo(out, quick=True)  # a run folder is never overwritten by, or mixed with, other settings
     assert checkpoint.stat().st_mtime_ns == stamp
+
+
+def test_quick_demo_rerun_says_it_reuses_runs_without_training(quick_demo, monkeypatch, capsys):
+    out, first = quick_demo
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(demo, "train", no_training)
+    capsys.readouterr()
+    assert run_demo(out, quick=True)["runs"] == first["runs"]
+    printed = capsys.readouterr().out
+    for name in DEFAULT_VARIANTS:
+        assert f"seed 0: {name}: reusing the finished run in {out / 'seed0' / run_folder(name)}" in printed
+        assert f"seed 0: {name}: reusing its evaluation" in printed
+    assert "mined styles: reusing the finished bank" in printed
+    assert "training" not in printed and "iterations)" not in printed

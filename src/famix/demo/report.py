@@ -107,19 +107,65 @@ def chart(runs: dict, domains: list[str], path: Path) -> None:
 
 @torch.inference_mode()
 def prediction_grid(out: Path, seed: int, domains: list[str], variants: list[str], slug, size: int) -> None:
-    """One scene per domain (rows): image, ground truth, then each variant's prediction."""
+    """One scene per domain (rows, labelled): image, ground truth, then each variant's prediction
+    (columns, labelled), written to ``out/predictions.png`` (and its legend to ``predictions.txt``)."""
+    from PIL import Image
+
     from famix.engine.checkpoint import load_segmenter
 
     models = [load_segmenter(str(out / f"seed{seed}" / slug(v) / "latest.pt"))[0] for v in variants]
-    rows = []
+    cells = []
     for domain in domains:
         image, label = render(20_000 + seed, domain, (size, size))
-        x = normalize(torch.from_numpy(image).permute(2, 0, 1))[None]
-        preds = [m(x).argmax(1)[0].numpy().astype(np.uint8) for m in models]
-        rows.append(np.concatenate([image, colorize(label), *[colorize(p) for p in preds]], axis=1))
-    grid = np.concatenate(rows, axis=0)
-    from PIL import Image
-
+        x = normalize(torch.from_numpy(image).permute(2, 0, 1))[None]  # [1, 3, H, W]
+        preds = [m(x).argmax(1)[0].numpy().astype(np.uint8) for m in models]  # [H, W] each
+        cells.append([image, colorize(label), *[colorize(p) for p in preds]])
+    grid = labelled_grid(cells, domains, ["image", "ground truth", *variants])
     atomic_write(out / "predictions.png", lambda p: Image.fromarray(grid).save(p, format="PNG"))
     header = "columns: image, ground truth, " + ", ".join(variants) + "; rows: " + ", ".join(domains)
     atomic_write(out / "predictions.txt", lambda p: p.write_text(header + "\n"))
+
+
+def labelled_grid(
+    cells: list[list[np.ndarray]], row_labels: list[str], col_labels: list[str], pad: int = 4
+) -> np.ndarray:
+    """Tile ``cells[row][col]`` (uint8 [h, w, 3], all one size) into a grid and label it, black on white:
+    ``row_labels`` in a left margin, ``col_labels`` in a top margin (words wrapped to the cell width).
+
+    Returns uint8 [top + rows * h, left + cols * w, 3]; the bare grid is ``result[top:, left:]``.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    if len(cells) != len(row_labels) or any(len(r) != len(col_labels) for r in cells):
+        raise ValueError(f"{len(row_labels)} row and {len(col_labels)} column labels for a grid of cells")
+    h, w = cells[0][0].shape[:2]
+    font = ImageFont.load_default()
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def width(text: str) -> float:
+        return draw.textlength(text, font=font)
+
+    def wrap(text: str) -> list[str]:
+        lines = [""]
+        for word in text.split():
+            joined = f"{lines[-1]} {word}".strip()
+            if lines[-1] and width(joined) > w - pad:
+                lines.append(word)  # a word longer than the cell keeps a line of its own
+            else:
+                lines[-1] = joined
+        return lines
+
+    columns = [wrap(label) for label in col_labels]
+    line = draw.textbbox((0, 0), "Ag", font=font)[3] + 2  # line height
+    top = 2 * pad + line * max(len(c) for c in columns)
+    left = 2 * pad + int(max(width(label) for label in row_labels) + 1)
+    grid = np.concatenate([np.concatenate(row, axis=1) for row in cells], axis=0)  # [rows*h, cols*w, 3]
+    canvas = Image.new("RGB", (left + grid.shape[1], top + grid.shape[0]), "white")
+    canvas.paste(Image.fromarray(grid), (left, top))
+    draw = ImageDraw.Draw(canvas)
+    for j, lines in enumerate(columns):
+        for i, text in enumerate(lines):
+            draw.text((left + j * w + (w - width(text)) / 2, pad + i * line), text, fill="black", font=font)
+    for i, label in enumerate(row_labels):
+        draw.text((pad, top + i * h + (h - line) / 2), label, fill="black", font=font)
+    return np.asarray(canvas)

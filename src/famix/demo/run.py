@@ -22,6 +22,7 @@ from famix.engine.mine import mine
 from famix.engine.train import train
 from famix.io import atomic_write
 from famix.models.clip import packaged_weights
+from famix.style.bank import StyleBank
 from famix.world import MINING_DOMAINS, SHIFTED_DOMAINS, SOURCE_DOMAIN
 
 SIZE = 96  # scene side in pixels
@@ -116,8 +117,13 @@ def _mine_banks(cfg: Config, variants: list[str]) -> tuple[dict[str, str], dict[
             c.mine.steps = 0  # the control: each patch's own statistics, no language
         if kind == "fine":
             c.mine.grid, c.mine.per_class, c.mine.max_images = 6, 4, 3 * cfg.mine.max_images
-        print(f"[famix demo] mining {kind} styles on synthetic {SOURCE_DOMAIN} with {cfg.model.backbone}")
-        bank = mine(c)
+        path = Path(c.style.bank)
+        finished = path.is_file() and StyleBank.load(path).metadata.get("images", 0) >= c.mine.max_images
+        if finished:  # mine() still checks that the bank was mined with these settings
+            print(f"[famix demo] {kind} styles: reusing the finished bank {path}")
+        else:
+            print(f"[famix demo] mining {kind} styles on synthetic {SOURCE_DOMAIN} with {cfg.model.backbone}")
+        bank = mine(c, progress=not finished)
         counts[kind] = {k: v for k, v in bank.counts().items() if v}
         print(f"[famix demo] {kind} bank: {len(bank)} styles, per class {json.dumps(counts[kind])}")
         banks[kind] = c.style.bank
@@ -125,11 +131,11 @@ def _mine_banks(cfg: Config, variants: list[str]) -> tuple[dict[str, str], dict[
 
 
 def _train_and_evaluate(cfg: Config, name: str, domains: list[str], n_eval: int) -> dict[str, dict]:
-    """Train one variant (a finished run is reused: training resumes from its last checkpoint) and evaluate
-    it on every domain (results cached in the run folder, keyed by the number of evaluation images).
-    A folder holding a run made with other settings is an error, never overwritten, so a cache always
-    belongs to ``cfg``."""
-    run = Path(cfg.train.out)
+    """Train one variant (a finished run is reused, an interrupted one resumes from its last checkpoint)
+    and evaluate it on every domain (results cached in the run folder, keyed by the number of evaluation
+    images). A folder holding a run made with other settings is an error, never overwritten, so a cache
+    always belongs to ``cfg``."""
+    run, seed, iterations = Path(cfg.train.out), cfg.run.seed, cfg.train.iterations
     if (run / "config.yaml").is_file():
         changed = changed_settings(load_config(run / "config.yaml").to_dict(), cfg.to_dict())
         if changed:
@@ -137,27 +143,29 @@ def _train_and_evaluate(cfg: Config, name: str, domains: list[str], n_eval: int)
                 f"{run} holds a run made with other settings ({'; '.join(changed)}); pass another --out "
                 "(or move that folder away)"
             )
-    seed = cfg.run.seed
-    done = (run / "latest.pt").is_file() and load_checkpoint(run / "latest.pt")[
-        "cur_itrs"
-    ] >= cfg.train.iterations
-    if done:
+    latest = run / "latest.pt"
+    step = load_checkpoint(latest)["cur_itrs"] if latest.is_file() else 0
+    if step >= iterations:
         print(f"[famix demo] seed {seed}: {name}: reusing the finished run in {run}")
     else:
-        print(f"[famix demo] seed {seed}: training {name} ({cfg.train.iterations} iterations)")
+        resume = f", resuming at iteration {step}" if step else ""
+        print(f"[famix demo] seed {seed}: training {name} ({iterations} iterations{resume})")
         train(cfg)
     cache = run / "demo_eval.json"
     cached = json.loads(cache.read_text()) if cache.is_file() else {}
     key = {"n_eval": n_eval, "unit": "percent"}
     if all(cached.get(k) == v for k, v in key.items()) and all(d in cached["results"] for d in domains):
+        print(f"[famix demo] seed {seed}: {name}: reusing its evaluation ({cache.name})")
         return {d: cached["results"][d] for d in domains}
     print(f"[famix demo] seed {seed}: evaluating {name} on {', '.join(domains)} ({n_eval} images each)")
     model, _ = load_segmenter(run / "latest.pt")
-    # held-out scenes: scene seeds never trained on
+    # held-out scenes: scene seeds never trained on; one progress bar per domain
     specs = {d: f"synthetic:{d}:{n_eval}:{10_000 + seed}:size={SIZE}" for d in domains}
-    scores = evaluate_specs(model, list(specs.values()), cfg.model.num_classes, batch_size=16)
+    scores = evaluate_specs(model, list(specs.values()), cfg.model.num_classes, batch_size=16, progress=True)
     results = {d: scores[spec].to_dict() for d, spec in specs.items()}
     atomic_write(cache, lambda p: p.write_text(json.dumps({**key, "results": results})))
+    summary = ", ".join(f"{d} {results[d]['miou']:.1f}" for d in domains)
+    print(f"[famix demo] seed {seed}: {name}: mIoU (%) {summary}")
     return results
 
 

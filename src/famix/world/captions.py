@@ -18,6 +18,7 @@ from torchvision.ops import roi_align
 
 from famix.data.labels import TRAIN_ID
 from famix.data.transforms import normalize
+from famix.progress import progress_bar
 from famix.world.synthetic import DOMAINS, render
 
 # The trainIds the synthetic world draws (the others never occur); captions and zero-shot use these.
@@ -84,12 +85,10 @@ def scene_seed(split: str, seed: int, index: int) -> int:
 
 def render_world(n: int, seed: int, split: str = "train", size: int = 128, progress: bool = False) -> World:
     """Render ``n`` scenes of ``split``; scene i is drawn in style i % 12, so styles are balanced."""
-    from tqdm import tqdm
-
     images = torch.empty((n, 3, size, size), dtype=torch.uint8)
     labels = np.empty((n, size, size), np.uint8)
     styles = np.arange(n) % len(DOMAINS)
-    for i in tqdm(range(n), desc=f"render {split}", disable=not progress, leave=False):
+    for i in progress_bar(range(n), desc=f"render {split}", disable=not progress, leave=False):
         image, labels[i] = render(scene_seed(split, seed, i), DOMAINS[styles[i]], (size, size))
         images[i] = torch.from_numpy(image).permute(2, 0, 1)
     return World(images, labels, styles)
@@ -168,7 +167,7 @@ def crop_images(world: World, crops: Crops, size: int = 64) -> torch.Tensor:
     out = roi_align(images, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
     flip = torch.from_numpy(crops.flip)
     out[flip] = out[flip].flip(-1)
-    return normalize(out.clamp(0, 255))
+    return normalize(out.clamp(0, 255) / 255)  # normalize() takes float images in [0, 1]
 
 
 @dataclass

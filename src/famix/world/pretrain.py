@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from famix.models.clip import build_clip, clip_preprocess_size, get_clip_config
+from famix.progress import progress_bar
 from famix.world.captions import KIND_SHARES, crop_images, make_captions, render_world, sample_crops, targets
 from famix.world.zero_shot import zero_shot_accuracy
 
@@ -117,8 +118,6 @@ def pretrain_tiny_clip(
     timings, zero-shot accuracy of the saved fp16 weights on ``eval_images`` fresh scenes; 0 skips it)
     and returns that record.
     """
-    from tqdm import tqdm
-
     if threads:
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)
@@ -132,7 +131,7 @@ def pretrain_tiny_clip(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     rng = np.random.default_rng([int(seed), 0xC11B])  # the data stream: crops, flips, captions
     losses = []
-    bar = tqdm(range(steps), desc="pretrain tiny CLIP", disable=not progress)
+    bar = progress_bar(range(steps), desc="pretrain tiny CLIP", disable=not progress)
     for step in bar:
         losses.append(train_step(model, opt, world, rng, batch, focus, size, kinds))
         sched.step()

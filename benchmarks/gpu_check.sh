@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Issue 9's four target rows on a lent GPU machine, as one prepared run (docs/gpu.md):
+#   here:   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#             --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#             -d .whl open_clip_torch ftfy wcwidth safetensors
+#   there:  bash benchmarks/gpu_check.sh        (the device tool's run, with carry [".whl"])
+# Prints the step-only table (train / inference / mining at the paper's sizes), the input pipeline table
+# (16 workers) and the end-to-end table (train and eval from PNGs on disk, validation share), in that order.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -d .whl ] && ! python3 -c "import open_clip" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --target .site .whl/*.whl
+fi
+export PYTHONPATH="$PWD/.site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+bash benchmarks/run_all.sh --iters 20
+python3 benchmarks/bench_loader.py --images 16 --workers 16 --batch 8
+python3 benchmarks/bench_e2e.py --workers 16 --iters 80 --warmup 20

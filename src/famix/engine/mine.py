@@ -1,7 +1,10 @@
 """``famix mine``: one pass of local style mining over the source set, into a safetensors style bank.
 
 The mining step itself (patch choice, prompts, PIN) is ``famix.style.mining.mine_batch``; this module
-only loops it over the source set, resumes an interrupted bank and saves it.
+only loops it over the source set, resumes an interrupted bank and saves it. ``mine.batch_size`` crops make
+a batch (the unit of the prompts' and patch choice's randomness, of resuming and of the bank's order);
+``mine.pin_crops`` crops (whole batches, ``pin_batches``) are optimised in one PIN call (``mine_batches``),
+which sets only speed and memory. On CUDA the CLIP image tower runs in channels_last.
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ from famix.engine.seeds import item_seed, sequence_seed
 from famix.models.clip import build_clip, clip_preprocess_size, weights_fingerprint
 from famix.progress import progress_bar
 from famix.style.bank import StyleBank
-from famix.style.mining import MiningSettings, mine_batch
+from famix.style.mining import MiningSettings, mine_batches
 from famix.style.prompts import TextEmbedder
 
 # the config sections a bank's settings are recorded under (in its metadata) and compared on resume
 SETTING_SECTIONS = ("model", "data", "mine", "run")
+# mine.pin_crops=null on CUDA: the crops whose patches one PIN call optimises together (RN50, 768 crops, 3x3
+# grid: 576 patches of about 35 MiB each in bf16, some 20 GiB); off CUDA one batch per call
+CUDA_PIN_CROPS = 64
 
 
 def mining_settings(m: MineConfig) -> MiningSettings:
@@ -43,6 +49,18 @@ def mining_settings(m: MineConfig) -> MiningSettings:
         weight_decay=m.weight_decay,
         per_class=m.per_class,
     )
+
+
+def pin_batches(m: MineConfig, device: torch.device) -> int:
+    """Loader batches whose patches one PIN call optimises together: ``mine.pin_crops`` crops (null:
+    ``CUDA_PIN_CROPS`` on CUDA, one batch elsewhere) in whole batches, at least one. Patches are optimised
+    independently (``mine_batches``), so this sets only speed and memory, never the bank."""
+    crops = m.pin_crops
+    if crops is None:
+        crops = CUDA_PIN_CROPS if device.type == "cuda" else m.batch_size
+    if crops < 1:
+        raise ValueError(f"mine.pin_crops={crops}: give a number of crops >= 1, or null for the default")
+    return max(1, crops // m.batch_size)
 
 
 def mine(cfg: Config, progress: bool = True) -> StyleBank:
@@ -72,33 +90,38 @@ def mine(cfg: Config, progress: bool = True) -> StyleBank:
         "run": {"seed": seed, "amp": cfg.run.amp if amp is not None else "off"},
     }
     bank = _resume_or_new(Path(out), names, visual.layer1[-1].conv3.out_channels, recorded)
+    per_call = pin_batches(m, device)
+    channels_last, cuda_graph = device.type == "cuda", m.cuda_graph
+    if channels_last:
+        visual = visual.to(memory_format=torch.channels_last)
     dataset = SeededTransform(build_dataset(cfg.data.train), train_transform(m.crop, jitter=0, hflip=0))
     total = min(len(dataset), m.max_images or len(dataset))
-    start = bank.metadata.get("batches_done", 0)
+    start, batches = bank.metadata.get("batches_done", 0), math.ceil(total / m.batch_size)
     items = [(i, item_seed(seed, i)) for i in range(start * m.batch_size, total)]
     loader = DataLoader(dataset, batch_size=m.batch_size, sampler=items, num_workers=cfg.data.workers)
-    bar = progress_bar(
-        loader, total=math.ceil(total / m.batch_size), initial=start, desc="mine", disable=not progress
-    )
+    bar = progress_bar(loader, total=batches, initial=start, desc="mine", disable=not progress)
+    pending = []  # the batches of the next PIN call: (images, labels, generator)
     for batch, (images, labels, _) in enumerate(bar, start=start):  # no jitter: _ is the identity
         generator = torch.Generator().manual_seed(sequence_seed(seed, batch))
-        styles = mine_batch(
-            visual,
-            embed,
-            normalize(images.to(device)),
-            labels.to(device),
-            names,
-            settings,
-            generator,
-            pool,
-            IGNORE_INDEX,
-            amp,
-        )
-        bank.add(styles.mu, styles.sigma, styles.classes, IGNORE_INDEX)
+        pending.append((normalize(images.to(device)), labels.to(device), generator))
+        if len(pending) < per_call and batch + 1 < batches:
+            continue
+        try:
+            mined = mine_batches(
+                visual, embed, pending, names, settings, pool, IGNORE_INDEX, amp, channels_last, cuda_graph
+            )
+        except torch.OutOfMemoryError as error:
+            raise torch.OutOfMemoryError(
+                f"{error}\nstyle mining: {len(pending) * m.batch_size} crops per PIN call do not fit: set "
+                f"mine.pin_crops lower (down to mine.batch_size={m.batch_size}); it changes only the speed"
+            ) from error
+        for styles in mined:  # in batch order, as with one batch per call
+            bank.add(styles.mu, styles.sigma, styles.classes, IGNORE_INDEX)
+        first, pending = batch + 1 - len(mined), []
         bank.metadata["batches_done"] = batch + 1
         bank.metadata["images"] = min((batch + 1) * m.batch_size, total)
-        bar.set_postfix(styles=len(bank), cos=f"{styles.cos.mean().item():.3f}")
-        if (batch + 1) % m.save_every == 0:
+        bar.set_postfix(styles=len(bank), cos=f"{torch.cat([s.cos for s in mined]).mean().item():.3f}")
+        if (batch + 1) // m.save_every > first // m.save_every:  # passed a multiple of save_every
             bank.save(out)
     bank.save(out)
     return bank

@@ -65,12 +65,17 @@ def cmd_eval(args) -> None:
 
 def cmd_predict(args) -> None:
     from famix.engine.amp import amp_dtype
-    from famix.engine.checkpoint import load_segmenter
     from famix.engine.distributed import resolve_device
-    from famix.engine.predict import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_images, predict_paths
+    from famix.engine.predict import (
+        IMAGE_EXTENSIONS,
+        VIDEO_EXTENSIONS,
+        list_images,
+        load_model,
+        predict_paths,
+    )
 
     device = resolve_device(args.device)
-    model, _ = load_segmenter(args.checkpoint, device=device)
+    model = load_model(args.checkpoint, device)
     paths = list_images(args.inputs, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
     written = predict_paths(
         model,
@@ -84,6 +89,22 @@ def cmd_predict(args) -> None:
         video_output=args.video_output,
     )
     print(f"wrote {len(written)} files to {args.out}")
+
+
+def cmd_export(args) -> None:
+    from famix.engine.export import export_checkpoint, parse_size
+
+    out, check = export_checkpoint(
+        args.checkpoint,
+        args.format,
+        parse_size(args.size),
+        dynamic=args.dynamic,
+        out=args.out,
+        atol=args.atol,
+        min_agreement=args.min_agreement,
+    )
+    print(f"checked against the checkpoint's model: {check.describe()}")
+    print(f"wrote {out}")
 
 
 def cmd_demo(args) -> None:
@@ -155,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     pr = sub.add_parser("predict", help="segment images and videos (files, folders, globs)")
-    pr.add_argument("checkpoint")
+    pr.add_argument(
+        "checkpoint", help="a checkpoint, or an .onnx file from `famix export` (needs onnxruntime)"
+    )
     pr.add_argument("inputs", nargs="+")
     pr.add_argument("--out", required=True)
     pr.add_argument("--outputs", nargs="+", default=["trainid", "color", "overlay"], help="for images")
@@ -174,6 +197,38 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(
             "--amp", default="bf16", choices=["bf16", "fp16", "off"], help="autocast dtype on CUDA"
         )
+
+    from famix.engine.export import ATOL, FORMATS, MIN_AGREEMENT
+
+    x = sub.add_parser(
+        "export", help="export a checkpoint's segmenter (ONNX, torch.export, TorchScript), checked"
+    )
+    x.add_argument("checkpoint")
+    x.add_argument(
+        "--format",
+        required=True,
+        choices=list(FORMATS),
+        help="onnx (ONNX Runtime, needs famix[export]), exported-program (.pt2, torch.export.load), "
+        "torchscript (torch.jit.load; deprecated by PyTorch)",
+    )
+    x.add_argument(
+        "--size",
+        required=True,
+        help="HxW input size, multiples of the model's output stride (16 by default), e.g. 512x1024",
+    )
+    x.add_argument(
+        "--dynamic", action="store_true", help="any batch, height and width (multiples of the output stride)"
+    )
+    x.add_argument("--out", help="output file (default: next to the checkpoint, e.g. best.onnx)")
+    x.add_argument(
+        "--atol", type=float, default=ATOL, help="refuse if the max abs logit difference exceeds this"
+    )
+    x.add_argument(
+        "--min-agreement",
+        type=float,
+        default=MIN_AGREEMENT,
+        help="refuse if fewer pixels (%%) have the eager model's argmax",
+    )
 
     d = sub.add_parser("demo", help="the whole recipe on the embedded synthetic world (CPU, minutes)")
     d.add_argument("--out", default="famix-demo")
@@ -213,6 +268,7 @@ COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
     "predict": cmd_predict,
+    "export": cmd_export,
     "demo": cmd_demo,
     "datasets": cmd_datasets,
     "pretrain-tiny-clip": cmd_pretrain_tiny_clip,

@@ -13,6 +13,8 @@ import torch
 from PIL import Image
 
 from famix.data.transforms import normalize
+from famix.engine.checkpoint import load_segmenter
+from famix.engine.export import OnnxSegmenter
 from famix.engine.inference import PLAIN, TestTime, eval_mode, predict_logits
 from famix.engine.video import import_av, segment_video
 from famix.engine.visualize import OUTPUT_KINDS, VIDEO_OUTPUTS, render
@@ -112,6 +114,25 @@ def predict_ids(
     x = normalize(images.to(device))  # [B, 3, H, W] float
     logits = predict_logits(model, x, tta, amp_dtype=amp_dtype)  # [B, K, H, W]
     return logits.argmax(1).to(torch.uint8).cpu().numpy()
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The model ``famix predict`` runs: a checkpoint's segmenter, or an ``.onnx`` file from ``famix export``
+    run by ONNX Runtime (:class:`famix.engine.export.OnnxSegmenter`; needs ``famix[export]``).
+
+    An ONNX model goes through the same :func:`predict_logits`, so ``--scale``/``--ensemble``/``--window``
+    work wherever the sizes they produce fit the file (e.g. a fixed 512x512 file runs ``--window 512`` on
+    images at least that large); sizes that do not fit raise ValueError naming the sizes it takes.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        return OnnxSegmenter(path, device)
+    if path.suffix.lower() == ".pt2" or path.name.endswith(".torchscript.pt"):
+        raise ValueError(
+            f"{path} is an exported program / TorchScript file: famix predict takes a checkpoint or an .onnx "
+            "file (load .pt2 with torch.export.load, TorchScript with torch.jit.load)"
+        )
+    return load_segmenter(path, device=device)[0]
 
 
 def _image_size(path: Path) -> tuple[int, int]:

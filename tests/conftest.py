@@ -4,4 +4,21 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import pytest  # noqa: E402
+
 import famix.world  # noqa: E402, F401  (registers synthetic:* specs, as the famix command does)
+from famix.config import ModelConfig  # noqa: E402
+from famix.engine.checkpoint import save_checkpoint  # noqa: E402
+from famix.models.build import build_segmenter  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny-rn segmenter's checkpoint (random weights, seed 0), as `famix train` writes it: best.pt."""
+    cfg = ModelConfig(backbone="tiny-rn")
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    model = build_segmenter(cfg, seed=0)
+    save_checkpoint(
+        path, model_state=model.state_dict(), config={"model": vars(cfg)}, cur_itrs=0, best_score=0
+    )
+    return path

@@ -11,23 +11,9 @@ import pytest
 import torch
 
 from famix.cli import main
-from famix.config import ModelConfig
-from famix.engine.checkpoint import save_checkpoint
-from famix.models.build import build_segmenter
 from famix.progress import progress_bar
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    cfg = ModelConfig(backbone="tiny-rn")
-    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
-    model = build_segmenter(cfg, seed=0)
-    save_checkpoint(
-        path, model_state=model.state_dict(), config={"model": vars(cfg)}, cur_itrs=0, best_score=0
-    )
-    return path
 
 
 def fails(argv, capsys) -> str:

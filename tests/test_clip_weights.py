@@ -106,5 +106,11 @@ def test_mismatched_weights(ref, tmp_path):
     with pytest.raises(ValueError) as err:
         build_clip("tiny-rn", weights=str(path))
     msg = str(err.value)
-    for part in ("bad.safetensors", "tiny-rn", "attnpool.c_proj.bias", "visual.conv1.weight", "model.backbone"):
+    for part in (
+        "bad.safetensors",
+        "tiny-rn",
+        "attnpool.c_proj.bias",
+        "visual.conv1.weight",
+        "model.backbone",
+    ):
         assert part in msg

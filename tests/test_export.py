@@ -14,10 +14,9 @@ import torch
 from PIL import Image
 
 from famix.cli import main
-from famix.config import ModelConfig
 from famix.data.transforms import CLIP_MEAN, CLIP_STD, normalize
 from famix.engine import export
-from famix.engine.checkpoint import load_segmenter, save_checkpoint
+from famix.engine.checkpoint import load_segmenter
 from famix.engine.export import (
     ATOL,
     METADATA_FILE,
@@ -28,7 +27,6 @@ from famix.engine.export import (
     load_exported,
     parse_size,
 )
-from famix.models.build import build_segmenter
 
 # float32 reorderings only: the tiny model's measured max abs logit difference is ~4e-8 (ONNX Runtime)
 # and 0 (torch.export, TorchScript); every argmax agrees.
@@ -38,17 +36,6 @@ CLOSE = 1e-5
 def _onnx_tools():
     for name in ("onnxruntime", "onnx", "onnxscript"):
         pytest.importorskip(name)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    cfg = ModelConfig(backbone="tiny-rn")
-    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
-    model = build_segmenter(cfg, seed=0)
-    save_checkpoint(
-        path, model_state=model.state_dict(), config={"model": vars(cfg)}, cur_itrs=0, best_score=0
-    )
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,9 @@ class _LineBar(tqdm):
 
     _last_n: int | None = None
 
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)  # shown with the next timed line
+
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
         text = (msg or self.__str__()).strip()
         if text and self.n != self._last_n:  # one line per position (close() redisplays the last one)

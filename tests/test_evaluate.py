@@ -325,3 +325,32 @@ def test_batched_evaluation_equals_batch_one():
     mixed = evaluate(model, [batches], 19, progress=False)
     single = evaluate(model, [(i[None], t[None]) for i, t in items], 19, progress=False)
     assert mixed.confusion == single.confusion and mixed.num_images == 3
+
+
+def test_torchrun_evaluation_equals_one_process(checkpoint, tmp_path):
+    """`torchrun -m famix eval`: 2 processes (gloo), uneven shares (5 and 3 images over 2 ranks), the same
+    confusion matrices and counts as one process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from famix.cli import main
+
+    specs = ["synthetic:fog:5:3:size=32", "synthetic:night:3:4:size=40"]
+    common = ["eval", str(checkpoint), "--data", *specs, "--workers", "0", "--batch-size", "2"]
+    main([*common, "--json", str(tmp_path / "one.json")])
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "src")}
+    proc = subprocess.run(
+        [*cmd, "-m", "famix", *common, "--json", str(tmp_path / "two.json")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("results written to") == 1  # rank 0 alone reports
+    one = json.loads((tmp_path / "one.json").read_text())["datasets"]
+    two = json.loads((tmp_path / "two.json").read_text())["datasets"]
+    for spec in specs:
+        assert two[spec]["confusion"] == one[spec]["confusion"]
+        assert two[spec]["num_images"] == one[spec]["num_images"] and two[spec]["miou"] == one[spec]["miou"]

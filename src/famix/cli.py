@@ -39,11 +39,12 @@ def _tta(args):
 def cmd_eval(args) -> None:
     from famix.engine.amp import amp_dtype
     from famix.engine.checkpoint import load_segmenter
-    from famix.engine.distributed import resolve_device
+    from famix.engine.distributed import cleanup, init_distributed, resolve_device
     from famix.engine.evaluate import evaluate_specs
     from famix.engine.results import default_results_path, format_paper_table, format_table, write_results
 
-    device, tta = resolve_device(args.device), _tta(args)
+    info = init_distributed(args.device)  # under torchrun: each rank evaluates its share of every dataset
+    device, tta = resolve_device(args.device, info), _tta(args)
     model, cfg = load_segmenter(args.checkpoint, device=device)
     results = evaluate_specs(
         model,
@@ -55,6 +56,9 @@ def cmd_eval(args) -> None:
         batch_size=args.batch_size,
         workers=args.workers,
     )
+    cleanup()
+    if not info.main:
+        return
     if args.paper_table:
         print(format_paper_table(results))
     print(format_table(results, cfg.class_names, per_class=args.per_class))

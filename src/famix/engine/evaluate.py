@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from famix.data.datasets import build_dataset
 from famix.data.transforms import normalize
@@ -159,12 +159,17 @@ def evaluate_specs(
 
     Each dataset (and its loader workers) is built just before its evaluation, so only one is alive at
     a time. Workers hand over uint8 images and labels; normalisation runs on the device. Images of
-    different sizes within a batch are evaluated as one batch per size.
+    different sizes within a batch are evaluated as one batch per size. Under torch.distributed (with
+    ``reduce``) rank r evaluates images r, r + N, r + 2N... and the confusion matrices are summed: the
+    same result as one process, for any split.
     """
     results = {}
     for spec in specs:
+        dataset = build_dataset(spec)
+        if reduce and _distributed():
+            dataset = Subset(dataset, range(dist.get_rank(), len(dataset), dist.get_world_size()))
         loader = DataLoader(
-            build_dataset(spec),
+            dataset,
             batch_size=batch_size,
             num_workers=workers,
             collate_fn=collate_by_size,

@@ -111,6 +111,22 @@ def cmd_export(args) -> None:
     print(f"wrote {out}")
 
 
+def cmd_reproduce(args) -> None:
+    from famix.engine.reproduce import dry_run, make_plan, reproduce
+
+    cfg = _config(args)
+    if args.weights:
+        cfg.model.weights = args.weights
+    plan = make_plan(cfg, args.out, args.seeds, args.data_root, args.targets)
+    if args.dry_run:
+        print(dry_run(plan))
+        return
+    result = reproduce(plan)
+    if os.environ.get("RANK", "0") == "0":
+        print(result["table"])
+        print(f"table and per-class IoU written to {plan.out}/results.md and results.json")
+
+
 def cmd_demo(args) -> None:
     from famix.demo.run import run_demo
 
@@ -161,6 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_config(sub.add_parser("mine", help="mine a style bank (Augment)"))
     with_config(sub.add_parser("train", help="train a segmenter (run under torchrun for several GPUs)"))
+
+    r = sub.add_parser(
+        "reproduce", help="the paper's table: mine, train each seed, evaluate, compare (resumable)"
+    )
+    with_config(r)
+    r.add_argument(
+        "--data-root", help="folder holding gta5/, cityscapes/, bdd100k/, mapillary/, synthia/, acdc/"
+    )
+    r.add_argument("--weights", help="CLIP weights (sets model.weights)")
+    r.add_argument("--seeds", type=int, default=3, help="training runs, seeds run.seed, run.seed + 1, ...")
+    r.add_argument("--out", default="runs/reproduce")
+    r.add_argument("--targets", nargs="+", help="dataset specs to evaluate (default: the paper's columns)")
+    r.add_argument("--dry-run", action="store_true", help="print the stages, what is done, the data checks")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on one or more datasets")
     e.add_argument("checkpoint")
@@ -273,6 +302,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "predict": cmd_predict,
     "export": cmd_export,
+    "reproduce": cmd_reproduce,
     "demo": cmd_demo,
     "datasets": cmd_datasets,
     "pretrain-tiny-clip": cmd_pretrain_tiny_clip,

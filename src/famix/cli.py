@@ -19,7 +19,8 @@ def cmd_mine(args) -> None:
     from famix.engine.mine import mine
 
     bank = mine(_config(args))
-    print(f"{len(bank)} styles; per class: {json.dumps(bank.counts())}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 holds the bank
+        print(f"{len(bank)} styles; per class: {json.dumps(bank.counts())}")
 
 
 def cmd_train(args) -> None:

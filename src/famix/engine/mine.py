@@ -4,7 +4,8 @@ The mining step itself (patch choice, prompts, PIN) is ``famix.style.mining.mine
 only loops it over the source set, resumes an interrupted bank and saves it. ``mine.batch_size`` crops make
 a batch (the unit of the prompts' and patch choice's randomness, of resuming and of the bank's order);
 ``mine.pin_crops`` crops (whole batches, ``pin_batches``) are optimised in one PIN call (``mine_batches``),
-which sets only speed and memory. On CUDA the CLIP image tower runs in channels_last.
+which sets only speed and memory. On CUDA the CLIP image tower runs in channels_last. Under ``torchrun``
+batch b is mined by rank b % world_size and rank 0 writes the bank, the same as one process writes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from famix import __version__
@@ -22,12 +24,12 @@ from famix.data.datasets import SeededTransform, build_dataset
 from famix.data.labels import IGNORE_INDEX
 from famix.data.transforms import normalize, train_transform
 from famix.engine.amp import amp_dtype
-from famix.engine.distributed import resolve_device
+from famix.engine.distributed import DistInfo, barrier, cleanup, init_distributed, resolve_device
 from famix.engine.seeds import item_seed, sequence_seed
 from famix.models.clip import build_clip, clip_preprocess_size, weights_fingerprint
 from famix.progress import progress_bar
 from famix.style.bank import StyleBank
-from famix.style.mining import MiningSettings, mine_batches
+from famix.style.mining import MinedStyles, MiningSettings, mine_batches
 from famix.style.prompts import TextEmbedder
 
 # the config sections a bank's settings are recorded under (in its metadata) and compared on resume
@@ -71,7 +73,8 @@ def mine(cfg: Config, progress: bool = True) -> StyleBank:
         raise ValueError("set style.bank=PATH: the style bank `famix mine` writes (and `famix train` reads)")
     out = cfg.style.bank
     settings = mining_settings(m)
-    device = resolve_device(cfg.run.device)
+    info = init_distributed(cfg.run.device)  # a process group only under torchrun
+    device = resolve_device(cfg.run.device, info)
     clip = build_clip(cfg.model.backbone, cfg.model.weights, device=device, seed=seed).requires_grad_(False)
     visual, embed, pool = clip.visual, TextEmbedder(clip), clip_preprocess_size(clip) // 4
     amp = amp_dtype(cfg.run.amp, device)
@@ -91,40 +94,84 @@ def mine(cfg: Config, progress: bool = True) -> StyleBank:
     }
     bank = _resume_or_new(Path(out), names, visual.layer1[-1].conv3.out_channels, recorded)
     per_call = pin_batches(m, device)
-    channels_last, cuda_graph = device.type == "cuda", m.cuda_graph
+    channels_last = device.type == "cuda"
     if channels_last:
         visual = visual.to(memory_format=torch.channels_last)
     dataset = SeededTransform(build_dataset(cfg.data.train), train_transform(m.crop, jitter=0, hflip=0))
-    total = min(len(dataset), m.max_images or len(dataset))
-    start, batches = bank.metadata.get("batches_done", 0), math.ceil(total / m.batch_size)
-    items = [(i, item_seed(seed, i)) for i in range(start * m.batch_size, total)]
-    loader = DataLoader(dataset, batch_size=m.batch_size, sampler=items, num_workers=cfg.data.workers)
-    bar = progress_bar(loader, total=batches, initial=start, desc="mine", disable=not progress)
-    pending = []  # the batches of the next PIN call: (images, labels, generator)
-    for batch, (images, labels, _) in enumerate(bar, start=start):  # no jitter: _ is the identity
-        generator = torch.Generator().manual_seed(sequence_seed(seed, batch))
-        pending.append((normalize(images.to(device)), labels.to(device), generator))
-        if len(pending) < per_call and batch + 1 < batches:
-            continue
-        try:
-            mined = mine_batches(
-                visual, embed, pending, names, settings, pool, IGNORE_INDEX, amp, channels_last, cuda_graph
-            )
-        except torch.OutOfMemoryError as error:
-            raise torch.OutOfMemoryError(
-                f"{error}\nstyle mining: {len(pending) * m.batch_size} crops per PIN call do not fit: set "
-                f"mine.pin_crops lower (down to mine.batch_size={m.batch_size}); it changes only the speed"
-            ) from error
-        for styles in mined:  # in batch order, as with one batch per call
-            bank.add(styles.mu, styles.sigma, styles.classes, IGNORE_INDEX)
-        first, pending = batch + 1 - len(mined), []
-        bank.metadata["batches_done"] = batch + 1
-        bank.metadata["images"] = min((batch + 1) * m.batch_size, total)
-        bar.set_postfix(styles=len(bank), cos=f"{torch.cat([s.cos for s in mined]).mean().item():.3f}")
-        if (batch + 1) // m.save_every > first // m.save_every:  # passed a multiple of save_every
-            bank.save(out)
-    bank.save(out)
+    total, size = min(len(dataset), m.max_images or len(dataset)), m.batch_size
+    start, batches = bank.metadata.get("batches_done", 0), math.ceil(total / size)
+    # this rank's share: batch b goes to rank b % world, whatever the start, so a resume may use another world
+    share = range(info.rank, batches, info.world_size)
+    todo = [b for b in share if b >= start]
+    items = [(i, item_seed(seed, i)) for b in todo for i in range(b * size, min(b * size + size, total))]
+    loader = iter(DataLoader(dataset, batch_size=size, sampler=items, num_workers=cfg.data.workers))
+    desc = f"mine (rank {info.rank})" if info.enabled else "mine"
+    bar = progress_bar(total=len(share), initial=len(share) - len(todo), desc=desc, disable=not progress)
+    # a round: per_call batches per rank, one PIN call each; rank 0 appends the round in batch order and saves
+    # at round ends, so batches_done stays a batch count (and the bank that of one process)
+    per_round = per_call * info.world_size
+    for first in range(start, batches, per_round):
+        last = min(first + per_round, batches)
+        own = [b for b in todo if first <= b < last]
+        mined = _mine_call(visual, embed, loader, own, cfg, settings, pool, amp, channels_last, device)
+        bar.update(len(own))
+        mined_here = _gather_on_main(list(zip(own, mined, strict=True)), info)  # rank 0: every rank's
+        if info.main:
+            for _, styles in sorted((p for part in mined_here for p in part), key=lambda p: p[0]):
+                bank.add(styles.mu, styles.sigma, styles.classes, IGNORE_INDEX)
+            bank.metadata["batches_done"] = last
+            bank.metadata["images"] = min(last * size, total)
+            if last // m.save_every > first // m.save_every:  # passed a multiple of save_every
+                bank.save(out)
+        if mined:
+            cos = torch.cat([s.cos for s in mined]).mean().item()
+            bar.set_postfix(**({"styles": len(bank)} if info.main else {}), cos=f"{cos:.3f}")
+    bar.close()
+    if info.main:
+        bank.save(out)
+    barrier()
+    cleanup()
     return bank
+
+
+def _mine_call(visual, embed, loader, own, cfg, settings, pool, amp, channels_last, device) -> list:
+    """The styles (on the CPU) of this rank's batches ``own`` of a round, the next ones ``loader`` yields,
+    in one PIN call."""
+    m, pending = cfg.mine, []  # the batches of the call: (images, labels, generator)
+    for batch in own:
+        images, labels, _ = next(loader)  # no jitter: _ is the identity
+        generator = torch.Generator().manual_seed(sequence_seed(cfg.run.seed, batch))
+        pending.append((normalize(images.to(device)), labels.to(device), generator))
+    if not pending:
+        return []
+    try:
+        mined = mine_batches(
+            visual,
+            embed,
+            pending,
+            cfg.model.class_names,
+            settings,
+            pool,
+            IGNORE_INDEX,
+            amp,
+            channels_last,
+            m.cuda_graph,
+        )
+    except torch.OutOfMemoryError as error:
+        raise torch.OutOfMemoryError(
+            f"{error}\nstyle mining: {len(pending) * m.batch_size} crops per PIN call do not fit: set "
+            f"mine.pin_crops lower (down to mine.batch_size={m.batch_size}); it changes only the speed"
+        ) from error
+    return [MinedStyles(*(t.cpu() for t in styles)) for styles in mined]
+
+
+def _gather_on_main(part: list, info: DistInfo) -> list[list]:
+    """Every rank's ``part`` (a picklable list), in rank order, on rank 0 (elsewhere: an empty list)."""
+    if not info.enabled:
+        return [part]
+    parts = [None] * info.world_size if info.main else None
+    dist.gather_object(part, parts, dst=0)
+    return parts or []
 
 
 def _resume_or_new(out: Path, names, channels: int, recorded: dict) -> StyleBank:

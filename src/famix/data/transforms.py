@@ -27,9 +27,8 @@ def normalize(image: torch.Tensor) -> torch.Tensor:
 
 
 # A training item as a data-loader worker hands it over: the crop and its label (uint8, so a worker ships
-# 1/5 of the float bytes) and the item's colour-jitter parameters, applied on the device by
+# 1/5 of the float bytes) and the item's 6 colour-jitter parameters, applied on the device by
 # ``color_jitter``: brightness, contrast, saturation factors, then the order of those three operations.
-JITTER_PARAMS = 6
 _NO_JITTER = (1.0, 1.0, 1.0, 0.0, 1.0, 2.0)
 
 

@@ -128,6 +128,17 @@ def cmd_reproduce(args) -> None:
         print(f"table and per-class IoU written to {plan.out}/results.md and results.json")
 
 
+def cmd_adapt(args) -> None:
+    from famix.engine.adapt import AdaptSettings, adapt
+
+    names = ("iterations", "lr", "steps", "images", "crop", "batch_size", "seed", "device", "amp", "workers")
+    given = {n: getattr(args, n) for n in (*names, "ckpt_interval") if getattr(args, n) is not None}
+    settings = AdaptSettings(**given)  # options not given: AdaptSettings' defaults
+    written = adapt(args.checkpoint, args.target, args.data, args.out, args.weights, settings)
+    for target, path in written.items():
+        print(f"{target!r}: {path}")
+
+
 def cmd_demo(args) -> None:
     from famix.demo.run import run_demo
 
@@ -264,6 +275,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse if fewer pixels (%%) have the eager model's argmax",
     )
 
+    a = sub.add_parser(
+        "adapt", help="zero-shot adaptation to described target domains (PODA): one model per --target"
+    )
+    a.add_argument("checkpoint", help="the trained segmenter to adapt (its head is fine-tuned)")
+    a.add_argument(
+        "--target", action="append", required=True, help='target description, e.g. "driving at night"'
+    )
+    a.add_argument("--data", required=True, help="source dataset spec, e.g. gta5:data/gta5")
+    a.add_argument("--out", required=True, help="folder for one run folder per target (<out>/<slug>/)")
+    a.add_argument("--weights", help="CLIP weights the model was trained from (text tower and CLIP tail)")
+    a.add_argument("--iterations", type=int, help="head fine-tuning steps (default 2000)")
+    a.add_argument("--lr", type=float, help="head learning rate, poly schedule (default 0.01)")
+    a.add_argument("--steps", type=int, help="PIN steps per source crop (default 100)")
+    a.add_argument("--images", type=int, default=None, help="source crops to mine (default: all)")
+    a.add_argument("--crop", type=int, default=None, help="crop size (default: the checkpoint's)")
+    a.add_argument("--batch-size", type=int, default=None, help="crops per batch (default: the checkpoint's)")
+    a.add_argument("--seed", type=int, help="default 0")
+    a.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    a.add_argument("--amp", choices=["bf16", "fp16", "off"], help="autocast on CUDA (default bf16)")
+    a.add_argument("--workers", type=int, help="data-loader processes (default 0)")
+    a.add_argument("--ckpt-interval", type=int, help="steps between resumable checkpoints (default 500)")
+
     d = sub.add_parser("demo", help="the whole recipe on the embedded synthetic world (CPU, minutes)")
     d.add_argument("--out", default="famix-demo")
     d.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
@@ -304,6 +337,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "export": cmd_export,
     "reproduce": cmd_reproduce,
+    "adapt": cmd_adapt,
     "demo": cmd_demo,
     "datasets": cmd_datasets,
     "pretrain-tiny-clip": cmd_pretrain_tiny_clip,

@@ -1,0 +1,291 @@
+"""``famix adapt``: prompt-driven zero-shot adaptation (PODA, ICCV 2023) of a trained segmenter.
+
+For each target description ("driving at night"), in ``<out>/<slug>/``:
+
+1. ``styles.safetensors``: one style per source crop, mined by image-level PIN
+   (``famix.style.adapt.image_pin``) toward the description's CLIP text embedding. The bank keeps every
+   style under ``"ignore"`` (the class lists stay empty), so the mixer, finding no class style, draws from
+   them for every image; its metadata records the description, the source and the PIN settings.
+2. ``adapted.pt``: the segmenter fine-tuned on source crops whose layer1 features are restyled by those
+   styles (``style.mix=augment``, grid 1: each image's whole map takes a mined style, full replacement),
+   the HEAD only (freeze preset ``backbone``), for ``iterations`` SGD steps (default 2000, poly
+   schedule, head lr 0.01: our defaults, PODA's exact settings were not checked offline). It is a
+   checkpoint like any other (``famix eval`` / ``predict`` load it; its config says ``freeze:
+   backbone``), written every ``ckpt_interval`` steps too: an interrupted run resumes from it, a folder
+   made with other settings is refused (as ``famix train``).
+
+One model per target: the head is fitted to one target's feature statistics; a model adapted to several
+descriptions at once is FAMix-style generalisation, not PODA's adaptation, and would blur the comparison.
+
+Which CLIP: the styles live in the *segmenter's* layer1 feature space (its own frozen stem and layer1 make
+the features); CLIP (the checkpoint's backbone, weights from ``clip_weights`` as ``famix mine``) gives the
+text embedding and the undilated layer2 -> attention-pool tail that embeds the restyled maps. With the
+CLIP weights the model was trained from, stem and layer1 are the same tensors; otherwise a warning says so.
+One process (no torchrun).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from famix import __version__
+from famix.config import (
+    Config,
+    DataConfig,
+    RunConfig,
+    StyleConfig,
+    TrainConfig,
+    changed_settings,
+    from_dict,
+)
+from famix.data.datasets import SeededTransform, build_dataset
+from famix.data.labels import IGNORE_INDEX
+from famix.data.transforms import normalize, train_transform
+from famix.engine.amp import amp_dtype
+from famix.engine.checkpoint import load_checkpoint, load_model_state, load_segmenter, save_checkpoint
+from famix.engine.distributed import DistInfo, resolve_device
+from famix.engine.loss import SegmentationLoss
+from famix.engine.seeds import item_seed, step_seed
+from famix.engine.train import (
+    TRAIN_SECTIONS,
+    build_mixer,
+    build_optimizer,
+    make_train_loader,
+    prepare_images,
+    train_step,
+)
+from famix.models.clip import build_clip, clip_preprocess_size, weights_fingerprint
+from famix.models.freeze import apply_freeze
+from famix.progress import progress_bar
+from famix.style.adapt import PIN_LR, PIN_STEPS, check_description, image_pin
+from famix.style.bank import StyleBank
+from famix.style.prompts import TextEmbedder
+
+
+@dataclass(frozen=True)
+class AdaptSettings:
+    """What an adaptation computes, besides the target and the checkpoint (None: the checkpoint's value).
+
+    iterations: head fine-tuning steps; lr: the head's SGD lr (poly schedule); steps, pin_lr:
+    image-level PIN (``famix.style.adapt``); images: source crops mined (None: the whole source set, as
+    PODA); crop, batch_size: source crops (None: the checkpoint's data.crop / data.batch_size).
+    """
+
+    iterations: int = 2000
+    lr: float = 0.01
+    steps: int = PIN_STEPS
+    pin_lr: float = PIN_LR
+    images: int | None = None
+    crop: int | None = None
+    batch_size: int | None = None
+    seed: int = 0
+    # what does not change the result: where and how often
+    device: str = "auto"
+    amp: str = "bf16"
+    workers: int = 0
+    ckpt_interval: int = 500
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "ckpt_interval", "steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"adapt {name}={getattr(self, name)}: give a number >= 1")
+
+
+def slug(target: str) -> str:
+    """The run folder name of a target description: "Driving at night!" -> "driving-at-night"."""
+    return re.sub(r"[^a-z0-9]+", "-", target.lower()).strip("-") or "target"
+
+
+def adapt(
+    checkpoint: str | Path,
+    targets: list[str],
+    source_spec: str,
+    out: str | Path,
+    clip_weights: str | None = None,
+    settings: AdaptSettings | None = None,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """Adapt ``checkpoint`` to each target description with source crops of ``source_spec``: one model per
+    target, ``<out>/<slug>/adapted.pt`` (resumed if interrupted). Returns {target: checkpoint path}."""
+    s = settings or AdaptSettings()
+    if not targets:
+        raise ValueError('give at least one target description (--target "driving at night")')
+    folders = [slug(t) for t in targets]
+    if len(set(folders)) != len(folders):
+        raise ValueError(f"target descriptions {targets} share run folder names {folders}: make them differ")
+    device = resolve_device(s.device)
+    model, model_cfg = load_segmenter(checkpoint, device=device)
+    stored = load_checkpoint(checkpoint).get("config", {})
+    clip = build_clip(model_cfg.backbone, clip_weights, device=device, seed=0).requires_grad_(False)
+    _check_same_stem(model, clip.visual, clip_weights)
+    embed = TextEmbedder(clip)
+    data = from_dict(stored.get("data", {}), DataConfig, "data.")
+    data = dataclasses.replace(
+        data,
+        train=source_spec,
+        val=[],
+        crop=s.crop or data.crop,
+        batch_size=s.batch_size or data.batch_size,
+        workers=s.workers,
+    )
+    train_cfg = from_dict(stored.get("train", {}), TrainConfig, "train.")
+    recorded = {  # everything besides the config sections that the adapted model depends on
+        "target": None,
+        "checkpoint": weights_fingerprint(str(checkpoint)),
+        "clip": {"backbone": model_cfg.backbone, "weights": weights_fingerprint(clip_weights)},
+        "pin": {"steps": s.steps, "lr": s.pin_lr, "images": s.images},
+    }
+    written = {}
+    for target, folder in zip(targets, folders, strict=True):
+        run = Path(out) / folder
+        cfg = Config(
+            model=dataclasses.replace(model_cfg, freeze="backbone", weights=None),
+            data=data,
+            style=StyleConfig(mix="augment", bank=str(run / "styles.safetensors"), grid=1),
+            train=dataclasses.replace(
+                train_cfg,
+                out=str(run),
+                iterations=s.iterations,
+                lr=s.lr,
+                stop_after=None,
+                ckpt_interval=s.ckpt_interval,
+                channels_last=device.type == "cuda",
+                compile=None,
+            ),
+            run=RunConfig(seed=s.seed, device=s.device, amp=s.amp),
+        )
+        record = {**recorded, "target": target}
+        check_description(target, getattr(clip, "context_length", 77))
+        _mine_target(model, clip, embed, cfg, record, s, progress)
+        written[target] = _fine_tune(checkpoint, cfg, record, progress)
+    return written
+
+
+def _check_same_stem(model, visual, clip_weights) -> None:
+    """Warn if the segmenter's stem and layer1 are not those of the CLIP image tower used for the tail."""
+    ours = model.backbone.state_dict()
+    theirs = visual.state_dict()
+    keys = [k for k in ours if k.split(".")[0] in ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "layer1")]
+    if any(not torch.equal(ours[k], theirs[k].to(ours[k].device)) for k in keys):
+        warnings.warn(
+            f"the checkpoint's stem/layer1 differ from CLIP weights {clip_weights or '(random)'}: the styles "
+            "are embedded by a CLIP tail trained on other features; pass the CLIP weights the model was "
+            "trained from (--weights)",
+            stacklevel=3,
+        )
+
+
+def _mine_target(model, clip, embed, cfg: Config, record: dict, s: AdaptSettings, progress: bool) -> None:
+    """Write ``cfg.style.bank``: one image-level style per source crop, all under "ignore" (kept if a bank
+    with the same settings is there; one with other settings is refused)."""
+    path = Path(cfg.style.bank)
+    meta = {"adapt": record, "data": {"train": cfg.data.train, "crop": cfg.data.crop}, "seed": cfg.run.seed}
+    if path.is_file():
+        bank = StyleBank.load(path)
+        changed = changed_settings(bank.metadata.get("settings", {}), meta)
+        if changed:
+            raise FileExistsError(
+                f"style bank {path} was mined with other settings: {'; '.join(changed)}. Pass another --out, "
+                "or move that folder away"
+            )
+        return
+    names = cfg.model.class_names
+    bank = StyleBank(
+        list(names), model.low_channels, metadata={"settings": meta, "famix_version": __version__}
+    )
+    bank.metadata["description"] = record["target"]
+    device = next(model.parameters()).device
+    text = embed([record["target"]])[0]  # [D]
+    pool = clip_preprocess_size(clip) // 4
+    dataset = SeededTransform(
+        build_dataset(cfg.data.train), train_transform(cfg.data.crop, jitter=0, hflip=0)
+    )
+    total, size = min(len(dataset), s.images or len(dataset)), cfg.data.batch_size
+    items = [(i, item_seed(cfg.run.seed, i)) for i in range(total)]
+    loader = DataLoader(dataset, batch_size=size, sampler=items, num_workers=cfg.data.workers)
+    bar = progress_bar(total=math.ceil(total / size), desc=f"mine {record['target']!r}", disable=not progress)
+    for images, _, _ in loader:
+        with torch.no_grad():
+            f = model.backbone.layer1(model.backbone.stem(normalize(images.to(device))))  # [B, C, H/4, W/4]
+        styles = image_pin(clip.visual, f, text, pool, s.steps, s.pin_lr)
+        ignore = torch.full((len(images),), IGNORE_INDEX)
+        bank.add(styles.mu, styles.sigma, ignore, IGNORE_INDEX)
+        bar.update(1)
+        bar.set_postfix(cos=f"{styles.cos.mean().item():.3f}")
+    bar.close()
+    bank.save(path)
+
+
+def _fine_tune(checkpoint, cfg: Config, record: dict, progress: bool) -> Path:
+    """Fine-tune the head of ``checkpoint``'s segmenter on restyled source crops into ``<run>/adapted.pt``,
+    resuming it when it holds the same run (returned as is when complete)."""
+    t, run = cfg.train, Path(cfg.train.out)
+    path = run / "adapted.pt"
+    device = resolve_device(cfg.run.device)
+    model, _ = load_segmenter(checkpoint, device=device)
+    apply_freeze(model, "backbone")
+    mixer = build_mixer(cfg, model, device)
+    optimizer, scheduler = build_optimizer(model, cfg)
+    amp = amp_dtype(cfg.run.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    criterion = SegmentationLoss(t.label_smoothing, IGNORE_INDEX)
+    start = 0
+    if path.is_file():
+        ckpt = load_checkpoint(path)
+        changed = changed_settings(ckpt.get("config", {}), cfg.to_dict(), TRAIN_SECTIONS)
+        changed += changed_settings({"adapt": ckpt.get("adapt", {})}, {"adapt": record})
+        if changed:
+            raise FileExistsError(
+                f"{path} holds an adaptation made with other settings: {'; '.join(changed)}. famix resumes "
+                "only the same run: pass another --out, or move that folder away"
+            )
+        load_model_state(model, ckpt["model_state"], str(path))
+        optimizer.load_state_dict(ckpt["optimizer_state"])
+        scheduler.load_state_dict(ckpt["scheduler_state"])
+        scaler.load_state_dict(ckpt["scaler_state"])
+        start = ckpt["cur_itrs"]
+    if start >= t.iterations:
+        return path
+    model.train()
+    loader = make_train_loader(cfg, DistInfo(), start)
+    bar = progress_bar(
+        total=t.iterations, initial=start, desc=f"adapt {record['target']!r}", disable=not progress
+    )
+    running = torch.zeros((), device=device)
+    for step, (images, labels, jitter) in zip(range(start + 1, t.iterations + 1), loader, strict=False):
+        images = prepare_images(images.to(device), jitter, t.channels_last)  # [B, 3, H, W]
+        labels = labels.to(device).long()  # [B, H, W]
+        torch.manual_seed(step_seed(cfg.run.seed, step, 0))
+        mixer.generator.manual_seed(step_seed(cfg.run.seed, step, 0))
+        running += train_step(model, mixer, images, labels, optimizer, scaler, amp, criterion)
+        scheduler.step()
+        bar.update(1)
+        if step % t.ckpt_interval == 0 or step == t.iterations:
+            loss = running.item()
+            running.zero_()
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite loss near step {step} while adapting to {record['target']!r}; the last good "
+                    f"checkpoint ({path}) is kept: lower --lr or use --amp off, then resume"
+                )
+            save_checkpoint(
+                path,
+                model_state=model.state_dict(),
+                optimizer_state=optimizer.state_dict(),
+                scheduler_state=scheduler.state_dict(),
+                scaler_state=scaler.state_dict(),
+                cur_itrs=step,
+                best_score=-1.0,
+                config=cfg.to_dict(),
+                adapt=record,
+            )
+    bar.close()
+    return path

@@ -124,6 +124,7 @@ def default_results_path(checkpoint: str | os.PathLike, specs: Sequence[str], tt
     """Where ``famix eval`` writes results by default: next to the checkpoint, named by what was evaluated
     (``best.eval.cityscapes-val.acdc-night-val.json``), so evaluations on other data never overwrite it.
     Long names are shortened with a hash of the full list."""
+
     def slug(spec: str) -> str:  # the spec without its folder paths: cityscapes:data/cs:val -> cityscapes-val
         fields = [Path(f).stem if f.endswith(".txt") else f for f in spec.split(":")]
         kept = [

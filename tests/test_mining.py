@@ -18,19 +18,10 @@ from famix.config import load_config
 from famix.data.labels import IGNORE_INDEX
 from famix.engine.mine import CUDA_PIN_CROPS, mine, pin_batches
 from famix.models.clip import build_clip
-from famix.style import mining
+from famix.style import pin
 from famix.style.bank import StyleBank
-from famix.style.mining import (
-    MiningSettings,
-    cap_per_class,
-    clip_tail,
-    first_per_class,
-    mine_batch,
-    mine_batches,
-    pin_optimize,
-    pooled_embedding,
-    split_patches,
-)
+from famix.style.mining import MiningSettings, cap_per_class, first_per_class, mine_batch, mine_batches
+from famix.style.pin import clip_tail, pin_optimize, pooled_embedding, split_patches
 from famix.style.prompts import TextEmbedder, prompt
 from famix.style.stats import grid_edges, normalize_patches, patch_stats
 
@@ -227,7 +218,7 @@ def test_fp16_pin_scales_the_loss_and_retakes_overflowed_steps(clip, monkeypatch
         return pin_optimize(clip.visual, groups, flat_mu, flat_sigma, text, 16, 3, 0.5, amp_dtype=amp)[:2]
 
     fp32, fp16 = run(None), run(torch.float16)
-    monkeypatch.setattr(mining, "FP16_INIT_SCALE", 2.0**30)  # overflows fp16 on the first ~14 tries
+    monkeypatch.setattr(pin, "FP16_INIT_SCALE", 2.0**30)  # overflows fp16 on the first ~14 tries
     fp16_overflowing = run(torch.float16)
     for a, b, c in zip(fp32, fp16, fp16_overflowing, strict=True):
         torch.testing.assert_close(b, a, rtol=0, atol=5e-3)  # fp16's precision

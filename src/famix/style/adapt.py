@@ -2,7 +2,7 @@
 
 PODA ("Prompt-driven zero-shot domain adaptation") mines, for each source image, the channel statistics
 (mu*, sigma*) of its *whole* layer1 feature map that make CLIP embed the restyled map near the text of an
-unseen target domain ("driving at night"). It is FAMix's PIN (``famix.style.mining``) with one patch per
+unseen target domain ("driving at night"). It is FAMix's PIN (``famix.style.pin``) with one patch per
 image (grid 1) and one prompt for all images, so the optimisation itself is ``pin_optimize``.
 
 Optimiser: SGD, momentum 0.9, weight decay 1e-4, 100 steps, as FAMix's mining; the loss is summed over
@@ -21,7 +21,7 @@ import open_clip
 import torch
 from torch import nn
 
-from famix.style.mining import pin_optimize
+from famix.style.pin import pin_optimize
 from famix.style.stats import patch_stats
 
 # per-image SGD settings of image-level PIN (see the module docstring)

@@ -76,15 +76,15 @@ def adapted(checkpoint, tmp_path_factory):
 
 def test_adapt_changes_only_the_head(checkpoint, adapted):
     before = load_checkpoint(checkpoint)["model_state"]
-    ckpt = load_checkpoint(adapted / "adapted.pt")
+    ckpt = load_checkpoint(adapted / "latest.pt")
     after = ckpt["model_state"]
-    assert ckpt["cur_itrs"] == SETTINGS.iterations and ckpt["adapt"]["target"] == TARGET
+    assert ckpt["cur_itrs"] == SETTINGS.iterations and ckpt["provenance"]["adapt"]["target"] == TARGET
     assert set(before) == set(after)
     backbone = [k for k in before if k.startswith("backbone.")]
     assert backbone and all(torch.equal(before[k], after[k]) for k in backbone)
     head = [k for k in before if k.startswith("classifier.") and before[k].is_floating_point()]
     assert any(not torch.equal(before[k], after[k]) for k in head)
-    model, cfg = load_segmenter(adapted / "adapted.pt")  # as `famix eval` / `predict` load it
+    model, cfg = load_segmenter(adapted / "latest.pt")  # as `famix eval` / `predict` load it
     assert cfg.freeze == "backbone" and model(torch.zeros(1, 3, 32, 32)).shape == (1, cfg.num_classes, 32, 32)
 
 
@@ -100,7 +100,9 @@ def test_adapt_bank_records_description_and_checks_width(adapted):
 
 def test_adapt_resumes_after_interruption(checkpoint, adapted, tmp_path, monkeypatch):
     calls = []
-    real_step = adapt_engine.train_step
+    from famix.engine import train as train_module
+
+    real_step = train_module.train_step
 
     def failing_step(*args):
         calls.append(1)
@@ -108,14 +110,14 @@ def test_adapt_resumes_after_interruption(checkpoint, adapted, tmp_path, monkeyp
             raise KeyboardInterrupt
         return real_step(*args)
 
-    monkeypatch.setattr(adapt_engine, "train_step", failing_step)
+    monkeypatch.setattr(train_module, "train_step", failing_step)
     with pytest.raises(KeyboardInterrupt):
         adapt_engine.adapt(checkpoint, [TARGET], SOURCE, tmp_path, settings=SETTINGS, progress=False)
-    assert load_checkpoint(tmp_path / adapt_engine.slug(TARGET) / "adapted.pt")["cur_itrs"] == 2
-    monkeypatch.setattr(adapt_engine, "train_step", real_step)
+    assert load_checkpoint(tmp_path / adapt_engine.slug(TARGET) / "latest.pt")["cur_itrs"] == 2
+    monkeypatch.setattr(train_module, "train_step", real_step)
     written = adapt_engine.adapt(checkpoint, [TARGET], SOURCE, tmp_path, settings=SETTINGS, progress=False)
     resumed = load_checkpoint(written[TARGET])["model_state"]
-    straight = load_checkpoint(adapted / "adapted.pt")["model_state"]
+    straight = load_checkpoint(adapted / "latest.pt")["model_state"]
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
     other = adapt_engine.AdaptSettings(**{**vars(SETTINGS), "lr": 0.05})
     with pytest.raises(FileExistsError, match="train.lr"):

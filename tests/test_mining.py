@@ -20,7 +20,7 @@ from famix.engine.mine import CUDA_PIN_CROPS, mine, pin_batches
 from famix.models.clip import build_clip
 from famix.style import pin
 from famix.style.bank import StyleBank
-from famix.style.mining import MiningSettings, cap_per_class, first_per_class, mine_batch, mine_batches
+from famix.style.mining import MiningSettings, cap_per_class, first_per_class, mine_batches
 from famix.style.pin import clip_tail, pin_optimize, pooled_embedding, split_patches
 from famix.style.prompts import TextEmbedder, prompt
 from famix.style.stats import grid_edges, normalize_patches, patch_stats
@@ -28,6 +28,13 @@ from famix.style.stats import grid_edges, normalize_patches, patch_stats
 os.environ["HF_HUB_OFFLINE"] = "1"
 TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 NAMES = [f"class{k}" for k in range(6)]
+
+
+def mine_batch(visual, embed, images, labels, names, settings, generator, pool, ignore_index, *how):
+    """One batch mined alone (``mine_batches`` of that batch)."""
+    return mine_batches(
+        visual, embed, [(images, labels, generator)], names, settings, pool, ignore_index, *how
+    )[0]
 
 
 @pytest.fixture(scope="module")

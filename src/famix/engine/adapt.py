@@ -6,10 +6,11 @@ For each target description ("driving at night"), in ``<out>/<slug>/``:
    (``famix.style.adapt.image_pin``) toward the description's CLIP text embedding. The bank keeps every
    style under ``"ignore"`` (the class lists stay empty), so the mixer, finding no class style, draws from
    them for every image; its metadata records the description, the source and the PIN settings.
-2. ``adapted.pt``: the segmenter fine-tuned on source crops whose layer1 features are restyled by those
-   styles (``style.mix=augment``, grid 1: each image's whole map takes a mined style, full replacement),
-   the HEAD only (freeze preset ``backbone``), for ``iterations`` SGD steps (default 2000, poly
-   schedule, head lr 0.01: our defaults, PODA's exact settings were not checked offline). It is a
+2. ``latest.pt`` (and ``best.pt``, ``config.yaml``, ``metrics.jsonl``: a ``famix train`` run started
+   from the checkpoint's weights): the segmenter fine-tuned on source crops whose layer1 features are
+   restyled by those styles (``style.mix=augment``, grid 1: each image's whole map takes a mined style,
+   full replacement), the HEAD only (freeze preset ``backbone``), for ``iterations`` SGD steps (default
+   2000, poly schedule, head lr 0.01: our defaults, PODA's exact settings were not checked offline). It is a
    checkpoint like any other (``famix eval`` / ``predict`` load it; its config says ``freeze:
    backbone``), written every ``ckpt_interval`` steps too: an interrupted run resumes from it, a folder
    made with other settings is refused (as ``famix train``).
@@ -49,21 +50,11 @@ from famix.config import (
 from famix.data.datasets import SeededTransform, build_dataset
 from famix.data.labels import IGNORE_INDEX
 from famix.data.transforms import normalize, train_transform
-from famix.engine.amp import amp_dtype
-from famix.engine.checkpoint import load_checkpoint, load_model_state, load_segmenter, save_checkpoint
-from famix.engine.distributed import DistInfo, resolve_device
-from famix.engine.loss import SegmentationLoss
-from famix.engine.seeds import item_seed, step_seed
-from famix.engine.train import (
-    TRAIN_SECTIONS,
-    build_mixer,
-    build_optimizer,
-    make_train_loader,
-    prepare_images,
-    train_step,
-)
+from famix.engine.checkpoint import load_checkpoint, load_segmenter
+from famix.engine.distributed import resolve_device
+from famix.engine.seeds import item_seed
+from famix.engine.train import train
 from famix.models.clip import build_clip, clip_preprocess_size, weights_fingerprint
-from famix.models.freeze import apply_freeze
 from famix.progress import progress_bar
 from famix.style.adapt import PIN_LR, PIN_STEPS, check_description, image_pin
 from famix.style.bank import StyleBank
@@ -114,7 +105,7 @@ def adapt(
     progress: bool = True,
 ) -> dict[str, Path]:
     """Adapt ``checkpoint`` to each target description with source crops of ``source_spec``: one model per
-    target, ``<out>/<slug>/adapted.pt`` (resumed if interrupted). Returns {target: checkpoint path}."""
+    target, ``<out>/<slug>/latest.pt`` (resumed if interrupted). Returns {target: checkpoint path}."""
     s = settings or AdaptSettings()
     if not targets:
         raise ValueError('give at least one target description (--target "driving at night")')
@@ -165,7 +156,7 @@ def adapt(
         record = {**recorded, "target": target}
         check_description(target, getattr(clip, "context_length", 77))
         _mine_target(model, clip, embed, cfg, record, s, progress)
-        written[target] = _fine_tune(checkpoint, cfg, record, progress)
+        written[target] = _fine_tune(checkpoint, cfg, record)
     return written
 
 
@@ -224,68 +215,8 @@ def _mine_target(model, clip, embed, cfg: Config, record: dict, s: AdaptSettings
     bank.save(path)
 
 
-def _fine_tune(checkpoint, cfg: Config, record: dict, progress: bool) -> Path:
-    """Fine-tune the head of ``checkpoint``'s segmenter on restyled source crops into ``<run>/adapted.pt``,
-    resuming it when it holds the same run (returned as is when complete)."""
-    t, run = cfg.train, Path(cfg.train.out)
-    path = run / "adapted.pt"
-    device = resolve_device(cfg.run.device)
-    model, _ = load_segmenter(checkpoint, device=device)
-    apply_freeze(model, "backbone")
-    mixer = build_mixer(cfg, model, device)
-    optimizer, scheduler = build_optimizer(model, cfg)
-    amp = amp_dtype(cfg.run.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    criterion = SegmentationLoss(t.label_smoothing, IGNORE_INDEX)
-    start = 0
-    if path.is_file():
-        ckpt = load_checkpoint(path)
-        changed = changed_settings(ckpt.get("config", {}), cfg.to_dict(), TRAIN_SECTIONS)
-        changed += changed_settings({"adapt": ckpt.get("adapt", {})}, {"adapt": record})
-        if changed:
-            raise FileExistsError(
-                f"{path} holds an adaptation made with other settings: {'; '.join(changed)}. famix resumes "
-                "only the same run: pass another --out, or move that folder away"
-            )
-        load_model_state(model, ckpt["model_state"], str(path))
-        optimizer.load_state_dict(ckpt["optimizer_state"])
-        scheduler.load_state_dict(ckpt["scheduler_state"])
-        scaler.load_state_dict(ckpt["scaler_state"])
-        start = ckpt["cur_itrs"]
-    if start >= t.iterations:
-        return path
-    model.train()
-    loader = make_train_loader(cfg, DistInfo(), start)
-    bar = progress_bar(
-        total=t.iterations, initial=start, desc=f"adapt {record['target']!r}", disable=not progress
-    )
-    running = torch.zeros((), device=device)
-    for step, (images, labels, jitter) in zip(range(start + 1, t.iterations + 1), loader, strict=False):
-        images = prepare_images(images.to(device), jitter, t.channels_last)  # [B, 3, H, W]
-        labels = labels.to(device).long()  # [B, H, W]
-        torch.manual_seed(step_seed(cfg.run.seed, step, 0))
-        mixer.generator.manual_seed(step_seed(cfg.run.seed, step, 0))
-        running += train_step(model, mixer, images, labels, optimizer, scaler, amp, criterion)
-        scheduler.step()
-        bar.update(1)
-        if step % t.ckpt_interval == 0 or step == t.iterations:
-            loss = running.item()
-            running.zero_()
-            if not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite loss near step {step} while adapting to {record['target']!r}; the last good "
-                    f"checkpoint ({path}) is kept: lower --lr or use --amp off, then resume"
-                )
-            save_checkpoint(
-                path,
-                model_state=model.state_dict(),
-                optimizer_state=optimizer.state_dict(),
-                scheduler_state=scheduler.state_dict(),
-                scaler_state=scaler.state_dict(),
-                cur_itrs=step,
-                best_score=-1.0,
-                config=cfg.to_dict(),
-                adapt=record,
-            )
-    bar.close()
-    return path
+def _fine_tune(checkpoint, cfg: Config, record: dict) -> Path:
+    """Fine-tune the head of ``checkpoint``'s segmenter on restyled source crops: ``famix train`` started
+    from its weights, into ``<run>/latest.pt`` (resumed when it holds the same run, refused otherwise)."""
+    train(cfg, init_state=load_checkpoint(checkpoint)["model_state"], provenance={"adapt": record})
+    return Path(cfg.train.out) / "latest.pt"

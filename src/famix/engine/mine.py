@@ -1,6 +1,6 @@
 """``famix mine``: one pass of local style mining over the source set, into a safetensors style bank.
 
-The mining step itself (patch choice, prompts, PIN) is ``famix.style.mining.mine_batch``; this module
+The mining step itself (patch choice, prompts, PIN) is ``famix.style.mining.mine_batches``; this module
 only loops it over the source set, resumes an interrupted bank and saves it. ``mine.batch_size`` crops make
 a batch (the unit of the prompts' and patch choice's randomness, of resuming and of the bank's order);
 ``mine.pin_crops`` crops (whole batches, ``pin_batches``) are optimised in one PIN call (``mine_batches``),

@@ -64,13 +64,20 @@ def build_mixer(cfg: Config, model, device) -> LocalStyleMixer | None:
     return LocalStyleMixer(s.mix, s.grid, s.beta, cfg.model.num_classes, packed, generator, IGNORE_INDEX)
 
 
-def train(cfg: Config) -> dict:
-    """Train (or resume from ``<out>/latest.pt``, same settings only) and return the final metrics."""
+def train(cfg: Config, init_state: dict | None = None, provenance: dict | None = None) -> dict:
+    """Train (or resume from ``<out>/latest.pt``, same settings only) and return the final metrics.
+
+    ``init_state``: weights to start from instead of ``cfg.model``'s (e.g. a trained segmenter that
+    ``famix adapt`` fine-tunes); ``provenance``: what else the run depends on (e.g. that checkpoint), stored
+    in every checkpoint and compared on resume like the config.
+    """
     info = init_distributed(cfg.run.device)
     device = resolve_device(cfg.run.device, info)
     t, out = cfg.train, Path(cfg.train.out)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed crop size: let cuDNN pick its kernels
     model = build_segmenter(cfg.model, seed=cfg.run.seed).to(device)
+    if init_state is not None:
+        load_model_state(model, init_state, "the initial weights")
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     mixer = build_mixer(cfg, model, device)
@@ -79,7 +86,7 @@ def train(cfg: Config) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     criterion = SegmentationLoss(t.label_smoothing, IGNORE_INDEX)
     start, best = 0, -1.0
-    ckpt = _resume_point(cfg, out)
+    ckpt = _resume_point(cfg, out, provenance or {})
     if ckpt is not None:
         load_model_state(model, ckpt["model_state"], str(out / "latest.pt"))
         optimizer.load_state_dict(ckpt["optimizer_state"])
@@ -102,6 +109,7 @@ def train(cfg: Config) -> dict:
     )
     if t.compile:
         net = torch.compile(net, backend=t.compile)
+    parts = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)  # saved in checkpoints
     model.train()
     bar = progress_bar(total=t.iterations, initial=start, desc="train", disable=not info.main)
     running, tick, last_log = torch.zeros((), device=device), time.perf_counter(), start
@@ -133,7 +141,7 @@ def train(cfg: Config) -> dict:
         if validate_now:
             score = validate(cfg, model, device, amp, info, logger, step) if cfg.data.val else -1.0
         if validate_now or step % t.ckpt_interval == 0:
-            best = save_checkpoints(cfg, model, optimizer, scheduler, scaler, step, best, score, info)
+            best = save_checkpoints(cfg, parts, step, best, score, info, provenance or {})
     bar.close()
     barrier()
     cleanup()
@@ -161,7 +169,7 @@ def prepare_images(images: torch.Tensor, jitter: torch.Tensor, channels_last: bo
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def _resume_point(cfg: Config, out: Path) -> dict | None:
+def _resume_point(cfg: Config, out: Path, provenance: dict) -> dict | None:
     """The checkpoint to resume from (None: a fresh run); a run folder of other settings is an error."""
     latest = out / "latest.pt"
     ckpt = load_checkpoint(latest) if latest.is_file() else None
@@ -174,6 +182,8 @@ def _resume_point(cfg: Config, out: Path) -> dict | None:
     else:
         return None
     changed = changed_settings(stored, cfg.to_dict(), TRAIN_SECTIONS)
+    if ckpt is not None:
+        changed += changed_settings({"provenance": ckpt.get("provenance", {})}, {"provenance": provenance})
     if changed:
         raise FileExistsError(
             f"{out} holds a run made with other settings ({where}): {'; '.join(changed)}. famix resumes "
@@ -229,18 +239,13 @@ def validate(cfg: Config, model, device, amp, info, logger, step: int) -> float 
     return score
 
 
-def save_checkpoints(cfg, model, optimizer, scheduler, scaler, step, best, score, info) -> float:
+def save_checkpoints(cfg, parts: dict, step, best, score, info, provenance: dict) -> float:
     """Rank 0 writes ``latest.pt`` and, at a validation step (``score`` not None) that beats ``best`` or
-    finds no ``best.pt``, ``best.pt``, atomically. Returns the best score (mIoU %, -1: none measured)."""
+    finds no ``best.pt``, ``best.pt``, atomically. ``parts``: model, optimizer, scheduler, scaler.
+    Returns the best score (mIoU %, -1: none measured)."""
     if info.main:
-        state = dict(
-            model_state=model.state_dict(),
-            optimizer_state=optimizer.state_dict(),
-            scheduler_state=scheduler.state_dict(),
-            scaler_state=scaler.state_dict(),
-            cur_itrs=step,
-            config=cfg.to_dict(),
-        )
+        state = {f"{name}_state": part.state_dict() for name, part in parts.items()}
+        state.update(cur_itrs=step, config=cfg.to_dict(), provenance=provenance)
         out = Path(cfg.train.out)
         if score is not None and (score > best or not (out / "best.pt").is_file()):
             best = max(score, best)

@@ -1,9 +1,9 @@
 """Local style mining ("Augment"): Prompt-driven Instance Normalization (PIN) on feature patches.
 
-One mining step (``mine_batch``) takes a batch of images and labels, cuts the layer1 features into a G x G
-grid, chooses the patches to mine, and optimises each chosen patch's channel statistics (mu*, sigma*) so
-that the CLIP image embedding of the restyled patch moves toward the text "<style word> <dominant class>"
-(method.md section 3). Two recipes (``RECIPE_LR`` gives each one's default lr):
+One mining step (``mine_batches`` of one batch) takes a batch of images and labels, cuts the layer1
+features into a G x G grid, chooses the patches to mine, and optimises each chosen patch's channel
+statistics (mu*, sigma*) so that the CLIP image embedding of the restyled patch moves toward the text
+"<style word> <dominant class>" (method.md section 3). Two recipes (``RECIPE_LR``: each one's default lr):
 
 - ``famix``: every patch (or at most ``per_class`` per dominant class, drawn at random), loss summed over
   patches, lr per patch: a patch's result does not depend on which other patches share its batch.
@@ -92,33 +92,6 @@ class MinedStyles(NamedTuple):
     cos: torch.Tensor
 
 
-def mine_batch(
-    visual: nn.Module,
-    embed: Callable[[list[str]], torch.Tensor],
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    class_names: Sequence[str],
-    settings: MiningSettings,
-    generator: torch.Generator,
-    pool: int,
-    ignore_index: int,
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    cuda_graph: bool = False,
-) -> MinedStyles:
-    """Mine the styles of one batch: images [B, 3, H, W] (CLIP-normalised), labels [B, H, W].
-
-    visual: the undilated CLIP ResNet image tower (frozen; in channels_last if ``channels_last``); embed:
-    prompts -> [N, D] unit-norm text embeddings (a ``TextEmbedder``); generator: the batch's randomness
-    (style words, per_class draws); pool: CLIP input size / 4 (56 for RN50). amp_dtype, channels_last,
-    cuda_graph: how to compute (``pin_optimize``), not what.
-    """
-    batch = [(images, labels, generator)]
-    return mine_batches(
-        visual, embed, batch, class_names, settings, pool, ignore_index, amp_dtype, channels_last, cuda_graph
-    )[0]
-
-
 def mine_batches(
     visual: nn.Module,
     embed: Callable[[list[str]], torch.Tensor],
@@ -131,12 +104,18 @@ def mine_batches(
     channels_last: bool = False,
     cuda_graph: bool = False,
 ) -> list[MinedStyles]:
-    """``mine_batch`` of several batches [(images, labels, generator)] in one PIN call: the styles of each.
+    """Mine the styles of batches [(images [B, 3, H, W] CLIP-normalised, labels [B, H, W], generator)] in one
+    PIN call: the styles of each batch.
+
+    visual: the undilated CLIP ResNet image tower (frozen; in channels_last if ``channels_last``); embed:
+    prompts -> [N, D] unit-norm text embeddings (a ``TextEmbedder``); a batch's generator: its randomness
+    (style words, per_class draws); pool: CLIP input size / 4 (56 for RN50). amp_dtype, channels_last,
+    cuda_graph: how to compute (``pin_optimize``), not what.
 
     Each batch's patch choice and prompts come from its own generator, and every patch is optimised on its
     own (a per-patch loss weight keeps the official recipe's average per batch), so each batch's styles are
-    those of ``mine_batch`` alone: only speed and memory depend on how many batches share a call (float
-    rounding aside: the CLIP tail then runs on a larger batch).
+    those it gets alone: only speed and memory depend on how many batches share a call (float rounding
+    aside: the CLIP tail then runs on a larger batch).
     """
     s = settings
     dtype = restyle_dtype(amp_dtype)

@@ -124,6 +124,31 @@ def test_adapt_resumes_after_interruption(checkpoint, adapted, tmp_path, monkeyp
         adapt_engine.adapt(checkpoint, [TARGET], SOURCE, tmp_path, settings=other, progress=False)
 
 
+def test_adapt_mining_resumes_after_interruption(checkpoint, adapted, tmp_path, monkeypatch):
+    """A mining pass killed after its first saved batch resumes there: the bank equals an unbroken pass's."""
+    real_pin, calls = adapt_engine.image_pin, []
+
+    def failing_pin(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_pin(*args)
+
+    settings = adapt_engine.AdaptSettings(**{**vars(SETTINGS), "save_every": 1})
+    monkeypatch.setattr(adapt_engine, "image_pin", failing_pin)
+    with pytest.raises(KeyboardInterrupt):
+        adapt_engine.adapt(checkpoint, [TARGET], SOURCE, tmp_path, settings=settings, progress=False)
+    path = tmp_path / adapt_engine.slug(TARGET) / "styles.safetensors"
+    partial = StyleBank.load(path)
+    assert partial.metadata["batches_done"] == 1 and len(partial) == SETTINGS.batch_size
+    monkeypatch.setattr(adapt_engine, "image_pin", real_pin)
+    adapt_engine.adapt(checkpoint, [TARGET], SOURCE, tmp_path, settings=settings, progress=False)
+    resumed, straight = StyleBank.load(path), StyleBank.load(adapted / "styles.safetensors")
+    assert len(resumed) == len(straight) == 8
+    a, b = resumed.packed(), straight.packed()
+    assert torch.equal(a.mu, b.mu) and torch.equal(a.sigma, b.sigma)
+
+
 def test_truncated_description_warns():
     assert check_description(TARGET, 16)
     long = "driving through a dense fog at night on a wet road with many bright oncoming headlights"

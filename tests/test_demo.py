@@ -6,11 +6,14 @@ import statistics
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from famix.demo import run as demo
-from famix.demo.report import GROUPS, bank_table, labelled_grid, report
+from famix.demo.adapt import CONTROL, START, run_adapt_demo
+from famix.demo.report import GROUPS, adapt_report, bank_table, labelled_grid, report
 from famix.demo.run import ABLATION, BASELINE, DEFAULT_VARIANTS, FAMIX, run_demo, run_folder
+from famix.engine.checkpoint import load_checkpoint
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 DOMAINS = ["day", "night", "fog", "snow", "rain"]
@@ -144,3 +147,33 @@ def test_quick_demo_rerun_says_it_reuses_runs_without_training(quick_demo, monke
         assert f"seed 0: {name}: reusing its evaluation" in printed
     assert "mined styles: reusing the finished bank" in printed
     assert "training" not in printed and "iterations)" not in printed
+
+
+def test_adapt_report_deltas_are_paired_per_seed():
+    import random
+
+    rng = random.Random(1)
+    values = {v: [{d: 100 * rng.random() for d in DOMAINS} for _ in range(3)] for v in ("start", "adapted")}
+    text = adapt_report(_runs(values), DOMAINS, "night", "start", [("adapted", "start")])
+    row = next(line for line in text.splitlines() if line.startswith("| adapted - start (paired) |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    night = [a["night"] - b["night"] for a, b in zip(values["adapted"], values["start"], strict=True)]
+    assert cells[2] == f"{statistics.mean(night):+.1f} +/- {statistics.stdev(night):.1f}"
+    held = [
+        sum(a[d] - b[d] for d in DOMAINS[1:]) / 4
+        for a, b in zip(values["adapted"], values["start"], strict=True)
+    ]
+    assert cells[-1] == f"{statistics.mean(held):+.1f} +/- {statistics.stdev(held):.1f}"
+
+
+def test_quick_adapt_demo_starts_from_the_demo_model(quick_demo, monkeypatch):
+    out, first = quick_demo
+    result = run_adapt_demo(out, "night", quick=True, seeds=1)  # the demo's source-only run is reused
+    assert result["runs"][START][0] == first["runs"][BASELINE][0]
+    text = (out / "adapt_results.md").read_text()
+    assert "| adapted to 'night' |" in text and f"| {CONTROL} |" in text
+    adapted = load_checkpoint(out / "seed0" / "adapt" / "night" / "latest.pt")
+    assert adapted["provenance"]["adapt"]["target"] == "night"
+    start = load_checkpoint(out / "seed0" / run_folder(BASELINE) / "latest.pt")["model_state"]
+    backbone = [k for k in start if k.startswith("backbone.")]
+    assert all(torch.equal(adapted["model_state"][k], start[k]) for k in backbone)

@@ -18,10 +18,11 @@ from famix.config import load_config
 from famix.data.labels import IGNORE_INDEX
 from famix.engine.mine import CUDA_PIN_CROPS, mine, pin_batches
 from famix.models.clip import build_clip
+from famix.models.towers import pooled_embedding, resnet_tail
 from famix.style import pin
 from famix.style.bank import StyleBank
 from famix.style.mining import MiningSettings, cap_per_class, first_per_class, mine_batches
-from famix.style.pin import clip_tail, pin_optimize, pooled_embedding, split_patches
+from famix.style.pin import pin_optimize, split_patches
 from famix.style.prompts import TextEmbedder, prompt
 from famix.style.stats import grid_edges, normalize_patches, patch_stats
 
@@ -60,7 +61,7 @@ def pin_alone(visual, patch, mu, sigma, text, pool, steps, lr, weight_decay):
     for _ in range(steps):
         opt.zero_grad()
         z = F.adaptive_avg_pool2d(torch.relu(s[None, :, None, None] * patch + m[None, :, None, None]), pool)
-        loss = 1 - F.cosine_similarity(clip_tail(visual, z), text[None])[0]
+        loss = 1 - F.cosine_similarity(resnet_tail(visual, z), text[None])[0]
         loss.backward()
         opt.step()
     return m.detach(), s.detach()
@@ -328,11 +329,11 @@ def test_pooled_embedding_equals_open_clip_attnpool(spatial, width, heads, out, 
     torch.testing.assert_close(grad, grad_expected, rtol=1e-5, atol=1e-5)
 
 
-def test_clip_tail_pools_as_the_clip_tower(clip):
+def test_resnet_tail_pools_as_the_clip_tower(clip):
     z = torch.randn(3, clip.visual.layer1[-1].conv3.out_channels, 16, 16)
     v = clip.visual
     expected = v.attnpool(v.layer4(v.layer3(v.layer2(z))))
-    torch.testing.assert_close(clip_tail(v, z), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(resnet_tail(v, z), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("b,c,h,w,g", [(2, 3, 12, 12, 3), (1, 4, 13, 10, 3), (2, 4, 9, 7, 2)])

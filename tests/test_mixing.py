@@ -86,8 +86,8 @@ def test_mix_stats_matches_loop():
             torch.testing.assert_close(s[b, c], a * sigma[b, c] + (1 - a) * sigma_t[b, c])
 
 
-def loop_restyle(f, labels, grid, targets, alpha):
-    """Slow oracle: targets(b, i, j, own_mu, own_sigma) -> (mu_t, sigma_t) per patch."""
+def loop_restyle(f, labels, grid, targets, alpha, relu=True):
+    """Slow oracle: targets(b, i, j, own_mu, own_sigma) -> (mu_t, sigma_t) per patch; ReLU if ``relu``."""
     b_, c_, h, w = f.shape
     hl, wl = labels.shape[-2:]
     out = torch.empty_like(f)
@@ -101,7 +101,8 @@ def loop_restyle(f, labels, grid, targets, alpha):
                 mu_t, sigma_t = targets(b, labels[b, l0:l1, m0:m1], mu, sigma)
                 a = alpha[b]
                 new_mu, new_sigma = a * mu + (1 - a) * mu_t, a * sigma + (1 - a) * sigma_t
-                out[b, :, r0:r1, c0:c1] = (new_sigma * (patch - mu) / sigma + new_mu).clamp_min(0)
+                new = new_sigma * (patch - mu) / sigma + new_mu
+                out[b, :, r0:r1, c0:c1] = new.clamp_min(0) if relu else new
     return out
 
 
@@ -109,17 +110,20 @@ def loop_restyle(f, labels, grid, targets, alpha):
     "b,c,h,w,scale,grid", [(2, 4, 12, 12, 4, 3), (3, 3, 13, 10, 4, 3), (1, 5, 9, 11, 2, 2)]
 )
 @pytest.mark.parametrize("mode", ["augment", "famix"])
-def test_mixer_with_one_style_per_class_matches_loop(b, c, h, w, scale, grid, mode):
+@pytest.mark.parametrize("relu", [True, False])
+def test_mixer_with_one_style_per_class_matches_loop(b, c, h, w, scale, grid, mode, relu):
+    """relu: ResNet layer1 features (non-negative, restyled through a ReLU); not relu: signed ViT patch
+    embeddings, restyled without one."""
     k = 3
     gen = torch.Generator().manual_seed(h * 31 + w)
-    f = torch.randn(b, c, h, w, generator=gen).relu()
+    f = torch.randn(b, c, h, w, generator=gen)
+    f = f.relu() if relu else f
     labels = torch.tensor([0, 1, 2, 255])[torch.randint(4, (b, h * scale, w * scale), generator=gen)]
     # bank: class 0 and ignore have one style each; classes 1, 2 are empty (-> ignore bank)
     bank_mu, bank_sigma = torch.randn(2, c, generator=gen), torch.rand(2, c, generator=gen) + 0.5
     counts, offsets = torch.tensor([1, 0, 0, 1]), torch.tensor([0, 1, 1, 1])
-    mixer = LocalStyleMixer(
-        mode, grid, 0.1, k, PackedBank(bank_mu, bank_sigma, counts, offsets), torch.Generator().manual_seed(9)
-    )
+    bank = PackedBank(bank_mu, bank_sigma, counts, offsets)
+    mixer = LocalStyleMixer(mode, grid, 0.1, k, bank, torch.Generator().manual_seed(9), relu=relu)
     out = mixer(f, labels)
     if mode == "augment":
         alpha = torch.zeros(b, c, 1, 1)
@@ -135,7 +139,9 @@ def test_mixer_with_one_style_per_class_matches_loop(b, c, h, w, scale, grid, mo
         row = 0 if dominant == 0 else 1
         return bank_mu[row, :, None, None], bank_sigma[row, :, None, None]
 
-    torch.testing.assert_close(out, loop_restyle(f, labels, grid, targets, alpha), rtol=1e-4, atol=1e-4)
+    expected = loop_restyle(f, labels, grid, targets, alpha, relu)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    assert relu or (out < 0).any()  # signed features stay signed
 
 
 def test_mixer_keeps_own_style_with_empty_bank_and_alpha_one_is_identity():

@@ -132,7 +132,9 @@ def cmd_adapt(args) -> None:
     from famix.engine.adapt import AdaptSettings, adapt
 
     names = ("iterations", "lr", "steps", "images", "crop", "batch_size", "seed", "device", "amp", "workers")
-    given = {n: getattr(args, n) for n in (*names, "ckpt_interval") if getattr(args, n) is not None}
+    given = {
+        n: getattr(args, n) for n in (*names, "ckpt_interval", "save_every") if getattr(args, n) is not None
+    }
     settings = AdaptSettings(**given)  # options not given: AdaptSettings' defaults
     written = adapt(args.checkpoint, args.target, args.data, args.out, args.weights, settings)
     for target, path in written.items():
@@ -140,9 +142,14 @@ def cmd_adapt(args) -> None:
 
 
 def cmd_demo(args) -> None:
+    if args.adapt is not None:
+        from famix.demo.adapt import run_adapt_demo
+
+        run_adapt_demo(args.out, args.adapt, quick=args.quick, seed=args.seed, seeds=args.seeds or 3)
+        return
     from famix.demo.run import run_demo
 
-    run_demo(args.out, quick=args.quick, seed=args.seed, ablation=args.ablation, seeds=args.seeds)
+    run_demo(args.out, quick=args.quick, seed=args.seed, ablation=args.ablation, seeds=args.seeds or 1)
 
 
 def cmd_datasets(args) -> None:
@@ -165,7 +172,7 @@ def cmd_pretrain_tiny_clip(args) -> None:
     from famix.world.pretrain import pretrain_tiny_clip
 
     result = pretrain_tiny_clip(
-        args.out, steps=args.steps, batch=args.batch, seed=args.seed, threads=args.threads
+        args.out, steps=args.steps, batch=args.batch, seed=args.seed, config=args.config, threads=args.threads
     )
     print(json.dumps(result["zero_shot"], indent=1))
 
@@ -296,13 +303,23 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--amp", choices=["bf16", "fp16", "off"], help="autocast on CUDA (default bf16)")
     a.add_argument("--workers", type=int, help="data-loader processes (default 0)")
     a.add_argument("--ckpt-interval", type=int, help="steps between resumable checkpoints (default 500)")
+    a.add_argument(
+        "--save-every", type=int, help="mining: batches between saves of the partial bank (default 10)"
+    )
 
     d = sub.add_parser("demo", help="the whole recipe on the embedded synthetic world (CPU, minutes)")
     d.add_argument("--out", default="famix-demo")
     d.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
     d.add_argument("--seed", type=int, default=0, help="first seed")
-    d.add_argument("--seeds", type=int, default=1, help="number of seeds (mean +/- std, paired deltas)")
+    d.add_argument("--seeds", type=int, help="number of seeds (default 1; 3 with --adapt)")
     d.add_argument("--ablation", action="store_true", help="the paper's Freeze/Augment/Mix grid + a control")
+    d.add_argument(
+        "--adapt",
+        nargs="?",
+        const="night",
+        metavar="WORDS",
+        help="adapt the source-only model to a held-out style named in words (famix adapt; default 'night')",
+    )
 
     ds = sub.add_parser("datasets", help="list dataset names and layouts, or check a dataset folder")
     ds.add_argument(
@@ -313,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pt = sub.add_parser("pretrain-tiny-clip", help="pretrain the demo's tiny CLIP on the synthetic world")
     pt.add_argument("--out", required=True, help="folder for the weights, model card and loss curve")
+    pt.add_argument(
+        "--config", default="tiny-clip", help="tiny-clip (ResNet) | tiny-vit-clip (ViT) | a .json"
+    )
     pt.add_argument("--steps", type=int, default=1100)
     pt.add_argument("--batch", type=int, default=128)
     pt.add_argument("--seed", type=int, default=0)

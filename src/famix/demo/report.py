@@ -63,6 +63,34 @@ def report(runs: dict, domains: list[str], baseline: str, famix: str, language_f
     return "\n".join(lines) + "\n"
 
 
+def adapt_report(
+    runs: dict, domains: list[str], target: str, start: str, deltas: list[tuple[str, str]]
+) -> str:
+    """Markdown for the adaptation demo: one row per model (mIoU %, mean +/- std over seeds), then, for each
+    (a, b) in ``deltas``, the paired difference a - b per seed (mean +/- std over seeds)."""
+    scores = {name: _scores(r, domains) for name, r in runs.items() if r}
+    cols = list(scores[start])
+    seeds = len(runs[start])
+    lines = [
+        f"mIoU (%) on the synthetic world: {start} trained on {SOURCE_DOMAIN} only, adapted to the words "
+        f"{target!r} (no target image); {seeds} seed(s)",
+        "",
+        "| model | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    lines += [f"| {name} | " + " | ".join(_fmt(s[c]) for c in cols) + " |" for name, s in scores.items()]
+    for a, b in deltas:
+        diff = {c: [x - y for x, y in zip(scores[a][c], scores[b][c], strict=True)] for c in cols}
+        lines.append(f"| {a} - {b} (paired) | " + " | ".join(_fmt_delta(diff[c]) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt_delta(values: list[float]) -> str:
+    if len(values) > 1:
+        return f"{statistics.mean(values):+.1f} +/- {statistics.stdev(values):.1f}"
+    return f"{values[0]:+.1f}"
+
+
 def bank_table(counts: dict[int, dict[str, dict[str, int]]]) -> str:
     """Markdown: the style banks' number of styles per class, for each seed's bank of each kind."""
     rows = [(s, kind, c) for s, per_kind in counts.items() for kind, c in per_kind.items()]

@@ -86,7 +86,7 @@ def run_demo(
             cfg = copy.deepcopy(base)
             cfg.model.freeze, cfg.style.mix, cfg.style.bank = freeze, mix, banks.get(bank)
             cfg.train.out = str(out / f"seed{s}" / run_folder(name))
-            runs[name][s] = _train_and_evaluate(cfg, name, domains, n_eval)
+            runs[name][s] = train_and_evaluate(cfg, name, domains, n_eval)
         save_config(base, out / f"seed{s}" / "config.yaml")
     text = report(runs, domains, BASELINE, FAMIX, LANGUAGE_FREE) + bank_table(counts)
     print(text)
@@ -130,7 +130,7 @@ def _mine_banks(cfg: Config, variants: list[str]) -> tuple[dict[str, str], dict[
     return banks, counts
 
 
-def _train_and_evaluate(cfg: Config, name: str, domains: list[str], n_eval: int) -> dict[str, dict]:
+def train_and_evaluate(cfg: Config, name: str, domains: list[str], n_eval: int) -> dict[str, dict]:
     """Train one variant (a finished run is reused, an interrupted one resumes from its last checkpoint)
     and evaluate it on every domain (results cached in the run folder, keyed by the number of evaluation
     images). A folder holding a run made with other settings is an error, never overwritten, so a cache
@@ -151,17 +151,25 @@ def _train_and_evaluate(cfg: Config, name: str, domains: list[str], n_eval: int)
         resume = f", resuming at iteration {step}" if step else ""
         print(f"[famix demo] seed {seed}: training {name} ({iterations} iterations{resume})")
         train(cfg)
-    cache = run / "demo_eval.json"
+    return evaluate_run(run / "latest.pt", name, seed, domains, n_eval, cfg.model.num_classes)
+
+
+def evaluate_run(
+    checkpoint: Path, name: str, seed: int, domains: list[str], n_eval: int, classes: int
+) -> dict:
+    """``checkpoint`` evaluated on ``n_eval`` held-out scenes of every domain: {domain: result dict}, cached
+    in ``demo_eval.json`` beside it (keyed by the number of images)."""
+    cache = checkpoint.parent / "demo_eval.json"
     cached = json.loads(cache.read_text()) if cache.is_file() else {}
     key = {"n_eval": n_eval, "unit": "percent"}
     if all(cached.get(k) == v for k, v in key.items()) and all(d in cached["results"] for d in domains):
         print(f"[famix demo] seed {seed}: {name}: reusing its evaluation ({cache.name})")
         return {d: cached["results"][d] for d in domains}
     print(f"[famix demo] seed {seed}: evaluating {name} on {', '.join(domains)} ({n_eval} images each)")
-    model, _ = load_segmenter(run / "latest.pt")
+    model, _ = load_segmenter(checkpoint)
     # held-out scenes: scene seeds never trained on; one progress bar per domain
     specs = {d: f"synthetic:{d}:{n_eval}:{10_000 + seed}:size={SIZE}" for d in domains}
-    scores = evaluate_specs(model, list(specs.values()), cfg.model.num_classes, batch_size=16, progress=True)
+    scores = evaluate_specs(model, list(specs.values()), classes, batch_size=16, progress=True)
     results = {d: scores[spec].to_dict() for d, spec in specs.items()}
     atomic_write(cache, lambda p: p.write_text(json.dumps({**key, "results": results})))
     summary = ", ".join(f"{d} {results[d]['miou']:.1f}" for d in domains)

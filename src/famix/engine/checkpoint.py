@@ -81,7 +81,8 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
         return
     head = "classifier.classifier.3.weight"
     hint = "build the model with the model.backbone / model.output_stride it was trained with"
-    if head in state and head in own and state[head].shape[0] != own[head].shape[0]:
+    backbone_fits = not any(k.startswith("backbone.") for k in missing + unexpected + shapes)
+    if backbone_fits and head in state and head in own and state[head].shape[0] != own[head].shape[0]:
         hint = (
             f"it predicts {state[head].shape[0]} classes, the model {own[head].shape[0]}: set "
             f"model.num_classes={state[head].shape[0]} (and class_names) to match"

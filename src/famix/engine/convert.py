@@ -21,6 +21,11 @@ _LAYER3_BLOCKS = {6: "RN50", 23: "RN101"}
 
 def infer_model_config(state: dict[str, torch.Tensor], output_stride: int = 16) -> ModelConfig:
     """Backbone and class count of an official checkpoint, read from its tensor names and shapes."""
+    if "backbone.class_embedding" in state:  # official FAMix checkpoints are all CLIP ResNets
+        raise ValueError(
+            "this checkpoint has a CLIP ViT backbone: `famix convert checkpoint` reads official FAMix "
+            "(ResNet) checkpoints only; a checkpoint written by `famix train` needs no conversion"
+        )
     blocks = len({k.split(".")[2] for k in state if k.startswith("backbone.layer3.")})
     width = state["backbone.conv1.weight"].shape[0] * 2
     backbone = "RN50x4" if width == 80 else _LAYER3_BLOCKS.get(blocks)

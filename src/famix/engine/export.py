@@ -233,7 +233,7 @@ def export_model(
     and the argmax agreement >= ``min_agreement`` %, else ValueError and nothing is written.
     """
     _check_format(fmt)
-    multiple = model.output_stride  # the network's total downsampling (the stem's 4, then 2 per layer)
+    multiple = model.output_stride  # total downsampling: a ResNet's dilated strides, a ViT's patch size
     check_size(size, multiple, dynamic)
     inputs = check_inputs(size, multiple, dynamic)
     meta = metadata(cfg, multiple, fmt, size, dynamic)

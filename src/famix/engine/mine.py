@@ -4,7 +4,8 @@ The mining step itself (patch choice, prompts, PIN) is ``famix.style.mining.mine
 only loops it over the source set, resumes an interrupted bank and saves it. ``mine.batch_size`` crops make
 a batch (the unit of the prompts' and patch choice's randomness, of resuming and of the bank's order);
 ``mine.pin_crops`` crops (whole batches, ``pin_batches``) are optimised in one PIN call (``mine_batches``),
-which sets only speed and memory. On CUDA the CLIP image tower runs in channels_last. Under ``torchrun``
+which sets only speed and memory. On CUDA a CLIP ResNet image tower runs in channels_last (a ViT's stays
+contiguous). Under ``torchrun``
 batch b is mined by rank b % world_size and rank 0 writes the bank, the same as one process writes.
 """
 
@@ -26,7 +27,8 @@ from famix.data.transforms import normalize, train_transform
 from famix.engine.amp import amp_dtype
 from famix.engine.distributed import DistInfo, barrier, cleanup, init_distributed, resolve_device
 from famix.engine.seeds import item_seed, sequence_seed
-from famix.models.clip import build_clip, clip_preprocess_size, weights_fingerprint
+from famix.models.clip import build_clip, weights_fingerprint
+from famix.models.towers import is_vit, style_channels, style_grid
 from famix.progress import progress_bar
 from famix.style.bank import StyleBank
 from famix.style.mining import MinedStyles, MiningSettings, mine_batches
@@ -76,7 +78,7 @@ def mine(cfg: Config, progress: bool = True) -> StyleBank:
     info = init_distributed(cfg.run.device)  # a process group only under torchrun
     device = resolve_device(cfg.run.device, info)
     clip = build_clip(cfg.model.backbone, cfg.model.weights, device=device, seed=seed).requires_grad_(False)
-    visual, embed, pool = clip.visual, TextEmbedder(clip), clip_preprocess_size(clip) // 4
+    visual, embed, pool = clip.visual, TextEmbedder(clip), style_grid(clip.visual)
     amp = amp_dtype(cfg.run.amp, device)
     names = cfg.model.class_names
     # everything the styles depend on (the mine section less its resumable keys, with the lr resolved; the
@@ -92,9 +94,9 @@ def mine(cfg: Config, progress: bool = True) -> StyleBank:
         "mine": {**mine_keys, "lr": settings.lr},
         "run": {"seed": seed, "amp": cfg.run.amp if amp is not None else "off"},
     }
-    bank = _resume_or_new(Path(out), names, visual.layer1[-1].conv3.out_channels, recorded)
+    bank = _resume_or_new(Path(out), names, style_channels(visual), recorded)
     per_call = pin_batches(m, device)
-    channels_last = device.type == "cuda"
+    channels_last = device.type == "cuda" and not is_vit(visual)
     if channels_last:
         visual = visual.to(memory_format=torch.channels_last)
     dataset = SeededTransform(build_dataset(cfg.data.train), train_transform(m.crop, jitter=0, hflip=0))
@@ -182,7 +184,7 @@ def _resume_or_new(out: Path, names, channels: int, recorded: dict) -> StyleBank
     bank = StyleBank.load(out)
     changed = changed_settings(bank.metadata, recorded, SETTING_SECTIONS)
     if bank.channels != channels:
-        changed.append(f"layer1 channels: {bank.channels} -> {channels}")
+        changed.append(f"style channels: {bank.channels} -> {channels}")
     if changed:
         raise FileExistsError(
             f"style bank {out} exists but was mined with other settings: {'; '.join(changed)}. famix resumes "

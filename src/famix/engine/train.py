@@ -36,7 +36,7 @@ def build_optimizer(model, cfg: Config):
     """SGD with the head at lr and trainable backbone parameters at lr * backbone_lr_mult; poly schedule."""
     t = cfg.train
     backbone = [p for p in model.backbone.parameters() if p.requires_grad]
-    groups = [{"params": model.classifier.parameters(), "lr": t.lr}]
+    groups = [{"params": list(model.head_parameters()), "lr": t.lr}]  # DeepLabv3+ (and a ViT's neck)
     if backbone:
         groups.append({"params": backbone, "lr": t.lr * t.backbone_lr_mult})
     optimizer = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
@@ -61,7 +61,9 @@ def build_mixer(cfg: Config, model, device) -> LocalStyleMixer | None:
         bank.check_compatible(model.low_channels, cfg.model.class_names, s.bank)
         packed = bank.packed(device)
     generator = torch.Generator(device=device)
-    return LocalStyleMixer(s.mix, s.grid, s.beta, cfg.model.num_classes, packed, generator, IGNORE_INDEX)
+    return LocalStyleMixer(
+        s.mix, s.grid, s.beta, cfg.model.num_classes, packed, generator, IGNORE_INDEX, model.style_relu
+    )
 
 
 def train(cfg: Config, init_state: dict | None = None, provenance: dict | None = None) -> dict:

@@ -1,4 +1,5 @@
-"""CLIP ResNet backbones: model configs, construction, weight loading from local files or open_clip tags."""
+"""CLIP backbones (ResNet and ViT image towers): model configs, construction, weight loading from local
+files or open_clip tags."""
 
 from __future__ import annotations
 
@@ -14,11 +15,19 @@ import open_clip
 import torch
 from open_clip.model import CLIP
 
-_ARCHES = ("RN50", "RN101", "RN50x4")
-# OpenAI's ResNets were trained with QuickGELU, so the "-quickgelu" configs are the faithful ones.
-CLIP_CONFIGS: dict[str, dict] = {name: open_clip.get_model_config(f"{name}-quickgelu") for name in _ARCHES}
-CLIP_CONFIGS["tiny-rn"] = json.loads(resources.files("famix").joinpath("assets/tiny-rn.json").read_text())
-CLIP_CONFIGS["tiny-clip"] = json.loads(resources.files("famix").joinpath("assets/tiny-clip.json").read_text())
+from famix.models.towers import input_size
+
+_RESNETS = ("RN50", "RN101", "RN50x4")
+_VITS = ("ViT-B-16", "ViT-L-14")
+# OpenAI's CLIPs were trained with QuickGELU, so the "-quickgelu" configs are the faithful ones for their
+# weights (the ResNet names mean those; the plain ViT names are open_clip's GELU configs, for other weights).
+CLIP_CONFIGS: dict[str, dict] = {name: open_clip.get_model_config(f"{name}-quickgelu") for name in _RESNETS}
+for _name in _VITS:
+    CLIP_CONFIGS[_name] = open_clip.get_model_config(_name)
+    CLIP_CONFIGS[f"{_name}-quickgelu"] = open_clip.get_model_config(f"{_name}-quickgelu")
+for _name in ("tiny-rn", "tiny-clip", "tiny-vit", "tiny-vit-clip"):  # small configs for tests and smoke runs
+    CLIP_CONFIGS[_name] = json.loads(resources.files("famix").joinpath(f"assets/{_name}.json").read_text())
+_REAL = (*_RESNETS, *(f"{n}-quickgelu" for n in _VITS), *_VITS)  # what an error suggests
 
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 # Non-parameter entries that TorchScript archives carry next to the weights: OpenAI's scalars, and open_clip's
@@ -118,8 +127,8 @@ def _resolve_weights(name: str, weights: str) -> str:
         return weights
     cfg = _pretrained_cfg(name, weights)
     if not cfg:
-        known = name in CLIP_CONFIGS
-        tags = open_clip.list_pretrained_tags_by_model(f"{name}-quickgelu") if known else []
+        arches = (f"{name}-quickgelu", name) if name in CLIP_CONFIGS else ()
+        tags = list(dict.fromkeys(t for a in arches for t in open_clip.list_pretrained_tags_by_model(a)))
         raise FileNotFoundError(
             f"CLIP weights {weights!r} are neither an existing file nor an open_clip pretrained tag for "
             f"backbone {name!r} (tags: {', '.join(tags) or 'none'}); pass a local OpenAI .pt archive "
@@ -154,7 +163,7 @@ def _check_keys(model: CLIP, sd: dict[str, torch.Tensor], source: str, name: str
     parts = [f"{len(v)} {what}: {few(v)}" for what, v in found if v]
     raise ValueError(
         f"CLIP weights {source} do not fit backbone config {name!r}: {'; '.join(parts)}. These weights "
-        "probably belong to another architecture; set the matching model.backbone (RN50, RN101, RN50x4, ...)."
+        f"probably belong to another architecture; set the matching model.backbone ({', '.join(_REAL)}, ...)."
     )
 
 
@@ -200,5 +209,4 @@ def weights_fingerprint(path: str | None) -> str:
 
 def clip_preprocess_size(model: CLIP) -> int:
     """Input resolution the CLIP image tower was built for."""
-    size = model.visual.image_size
-    return int(size[0] if isinstance(size, (tuple, list)) else size)
+    return input_size(model.visual)

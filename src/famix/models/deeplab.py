@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ASPP_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (6, 12, 18)}
+# ASPP rates per output stride; 14 (ViT-L/14, output stride = patch size) takes stride 16's.
+ASPP_RATES = {8: (12, 24, 36), 14: (6, 12, 18), 16: (6, 12, 18), 32: (6, 12, 18)}
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1) -> nn.Sequential:

@@ -1,9 +1,10 @@
 """Image-level PIN (PODA, ICCV 2023): one target style per source image, driven by a domain description.
 
 PODA ("Prompt-driven zero-shot domain adaptation") mines, for each source image, the channel statistics
-(mu*, sigma*) of its *whole* layer1 feature map that make CLIP embed the restyled map near the text of an
-unseen target domain ("driving at night"). It is FAMix's PIN (``famix.style.pin``) with one patch per
-image (grid 1) and one prompt for all images, so the optimisation itself is ``pin_optimize``.
+(mu*, sigma*) of its *whole* style-site feature map (``famix.models.towers``: a CLIP ResNet's layer1, a
+CLIP ViT's patch embeddings) that make CLIP embed the restyled map near the text of an unseen target
+domain ("driving at night"). It is FAMix's PIN (``famix.style.pin``) with one patch per image (grid 1) and
+one prompt for all images, so the optimisation itself is ``pin_optimize``.
 
 Optimiser: SGD, momentum 0.9, weight decay 1e-4, 100 steps, as FAMix's mining; the loss is summed over
 images with a per-image lr (default 0.1, famix's per-patch default), so an image's style never depends on
@@ -53,15 +54,18 @@ def image_pin(
     lr: float = PIN_LR,
     momentum: float = PIN_MOMENTUM,
     weight_decay: float = PIN_WEIGHT_DECAY,
+    relu: bool | None = None,
 ) -> ImageStyles:
-    """Optimise one style per image so CLIP embeds ReLU(sigma* f_norm + mu*) near ``text``.
+    """Optimise one style per image so CLIP embeds [ReLU](sigma* f_norm + mu*) near ``text``.
 
-    visual: the undilated CLIP ResNet image tower (frozen, eval; only its layer2..attnpool tail is used);
-    f: [B, C, H, W] layer1 features of the source images; text: [D] (one description for all images) or
-    [B, D] unit-norm text embeddings; pool: CLIP input size / 4 (56 for RN50), the grid the restyled map is
-    average-pooled to before the tail. mu*, sigma* start at each image's own statistics (``image_stats``);
-    the loss 1 - cos is summed over images, which are independent: each image's result is that of the same
-    call on it alone (float rounding aside).
+    visual: the CLIP image tower, an undilated ResNet or a ViT (frozen, eval; only its style tail,
+    ``towers.style_tail``, is used); f: [B, C, H, W] style-site features of the source images
+    (``towers.style_features``); text: [D] (one description for all images) or [B, D] unit-norm text
+    embeddings; pool: ``towers.style_grid(visual)`` (56 for RN50, 14 for ViT-B/16), the grid the restyled map
+    is average-pooled to before the tail; relu: whether the restyle takes a ReLU (None:
+    ``towers.style_relu(visual)``: a ResNet's does, a ViT's does not). mu*, sigma* start at each image's
+    own statistics (``image_stats``); the loss 1 - cos is summed over images, which are independent: each
+    image's result is that of the same call on it alone (float rounding aside).
     """
     b = f.shape[0]
     with torch.no_grad():
@@ -70,7 +74,17 @@ def image_pin(
     target = text.float().expand(b, -1) if text.dim() == 1 else text.float()  # [B, D]
     index = torch.arange(b, device=f.device)
     mu_s, sigma_s, cos, order = pin_optimize(
-        visual, [(f_norm, index)], mu, sigma, target, pool, steps, lr, momentum, weight_decay
+        visual,
+        [(f_norm, index)],
+        mu,
+        sigma,
+        target,
+        pool,
+        steps,
+        lr,
+        momentum,
+        weight_decay,
+        relu=relu,
     )
     assert torch.equal(order, index)  # one group holding every image, in batch order
     return ImageStyles(mu_s.detach(), sigma_s.detach(), cos.detach())

@@ -120,13 +120,14 @@ class StyleBank:
     def check_compatible(
         self, channels: int, class_names: list[str] | tuple[str, ...], source: str = ""
     ) -> None:
-        """Raise a clear error if this bank cannot restyle a model with ``channels`` layer1 channels."""
+        """Raise a clear error if this bank cannot restyle a model whose style map (ResNet layer1, ViT patch
+        embeddings) has ``channels`` channels."""
         where = f" {source}" if source else ""
         if self.channels != channels:
             raise ValueError(
-                f"style bank{where} has {self.channels}-channel styles but the model's layer1 has {channels} "
-                f"channels (bank mined with backbone {self._backbone()}): mine a bank with "
-                "the same backbone as the model (`famix mine`)"
+                f"style bank{where} has {self.channels}-channel styles but the model's style map has "
+                f"{channels} channels (bank mined with backbone {self._backbone()}): mine a bank with the "
+                "same backbone as the model (`famix mine`)"
             )
         if list(self.class_names) != list(class_names):
             raise ValueError(

@@ -1,9 +1,10 @@
 """Local style mining ("Augment"): Prompt-driven Instance Normalization (PIN) on feature patches.
 
-One mining step (``mine_batches`` of one batch) takes a batch of images and labels, cuts the layer1
-features into a G x G grid, chooses the patches to mine, and optimises each chosen patch's channel
-statistics (mu*, sigma*) so that the CLIP image embedding of the restyled patch moves toward the text
-"<style word> <dominant class>" (method.md section 3). Two recipes (``RECIPE_LR``: each one's default lr):
+One mining step (``mine_batches`` of one batch) takes a batch of images and labels, cuts the style-site
+features (``famix.models.towers``: a CLIP ResNet's layer1, a CLIP ViT's patch embeddings) into a G x G
+grid, chooses the patches to mine, and optimises each chosen patch's channel statistics (mu*, sigma*) so
+that the CLIP image embedding of the restyled patch moves toward the text "<style word> <dominant class>"
+(method.md section 3). Two recipes (``RECIPE_LR``: each one's default lr):
 
 - ``famix``: every patch (or at most ``per_class`` per dominant class, drawn at random), loss summed over
   patches, lr per patch: a patch's result does not depend on which other patches share its batch.
@@ -14,10 +15,11 @@ statistics (mu*, sigma*) so that the CLIP image embedding of the restyled patch 
 The PIN loop itself is ``famix.style.pin``. Speed: how a step computes changes what it computes by float
 rounding at most (in fp32 on CPU, the only difference from the plain computation is the attention pool's
 rounding, about 1e-8 on a mined bank):
-- ``pooled_embedding``: CLIP's attention pool computes only the one query it keeps.
+- ``towers.pooled_embedding``: a CLIP ResNet's attention pool computes only the one query it keeps.
 - bf16 autocast: the restyle and the pooling run in bf16 too (``restyle_dtype``), so nothing the size of
   the patches is held in fp32 in the PIN loop; the styles mu*, sigma* and SGD stay fp32.
-- ``channels_last``: stem, layer1, the patches and the CLIP tail in NHWC (pass a channels_last ``visual``).
+- ``channels_last``: stem, layer1, the patches and the CLIP tail in NHWC (pass a channels_last ``visual``;
+  meant for CLIP ResNets).
 - ``mine_batches``: the patches of several batches in one PIN call, each batch's patch choice, prompts and
   (official recipe) loss average as when alone.
 - ``cuda_graph``: on CUDA, one SGD step of PIN captured once and replayed (``graphed_steps``).
@@ -37,6 +39,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from famix.models.towers import style_features, style_relu
 from famix.style.pin import pin_optimize, restyle_dtype, split_patches
 from famix.style.prompts import draw_prompts
 from famix.style.stats import dominant_class, normalize_patches, patch_stats
@@ -107,10 +110,11 @@ def mine_batches(
     """Mine the styles of batches [(images [B, 3, H, W] CLIP-normalised, labels [B, H, W], generator)] in one
     PIN call: the styles of each batch.
 
-    visual: the undilated CLIP ResNet image tower (frozen; in channels_last if ``channels_last``); embed:
-    prompts -> [N, D] unit-norm text embeddings (a ``TextEmbedder``); a batch's generator: its randomness
-    (style words, per_class draws); pool: CLIP input size / 4 (56 for RN50). amp_dtype, channels_last,
-    cuda_graph: how to compute (``pin_optimize``), not what.
+    visual: the CLIP image tower, an undilated ResNet or a ViT (frozen; in channels_last if
+    ``channels_last``); embed: prompts -> [N, D] unit-norm text embeddings (a ``TextEmbedder``); a batch's
+    generator: its randomness (style words, per_class draws); pool: ``towers.style_grid(visual)`` (56 for
+    RN50, 14 for ViT-B/16). The restyle takes a ReLU as ``towers.style_relu(visual)`` says. amp_dtype,
+    channels_last, cuda_graph: how to compute (``pin_optimize``), not what.
 
     Each batch's patch choice and prompts come from its own generator, and every patch is optimised on its
     own (a per-patch loss weight keeps the official recipe's average per batch), so each batch's styles are
@@ -156,6 +160,7 @@ def mine_batches(
         weight=weight,
         channels_last=channels_last,
         cuda_graph=cuda_graph,
+        relu=style_relu(visual),
     )
     sizes = torch.tensor([c.classes.numel() for c in chosen], device=order.device)
     owner = torch.repeat_interleave(torch.arange(len(chosen), device=order.device), sizes)[order]
@@ -188,13 +193,14 @@ def choose_patches(
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
 ) -> ChosenPatches:
-    """The part of a mining step before PIN: layer1 features [B, C, H/4, W/4] (fp32), their patch
-    statistics, dominant classes and prompts (from ``generator``), the chosen patches; the normalised
-    patches are handed over in ``dtype`` (PIN's restyle dtype) and, if ``channels_last``, in NHWC."""
+    """The part of a mining step before PIN: style-site features [B, C, h, w] (``towers.style_features``:
+    ResNet layer1 at H/4, ViT patch embeddings at H/P; fp32), their patch statistics, dominant classes and
+    prompts (from ``generator``), the chosen patches; the normalised patches are handed over in ``dtype``
+    (PIN's restyle dtype) and, if ``channels_last``, in NHWC."""
     s = settings
     layout = torch.channels_last if channels_last else torch.contiguous_format
     with torch.no_grad():
-        f = visual.layer1(visual.stem(images.contiguous(memory_format=layout)))  # [B, C, H/4, W/4]
+        f = style_features(visual, images.contiguous(memory_format=layout))  # [B, C, h, w]
         mu, sigma = patch_stats(f, s.grid)  # [B, C, G, G]
         f_norm = normalize_patches(f, mu, sigma).to(dtype, memory_format=layout)
     c = f.shape[1]

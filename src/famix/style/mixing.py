@@ -1,4 +1,5 @@
-"""Local style randomisation ("Mix"): restyle each layer1 feature patch during training.
+"""Local style randomisation ("Mix"): restyle each style-site feature patch (a CLIP ResNet's layer1, a CLIP
+ViT's patch embeddings) during training.
 
 The deterministic core (``mix_stats`` + ``stats.affine_patches``) is separate from the random draws
 (``sample_beta``, ``sample_bank_indices``, ``sample_other_patches``), each a pure function taking an
@@ -93,12 +94,13 @@ def mix_stats(
 
 
 class LocalStyleMixer:
-    """Restyles a training batch's layer1 features (method.md section 4); never used at evaluation.
+    """Restyles a training batch's style-site features (method.md section 4); never used at evaluation.
 
     ``bank`` is a :class:`~famix.style.bank.PackedBank` on the training device; label values outside
-    [0, num_classes) (``ignore_index`` among them) count as ignore when finding dominant classes.
-    Call ``mixer(f, labels)`` with f: [B, C, H, W] and labels: [B, H', W'] (the label crop at input
-    resolution).
+    [0, num_classes) (``ignore_index`` among them) count as ignore when finding dominant classes; ``relu``:
+    whether restyled features take a ReLU (``towers.style_relu``: True for a ResNet's layer1, False for a
+    ViT's signed patch embeddings). Call ``mixer(f, labels)`` with f: [B, C, H, W] and labels: [B, H', W']
+    (the label crop at input resolution).
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class LocalStyleMixer:
         bank: PackedBank | None = None,
         generator: torch.Generator | None = None,
         ignore_index: int = 255,
+        relu: bool = True,
     ):
         if mode not in MIX_MODES:
             raise ValueError(f"unknown mix mode {mode!r}; choose one of: {', '.join(MIX_MODES)}")
@@ -120,7 +123,7 @@ class LocalStyleMixer:
                 mu=bank.mu.new_zeros(1, bank.mu.shape[1]), sigma=bank.sigma.new_ones(1, bank.sigma.shape[1])
             )
         self.mode, self.grid, self.beta, self.num_classes = mode, grid, beta, num_classes
-        self.ignore_index = ignore_index
+        self.ignore_index, self.relu = ignore_index, relu
         self.bank, self.generator = bank, generator
 
     def __call__(self, f: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -148,6 +151,6 @@ class LocalStyleMixer:
         else:
             alpha = sample_beta((b, c, 1, 1), self.beta, self.beta, self.generator, f.device)
         mu_mix, sigma_mix = mix_stats(mu, sigma, mu_t, sigma_t, alpha)
-        # ReLU(sigma_mix * (f - mu) / sigma + mu_mix) as one multiply-add, in f's dtype and memory format
+        # [ReLU](sigma_mix * (f - mu) / sigma + mu_mix) as one multiply-add, in f's dtype and memory format
         scale = sigma_mix / sigma
-        return affine_patches(f, scale, mu_mix - mu * scale)
+        return affine_patches(f, scale, mu_mix - mu * scale, self.relu)

@@ -1,10 +1,12 @@
 """PIN (Prompt-driven Instance Normalization), the optimisation at the heart of style mining: per-patch
-channel statistics (mu*, sigma*) optimised so that CLIP embeds ReLU(sigma* f_norm + mu*) near a text.
+channel statistics (mu*, sigma*) optimised so that CLIP embeds sigma* f_norm + mu* (through a ReLU for a
+ResNet's layer1, not for a ViT's signed patch embeddings) near a text.
 
 ``pin_optimize`` is the loop (SGD; summed, per-patch weighted loss; bf16/fp16 autocast, the latter with a
-loss scaler; optional CUDA graph), ``clip_tail`` / ``pooled_embedding`` the undilated CLIP tail that embeds
-the restyled patches, ``split_patches`` the grid cut. The mining step around it (which patches, which
-prompts) is ``famix.style.mining``; image-level PIN (``famix adapt``) is ``famix.style.adapt``.
+loss scaler; optional CUDA graph), ``split_patches`` the grid cut. The tower-specific parts, the style site
+and the CLIP tail that embeds the restyled patches, are ``famix.models.towers``. The mining step around it
+(which patches, which prompts) is ``famix.style.mining``; image-level PIN (``famix adapt``) is
+``famix.style.adapt``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from famix.models.towers import style_relu, style_tail
 from famix.style.stats import grid_edges
 
 # fp16 only: the first loss scale of each batch's PIN (torch's default); overflowing steps halve it
@@ -52,31 +55,6 @@ def split_patches(x: torch.Tensor, grid: int) -> list[tuple[torch.Tensor, torch.
     return groups
 
 
-def pooled_embedding(attnpool: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """open_clip's ``AttentionPool2d`` (CLIP ResNet's last layer) computing only the query it keeps.
-
-    x: [N, C, H, W] -> [N, D]. The pool attends from the mean token over [mean, pixels] + positional
-    embedding and returns that one token through ``c_proj``; ``attnpool(x)`` computes all H * W + 1 queries
-    and drops all but the first. Equal to ``attnpool(x)`` up to float rounding.
-    """
-    n, c = x.shape[:2]
-    heads = attnpool.num_heads
-    tokens = x.flatten(2).permute(2, 0, 1)  # [HW, N, C]
-    tokens = torch.cat([tokens.mean(0, keepdim=True), tokens])  # [L, N, C], L = HW + 1
-    tokens = tokens + attnpool.positional_embedding[:, None].to(tokens.dtype)
-    query = F.linear(tokens[:1], attnpool.q_proj.weight, attnpool.q_proj.bias)  # [1, N, C]
-    key = F.linear(tokens, attnpool.k_proj.weight, attnpool.k_proj.bias)  # [L, N, C]
-    value = F.linear(tokens, attnpool.v_proj.weight, attnpool.v_proj.bias)
-    q, k, v = (t.view(len(t), n, heads, c // heads).permute(1, 2, 0, 3) for t in (query, key, value))
-    out = F.scaled_dot_product_attention(q, k, v)  # [N, heads, 1, C / heads]
-    return attnpool.c_proj(out.reshape(n, c))  # [N, D]
-
-
-def clip_tail(visual: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """layer2 -> layer3 -> layer4 -> attention pool of an undilated CLIP ResNet: [N, C1, S, S] -> [N, D]."""
-    return pooled_embedding(visual.attnpool, visual.layer4(visual.layer3(visual.layer2(z))))
-
-
 def pin_optimize(
     visual: nn.Module,
     groups: list[tuple[torch.Tensor, torch.Tensor]],
@@ -92,14 +70,18 @@ def pin_optimize(
     weight: torch.Tensor | None = None,
     channels_last: bool = False,
     cuda_graph: bool = False,
+    relu: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Optimise per-patch styles so CLIP embeds ReLU(sigma* f_norm + mu*) near the patch's text.
+    """Optimise per-patch styles so CLIP embeds [ReLU](sigma* f_norm + mu*) near the patch's text.
 
-    groups: ``split_patches`` of the normalised features f_norm; mu, sigma: [N, C] initial styles and
-    text: [N, D] unit-norm targets, rows in flat patch order (N = B * G * G); pool: CLIP input size / 4
-    (56 for RN50). Groups may hold a subset of the patches: only those are optimised. The loss 1 - cos is
-    summed over the optimised patches, each weighted by ``weight`` [N] if given (the official step: 1 / M,
-    the average). Patches are independent: a patch's result does not depend on the others in the call.
+    visual: a CLIP image tower (ResNet or ViT, frozen); groups: ``split_patches`` of the normalised
+    style-site features f_norm; mu, sigma: [N, C] initial styles and text: [N, D] unit-norm targets, rows in
+    flat patch order (N = B * G * G); pool: the side S the restyled patches are average-pooled to before
+    the tail, ``towers.style_grid(visual)`` (56 for RN50, 14 for ViT-B/16); relu: whether the restyle takes
+    a ReLU (None: ``towers.style_relu(visual)``, True for a ResNet, False for a ViT). Groups may hold a
+    subset of the patches: only those are optimised. The loss 1 - cos is summed over the optimised patches,
+    each weighted by ``weight`` [N] if given (the official step: 1 / M, the average). Patches are
+    independent: a patch's result does not depend on the others in the call.
 
     How to compute, not what: amp_dtype is the autocast dtype of the CLIP tail (None: fp32; fp16 adds a
     loss scaler); the restyle and pooling run in ``restyle_dtype(amp_dtype)`` (mu*, sigma* and SGD stay
@@ -107,6 +89,7 @@ def pin_optimize(
     CUDA, not with fp16's loss scaler, more than ``GRAPH_WARMUP`` steps) replays one captured SGD step.
     Returns (mu*, sigma* [M, C], final cosine similarity [M], flat index [M]) for the M optimised patches.
     """
+    relu = style_relu(visual) if relu is None else relu
     order = torch.cat([index for _, index in groups])
     mu_p = mu[order].clone().float().requires_grad_(True)
     sigma_p = sigma[order].clone().float().requires_grad_(True)
@@ -125,14 +108,16 @@ def pin_optimize(
         for patches, index in groups:  # [n, C, h, w] in the restyle dtype
             n = index.numel()
             scale, shift = (t[start : start + n, :, None, None].to(dtype) for t in (sigma_p, mu_p))
-            z = (scale * patches).add_(shift).relu_()  # in place: one restyled tensor per group
+            z = (scale * patches).add_(shift)  # in place: one restyled tensor per group
+            if relu:
+                z = z.relu_()
             zs.append(F.adaptive_avg_pool2d(z, pool))  # [n, C, S, S]
             start += n
         autocast = torch.autocast(  # a CUDA graph cannot capture autocast's cache of cast weights
             device_type, amp_dtype or torch.bfloat16, enabled=amp_dtype is not None, cache_enabled=not graphed
         )
         with autocast:
-            embedding = clip_tail(visual, torch.cat(zs))
+            embedding = style_tail(visual, torch.cat(zs))
         return F.cosine_similarity(embedding.float(), target, dim=-1)  # [M]
 
     def objective() -> torch.Tensor:

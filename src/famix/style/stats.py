@@ -67,23 +67,28 @@ def normalize_patches(f: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) ->
     return (f - expand_patches(mu, h, w)) / expand_patches(sigma, h, w)
 
 
-def restyle(f_norm: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Give normalised patches new statistics: ReLU(sigma * f_norm + mu); [B, C, H, W] -> [B, C, H, W]."""
+def restyle(f_norm: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, relu: bool = True) -> torch.Tensor:
+    """Give normalised patches new statistics: ReLU(sigma * f_norm + mu), without the ReLU if not ``relu``
+    (signed features: a ViT's patch embeddings); [B, C, H, W] -> [B, C, H, W]."""
     h, w = f_norm.shape[-2:]
-    return torch.relu(expand_patches(sigma, h, w) * f_norm + expand_patches(mu, h, w))
+    out = expand_patches(sigma, h, w) * f_norm + expand_patches(mu, h, w)
+    return torch.relu(out) if relu else out
 
 
-def affine_patches(f: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """ReLU(scale * f + shift) with per-patch scale, shift [B, C, G, G]: [B, C, H, W] -> [B, C, H, W], in
-    ``f``'s dtype and memory format (channels_last stays channels_last).
+def affine_patches(
+    f: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, relu: bool = True
+) -> torch.Tensor:
+    """ReLU(scale * f + shift) (no ReLU if not ``relu``) with per-patch scale, shift [B, C, G, G]:
+    [B, C, H, W] -> [B, C, H, W], in ``f``'s dtype and memory format (channels_last stays channels_last).
 
-    ``restyle(normalize_patches(f, mu, sigma), mu2, sigma2)`` in one pass: scale = sigma2 / sigma,
+    ``restyle(normalize_patches(f, mu, sigma), mu2, sigma2, relu)`` in one pass: scale = sigma2 / sigma,
     shift = mu2 - mu * scale.
     """
     h, w = f.shape[-2:]
     nhwc = f.dim() == 4 and f.is_contiguous(memory_format=torch.channels_last) and not f.is_contiguous()
     scale, shift = (expand_patches(t.to(f.dtype), h, w, nhwc) for t in (scale, shift))
-    return torch.addcmul(shift, f, scale).relu_()
+    out = torch.addcmul(shift, f, scale)
+    return out.relu_() if relu else out
 
 
 def dominant_class(labels: torch.Tensor, grid: int, num_classes: int, ignore_index: int) -> torch.Tensor:

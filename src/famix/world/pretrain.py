@@ -29,7 +29,11 @@ from famix.world.zero_shot import zero_shot_accuracy
 
 __all__ = ["multi_positive_loss", "pretrain_tiny_clip", "save_clip_fp16", "zero_shot_accuracy"]
 
-WEIGHTS_NAME = "tiny-clip.safetensors"
+
+def asset_name(config: str) -> str:
+    """The file stem of a pretrained config's weights and card: "tiny-clip", "tiny-vit-clip", or a .json's
+    stem."""
+    return Path(config).stem
 
 
 def multi_positive_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -114,9 +118,9 @@ def pretrain_tiny_clip(
     each step draws ``batch`` crops (a share ``focus`` tight around a class), resizes them to the CLIP
     input size and captions them. AdamW with a one-cycle schedule peaking at ``lr``. ``threads`` sets
     torch's CPU threads (results are bit-reproducible only at equal thread counts). Writes to ``out_dir``
-    tiny-clip.safetensors (fp16), a model card tiny-clip.md and pretrain.json (settings, loss per step,
-    timings, zero-shot accuracy of the saved fp16 weights on ``eval_images`` fresh scenes; 0 skips it)
-    and returns that record.
+    <name>.safetensors (fp16; <name> = ``asset_name(config)``), a model card <name>.md and pretrain.json
+    (settings, loss per step, timings, zero-shot accuracy of the saved fp16 weights on ``eval_images``
+    fresh scenes; 0 skips it) and returns that record.
     """
     if threads:
         torch.set_num_threads(threads)
@@ -140,7 +144,7 @@ def pretrain_tiny_clip(
     t_train = time.perf_counter() - t0 - t_render
 
     meta = {"config": config, "seed": seed, "steps": steps, "batch": batch}
-    path = save_clip_fp16(model, out_dir / WEIGHTS_NAME, meta)
+    path = save_clip_fp16(model, out_dir / f"{asset_name(config)}.safetensors", meta)
     record = {
         "weights": str(path),
         "file_bytes": path.stat().st_size,
@@ -174,22 +178,29 @@ def pretrain_tiny_clip(
         }
         record["seconds"]["eval"] = round(time.perf_counter() - t1, 1)
     (out_dir / "pretrain.json").write_text(json.dumps(record, indent=1))
-    (out_dir / "tiny-clip.md").write_text(model_card(record))
+    (out_dir / f"{asset_name(config)}.md").write_text(model_card(record))
     return record
 
 
 def model_card(record: dict, every: int = 100) -> str:
     """A markdown model card for a ``pretrain_tiny_clip`` record (settings, loss curve, zero-shot)."""
     s, sec = record["settings"], record["seconds"]
+    name = asset_name(s.get("config", "tiny-clip"))
+    vit = record["clip_config"]["vision_cfg"].get("patch_size")
+    tower = (
+        f"VisionTransformer image tower (patch {vit}, class-token pooling)"
+        if vit
+        else "ModifiedResNet image tower with attention pool"
+    )
     lines = [
-        "# tiny-clip: a CLIP that knows the synthetic world's styles",
+        f"# {name}: a CLIP that knows the synthetic world's styles",
         "",
-        "An open_clip `CLIP` (ModifiedResNet image tower with attention pool, transformer text tower, "
+        f"An open_clip `CLIP` ({tower}, transformer text tower, "
         "open_clip tokenizer) pretrained from scratch by `famix.world.pretrain` on captioned crops of "
         "famix's synthetic street world in all 12 styles. It stands in for OpenAI's CLIP in the offline "
         "demo.",
         "",
-        "## Config (`src/famix/assets/tiny-clip.json`, open_clip `CLIP` arguments)",
+        f"## Config (`src/famix/assets/{name}.json`, open_clip `CLIP` arguments)",
         *(f"- {k}: `{json.dumps(v)}`" for k, v in record["clip_config"].items()),
         "",
         f"Parameters: {record.get('parameters', '?')}; weights stored in fp16 "
@@ -238,7 +249,7 @@ def model_card(record: dict, every: int = 100) -> str:
         "",
         "## Retrain",
         "```",
-        f"famix pretrain-tiny-clip --out DIR --steps {s['steps']} --seed {s['seed']} "
+        f"famix pretrain-tiny-clip --out DIR --config {name} --steps {s['steps']} --seed {s['seed']} "
         f"--threads {record['machine']['threads']}",
         "```",
         "",

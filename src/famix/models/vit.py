@@ -1,0 +1,179 @@
+"""The CLIP ViT image tower as a dense segmentation backbone: token maps at any size, block-wise units.
+
+The backbone *is* open_clip's ``VisionTransformer``, used in place, so CLIP state dicts map directly
+(``backbone.conv1.weight``, ``backbone.class_embedding``, ``backbone.positional_embedding``,
+``backbone.ln_pre.*``, ``backbone.transformer.resblocks.N.*``, ``backbone.ln_post.*``, ``backbone.proj``).
+Dense forward of images [B, 3, H, W] (H, W multiples of the patch size P):
+
+    conv1 (patch embedding, stride P)       -> style map [B, W, H/P, W/P]  (FAMix restyles it here)
+    flatten, class token, + positional embedding (grid bicubically resized to H/P x W/P), ln_pre
+                                            -> tokens [B, 1 + HW/P^2, W]
+    transformer blocks (one unit each)      -> tokens; the last block's unit also applies ln_post
+    class token dropped                     -> "out" map [B, W, H/P, W/P]  (output stride P)
+
+Patch dropout is never applied (eval semantics). ``proj`` (CLIP's embedding projection) is unused.
+
+Low-level features for the DeepLabv3+ head: the tokens after block ceil(L/4) (1-based; e.g. block 3 of
+ViT-B/16's 12, 6 of ViT-L/14's 24), as a map at stride P, brought to stride ~4 by a learned ``neck``
+(round(log2(P / 4)) ConvTranspose2d(k=2, s=2) + BatchNorm + ReLU steps keeping the width W; stride 4
+exactly for P = 8, 16, 32; 3.5 for P = 14).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import VisionTransformer
+from torch import nn
+
+
+def patch_size(visual: VisionTransformer) -> int:
+    """P of a ViT with square P x P patches (ValueError otherwise)."""
+    p = visual.patch_size
+    p = tuple(p) if isinstance(p, (tuple, list)) else (p, p)
+    if p[0] != p[1]:
+        raise ValueError(f"ViT patch size {p} is not square: famix needs square patches")
+    return int(p[0])
+
+
+def width(visual: VisionTransformer) -> int:
+    """W, the token width (channels of the style map and of both feature maps)."""
+    return visual.conv1.out_channels
+
+
+def interpolate_pos_embed(
+    pos: torch.Tensor, grid_hw: tuple[int, int], native_hw: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Positional embedding for an h x w token grid.
+
+    pos: [1 + gh * gw, W] (class position first, then the gh x gw grid row-major); native_hw = (gh, gw),
+    default a square grid. Returns [1 + h * w, W]: the class position unchanged, the grid resized
+    bicubically (align_corners=False, antialias=False). At the native size this is the identity, bit for
+    bit (bicubic at scale 1 samples the grid points with weights 0, 1, 0, 0), so no branch is needed.
+    """
+    cls, grid = pos[:1], pos[1:]
+    if native_hw is None:
+        side = math.isqrt(grid.shape[0])
+        if side * side != grid.shape[0]:
+            raise ValueError(f"{grid.shape[0]} grid positions are not a square grid: pass native_hw")
+        native_hw = (side, side)
+    gh, gw = native_hw
+    grid = grid.reshape(1, gh, gw, -1).permute(0, 3, 1, 2)  # [1, W, gh, gw]
+    grid = F.interpolate(grid, size=tuple(grid_hw), mode="bicubic", align_corners=False, antialias=False)
+    return torch.cat([cls, grid.flatten(2)[0].t()])  # [1 + h * w, W]
+
+
+def embed_tokens(visual: VisionTransformer, z: torch.Tensor) -> torch.Tensor:
+    """Style map z [B, W, h, w] (conv1's output, maybe restyled) -> tokens [B, 1 + h * w, W]: class token
+    prepended, positional embedding (resized to h x w) added, ln_pre. No patch dropout."""
+    b, c, h, w = z.shape
+    tokens = z.flatten(2).transpose(1, 2)  # [B, h * w, W]
+    cls = visual.class_embedding.to(tokens.dtype).expand(b, 1, c)
+    pos = interpolate_pos_embed(visual.positional_embedding, (h, w), tuple(visual.grid_size))
+    return visual.ln_pre(torch.cat([cls, tokens], dim=1) + pos.to(tokens.dtype))
+
+
+def tokens_to_map(tokens: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """Tokens [B, 1 + h * w, W] -> map [B, W, h, w], the class token dropped."""
+    return tokens[:, 1:].transpose(1, 2).unflatten(2, tuple(grid_hw))
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad images [B, 3, H, W] at the bottom and right to multiples of ``multiple`` (no-op if they
+    are). Zero is the mean colour of CLIP-normalised images."""
+    ph, pw = -x.shape[-2] % multiple, -x.shape[-1] % multiple
+    return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+
+
+def low_level_block(layers: int) -> int:
+    """0-based index of the block whose output feeds the head's low-level branch: block ceil(L/4) 1-based,
+    the ViT counterpart of ResNet's layer1 (a quarter of the way in)."""
+    return math.ceil(layers / 4) - 1
+
+
+def neck_steps(patch: int) -> int:
+    """How many x2 upsampling steps bring stride ``patch`` to about 4: round(log2(P / 4))."""
+    if patch < 4:
+        raise ValueError(f"ViT patch size {patch} < 4: famix's low-level map needs a stride of 4 or more")
+    return round(math.log2(patch / 4))
+
+
+def build_neck(channels: int, patch: int) -> nn.Sequential:
+    """The learned upsampler of the low-level map: [B, W, H/P, W/P] -> [B, W, H/P * 2^n, W/P * 2^n],
+    n = ``neck_steps(P)`` steps of ConvTranspose2d(k=2, s=2) + BatchNorm + ReLU (none for P = 4)."""
+    return nn.Sequential(
+        *[
+            nn.Sequential(
+                nn.ConvTranspose2d(channels, channels, 2, stride=2, bias=False),
+                nn.BatchNorm2d(channels),
+                nn.ReLU(inplace=True),
+            )
+            for _ in range(neck_steps(patch))
+        ]
+    )
+
+
+def prepare_vit(visual: nn.Module, output_stride: int) -> VisionTransformer:
+    """Check an open_clip ``VisionTransformer`` can serve as a dense backbone at ``output_stride``, freeze
+    its unused ``proj``, record ``output_stride``. Nothing is replaced or renamed. Returns the same module.
+    """
+    if not isinstance(visual, VisionTransformer):
+        raise TypeError(f"expected an open_clip VisionTransformer image tower, got {type(visual).__name__}")
+    if visual.attn_pool is not None:
+        raise ValueError("ViT towers with an attentional pool (CoCa-style) are not supported")
+    if not getattr(visual.transformer, "batch_first", False):
+        raise ValueError("this open_clip's ViT runs sequence-first: famix needs a newer open_clip_torch")
+    p = patch_size(visual)
+    if output_stride != p:
+        raise ValueError(
+            f"model.output_stride={output_stride} does not fit this ViT: its output stride is its patch "
+            f"size {p}; set model.output_stride={p}"
+        )
+    neck_steps(p)  # P < 4 fails here, before anything is built
+    if visual.proj is not None:
+        visual.proj.requires_grad_(False)  # the dense path never uses it (DDP would flag it unused)
+    visual.output_stride = p
+    return visual
+
+
+def _last_block(visual: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
+    return visual.ln_post(visual.transformer.resblocks[-1](tokens))
+
+
+def vit_units(visual: VisionTransformer) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
+    """The dense ViT as an ordered list of (name, callable):
+
+    "patch_embed" images -> style map [B, W, h, w]; "embed" style map -> tokens [B, 1 + h * w, W];
+    "block.0" .. "block.{L-1}" tokens -> tokens (the last one followed by ln_post).
+    """
+    blocks = visual.transformer.resblocks
+    units: list[tuple[str, Callable]] = [
+        ("patch_embed", visual.conv1),
+        ("embed", functools.partial(embed_tokens, visual)),
+    ]
+    units += [(f"block.{i}", block) for i, block in enumerate(blocks[:-1])]
+    units.append((f"block.{len(blocks) - 1}", functools.partial(_last_block, visual)))
+    return units
+
+
+def vit_unit_modules(visual: VisionTransformer, name: str) -> list[nn.Module]:
+    """The submodules of one unit of ``vit_units`` (put in eval mode when the unit is frozen)."""
+    if name == "patch_embed":
+        return [visual.conv1]
+    if name == "embed":
+        return [visual.ln_pre]
+    index = int(name.removeprefix("block."))
+    last = index == len(visual.transformer.resblocks) - 1
+    return [visual.transformer.resblocks[index]] + ([visual.ln_post] if last else [])
+
+
+def vit_unit_parameters(visual: VisionTransformer, name: str) -> list[nn.Parameter]:
+    """The parameters of one unit of ``vit_units`` ("embed" adds the class and positional embeddings)."""
+    params = [p for m in vit_unit_modules(visual, name) for p in m.parameters()]
+    if name == "embed":
+        params += [visual.class_embedding, visual.positional_embedding]
+    return params

@@ -17,7 +17,7 @@ import argparse
 
 import torch
 
-from common import base_parser, report, setup, time_iterations
+from common import base_parser, output_stride, report, setup, time_iterations
 from famix.config import ModelConfig
 from famix.engine.inference import TestTime, eval_mode, predict_logits
 from famix.models.build import build_segmenter
@@ -25,7 +25,7 @@ from famix.models.build import build_segmenter
 
 def main() -> None:
     p = base_parser(__doc__.splitlines()[0], batch=4, size="1024x2048", iters=10, warmup=3)
-    p.add_argument("--output-stride", type=int, default=16, choices=(8, 16))
+    p.add_argument("--output-stride", type=int, help="default: 16 (ResNet), the patch size (ViT)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--scale", type=float, default=None, help="test-time input scale, e.g. 0.5")
     p.add_argument("--ensemble", action="store_true", help="average logits at scale 1 and --scale")
@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: 2/3 window)")
     args = p.parse_args()
     device, amp_dtype, (h, w) = setup(args)
+    args.output_stride = output_stride(args.backbone, args.output_stride)
     tta = TestTime(args.scale, args.ensemble, args.window, args.stride)
 
     model = build_segmenter(ModelConfig(backbone=args.backbone, output_stride=args.output_stride), seed=0)

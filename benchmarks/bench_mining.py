@@ -26,7 +26,8 @@ import torch
 from common import base_parser, count_flops, peak_memory_bytes, report, setup, time_iterations
 from famix.data.labels import CLASS_NAMES, IGNORE_INDEX
 from famix.engine.mine import CUDA_PIN_CROPS
-from famix.models.clip import build_clip, clip_preprocess_size
+from famix.models.clip import build_clip
+from famix.models.towers import is_vit, style_grid
 from famix.style.mining import RECIPE_LR, MiningSettings, mine_batches
 from famix.style.vocabulary import DEFAULT_STYLE_WORDS
 
@@ -63,7 +64,8 @@ def main() -> None:
     )
 
     clip = build_clip(args.backbone, seed=0).to(device).requires_grad_(False)
-    visual, pool = clip.visual, clip_preprocess_size(clip) // 4  # 56 for RN50
+    visual, pool = clip.visual, style_grid(clip.visual)  # 56 for RN50, 14 for ViT-B/16
+    channels_last = channels_last and not is_vit(visual)  # as famix mine: NHWC for ResNets only
     if channels_last:
         visual = visual.to(memory_format=torch.channels_last)
     g = torch.Generator(device).manual_seed(0)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import base_parser, report, setup, time_iterations
+from common import base_parser, output_stride, report, setup, time_iterations
 from famix.config import Config, ModelConfig
 from famix.data.labels import IGNORE_INDEX
 from famix.data.transforms import jitter_params
@@ -56,7 +56,7 @@ def random_labels(
 
 def main() -> None:
     p = base_parser(__doc__.splitlines()[0], batch=8, size="768", iters=10, warmup=3)
-    p.add_argument("--output-stride", type=int, default=16, choices=(8, 16))
+    p.add_argument("--output-stride", type=int, help="default: 16 (ResNet), the patch size (ViT)")
     p.add_argument(
         "--freeze",
         default="last-block",
@@ -70,6 +70,7 @@ def main() -> None:
     if args.batch < 2:
         p.error("--batch must be >= 2 for training (BatchNorm in the head's image pooling needs 2 values)")
     device, amp_dtype, (h, w) = setup(args)
+    args.output_stride = output_stride(args.backbone, args.output_stride)
 
     cfg = Config(
         model=ModelConfig(backbone=args.backbone, output_stride=args.output_stride, freeze=args.freeze)

@@ -27,7 +27,16 @@ if importlib.util.find_spec("famix") is None:  # not installed: use this checkou
 from famix.engine.amp import AMP_DTYPES, amp_dtype  # noqa: E402
 from famix.engine.distributed import resolve_device  # noqa: E402
 
-BACKBONES = ("RN50", "RN101", "tiny-rn")
+BACKBONES = ("RN50", "RN101", "tiny-rn", "ViT-B-16", "ViT-L-14", "tiny-vit")
+
+
+def output_stride(backbone: str, given: int | None) -> int:
+    """The segmenter's output stride: ``given``, else 16 for a ResNet and the patch size for a ViT (a ViT
+    segmenter's only stride)."""
+    from famix.models.clip import get_clip_config
+
+    patch = get_clip_config(backbone)["vision_cfg"].get("patch_size")
+    return given or patch or 16
 
 
 def base_parser(
@@ -38,7 +47,7 @@ def base_parser(
         description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: CUDA when available)")
-    p.add_argument("--backbone", default="RN50", choices=BACKBONES, help="CLIP ResNet (random weights)")
+    p.add_argument("--backbone", default="RN50", choices=BACKBONES, help="CLIP tower (random weights)")
     p.add_argument("--batch", type=int, default=batch, help="images per iteration")
     p.add_argument("--size", default=size, help="input size: S (S x S) or HxW")
     p.add_argument("--iters", type=int, default=iters, help="timed iterations (the median is reported)")

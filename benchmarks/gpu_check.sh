@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 9's four target rows on a lent GPU machine, as one prepared run (docs/gpu.md):
+# Issue 9's four target rows and issue 12's ViT-B/16 rows on a lent GPU machine, one prepared run (docs/gpu.md):
 #   here:   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #             --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #             -d .whl open_clip_torch ftfy wcwidth safetensors
@@ -16,3 +16,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 bash benchmarks/run_all.sh --iters 20
 python3 benchmarks/bench_loader.py --images 16 --workers 16 --batch 8
 python3 benchmarks/bench_e2e.py --workers 16 --iters 80 --warmup 20
+# Issue 12: the same three rows for CLIP ViT-B/16 (bf16, SDPA attention inside open_clip's blocks)
+python3 benchmarks/bench_train.py --backbone ViT-B-16 --no-header --iters 20
+python3 benchmarks/bench_inference.py --backbone ViT-B-16 --no-header --iters 20
+python3 benchmarks/bench_mining.py --backbone ViT-B-16 --no-header

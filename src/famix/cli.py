@@ -142,14 +142,17 @@ def cmd_adapt(args) -> None:
 
 
 def cmd_demo(args) -> None:
+    out = args.out or ("famix-demo" if args.backbone == "rn" else f"famix-demo-{args.backbone}")
     if args.adapt is not None:
         from famix.demo.adapt import run_adapt_demo
 
-        run_adapt_demo(args.out, args.adapt, quick=args.quick, seed=args.seed, seeds=args.seeds or 3)
+        run_adapt_demo(out, args.adapt, args.quick, args.seed, seeds=args.seeds or 3, backbone=args.backbone)
         return
     from famix.demo.run import run_demo
 
-    run_demo(args.out, quick=args.quick, seed=args.seed, ablation=args.ablation, seeds=args.seeds or 1)
+    run_demo(
+        out, args.quick, args.seed, ablation=args.ablation, seeds=args.seeds or 1, backbone=args.backbone
+    )
 
 
 def cmd_datasets(args) -> None:
@@ -308,7 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     d = sub.add_parser("demo", help="the whole recipe on the embedded synthetic world (CPU, minutes)")
-    d.add_argument("--out", default="famix-demo")
+    d.add_argument("--out", help="output folder (default famix-demo; famix-demo-vit with --backbone vit)")
+    d.add_argument(
+        "--backbone", choices=["rn", "vit"], default="rn", help="tiny CLIP ResNet (default) or tiny CLIP ViT"
+    )
     d.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
     d.add_argument("--seed", type=int, default=0, help="first seed")
     d.add_argument("--seeds", type=int, help="number of seeds (default 1; 3 with --adapt)")

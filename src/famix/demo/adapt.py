@@ -46,7 +46,12 @@ def adapt_settings(quick: bool, seed: int) -> AdaptSettings:
 
 
 def run_adapt_demo(
-    out: str | Path = "famix-demo", target: str = "night", quick: bool = False, seed: int = 0, seeds: int = 3
+    out: str | Path = "famix-demo",
+    target: str = "night",
+    quick: bool = False,
+    seed: int = 0,
+    seeds: int = 3,
+    backbone: str = "rn",
 ) -> dict:
     """Run the adaptation demo into ``out`` (sharing the demo's source-only runs); returns
     {"runs": {row: {seed: {domain: result}}}, "seconds": ...}."""
@@ -56,7 +61,7 @@ def run_adapt_demo(
     adapted_row = f"adapted to {target!r}"
     runs: dict[str, dict[int, dict]] = {START: {}, adapted_row: {}, CONTROL: {}}
     for s in range(seed, seed + seeds):
-        cfg = demo_config(out / f"seed{s}", quick, s)
+        cfg = demo_config(out / f"seed{s}", quick, s, backbone)
         cfg.model.freeze, cfg.style.mix, cfg.style.bank = ABLATION[BASELINE]  # source only: no bank
         cfg.train.out = str(out / f"seed{s}" / run_folder(BASELINE))
         runs[START][s] = train_and_evaluate(cfg, BASELINE, domains, n_eval)

@@ -43,13 +43,15 @@ def _fmt(values: list[float]) -> str:
     return f"{values[0]:.1f}"
 
 
-def report(runs: dict, domains: list[str], baseline: str, famix: str, language_free: str) -> str:
+def report(
+    runs: dict, domains: list[str], baseline: str, famix: str, language_free: str, clip: str = "tiny-clip"
+) -> str:
     """Markdown: one row per variant (mIoU %, mean +/- std over seeds), then FAMix's paired deltas."""
     scores = {name: _scores(r, domains) for name, r in runs.items() if r}
     cols = list(next(iter(scores.values())))
     seeds = len(next(iter(runs.values())))
     lines = [
-        f"mIoU (%) on the synthetic world, trained on {SOURCE_DOMAIN} only; {seeds} seed(s)",
+        f"mIoU (%) on the synthetic world, {clip} backbone, trained on {SOURCE_DOMAIN} only; {seeds} seed(s)",
         "",
         "| variant (Freeze/Augment/Mix) | " + " | ".join(cols) + " |",
         "|---|" + "---|" * len(cols),

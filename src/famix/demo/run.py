@@ -44,18 +44,25 @@ ABLATION = {
     "F/A/M, fine-grid bank": ("last-block", "famix", "fine"),
 }
 DEFAULT_VARIANTS = ("F/-/-", "F/A/M (FAMix)")
+# --backbone: the shipped tiny CLIPs (model cards in famix/assets) and their segmenters' output stride
+# (the ResNet dilated to 16; the ViT's is its patch size, 8)
+BACKBONES = {"rn": ("tiny-clip", 16), "vit": ("tiny-vit-clip", 8)}
 BASELINE, FAMIX, LANGUAGE_FREE = "F/-/-", "F/A/M (FAMix)", "F/-/M"
+FINE_GRID = "F/A/M, fine-grid bank"
 
 
-def demo_config(out: Path, quick: bool, seed: int) -> Config:
-    """The demo's settings: the shipped tiny CLIP, synthetic day source, CPU.
+def demo_config(out: Path, quick: bool, seed: int, backbone: str = "rn") -> Config:
+    """The demo's settings: the shipped tiny CLIP (``BACKBONES[backbone]``), synthetic day source, CPU.
 
     Mining keeps the paper's optimiser (SGD lr 0.1, momentum 0.9, 100 steps) and 3x3 grid on 64 day crops;
     its vocabulary names the mining styles (``MINING_DOMAINS``), never an evaluation style. Settings were
     chosen on day and the mining-word styles only (docs/demo.md), never on the held-out domains.
     """
     cfg = Config()
-    cfg.model.backbone, cfg.model.weights = "tiny-clip", packaged_weights("tiny-clip")
+    if backbone not in BACKBONES:
+        raise ValueError(f"demo backbone {backbone!r}: choose one of {', '.join(BACKBONES)}")
+    name, cfg.model.output_stride = BACKBONES[backbone]
+    cfg.model.backbone, cfg.model.weights = name, packaged_weights(name)
     cfg.data.train, cfg.data.val = f"synthetic:{SOURCE_DOMAIN}:2000:{seed}:size={SIZE}", []
     cfg.data.crop, cfg.data.batch_size, cfg.data.workers = 64, 8, 0
     cfg.style.bank, cfg.mine.crop, cfg.mine.batch_size = str(out / "bank.safetensors"), 64, 16
@@ -69,17 +76,24 @@ def demo_config(out: Path, quick: bool, seed: int) -> Config:
 
 
 def run_demo(
-    out: str | Path = "famix-demo", quick: bool = False, seed: int = 0, ablation: bool = False, seeds: int = 1
+    out: str | Path = "famix-demo",
+    quick: bool = False,
+    seed: int = 0,
+    ablation: bool = False,
+    seeds: int = 1,
+    backbone: str = "rn",
 ) -> dict:
     """Run the demo into ``out``; returns {"runs": {variant: {seed: {domain: result dict}}}, ...}."""
     out, start = Path(out), time.perf_counter()
     variants = list(ABLATION) if ablation else list(DEFAULT_VARIANTS)
+    if backbone == "vit":  # its 8 x 8 style map (64-px crops, patch 8) has no 6 x 6 grid of patches
+        variants = [v for v in variants if v != FINE_GRID]
     domains = [SOURCE_DOMAIN, *SHIFTED_DOMAINS]
     n_eval = 16 if quick else 300
     runs: dict[str, dict[int, dict[str, dict]]] = {v: {} for v in variants}
     counts: dict[int, dict[str, dict[str, int]]] = {}
     for s in range(seed, seed + seeds):
-        base = demo_config(out / f"seed{s}", quick, s)
+        base = demo_config(out / f"seed{s}", quick, s, backbone)
         banks, counts[s] = _mine_banks(base, variants)
         for name in variants:
             freeze, mix, bank = ABLATION[name]
@@ -88,7 +102,7 @@ def run_demo(
             cfg.train.out = str(out / f"seed{s}" / run_folder(name))
             runs[name][s] = train_and_evaluate(cfg, name, domains, n_eval)
         save_config(base, out / f"seed{s}" / "config.yaml")
-    text = report(runs, domains, BASELINE, FAMIX, LANGUAGE_FREE) + bank_table(counts)
+    text = report(runs, domains, BASELINE, FAMIX, LANGUAGE_FREE, BACKBONES[backbone][0]) + bank_table(counts)
     print(text)
     atomic_write(out / "results.md", lambda p: p.write_text(text))
     payload = json.dumps({"runs": runs, "bank_counts": counts}, indent=1)

@@ -14,6 +14,7 @@ from famix.demo.adapt import CONTROL, START, run_adapt_demo
 from famix.demo.report import GROUPS, adapt_report, bank_table, labelled_grid, report
 from famix.demo.run import ABLATION, BASELINE, DEFAULT_VARIANTS, FAMIX, run_demo, run_folder
 from famix.engine.checkpoint import load_checkpoint
+from famix.style.bank import StyleBank
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 DOMAINS = ["day", "night", "fog", "snow", "rain"]
@@ -177,3 +178,16 @@ def test_quick_adapt_demo_starts_from_the_demo_model(quick_demo, monkeypatch):
     start = load_checkpoint(out / "seed0" / run_folder(BASELINE) / "latest.pt")["model_state"]
     backbone = [k for k in start if k.startswith("backbone.")]
     assert all(torch.equal(adapted["model_state"][k], start[k]) for k in backbone)
+
+
+def test_quick_vit_demo_runs_on_the_tiny_vit_clip(tmp_path):
+    out = tmp_path / "vit"
+    result = run_demo(out, quick=True, backbone="vit")
+    assert set(result["runs"]) == set(DEFAULT_VARIANTS)
+    assert "tiny-vit-clip backbone" in (out / "results.md").read_text()
+    ckpt = load_checkpoint(out / "seed0" / run_folder(FAMIX) / "latest.pt")
+    assert (
+        ckpt["config"]["model"]["backbone"] == "tiny-vit-clip"
+        and ckpt["config"]["model"]["output_stride"] == 8
+    )
+    assert StyleBank.load(out / "seed0" / "bank_mined.safetensors").channels == 96  # the ViT's width

@@ -27,7 +27,7 @@ if importlib.util.find_spec("famix") is None:  # not installed: use this checkou
 from famix.engine.amp import AMP_DTYPES, amp_dtype  # noqa: E402
 from famix.engine.distributed import resolve_device  # noqa: E402
 
-BACKBONES = ("RN50", "RN101", "tiny-rn", "ViT-B-16", "ViT-L-14", "tiny-vit")
+BACKBONES = ("RN50", "RN101", "tiny-rn", "tiny-clip", "ViT-B-16", "ViT-L-14", "tiny-vit", "tiny-vit-clip")
 
 
 def output_stride(backbone: str, given: int | None) -> int:

@@ -116,16 +116,18 @@ def test_pretraining_is_deterministic_by_seed(tmp_path):
     assert all(v.dtype in (torch.float16, torch.int64) for v in a.values())
 
 
-def test_shipped_tiny_clip_knows_styles_and_classes(monkeypatch):
+@pytest.mark.parametrize(("name", "min_class"), [("tiny-clip", 70.0), ("tiny-vit-clip", 65.0)])
+def test_shipped_tiny_clips_know_styles_and_classes(monkeypatch, name, min_class):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the packaged weights must never need the network
     from famix.models.clip import build_clip, packaged_weights
     from famix.world.zero_shot import zero_shot_accuracy
 
-    path = packaged_weights("tiny-clip")
-    assert path is not None and path.endswith("tiny-clip.safetensors")
+    path = packaged_weights(name)
+    assert path is not None and path.endswith(f"{name}.safetensors")
     assert packaged_weights("tiny-rn") is None
-    model = build_clip("tiny-clip", weights=path)
-    # a fresh sample of 96 crops (seed 7, not the card's seed 0); bounds a few points under the card
+    model = build_clip(name, weights=path)
+    # a fresh sample of 96 crops (seed 7, not the card's seed 0); bounds a few points under each card
+    # (class accuracy on 2,400 uniform crops: tiny-clip 82.1 %, tiny-vit-clip 75.5 %)
     acc = zero_shot_accuracy(model, n_images=96, seed=7, imagenet=False)
     assert acc["style"] >= 90.0, acc
-    assert acc["class"] >= 70.0, acc
+    assert acc["class"] >= min_class, acc

@@ -226,10 +226,10 @@ def model_card(record: dict, every: int = 100) -> str:
     loss = record["loss"]
     for a in range(0, len(loss), every):
         lines.append(f"| {a}-{min(a + every, len(loss)) - 1} | {np.mean(loss[a : a + every]):.3f} |")
-    for name, z in record.get("zero_shot", {}).items():
+    for sample, z in record.get("zero_shot", {}).items():
         lines += [
             "",
-            f"## Zero-shot accuracy (%), {z['n_images']} fresh scenes, {name.replace('_', ' ')} "
+            f"## Zero-shot accuracy (%), {z['n_images']} fresh scenes, {sample.replace('_', ' ')} "
             f"(focus {z['focus']})",
             "| style (12-way) | dominant class (13-way) | style + class (156-way) | majority class |"
             + (" 156-way, mining's 80-template text |" if "joint_imagenet80" in z else ""),

@@ -303,3 +303,18 @@ def test_clip_state_dict_round_trip_and_mismatch(tmp_path):
     assert all(torch.equal(v, backbone[k]) for k, v in ref.visual.state_dict().items())
     with pytest.raises(ValueError, match="do not fit backbone config 'tiny-rn'.*ViT-B-16-quickgelu"):
         build_clip("tiny-rn", weights=str(path))
+
+
+def test_attention_runs_through_scaled_dot_product_attention(monkeypatch):
+    """Training forwards reach F.scaled_dot_product_attention once per block (flash / memory-efficient
+    kernels on CUDA), not a hand-written softmax(QK^T)V."""
+    model = build_segmenter(vit_cfg(freeze="none"), seed=0).train()
+    calls, sdpa = [], F.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
+    model(images(2, 3, 32, 40)).sum().backward()
+    assert len(calls) == len(model.backbone.transformer.resblocks)

@@ -20,7 +20,6 @@ from famix.models.vit import (
     vit_unit_modules,
     vit_unit_parameters,
     vit_units,
-    width,
 )
 
 Restyle = Callable[[torch.Tensor], torch.Tensor]
@@ -51,7 +50,7 @@ class Segmenter(nn.Module):
         self.is_vit = is_vit(visual)
         if self.is_vit:
             self.backbone = prepare_vit(visual, output_stride)
-            low = out = width(self.backbone)
+            low = out = style_channels(self.backbone)
             self.neck = build_neck(low, output_stride)
         else:
             self.backbone = prepare_backbone(visual, output_stride, dilation)

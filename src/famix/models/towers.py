@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
+from famix.models.vit import embed_tokens, patch_size
+
 
 def is_vit(visual: nn.Module) -> bool:
     """True for a CLIP ViT image tower, False for a CLIP ResNet one; TypeError for anything else."""
@@ -65,12 +67,7 @@ def style_grid(visual: nn.Module) -> int:
     """S, the side of the S x S maps the style tail takes (PIN pools restyled patches to it): ResNet input
     size // 4 (56 for RN50, 224 px); ViT input size // patch size (its native token grid, 14 for ViT-B/16)."""
     if is_vit(visual):
-        patch = visual.patch_size
-        if isinstance(patch, (tuple, list)):
-            if patch[0] != patch[1]:
-                raise ValueError(f"ViT patch size {tuple(patch)} is not square: famix needs square patches")
-            patch = patch[0]
-        return input_size(visual) // int(patch)
+        return input_size(visual) // patch_size(visual)
     return input_size(visual) // 4
 
 
@@ -125,16 +122,13 @@ def vit_tail(visual: VisionTransformer, z: torch.Tensor) -> torch.Tensor:
             "famix embeds restyled patches through a CLIP ViT's class-token (or average) pool; this tower "
             "has an attentional pool (CoCa-style), which famix does not support"
         )
-    n, w, h, wd = z.shape
+    h, wd = z.shape[-2:]
     if (h, wd) != tuple(visual.grid_size):
         raise ValueError(
             f"the ViT tail takes the native {visual.grid_size[0]}x{visual.grid_size[1]} token grid (its "
             f"positional embedding's), got {h}x{wd} maps: pool them to style_grid(visual) first"
         )
-    tokens = z.flatten(2).transpose(1, 2)  # [N, S * S, W]
-    cls = visual.class_embedding.to(tokens.dtype).expand(n, 1, w)
-    tokens = torch.cat([cls, tokens], dim=1) + visual.positional_embedding.to(tokens.dtype)  # [N, L, W]
-    x = visual.transformer(visual.ln_pre(tokens))  # [N, L, W]
+    x = visual.transformer(embed_tokens(visual, z))  # [N, L, W], L = 1 + S * S
     if visual.final_ln_after_pool:
         pooled = visual.ln_post(x[:, 0] if visual.pool_type == "tok" else x[:, 1:].mean(1))
     else:

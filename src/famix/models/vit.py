@@ -40,11 +40,6 @@ def patch_size(visual: VisionTransformer) -> int:
     return int(p[0])
 
 
-def width(visual: VisionTransformer) -> int:
-    """W, the token width (channels of the style map and of both feature maps)."""
-    return visual.conv1.out_channels
-
-
 def interpolate_pos_embed(
     pos: torch.Tensor, grid_hw: tuple[int, int], native_hw: tuple[int, int] | None = None
 ) -> torch.Tensor:

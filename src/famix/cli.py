@@ -131,7 +131,19 @@ def cmd_reproduce(args) -> None:
 def cmd_adapt(args) -> None:
     from famix.engine.adapt import AdaptSettings, adapt
 
-    names = ("iterations", "lr", "steps", "images", "crop", "batch_size", "seed", "device", "amp", "workers")
+    names = (
+        "iterations",
+        "lr",
+        "steps",
+        "pin_lr",
+        "images",
+        "crop",
+        "batch_size",
+        "seed",
+        "device",
+        "amp",
+        "workers",
+    )
     given = {
         n: getattr(args, n) for n in (*names, "ckpt_interval", "save_every") if getattr(args, n) is not None
     }
@@ -298,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--iterations", type=int, help="head fine-tuning steps (default 2000)")
     a.add_argument("--lr", type=float, help="head learning rate, poly schedule (default 0.01)")
     a.add_argument("--steps", type=int, help="PIN steps per source crop (default 100)")
+    a.add_argument("--pin-lr", type=float, help="PIN SGD lr per crop: how far styles move (default 0.1)")
     a.add_argument("--images", type=int, default=None, help="source crops to mine (default: all)")
     a.add_argument("--crop", type=int, default=None, help="crop size (default: the checkpoint's)")
     a.add_argument("--batch-size", type=int, default=None, help="crops per batch (default: the checkpoint's)")

@@ -122,8 +122,8 @@ def test_quick_demo_writes_its_outputs_and_reuses_finished_runs(quick_demo, monk
 
     quick_config = demo.demo_config
 
-    def other_training(out, quick, seed):  # same mining settings (banks resume), another learning rate
-        cfg = quick_config(out, quick, seed)
+    def other_training(out, quick, seed, backbone):  # same mining settings (banks resume), another lr
+        cfg = quick_config(out, quick, seed, backbone)
         cfg.train.lr *= 2
         return cfg
 

@@ -5,8 +5,8 @@ only loops it over the source set, resumes an interrupted bank and saves it. ``m
 a batch (the unit of the prompts' and patch choice's randomness, of resuming and of the bank's order);
 ``mine.pin_crops`` crops (whole batches, ``pin_batches``) are optimised in one PIN call (``mine_batches``),
 which sets only speed and memory. On CUDA a CLIP ResNet image tower runs in channels_last (a ViT's stays
-contiguous). Under ``torchrun``
-batch b is mined by rank b % world_size and rank 0 writes the bank, the same as one process writes.
+contiguous). Under ``torchrun`` batch b is mined by rank b % world_size and rank 0 writes the bank, the
+same as one process writes.
 """
 
 from __future__ import annotations

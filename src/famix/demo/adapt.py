@@ -16,7 +16,16 @@ from pathlib import Path
 
 from famix.config import load_config
 from famix.demo.report import adapt_report
-from famix.demo.run import ABLATION, BASELINE, SIZE, demo_config, evaluate_run, run_folder, train_and_evaluate
+from famix.demo.run import (
+    ABLATION,
+    BACKBONES,
+    BASELINE,
+    SIZE,
+    demo_config,
+    evaluate_run,
+    run_folder,
+    train_and_evaluate,
+)
 from famix.engine.adapt import AdaptSettings, adapt, slug
 from famix.engine.checkpoint import load_checkpoint
 from famix.engine.train import train
@@ -79,7 +88,8 @@ def run_adapt_demo(
         )
         control = _control(start, out / f"seed{s}" / "adapt" / f"{slug(target)}-control", settings)
         runs[CONTROL][s] = evaluate_run(control, CONTROL, s, domains, n_eval, cfg.model.num_classes)
-    text = adapt_report(runs, domains, target, START, [(adapted_row, START), (adapted_row, CONTROL)])
+    deltas = [(adapted_row, START), (adapted_row, CONTROL)]
+    text = adapt_report(runs, domains, target, START, deltas, BACKBONES[backbone][0])
     print(text)
     atomic_write(out / "adapt_results.md", lambda p: p.write_text(text))
     payload = json.dumps({"target": target, "runs": runs, "size": SIZE}, indent=1)

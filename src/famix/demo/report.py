@@ -66,7 +66,12 @@ def report(
 
 
 def adapt_report(
-    runs: dict, domains: list[str], target: str, start: str, deltas: list[tuple[str, str]]
+    runs: dict,
+    domains: list[str],
+    target: str,
+    start: str,
+    deltas: list[tuple[str, str]],
+    clip: str = "tiny-clip",
 ) -> str:
     """Markdown for the adaptation demo: one row per model (mIoU %, mean +/- std over seeds), then, for each
     (a, b) in ``deltas``, the paired difference a - b per seed (mean +/- std over seeds)."""
@@ -74,8 +79,8 @@ def adapt_report(
     cols = list(scores[start])
     seeds = len(runs[start])
     lines = [
-        f"mIoU (%) on the synthetic world: {start} trained on {SOURCE_DOMAIN} only, adapted to the words "
-        f"{target!r} (no target image); {seeds} seed(s)",
+        f"mIoU (%) on the synthetic world, {clip} backbone: {start} trained on {SOURCE_DOMAIN} only, "
+        f"adapted to the words {target!r} (no target image); {seeds} seed(s)",
         "",
         "| model | " + " | ".join(cols) + " |",
         "|---|" + "---|" * len(cols),

@@ -2,6 +2,7 @@
 (head-only fine-tuning, the bank it records, resume after an interruption, truncated descriptions)."""
 
 import re
+import warnings
 
 import pytest
 import torch
@@ -154,3 +155,14 @@ def test_truncated_description_warns():
     long = "driving through a dense fog at night on a wet road with many bright oncoming headlights"
     with pytest.warns(UserWarning, match=re.escape(repr(long))):
         assert not check_description(long, 16)
+
+
+def test_style_layers_of_another_clip_warn(checkpoint):
+    model, _ = load_segmenter(checkpoint)
+    same = build_clip("tiny-rn", seed=0).visual  # the checkpoint's random CLIP (seed 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        adapt_engine._check_style_layers(model, same, None)
+    other = build_clip("tiny-rn", seed=1).visual
+    with pytest.warns(UserWarning, match="style-map layers differ"):
+        adapt_engine._check_style_layers(model, other, None)

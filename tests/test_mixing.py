@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from famix.style.bank import PackedBank
+from famix.style.bank import PackedBank, StyleBank
 from famix.style.mixing import (
     LocalStyleMixer,
     mix_stats,
@@ -147,12 +147,7 @@ def test_mixer_with_one_style_per_class_matches_loop(b, c, h, w, scale, grid, mo
 def test_mixer_keeps_own_style_with_empty_bank_and_alpha_one_is_identity():
     f = torch.rand(2, 3, 12, 12) + 0.1
     labels = torch.zeros(2, 48, 48, dtype=torch.long)
-    empty = PackedBank(
-        torch.zeros(0, 3),
-        torch.zeros(0, 3),
-        torch.zeros(4, dtype=torch.long),
-        torch.zeros(4, dtype=torch.long),
-    )
+    empty = StyleBank(list("abc"), 3).packed()  # 3 classes, no style
     out = LocalStyleMixer("augment", 3, 0.1, 3, empty, torch.Generator())(f, labels)
     mu, sigma = patch_stats(f, 3)
     torch.testing.assert_close(out, f, atol=1e-4, rtol=1e-4)  # own style restored (f > 0 so ReLU is a no-op)

@@ -24,7 +24,7 @@ from famix.models.towers import (
     style_relu,
     style_tail,
 )
-from famix.style.bank import PackedBank, StyleBank
+from famix.style.bank import StyleBank
 from famix.style.mining import MiningSettings, mine_batches
 from famix.style.mixing import LocalStyleMixer, mix_stats
 from famix.style.pin import pin_optimize, split_patches
@@ -178,12 +178,7 @@ def test_mixer_without_relu_keeps_signed_features_with_their_own_style(mode):
     """An empty bank: every patch keeps its own style, which without the ReLU gives the features back."""
     f = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(1))
     labels = torch.zeros(2, 48, 48, dtype=torch.long)
-    empty = PackedBank(
-        torch.zeros(0, 3),
-        torch.zeros(0, 3),
-        torch.zeros(4, dtype=torch.long),
-        torch.zeros(4, dtype=torch.long),
-    )
+    empty = StyleBank(list("abc"), 3).packed()  # 3 classes, no style
     out = LocalStyleMixer(mode, 3, 0.1, 3, empty, torch.Generator(), relu=False)(f, labels)
     torch.testing.assert_close(out, f, rtol=1e-5, atol=1e-5)
     relu_out = LocalStyleMixer(mode, 3, 0.1, 3, empty, torch.Generator())(f, labels)

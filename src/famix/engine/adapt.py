@@ -168,7 +168,7 @@ def _check_style_layers(model, visual, clip_weights) -> None:
     """Warn if the units of the segmenter that make its style map (ResNet stem and layer1, ViT patch
     embedding) are not those of the CLIP image tower used for the tail."""
     names = [name for name, _ in model.units()]
-    site = "patch_embed" if model.is_vit else "layer1"
+    site = model.style_site
     where = {id(m): n for n, m in model.backbone.named_modules()}
     early = [m for unit in names[: names.index(site) + 1] for m in model.unit_modules(unit)]
     theirs = {where[id(m)]: visual.get_submodule(where[id(m)]).state_dict() for m in early}

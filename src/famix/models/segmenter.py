@@ -109,11 +109,16 @@ class Segmenter(nn.Module):
                     m.eval()
         return self
 
-    def _sites(self) -> tuple[str, str]:
-        """(unit after which restyle applies, unit whose output is the low-level feature)."""
+    @property
+    def style_site(self) -> str:
+        """The unit (see ``units``) whose output is the style map restyle applies to."""
+        return "patch_embed" if self.is_vit else "layer1"
+
+    def _low_site(self) -> str:
+        """The unit whose output is the low-level feature (a ViT's goes through the neck)."""
         if self.is_vit:
-            return "patch_embed", f"block.{low_level_block(len(self.backbone.transformer.resblocks))}"
-        return "layer1", "layer1"
+            return f"block.{low_level_block(len(self.backbone.transformer.resblocks))}"
+        return "layer1"
 
     def features(self, x: torch.Tensor, restyle: Restyle | None = None) -> dict[str, torch.Tensor]:
         """x: [B, 3, H, W] -> {"low": [B, C_low, ~H/4, ~W/4], "out": [B, C_out, H/OS, W/OS]}; ``restyle``
@@ -126,7 +131,7 @@ class Segmenter(nn.Module):
                 f"a ViT segmenter's features need sides that are multiples of the patch size "
                 f"{p}, got {x.shape[-2]}x{x.shape[-1]} (forward pads them)"
             )
-        style_site, low_site = self._sites()
+        style_site, low_site = self.style_site, self._low_site()
         frozen = set(self.frozen_units())
         grad = torch.is_grad_enabled()
         low = grid = None

@@ -15,7 +15,7 @@ from famix.style.bank import StyleBank
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "configs" / "tiny.yaml")
+TINY = str(ROOT / "src" / "famix" / "configs" / "tiny.yaml")
 # 20 images in batches of 4: 5 batches, 3 on rank 0 and 2 on rank 1; saves every 2 batches
 SETTINGS = ["mine.steps=2", "mine.batch_size=4", "mine.save_every=2"]
 

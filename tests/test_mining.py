@@ -27,7 +27,7 @@ from famix.style.prompts import TextEmbedder, prompt
 from famix.style.stats import grid_edges, normalize_patches, patch_stats
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+TINY = str(Path(__file__).resolve().parents[1] / "src" / "famix" / "configs" / "tiny.yaml")
 NAMES = [f"class{k}" for k in range(6)]
 
 

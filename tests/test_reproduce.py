@@ -10,7 +10,7 @@ from famix.cli import main
 from famix.engine import reproduce as reproduce_module
 from tests import fake_datasets as fake
 
-ROOT = Path(__file__).resolve().parents[1]
+TINY = str(Path(__file__).resolve().parents[1] / "src" / "famix" / "configs" / "tiny.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def _args(root: Path, out: Path, *extra: str) -> list[str]:
         "mine.crop=32", "mine.batch_size=2", "mine.steps=1", "mine.max_images=2",
         "train.iterations=2", "train.val_interval=2", *extra,
     ]  # fmt: skip
-    return ["reproduce", "-c", str(ROOT / "configs" / "tiny.yaml"), *overrides, "--data-root", str(root),
+    return ["reproduce", "-c", TINY, *overrides, "--data-root", str(root),
             "--seeds", "2", "--out", str(out), "--targets", *targets]  # fmt: skip
 
 

@@ -16,7 +16,7 @@ from famix.engine.train import train
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "configs" / "tiny.yaml")
+TINY = str(ROOT / "src" / "famix" / "configs" / "tiny.yaml")
 
 
 def tiny_cfg(out, *extra):

@@ -12,7 +12,7 @@ from famix.engine.checkpoint import load_checkpoint, load_segmenter
 from famix.engine.export import load_exported
 from famix.style.bank import StyleBank
 
-TINY_VIT = str(Path(__file__).resolve().parents[1] / "configs" / "tiny_vit.yaml")
+TINY_VIT = str(Path(__file__).resolve().parents[1] / "src" / "famix" / "configs" / "tiny_vit.yaml")
 
 
 def test_cli_on_a_tiny_vit(tmp_path):

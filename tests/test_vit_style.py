@@ -31,7 +31,7 @@ from famix.style.pin import pin_optimize, split_patches
 from famix.style.stats import affine_patches, grid_edges, normalize_patches, patch_stats, restyle
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+TINY = str(Path(__file__).resolve().parents[1] / "src" / "famix" / "configs" / "tiny.yaml")
 TEXT_CFG = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 
 

@@ -6,6 +6,7 @@ The resolved config is written beside every run and stored in every checkpoint a
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import os
 import types
 import typing
@@ -233,19 +234,24 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults <- YAML file (a preset name from configs/ or a path) <- overrides."""
+    """Defaults <- YAML file (a path, or a preset name from famix/configs/) <- overrides."""
     data: dict = {}
     if path:
         p = Path(path)
-        if not p.is_file():
-            bundled = Path(__file__).resolve().parents[2] / "configs" / f"{path}.yaml"
-            if not bundled.is_file():
+        if p.is_file():
+            text = p.read_text()
+        else:
+            # presets ship inside the package (famix/configs/*.yaml), so `-c tiny` works from any folder
+            presets = importlib.resources.files("famix") / "configs"
+            names = sorted(e.name[: -len(".yaml")] for e in presets.iterdir() if e.name.endswith(".yaml"))
+            if str(path) not in names:
                 raise FileNotFoundError(
-                    f"config {path} not found (a YAML path, or a preset name in configs/)"
+                    f"config {path} not found: pass a YAML file path or one of the presets {names}"
                 )
-            p = bundled
+            p = presets / f"{path}.yaml"
+            text = p.read_text()
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -1,13 +1,20 @@
 """Safe file writing: every file famix writes for a user appears whole or not at all, with the permissions
-the user's umask gives new files (as ``open()`` would), never the 0600 of a private temporary file."""
+the user's umask gives new files (as ``open()`` would), never the 0600 of a private temporary file; and
+safetensors files are byte-reproducible (the same tensors and metadata give the same bytes)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
+import struct
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
 
 
 def _umask() -> int:
@@ -55,3 +62,42 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     with atomic_path(path) as tmp:
         write(tmp)
     return Path(path)
+
+
+def save_safetensors(
+    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Write ``tensors`` (contiguous) and string ``metadata`` to the safetensors file ``path``, atomically and
+    byte-reproducibly: two runs that save the same tensors and metadata write the same bytes.
+
+    safetensors orders the header's keys by a per-process hash (the metadata's differ from run to run), so
+    the header is rewritten as canonical JSON: keys sorted at every level, no spaces, padded with spaces to a
+    multiple of 8 bytes as the format requires. Data offsets count from the end of the header, so the data
+    bytes stay as written.
+    """
+
+    def write(tmp: Path) -> None:
+        save_file(dict(tensors), str(tmp), metadata=dict(metadata) if metadata is not None else None)
+        _canonicalize_header(tmp)
+
+    return atomic_write(path, write)
+
+
+def _canonicalize_header(path: Path) -> None:
+    with open(path, "r+b") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        text += b" " * (-len(text) % 8)
+        if len(text) == size:  # the usual case: same JSON, other key order
+            f.seek(8)
+            f.write(text)
+            return
+        # A length change (another writer's spacing or escapes): copy the data after the new header. The
+        # name ends in .tmp so that remove_stale_temps finds it if this is killed.
+        rewritten = path.with_name(path.name + ".header.tmp")
+        with open(rewritten, "wb") as out:
+            out.write(struct.pack("<Q", len(text)) + text)
+            f.seek(8 + size)
+            shutil.copyfileobj(f, out)
+    os.replace(rewritten, path)

@@ -6,12 +6,11 @@ import pickle
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from famix.config import ModelConfig
 from famix.data.labels import CLASS_NAMES
 from famix.engine.checkpoint import load_checkpoint, load_model_state, save_checkpoint
-from famix.io import atomic_write
+from famix.io import save_safetensors
 from famix.models.build import build_segmenter
 from famix.models.clip import load_clip_state_dict
 from famix.style.bank import IGNORE_KEY, StyleBank
@@ -77,7 +76,7 @@ def convert_bank(src: str, dst: str, trust_pickle: bool = False) -> None:
 def convert_clip(src: str, dst: str) -> None:
     """OpenAI TorchScript / state-dict CLIP weights -> safetensors."""
     state = {k: v.contiguous() for k, v in load_clip_state_dict(src).items()}
-    atomic_write(dst, lambda tmp: save_file(state, str(tmp)))
+    save_safetensors(state, dst)
 
 
 def run(kind: str, src: str, dst: str, trust_pickle: bool = False) -> None:

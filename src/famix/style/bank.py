@@ -9,9 +9,8 @@ from typing import NamedTuple
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from famix.io import atomic_write
+from famix.io import save_safetensors
 
 IGNORE_KEY = "ignore"
 
@@ -83,7 +82,7 @@ class StyleBank:
             "channels": str(self.channels),
             "metadata": json.dumps(self.metadata),
         }
-        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+        return save_safetensors(tensors, path, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> StyleBank:
@@ -114,7 +113,8 @@ class StyleBank:
         return bank
 
     def _backbone(self) -> str:
-        model = self.metadata.get("model")
+        # famix banks keep their settings in a run record; converted official ones at the top level
+        model = self.metadata.get("run", {}).get("settings", {}).get("model") or self.metadata.get("model")
         return model.get("backbone", "?") if isinstance(model, dict) else self.metadata.get("backbone", "?")
 
     def check_compatible(

@@ -22,6 +22,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from famix.io import save_safetensors
 from famix.models.clip import build_clip, clip_preprocess_size, get_clip_config
 from famix.progress import progress_bar
 from famix.world.captions import KIND_SHARES, crop_images, make_captions, render_world, sample_crops, targets
@@ -56,17 +57,12 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 def save_clip_fp16(model: torch.nn.Module, path: str | Path, metadata: dict | None = None) -> Path:
     """Write ``model``'s state dict as safetensors with floating tensors in fp16 (halves the file; famix
     loads it back in fp32)."""
-    import safetensors.torch
-
     sd = {
         k: (v.half() if v.is_floating_point() else v).contiguous()
         for k, v in model.state_dict().items()
         if not k.endswith("num_batches_tracked")  # unused in eval, and build_clip tolerates their absence
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file(sd, str(path), metadata={k: str(v) for k, v in (metadata or {}).items()})
-    return path
+    return save_safetensors(sd, path, {k: str(v) for k, v in (metadata or {}).items()})
 
 
 def _cpu_name() -> str:

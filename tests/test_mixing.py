@@ -144,14 +144,23 @@ def test_mixer_with_one_style_per_class_matches_loop(b, c, h, w, scale, grid, mo
     assert relu or (out < 0).any()  # signed features stay signed
 
 
-def test_mixer_keeps_own_style_with_empty_bank_and_alpha_one_is_identity():
-    f = torch.rand(2, 3, 12, 12) + 0.1
-    labels = torch.zeros(2, 48, 48, dtype=torch.long)
-    empty = StyleBank(list("abc"), 3).packed()  # 3 classes, no style
-    out = LocalStyleMixer("augment", 3, 0.1, 3, empty, torch.Generator())(f, labels)
-    mu, sigma = patch_stats(f, 3)
-    torch.testing.assert_close(out, f, atol=1e-4, rtol=1e-4)  # own style restored (f > 0 so ReLU is a no-op)
-    assert mu.shape == (2, 3, 3, 3)
+@pytest.mark.parametrize("b,c,h,w,grid", [(2, 3, 12, 12, 3), (1, 4, 13, 10, 3), (3, 2, 9, 11, 2)])
+@pytest.mark.parametrize("mode", ["augment", "famix"])
+@pytest.mark.parametrize("relu", [True, False])
+def test_mixer_keeps_every_patch_own_style_with_an_empty_bank(b, c, h, w, grid, mode, relu):
+    """A bank with no style at all (the dummy row is never drawn): every patch, whatever its class, keeps
+    its own statistics, so the features come back as they went in (through the ReLU if ``relu``)."""
+    gen = torch.Generator().manual_seed(h * 7 + w)
+    f = torch.randn(b, c, h, w, generator=gen)
+    f = f.relu() + 0.1 if relu else f
+    labels = torch.tensor([0, 1, 2, 255])[torch.randint(4, (b, 2 * h, 2 * w), generator=gen)]
+    empty = StyleBank(list("abc"), c).packed()
+    out = LocalStyleMixer(mode, grid, 0.1, 3, empty, torch.Generator().manual_seed(1), relu=relu)(f, labels)
+    expected = loop_restyle(
+        f, labels, grid, lambda bi, patch_labels, mu, sigma: (mu, sigma), torch.rand(b), relu
+    )
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out, f, rtol=1e-4, atol=1e-4)
 
 
 def test_mixstyle_mode_uses_other_patches_of_the_batch():
@@ -176,5 +185,5 @@ def test_mixstyle_mode_uses_other_patches_of_the_batch():
 def test_mixer_rejects_bad_modes():
     with pytest.raises(ValueError, match="famix, augment, mixstyle, none"):
         LocalStyleMixer("bogus")
-    with pytest.raises(ValueError, match="famix mine"):
+    with pytest.raises(ValueError, match=r"needs a style bank: set style.bank=PATH \(made by `famix mine`\)"):
         LocalStyleMixer("famix", bank=None)

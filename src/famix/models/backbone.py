@@ -72,7 +72,6 @@ def prepare_backbone(visual: nn.Module, output_stride: int = 16, pattern: str = 
         for block, d in zip(layer, dilations, strict=True):
             block.conv2.dilation = (d, d)
             block.conv2.padding = (d, d)
-    visual.output_stride = output_stride
     return visual
 
 

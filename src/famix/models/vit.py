@@ -113,8 +113,8 @@ def build_neck(channels: int, patch: int) -> nn.Sequential:
 
 
 def prepare_vit(visual: nn.Module, output_stride: int) -> VisionTransformer:
-    """Check an open_clip ``VisionTransformer`` can serve as a dense backbone at ``output_stride``, freeze
-    its unused ``proj``, record ``output_stride``. Nothing is replaced or renamed. Returns the same module.
+    """Check an open_clip ``VisionTransformer`` can serve as a dense backbone at ``output_stride`` and freeze
+    its unused ``proj``. Nothing is replaced or renamed. Returns the same module.
     """
     if not isinstance(visual, VisionTransformer):
         raise TypeError(f"expected an open_clip VisionTransformer image tower, got {type(visual).__name__}")
@@ -131,7 +131,6 @@ def prepare_vit(visual: nn.Module, output_stride: int) -> VisionTransformer:
     neck_steps(p)  # P < 4 fails here, before anything is built
     if visual.proj is not None:
         visual.proj.requires_grad_(False)  # the dense path never uses it (DDP would flag it unused)
-    visual.output_stride = p
     return visual
 
 

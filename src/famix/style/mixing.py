@@ -117,7 +117,9 @@ class LocalStyleMixer:
         if mode not in MIX_MODES:
             raise ValueError(f"unknown mix mode {mode!r}; choose one of: {', '.join(MIX_MODES)}")
         if mode in ("famix", "augment") and bank is None:
-            raise ValueError(f"mix mode {mode!r} needs a style bank: pass --bank (made by `famix mine`)")
+            raise ValueError(
+                f"mix mode {mode!r} needs a style bank: set style.bank=PATH (made by `famix mine`)"
+            )
         if bank is not None and bank.mu.shape[0] == 0:  # an all-empty bank: one dummy row, never selected
             bank = bank._replace(
                 mu=bank.mu.new_zeros(1, bank.mu.shape[1]), sigma=bank.sigma.new_ones(1, bank.sigma.shape[1])

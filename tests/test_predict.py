@@ -7,14 +7,16 @@ import pytest
 import torch
 from PIL import Image
 
+from famix.data import readers
 from famix.data.labels import colorize
+from famix.data.readers import read_image
 from famix.data.transforms import normalize
+from famix.engine import predict
 from famix.engine.inference import TestTime
 from famix.engine.predict import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
     list_images,
-    load_image,
     output_stems,
     predict_paths,
 )
@@ -27,15 +29,75 @@ def _write_png(path, h, w, seed):
     return arr
 
 
-def test_load_image_and_corrupt(tmp_path):
+def pil_rgb(path) -> torch.Tensor:
+    """The reference reader: PIL's full decode to RGB, uint8 [3, H, W] (what predict read on its own before
+    it shared the dataset reader)."""
+    with Image.open(path) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
+
+
+def test_read_image_and_corrupt(tmp_path):
     arr = _write_png(tmp_path / "a.png", 5, 7, 0)
-    img = load_image(tmp_path / "a.png")
+    img = read_image(tmp_path / "a.png")
     assert img.dtype == torch.uint8 and img.shape == (3, 5, 7)
     np.testing.assert_array_equal(img.permute(1, 2, 0).numpy(), arr)
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image at all")
-    with pytest.raises(ValueError, match="broken.jpg"):
-        load_image(bad)
+    with pytest.raises(ValueError, match="cannot read image .*broken.jpg"):
+        read_image(bad)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes((tmp_path / "a.png").read_bytes()[:-30])
+    with pytest.raises(ValueError, match="cannot read image .*truncated.png.*re-download"):
+        read_image(truncated)
+    with pytest.raises(FileNotFoundError, match="image not found: .*missing.png"):
+        read_image(tmp_path / "missing.png")
+
+
+def _images_of_every_mode(folder) -> list:
+    """PNGs in RGB, RGBA, greyscale (+ alpha, + transparency), palette (+ transparency, 2-bit) and 1-bit
+    modes, a JPEG under a .png name, and RGB and greyscale JPEGs."""
+    rng = np.random.default_rng(0)
+    rgb = lambda: Image.fromarray(rng.integers(0, 256, (9, 11, 3), dtype=np.uint8))  # noqa: E731
+    grey = Image.fromarray(rng.integers(0, 256, (9, 11), dtype=np.uint8))
+    files = {
+        "rgb.png": (rgb(), {}),
+        "rgba.png": (Image.fromarray(rng.integers(0, 256, (9, 11, 4), dtype=np.uint8)), {}),
+        "grey.png": (grey, {}),
+        "grey_alpha.png": (
+            Image.fromarray(rng.integers(0, 256, (9, 11, 4), dtype=np.uint8)).convert("LA"),
+            {},
+        ),
+        "grey_trns.png": (grey, {"transparency": 5}),
+        "palette.png": (rgb().quantize(20), {}),
+        "palette_trns.png": (rgb().quantize(20), {"transparency": 3}),
+        "palette_2bit.png": (rgb().quantize(4), {"bits": 2}),
+        "bilevel.png": (grey.convert("1"), {}),
+        "jpeg_inside.png": (rgb(), {"format": "JPEG"}),
+        "rgb.jpg": (rgb(), {"quality": 90}),
+        "grey.jpg": (grey, {"quality": 90}),
+    }
+    for name, (image, options) in files.items():
+        image.save(folder / name, **options)
+    return [folder / name for name in files]
+
+
+def test_predict_reads_images_as_the_datasets_do(tmp_path):
+    """One reader for both (datasets and predict), with PIL's pixels in every mode: predictions stay those
+    of the PIL reader predict used before."""
+    assert predict.read_image is readers.read_image
+    paths = _images_of_every_mode(tmp_path)
+    for path in paths:
+        expected = pil_rgb(path)
+        image = read_image(path)
+        assert image.dtype == torch.uint8, path.name
+        assert torch.equal(image, expected), path.name
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 19, 1)
+    written = predict_paths(model, paths, tmp_path / "out", outputs=["trainid"], batch_size=4, progress=False)
+    for path, dst in zip(paths, written, strict=True):
+        with torch.no_grad():
+            expected = model(normalize(pil_rgb(path))[None])[0].argmax(0).numpy()
+        np.testing.assert_array_equal(np.asarray(Image.open(dst)), expected, err_msg=path.name)
 
 
 def test_list_images(tmp_path):
@@ -73,7 +135,7 @@ def test_predict_paths(tmp_path):
     assert not [p for p in out_dir.iterdir() if p.name.startswith(".")]  # no temp files left behind
     for p, (stem, (h, w)) in zip(paths, sizes.items(), strict=True):
         with torch.no_grad():
-            expected = model(normalize(load_image(p))[None])[0].argmax(0).numpy()
+            expected = model(normalize(pil_rgb(p))[None])[0].argmax(0).numpy()
         trainid = Image.open(out_dir / f"{stem}_trainid.png")
         assert trainid.mode == "L" and trainid.size == (w, h)
         np.testing.assert_array_equal(np.asarray(trainid), expected)
@@ -97,7 +159,7 @@ def test_predict_paths_batches_equal_sizes(tmp_path):
     assert sorted(batch_sizes) == [1, 2, 2]  # (8, 10): 2 + 1 images, (6, 6): 2 images
     for p, dst in zip(paths, written, strict=True):
         with torch.no_grad():
-            expected = model(normalize(load_image(p))[None])[0].argmax(0).numpy()
+            expected = model(normalize(pil_rgb(p))[None])[0].argmax(0).numpy()
         np.testing.assert_array_equal(np.asarray(Image.open(dst)), expected)
 
 
@@ -137,5 +199,5 @@ def test_output_names_keep_the_extension_when_stems_collide(tmp_path):
     assert [p.name for p in written] == ["a_png_trainid.png", "a_jpg_trainid.png"]
     for src, dst in zip(["a.png", "a.jpg"], written, strict=True):
         with torch.no_grad():
-            expected = model(normalize(load_image(tmp_path / src))[None])[0].argmax(0).numpy()
+            expected = model(normalize(pil_rgb(tmp_path / src))[None])[0].argmax(0).numpy()
         np.testing.assert_array_equal(np.asarray(Image.open(dst)), expected)

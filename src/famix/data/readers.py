@@ -8,27 +8,39 @@ which silently turns every SYNTHIA class id into 0).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from famix.data.folder import DatasetError
+from famix.data.folder import DatasetError, MissingDataError
 from famix.data.labels import ENCODINGS
 
-_READ_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, RuntimeError)
+_READ_ERRORS = (
+    OSError,
+    UnidentifiedImageError,
+    SyntaxError,
+    ValueError,
+    RuntimeError,
+    Image.DecompressionBombError,
+)
 
 
 def _corrupt(path: Path, kind: str, err: Exception) -> DatasetError:
+    if not path.is_file():
+        return MissingDataError(f"{kind} not found: {path}")
+    other = "label" if kind == "image" else "image"
     return DatasetError(
         f"cannot read {kind} {path}: {err}. The file is truncated or not an image; re-download or "
-        f"re-extract it, or remove it together with its {'label' if kind == 'image' else 'image'}."
+        f"re-extract it, or remove it (from a dataset: together with its {other})."
     )
 
 
-def image_size(path: Path, kind: str = "image") -> tuple[int, int]:
+def image_size(path: str | os.PathLike, kind: str = "image") -> tuple[int, int]:
     """(width, height) from the file header alone (no pixel decoding)."""
+    path = Path(path)
     try:
         with Image.open(path) as im:
             return im.size
@@ -36,21 +48,24 @@ def image_size(path: Path, kind: str = "image") -> tuple[int, int]:
         raise _corrupt(path, kind, err) from err
 
 
-def read_image(path: Path) -> torch.Tensor:
-    """An RGB image file -> uint8 [3, H, W].
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """An RGB image file -> uint8 [3, H, W]: the one image reader of famix (datasets and ``famix predict``).
+    Palette, greyscale and RGBA files are converted as PIL's ``convert("RGB")`` does (alpha dropped).
 
     PNGs (GTA5, SYNTHIA, Cityscapes, ACDC) go through torchvision's libpng decoder straight into a
     channel-first tensor (lossless: the same pixels as PIL, without PIL's decode-then-transpose copies);
     other formats (the JPEGs of BDD100K and Mapillary) through PIL, as the official code reads them.
+    A missing file raises :class:`MissingDataError`, an unreadable one :class:`DatasetError` (both name it).
     """
+    path = Path(path)
     if path.suffix.lower() == ".png":
         from torchvision.io import ImageReadMode, decode_png, read_file
 
         try:
             data = decode_png(read_file(str(path)), mode=ImageReadMode.RGB)
-        except _READ_ERRORS as err:
-            raise _corrupt(path, "image", err) from err
-        if data.dtype == torch.uint8:
+        except _READ_ERRORS:  # damaged, or another format under a .png name: PIL reads it or says why not
+            data = None
+        if data is not None and data.dtype == torch.uint8:
             return data
     try:
         with Image.open(path) as im:

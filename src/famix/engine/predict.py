@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from famix.data.readers import image_size, read_image
 from famix.data.transforms import normalize
 from famix.engine.checkpoint import load_segmenter
 from famix.engine.export import OnnxSegmenter
@@ -23,21 +24,6 @@ from famix.progress import progress_bar
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
-
-
-def load_image(path: str | os.PathLike) -> torch.Tensor:
-    """Read an image file as an RGB uint8 tensor [3, H, W]; unreadable files raise ValueError."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            arr = np.asarray(img.convert("RGB"))  # [H, W, 3]; convert() forces a full decode
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(
-            f"cannot read image {path}: {e}. Check that it is a valid image file (re-export or remove it)."
-        ) from e
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
 def is_video(path: str | os.PathLike) -> bool:
@@ -135,21 +121,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     return load_segmenter(path, device=device)[0]
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    # Reads the header only, so images can be grouped by size before any is decoded.
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except (OSError, ValueError, Image.DecompressionBombError):
-        load_image(path)  # raises the error that says what is wrong with the file
-        raise
-
-
 def _size_batches(paths: Sequence[Path], batch_size: int) -> list[list[int]]:
     # Indices into ``paths``: same-size images (in input order) chunked so each chunk stacks into one batch.
     groups: dict[tuple[int, int], list[int]] = {}
     for i, path in enumerate(paths):
-        groups.setdefault(_image_size(path), []).append(i)
+        groups.setdefault(image_size(path), []).append(i)  # from the header: nothing decoded yet
     return [g[j : j + batch_size] for g in groups.values() for j in range(0, len(g), batch_size)]
 
 
@@ -194,7 +170,7 @@ def predict_paths(
         bar = progress_bar(total=len(images), desc="predict", disable=not progress or not images)
         for chunk in _size_batches([paths[i] for i in images], batch_size):
             chunk = [images[j] for j in chunk]
-            batch = torch.stack([load_image(paths[i]) for i in chunk])  # [B, 3, H, W] uint8
+            batch = torch.stack([read_image(paths[i]) for i in chunk])  # [B, 3, H, W] uint8
             for i, image, ids in zip(chunk, batch, segment(batch), strict=True):
                 written[i] = [out / f"{stems[i]}_{kind}.png" for kind in outputs]
                 for kind, dst in zip(outputs, written[i], strict=True):

@@ -19,7 +19,7 @@ import torch
 
 from common import base_parser, output_stride, report, setup, time_iterations
 from famix.config import ModelConfig
-from famix.engine.inference import TestTime, eval_mode, predict_logits
+from famix.engine.inference import InferenceSettings, eval_mode, predict_logits
 from famix.models.build import build_segmenter
 
 
@@ -34,7 +34,7 @@ def main() -> None:
     args = p.parse_args()
     device, amp_dtype, (h, w) = setup(args)
     args.output_stride = output_stride(args.backbone, args.output_stride)
-    tta = TestTime(args.scale, args.ensemble, args.window, args.stride)
+    tta = InferenceSettings(args.scale, args.ensemble, args.window, args.stride)
 
     model = build_segmenter(ModelConfig(backbone=args.backbone, output_stride=args.output_stride), seed=0)
     model = model.to(device)

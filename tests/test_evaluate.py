@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from famix.engine.evaluate import EvalResult, confusion_matrix, evaluate, evaluate_specs, iou_from_confusion
-from famix.engine.inference import TestTime, predict_logits, sliding_logits, window_starts
+from famix.engine.inference import InferenceSettings, predict_logits, sliding_logits, window_starts
 from famix.engine.results import format_paper_table, format_table, paper_column, write_results
 
 
@@ -81,14 +81,18 @@ def test_predict_logits_scales():
     with torch.no_grad():
         full = model(x)
         np.testing.assert_array_equal(predict_logits(model, x).numpy(), full.numpy())
-        np.testing.assert_array_equal(predict_logits(model, x, TestTime(scale=1.0)).numpy(), full.numpy())
+        np.testing.assert_array_equal(
+            predict_logits(model, x, InferenceSettings(scale=1.0)).numpy(), full.numpy()
+        )
 
         small = F.interpolate(x, size=(round(17 * 0.5), round(22 * 0.5)), mode="bilinear", align_corners=True)
         half = F.interpolate(model(small), size=(17, 22), mode="bilinear", align_corners=True)
-        out = predict_logits(model, x, TestTime(scale=0.5))
+        out = predict_logits(model, x, InferenceSettings(scale=0.5))
         assert out.shape == (2, 4, 17, 22)
         torch.testing.assert_close(out, half)
-        torch.testing.assert_close(predict_logits(model, x, TestTime(0.5, ensemble=True)), (full + half) / 2)
+        torch.testing.assert_close(
+            predict_logits(model, x, InferenceSettings(0.5, ensemble=True)), (full + half) / 2
+        )
 
         # out_size: scale-1 logits are resized to the label size
         resized = F.interpolate(full, size=(9, 30), mode="bilinear", align_corners=True)
@@ -218,11 +222,13 @@ def test_predict_logits_window_with_scale_and_ensemble():
     x = torch.randn(2, 3, 19, 26)
     with torch.no_grad():
         for scale, ensemble in [(None, False), (0.5, False), (0.5, True), (1.5, True)]:
-            full = predict_logits(pointwise, x, TestTime(scale, ensemble), out_size=(10, 30))
-            tiled = predict_logits(pointwise, x, TestTime(scale, ensemble, 7, 5), out_size=(10, 30))
+            full = predict_logits(pointwise, x, InferenceSettings(scale, ensemble), out_size=(10, 30))
+            tiled = predict_logits(pointwise, x, InferenceSettings(scale, ensemble, 7, 5), out_size=(10, 30))
             torch.testing.assert_close(tiled, full)
     res_full = evaluate(pointwise, _make_loader(), num_classes=4, progress=False)
-    res_tiled = evaluate(pointwise, _make_loader(), num_classes=4, tta=TestTime(window=5), progress=False)
+    res_tiled = evaluate(
+        pointwise, _make_loader(), num_classes=4, tta=InferenceSettings(window=5), progress=False
+    )
     assert res_tiled.confusion == res_full.confusion
 
 
@@ -244,8 +250,10 @@ def test_evaluate_specs_equals_evaluate_per_dataset():
 def test_test_time_settings_are_checked():
     for bad in (dict(scale=0), dict(window=0), dict(window=4, stride=5), dict(stride=3)):
         with pytest.raises(ValueError):
-            TestTime(**bad)
-    assert TestTime().describe() == "" and TestTime(0.5, True, 512).describe() == "s0.5e-w512"
+            InferenceSettings(**bad)
+    assert (
+        InferenceSettings().describe() == "" and InferenceSettings(0.5, True, 512).describe() == "s0.5e-w512"
+    )
 
 
 def test_paper_column():

@@ -12,7 +12,7 @@ from famix.data.labels import colorize
 from famix.data.readers import read_image
 from famix.data.transforms import normalize
 from famix.engine import predict
-from famix.engine.inference import TestTime
+from famix.engine.inference import InferenceSettings
 from famix.engine.predict import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
@@ -172,7 +172,7 @@ def test_predict_paths_window_and_errors(tmp_path):
         [tmp_path / "a.png"],
         tmp_path / "tiled",
         outputs=["trainid"],
-        tta=TestTime(window=8, stride=5),
+        tta=InferenceSettings(window=8, stride=5),
         progress=False,
     )
     np.testing.assert_array_equal(np.asarray(Image.open(full[0])), np.asarray(Image.open(tiled[0])))

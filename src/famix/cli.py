@@ -32,9 +32,9 @@ def cmd_train(args) -> None:
 
 
 def _tta(args):
-    from famix.engine.inference import TestTime
+    from famix.engine.inference import InferenceSettings
 
-    return TestTime(args.scale, args.ensemble, args.window, args.stride)
+    return InferenceSettings(args.scale, args.ensemble, args.window, args.stride)
 
 
 def cmd_eval(args) -> None:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Subset
 
 from famix.data.datasets import build_dataset
 from famix.data.transforms import normalize
-from famix.engine.inference import PLAIN, TestTime, eval_mode, predict_logits
+from famix.engine.inference import PLAIN, InferenceSettings, eval_mode, predict_logits
 from famix.progress import progress_bar
 
 
@@ -102,7 +102,7 @@ def evaluate(
     loader: Iterable,
     num_classes: int,
     device: str | torch.device = "cpu",
-    tta: TestTime = PLAIN,
+    tta: InferenceSettings = PLAIN,
     amp_dtype: torch.dtype | None = None,
     progress: bool = True,
     desc: str = "eval",
@@ -148,7 +148,7 @@ def evaluate_specs(
     specs: Sequence[str],
     num_classes: int,
     device: str | torch.device = "cpu",
-    tta: TestTime = PLAIN,
+    tta: InferenceSettings = PLAIN,
     amp_dtype: torch.dtype | None = None,
     batch_size: int = 1,
     workers: int = 0,

@@ -15,15 +15,13 @@ from famix.engine.amp import autocast
 
 
 @dataclass(frozen=True)
-class TestTime:
+class InferenceSettings:
     """How logits are computed at test time.
 
     ``scale`` s resizes the input (0.5 = half resolution; None = as is), ``ensemble`` averages the logits
     at scale 1 and s, ``window`` segments each (scaled) input in overlapping ``window``-pixel tiles
     ``stride`` apart (default 2/3 of the window) for images too large for memory.
     """
-
-    __test__ = False  # not a pytest test class, despite its name
 
     scale: float | None = None
     ensemble: bool = False
@@ -49,7 +47,7 @@ class TestTime:
         return "-".join(parts)
 
 
-PLAIN = TestTime()  # the model on the image as it is
+PLAIN = InferenceSettings()  # the model on the image as it is
 
 
 @contextlib.contextmanager
@@ -121,7 +119,7 @@ def sliding_logits(
 def predict_logits(
     model: torch.nn.Module,
     images: torch.Tensor,
-    tta: TestTime = PLAIN,
+    tta: InferenceSettings = PLAIN,
     out_size: Sequence[int] | None = None,
     amp_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:

@@ -16,7 +16,7 @@ from famix.data.readers import image_size, read_image
 from famix.data.transforms import normalize
 from famix.engine.checkpoint import load_segmenter
 from famix.engine.export import OnnxSegmenter
-from famix.engine.inference import PLAIN, TestTime, eval_mode, predict_logits
+from famix.engine.inference import PLAIN, InferenceSettings, eval_mode, predict_logits
 from famix.engine.video import import_av, segment_video
 from famix.engine.visualize import OUTPUT_KINDS, VIDEO_OUTPUTS, render
 from famix.io import atomic_write
@@ -90,7 +90,7 @@ def predict_ids(
     model: torch.nn.Module,
     images: torch.Tensor,
     device: str | torch.device = "cpu",
-    tta: TestTime = PLAIN,
+    tta: InferenceSettings = PLAIN,
     amp_dtype: torch.dtype | None = None,
 ) -> np.ndarray:
     """trainIds uint8 [B, H, W] (numpy) of uint8 RGB ``images`` [B, 3, H, W] with test-time settings ``tta``.
@@ -134,7 +134,7 @@ def predict_paths(
     paths: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     device: str | torch.device = "cpu",
-    tta: TestTime = PLAIN,
+    tta: InferenceSettings = PLAIN,
     outputs: Sequence[str] = OUTPUT_KINDS,
     amp_dtype: torch.dtype | None = None,
     progress: bool = True,

@@ -1,5 +1,7 @@
 """Backbone dilation, segmenter structure, official checkpoint compatibility, freezing."""
 
+import typing
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -8,10 +10,18 @@ import torch
 from famix.config import ModelConfig
 from famix.engine.checkpoint import load_model_state
 from famix.models.backbone import dilation_pattern
-from famix.models.build import build_segmenter
+from famix.models.build import SegmenterSpec, build_segmenter
 from famix.models.freeze import apply_freeze
 
 KEYS = Path(__file__).parent / "data" / "official_checkpoint_keys_rn50.txt"
+
+
+def test_model_config_provides_what_build_segmenter_reads():
+    """``SegmenterSpec`` (models/ cannot import the config) names ModelConfig fields with their types."""
+    config = typing.get_type_hints(ModelConfig)
+    spec = typing.get_type_hints(SegmenterSpec)
+    assert set(spec) <= {f.name for f in fields(ModelConfig)}
+    assert {name: config[name] for name in spec} == spec
 
 
 def loop_pattern(blocks, os_, pattern):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 from famix.models.clip import build_clip
@@ -9,7 +11,20 @@ from famix.models.freeze import apply_freeze
 from famix.models.segmenter import Segmenter
 
 
-def build_segmenter(cfg, seed: int | None = 0) -> Segmenter:
+class SegmenterSpec(Protocol):
+    """What :func:`build_segmenter` reads: the fields of ``famix.config.ModelConfig`` (named here as a
+    protocol because ``models/`` is a leaf that never imports the config layer)."""
+
+    backbone: str
+    weights: str | None
+    num_classes: int
+    class_names: list[str]
+    output_stride: int
+    dilation: str
+    freeze: str
+
+
+def build_segmenter(cfg: SegmenterSpec, seed: int | None = 0) -> Segmenter:
     """Segmenter for a ``ModelConfig``: CLIP image tower (weights from ``cfg.weights``) + DeepLabv3+ head,
     frozen by ``cfg.freeze``. ``seed`` makes random initialisation reproducible."""
     if len(cfg.class_names) != cfg.num_classes:

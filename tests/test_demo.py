@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from famix.demo import run as demo
-from famix.demo.adapt import CONTROL, START, run_adapt_demo
+from famix.demo.adaptation import CONTROL, START, run_adapt_demo
 from famix.demo.report import GROUPS, adapt_report, bank_table, labelled_grid, report
 from famix.demo.run import ABLATION, BASELINE, DEFAULT_VARIANTS, FAMIX, run_demo, run_folder
 from famix.engine.checkpoint import load_checkpoint

@@ -1,4 +1,5 @@
-"""The ``famix`` command line: parse, build a config, call one engine function. No logic lives here."""
+"""The ``famix`` command line: parse, build a config, call one stage (``famix.stages``), print. Under torchrun
+each command joins the process group once (``distributed.session``) and leaves it when it ends."""
 
 from __future__ import annotations
 
@@ -6,7 +7,17 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
+import traceback
+from dataclasses import fields
+
+
+class _Once(argparse.Action):
+    """An option that may be given once (a second ``-c`` would silently replace the first)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest) is not None:
+            parser.error(f"{option_string} given twice ({getattr(namespace, self.dest)!r}, {values!r}): give one")
+        setattr(namespace, self.dest, values)
 
 
 def _config(args):
@@ -15,19 +26,29 @@ def _config(args):
     return load_config(args.config, args.overrides)
 
 
-def cmd_mine(args) -> None:
-    from famix.engine.mine import mine
+def _session(device: str):
+    from famix.engine.distributed import session
 
-    bank = mine(_config(args))
-    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 holds the bank
+    return session(device)
+
+
+def cmd_mine(args) -> None:
+    from famix.stages import mine
+
+    cfg = _config(args)
+    with _session(cfg.run.device) as info:
+        bank = mine.run(cfg)
+    if info.main:  # under torchrun rank 0 holds the bank
         print(f"{len(bank)} styles; per class: {json.dumps(bank.counts())}")
 
 
 def cmd_train(args) -> None:
-    from famix.engine.train import train
+    from famix.stages import train
 
-    result = train(_config(args))
-    if os.environ.get("RANK", "0") == "0":
+    cfg = _config(args)
+    with _session(cfg.run.device) as info:
+        result = train.run(cfg)
+    if info.main:
         print(json.dumps(result))
 
 
@@ -38,117 +59,84 @@ def _tta(args):
 
 
 def cmd_eval(args) -> None:
-    from famix.engine.amp import amp_dtype
-    from famix.engine.checkpoint import load_segmenter
-    from famix.engine.distributed import cleanup, init_distributed, resolve_device
-    from famix.engine.evaluate import evaluate_specs
     from famix.engine.results import default_results_path, format_paper_table, format_table, write_results
+    from famix.stages import evaluate
 
-    info = init_distributed(args.device)  # under torchrun: each rank evaluates its share of every dataset
-    device, tta = resolve_device(args.device, info), _tta(args)
-    model, cfg = load_segmenter(args.checkpoint, device=device)
-    results = evaluate_specs(
-        model,
-        args.data,
-        cfg.num_classes,
-        device,
-        tta,
-        amp_dtype(args.amp, device),
-        batch_size=args.batch_size,
-        workers=args.workers,
-    )
-    cleanup()
+    tta = _tta(args)
+    settings = evaluate.EvalSettings(tta, args.amp, args.device, args.batch_size, args.workers)
+    with _session(args.device) as info:  # under torchrun each rank evaluates its share of every dataset
+        results, names = evaluate.run(args.checkpoint, args.data, settings)
     if not info.main:
         return
     if args.paper_table:
         print(format_paper_table(results))
-    print(format_table(results, cfg.class_names, per_class=args.per_class))
-    out = Path(args.json) if args.json else default_results_path(args.checkpoint, args.data, tta)
-    write_results(results, out, cfg.class_names, {"checkpoint": str(args.checkpoint), "test_time": vars(tta)})
+    print(format_table(results, names, per_class=args.per_class))
+    out = args.json or default_results_path(args.checkpoint, args.data, tta)
+    write_results(results, out, names, {"checkpoint": str(args.checkpoint), "test_time": vars(tta)})
     print(f"results written to {out}")
 
 
 def cmd_predict(args) -> None:
-    from famix.engine.amp import amp_dtype
-    from famix.engine.distributed import resolve_device
-    from famix.engine.predict import (
-        IMAGE_EXTENSIONS,
-        VIDEO_EXTENSIONS,
-        list_images,
-        load_model,
-        predict_paths,
-    )
+    from famix.stages import predict
 
-    device = resolve_device(args.device)
-    model = load_model(args.checkpoint, device)
-    paths = list_images(args.inputs, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
-    written = predict_paths(
-        model,
-        paths,
+    written = predict.run(
+        args.checkpoint,
+        args.inputs,
         args.out,
-        device,
         _tta(args),
-        tuple(args.outputs),
-        amp_dtype(args.amp, device),
-        batch_size=args.batch_size,
-        video_output=args.video_output,
+        args.outputs,
+        args.device,
+        args.amp,
+        args.batch_size,
+        args.video_output,
     )
     print(f"wrote {len(written)} files to {args.out}")
 
 
 def cmd_export(args) -> None:
-    from famix.engine.export import export_checkpoint, parse_size
+    from famix.stages import export
 
-    out, check = export_checkpoint(
+    out, check = export.run(
         args.checkpoint,
         args.format,
-        parse_size(args.size),
+        args.size,
         dynamic=args.dynamic,
         out=args.out,
         atol=args.atol,
         min_agreement=args.min_agreement,
+        force=args.force,
     )
     print(f"checked against the checkpoint's model: {check.describe()}")
     print(f"wrote {out}")
 
 
 def cmd_reproduce(args) -> None:
-    from famix.engine.reproduce import dry_run, make_plan, reproduce
+    from famix.stages import reproduce
 
     cfg = _config(args)
     if args.weights:
         cfg.model.weights = args.weights
-    plan = make_plan(cfg, args.out, args.seeds, args.data_root, args.targets)
-    if args.dry_run:
-        print(dry_run(plan))
-        return
-    result = reproduce(plan)
-    if os.environ.get("RANK", "0") == "0":
+    with _session(cfg.run.device) as info:
+        plan = reproduce.make_plan(cfg, args.out, args.seeds, args.data_root, args.targets, args.bank)
+        if args.dry_run:
+            text, ok = reproduce.dry_run(plan)
+            print(text)
+            if not ok:
+                sys.exit(1)
+            return
+        result = reproduce.run(plan)
+    if info.main:
         print(result["table"])
         print(f"table and per-class IoU written to {plan.out}/results.md and results.json")
 
 
 def cmd_adapt(args) -> None:
-    from famix.engine.adapt import AdaptSettings, adapt
+    from famix.stages.adapt import AdaptSettings, run
 
-    names = (
-        "iterations",
-        "lr",
-        "steps",
-        "pin_lr",
-        "images",
-        "crop",
-        "batch_size",
-        "seed",
-        "device",
-        "amp",
-        "workers",
-    )
-    given = {
-        n: getattr(args, n) for n in (*names, "ckpt_interval", "save_every") if getattr(args, n) is not None
-    }
+    given = {f.name: getattr(args, f.name) for f in fields(AdaptSettings) if getattr(args, f.name) is not None}
     settings = AdaptSettings(**given)  # options not given: AdaptSettings' defaults
-    written = adapt(args.checkpoint, args.target, args.data, args.out, args.weights, settings)
+    with _session(settings.device):
+        written = run(args.checkpoint, args.target, args.data, args.out, args.weights, settings)
     for target, path in written.items():
         print(f"{target!r}: {path}")
 
@@ -156,7 +144,7 @@ def cmd_adapt(args) -> None:
 def cmd_demo(args) -> None:
     out = args.out or ("famix-demo" if args.backbone == "rn" else f"famix-demo-{args.backbone}")
     if args.adapt is not None:
-        from famix.demo.adapt import run_adapt_demo
+        from famix.demo.adaptation import run_adapt_demo
 
         run_adapt_demo(out, args.adapt, args.quick, args.seed, seeds=args.seeds or 3, backbone=args.backbone)
         return
@@ -193,20 +181,51 @@ def cmd_pretrain_tiny_clip(args) -> None:
 
 
 def cmd_convert(args) -> None:
-    from famix.engine import convert
+    from famix.stages import convert
 
-    convert.run(args.kind, args.src, args.dst, trust_pickle=args.trust_pickle)
-    print(f"wrote {args.dst}")
+    dst = convert.run(args.kind, args.src, args.dst, trust_pickle=args.trust_pickle, force=args.force)
+    print(f"wrote {dst}")
+
+
+# famix adapt's options, one per AdaptSettings field (its defaults are shown, never restated here)
+ADAPT_HELP = {
+    "iterations": "head fine-tuning steps",
+    "lr": "head learning rate, poly schedule",
+    "steps": "image-level PIN steps per source crop",
+    "pin_lr": "PIN SGD lr per crop: how far styles move",
+    "images": "source crops to mine (default: all)",
+    "crop": "crop size (default: the checkpoint's)",
+    "batch_size": "crops per batch (default: the checkpoint's)",
+    "seed": "seed of crops and fine-tuning",
+    "amp": "autocast of the fine-tuning on CUDA: bf16 | fp16 | off",
+    "device": "auto | cpu | cuda | cuda:N | mps",
+    "workers": "data-loader processes",
+    "ckpt_interval": "steps between resumable checkpoints",
+    "save_every": "mining: batches between saves of the partial bank",
+}
+
+
+def _adapt_options(parser: argparse.ArgumentParser) -> None:
+    from famix.stages.adapt import AdaptSettings
+
+    for f in fields(AdaptSettings):
+        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+        default = "" if f.default is None else f" (default {f.default})"
+        help_text = ADAPT_HELP[f.name] + ("" if "default" in ADAPT_HELP[f.name] else default)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="famix", description="FAMix: language-guided domain-generalised segmentation"
     )
+    p.add_argument("--traceback", action="store_true", help="on an error, show the full Python traceback")
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(s):
-        s.add_argument("-c", "--config", help="YAML config path or preset name (configs/*.yaml)")
+        s.add_argument(
+            "-c", "--config", action=_Once, help="YAML config path or preset name (famix/configs/*.yaml)"
+        )
         s.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.iterations=1000")
 
     with_config(sub.add_parser("mine", help="mine a style bank (Augment)"))
@@ -222,7 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--weights", help="CLIP weights (sets model.weights)")
     r.add_argument("--seeds", type=int, default=3, help="training runs, seeds run.seed, run.seed + 1, ...")
     r.add_argument("--out", default="runs/reproduce")
-    r.add_argument("--targets", nargs="+", help="dataset specs to evaluate (default: the paper's columns)")
+    r.add_argument(
+        "--targets", nargs="+", help="dataset specs to evaluate (default: the paper's columns); after overrides"
+    )
+    r.add_argument("--bank", help="the style bank to mine or reuse (default: <out>/bank.safetensors)")
     r.add_argument("--dry-run", action="store_true", help="print the stages, what is done, the data checks")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on one or more datasets")
@@ -287,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dynamic", action="store_true", help="any batch, height and width (multiples of the output stride)"
     )
     x.add_argument("--out", help="output file (default: next to the checkpoint, e.g. best.onnx)")
+    x.add_argument("--force", action="store_true", help="replace --out even if famix did not export it")
     x.add_argument(
         "--atol", type=float, default=ATOL, help="refuse if the max abs logit difference exceeds this"
     )
@@ -307,22 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--data", required=True, help="source dataset spec, e.g. gta5:data/gta5")
     a.add_argument("--out", required=True, help="folder for one run folder per target (<out>/<slug>/)")
     a.add_argument("--weights", help="CLIP weights the model was trained from (text tower and CLIP tail)")
-    a.add_argument("--iterations", type=int, help="head fine-tuning steps (default 2000)")
-    a.add_argument("--lr", type=float, help="head learning rate, poly schedule (default 0.01)")
-    a.add_argument("--steps", type=int, help="PIN steps per source crop (default 100)")
-    a.add_argument("--pin-lr", type=float, help="PIN SGD lr per crop: how far styles move (default 0.1)")
-    a.add_argument("--images", type=int, default=None, help="source crops to mine (default: all)")
-    a.add_argument("--crop", type=int, default=None, help="crop size (default: the checkpoint's)")
-    a.add_argument("--batch-size", type=int, default=None, help="crops per batch (default: the checkpoint's)")
-    a.add_argument("--seed", type=int, help="default 0")
-    a.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default auto)")
-    a.add_argument("--amp", choices=["bf16", "fp16", "off"], help="autocast on CUDA (default bf16)")
-    a.add_argument("--workers", type=int, help="data-loader processes (default 0)")
-    a.add_argument("--ckpt-interval", type=int, help="steps between resumable checkpoints (default 500)")
-    a.add_argument(
-        "--save-every", type=int, help="mining: batches between saves of the partial bank (default 10)"
-    )
-
+    _adapt_options(a)
     d = sub.add_parser("demo", help="the whole recipe on the embedded synthetic world (CPU, minutes)")
     d.add_argument("--out", help="output folder (default famix-demo; famix-demo-vit with --backbone vit)")
     d.add_argument(
@@ -366,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow unpickling an official style bank (runs code from the file: trusted files only)",
     )
+    c.add_argument("--force", action="store_true", help="replace dst even if it is not a file of this kind")
     return p
 
 
@@ -384,14 +393,23 @@ COMMANDS = {
 }
 
 
+def _one_line(error: BaseException) -> str:
+    """An error as the one line a user reads: a data-loader worker's error without the worker's traceback."""
+    text = str(error)
+    if "Original Traceback" in text:  # raised in a DataLoader worker: keep the original message
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     import famix.world  # noqa: F401  (registers the miniature world's synthetic:* dataset specs)
 
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
-    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
-        if os.environ.get("FAMIX_DEBUG"):
-            raise
-        print(f"famix {args.command}: error: {e}", file=sys.stderr)
+    except (OSError, ValueError, ImportError) as e:
+        if args.traceback:
+            traceback.print_exc()
+            sys.exit(2)
+        print(f"famix {args.command}: error: {_one_line(e)}", file=sys.stderr)
         sys.exit(2)

@@ -138,6 +138,46 @@ RESUMABLE_KEYS = frozenset(
 )
 
 
+# Numbers with a least meaningful value (counts, sizes, intervals): anything below is refused before any work.
+MINIMUMS = {
+    "model.num_classes": 1,
+    "model.output_stride": 1,
+    "data.crop": 1,
+    "data.batch_size": 1,
+    "data.workers": 0,
+    "style.grid": 1,
+    "mine.grid": 1,
+    "mine.steps": 0,
+    "mine.batch_size": 1,
+    "mine.crop": 1,
+    "mine.max_images": 1,
+    "mine.save_every": 1,
+    "train.iterations": 1,
+    "train.stop_after": 1,
+    "train.val_interval": 1,
+    "train.ckpt_interval": 1,
+    "train.log_interval": 1,
+}
+
+
+def check_values(cfg: Config) -> None:
+    """Refuse numbers that mean nothing (``train.iterations=-5``, ``mine.grid=0``) and a class list that does
+    not match the class count, naming the key and what is valid."""
+    flat = flatten(cfg.to_dict())
+    for key, least in MINIMUMS.items():
+        value = flat[key]
+        if value is not None and value < least:
+            raise ValueError(f"config {key}={value}: give a number >= {least}")
+    for key in ("train.lr", "mine.momentum", "style.beta"):
+        if not flat[key] > 0:
+            raise ValueError(f"config {key}={flat[key]}: give a number > 0")
+    if len(cfg.model.class_names) != cfg.model.num_classes:
+        raise ValueError(
+            f"config model.class_names has {len(cfg.model.class_names)} names but model.num_classes="
+            f"{cfg.model.num_classes}: give one name per class"
+        )
+
+
 def flatten(data: dict, prefix: str = "") -> dict:
     """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``."""
     out = {}
@@ -258,7 +298,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ValueError(
                 f"config {p}{where}: not valid YAML ({getattr(e, 'problem', None) or e})"
             ) from None
-    return from_dict(apply_overrides(data, overrides or []))
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"config {p}: the top level must be a mapping of sections (model:, data:, train: ...), "
+                f"got a {type(data).__name__}"
+            )
+    cfg = from_dict(apply_overrides(data, overrides or []))
+    check_values(cfg)
+    return cfg
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -11,6 +11,7 @@ import torch
 
 from famix.data.labels import colorize
 from famix.data.transforms import normalize
+from famix.engine.results import mean_std
 from famix.io import atomic_write
 from famix.world.synthetic import SOURCE_DOMAIN, render
 
@@ -38,9 +39,7 @@ def _scores(runs_of_variant: dict, domains: list[str]) -> dict[str, list[float]]
 
 
 def _fmt(values: list[float]) -> str:
-    if len(values) > 1:
-        return f"{statistics.mean(values):.1f} +/- {statistics.stdev(values):.1f}"
-    return f"{values[0]:.1f}"
+    return mean_std(values, digits=1)
 
 
 def report(
@@ -93,9 +92,7 @@ def adapt_report(
 
 
 def _fmt_delta(values: list[float]) -> str:
-    if len(values) > 1:
-        return f"{statistics.mean(values):+.1f} +/- {statistics.stdev(values):.1f}"
-    return f"{values[0]:+.1f}"
+    return mean_std(values, digits=1, sign=True)
 
 
 def bank_table(counts: dict[int, dict[str, dict[str, int]]]) -> str:

@@ -14,15 +14,11 @@ import json
 import time
 from pathlib import Path
 
-from famix.config import Config, changed_settings, load_config, save_config
+from famix.config import Config, save_config
 from famix.demo.report import bank_table, chart, prediction_grid, report
-from famix.engine.checkpoint import load_checkpoint, load_segmenter
-from famix.engine.evaluate import evaluate_specs
-from famix.engine.mine import mine
-from famix.engine.train import train
 from famix.io import atomic_write
 from famix.models.clip import packaged_weights
-from famix.style.bank import StyleBank
+from famix.stages import evaluate, mine, train
 from famix.world import MINING_DOMAINS, SHIFTED_DOMAINS, SOURCE_DOMAIN
 
 SIZE = 96  # scene side in pixels
@@ -49,6 +45,13 @@ DEFAULT_VARIANTS = ("F/-/-", "F/A/M (FAMix)")
 BACKBONES = {"rn": ("tiny-clip", 16), "vit": ("tiny-vit-clip", 8)}
 BASELINE, FAMIX, LANGUAGE_FREE = "F/-/-", "F/A/M (FAMix)", "F/-/M"
 FINE_GRID = "F/A/M, fine-grid bank"
+FIX = "Pass another --out, or move that folder away"  # what a refused run folder asks of the demo's user
+# The demo's evaluation: the CPU, float32, 16 scenes a batch
+EVAL = evaluate.EvalSettings(amp="off", device="cpu", batch_size=16)
+
+
+def _say(message: str) -> None:
+    print(f"[famix demo] {message}")
 
 
 def demo_config(out: Path, quick: bool, seed: int, backbone: str = "rn") -> Config:
@@ -121,7 +124,8 @@ def run_demo(
 
 
 def _mine_banks(cfg: Config, variants: list[str]) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
-    """Mine the banks the variants need (resuming finished ones): ({kind: path}, {kind: per-class counts})."""
+    """Mine the banks the variants need (``famix mine``: finished ones are reused, interrupted ones resume):
+    ({kind: path}, {kind: per-class counts})."""
     kinds = {ABLATION[v][2] for v in variants} - {None}
     banks, counts = {}, {}
     for kind in sorted(kinds):
@@ -131,63 +135,45 @@ def _mine_banks(cfg: Config, variants: list[str]) -> tuple[dict[str, str], dict[
             c.mine.steps = 0  # the control: each patch's own statistics, no language
         if kind == "fine":
             c.mine.grid, c.mine.per_class, c.mine.max_images = 6, 4, 3 * cfg.mine.max_images
-        path = Path(c.style.bank)
-        finished = path.is_file() and StyleBank.load(path).metadata.get("images", 0) >= c.mine.max_images
-        if finished:  # mine() still checks that the bank was mined with these settings
-            print(f"[famix demo] {kind} styles: reusing the finished bank {path}")
+        finished = mine.status(c) == "done"
+        if finished:
+            _say(f"{kind} styles: reusing the finished bank {c.style.bank}")
         else:
-            print(f"[famix demo] mining {kind} styles on synthetic {SOURCE_DOMAIN} with {cfg.model.backbone}")
-        bank = mine(c, progress=not finished)
+            _say(f"mining {kind} styles on synthetic {SOURCE_DOMAIN} with {cfg.model.backbone}")
+        bank = mine.run(c, progress=not finished, say=lambda _: None, fix=FIX)
         counts[kind] = {k: v for k, v in bank.counts().items() if v}
-        print(f"[famix demo] {kind} bank: {len(bank)} styles, per class {json.dumps(counts[kind])}")
+        _say(f"{kind} bank: {len(bank)} styles, per class {json.dumps(counts[kind])}")
         banks[kind] = c.style.bank
     return banks, counts
 
 
 def train_and_evaluate(cfg: Config, name: str, domains: list[str], n_eval: int) -> dict[str, dict]:
-    """Train one variant (a finished run is reused, an interrupted one resumes from its last checkpoint)
-    and evaluate it on every domain (results cached in the run folder, keyed by the number of evaluation
-    images). A folder holding a run made with other settings is an error, never overwritten, so a cache
-    always belongs to ``cfg``."""
+    """Train one variant (``famix train``: a finished run is reused, an interrupted one resumes, a folder
+    holding another run is refused) and evaluate it on every domain (``famix eval``, cached)."""
     run, seed, iterations = Path(cfg.train.out), cfg.run.seed, cfg.train.iterations
-    if (run / "config.yaml").is_file():
-        changed = changed_settings(load_config(run / "config.yaml").to_dict(), cfg.to_dict())
-        if changed:
-            raise FileExistsError(
-                f"{run} holds a run made with other settings ({'; '.join(changed)}); pass another --out "
-                "(or move that folder away)"
-            )
-    latest = run / "latest.pt"
-    step = load_checkpoint(latest)["cur_itrs"] if latest.is_file() else 0
-    if step >= iterations:
-        print(f"[famix demo] seed {seed}: {name}: reusing the finished run in {run}")
-    else:
-        resume = f", resuming at iteration {step}" if step else ""
-        print(f"[famix demo] seed {seed}: training {name} ({iterations} iterations{resume})")
-        train(cfg)
-    return evaluate_run(run / "latest.pt", name, seed, domains, n_eval, cfg.model.num_classes)
+    state = train.status(cfg)
+    if state == "done":
+        _say(f"seed {seed}: {name}: reusing the finished run in {run}")
+    elif not state.startswith("refused"):
+        resume = f", {state}" if state.startswith("resumes") else ""
+        _say(f"seed {seed}: training {name} ({iterations} iterations{resume})")
+    train.run(cfg, say=lambda _: None, fix=FIX)
+    return evaluate_run(run / "latest.pt", name, seed, domains, n_eval)
 
 
-def evaluate_run(
-    checkpoint: Path, name: str, seed: int, domains: list[str], n_eval: int, classes: int
-) -> dict:
-    """``checkpoint`` evaluated on ``n_eval`` held-out scenes of every domain: {domain: result dict}, cached
-    in ``demo_eval.json`` beside it (keyed by the number of images)."""
-    cache = checkpoint.parent / "demo_eval.json"
-    cached = json.loads(cache.read_text()) if cache.is_file() else {}
-    key = {"n_eval": n_eval, "unit": "percent"}
-    if all(cached.get(k) == v for k, v in key.items()) and all(d in cached["results"] for d in domains):
-        print(f"[famix demo] seed {seed}: {name}: reusing its evaluation ({cache.name})")
-        return {d: cached["results"][d] for d in domains}
-    print(f"[famix demo] seed {seed}: evaluating {name} on {', '.join(domains)} ({n_eval} images each)")
-    model, _ = load_segmenter(checkpoint)
+def evaluate_run(checkpoint: Path, name: str, seed: int, domains: list[str], n_eval: int) -> dict:
+    """``checkpoint`` evaluated on ``n_eval`` held-out scenes of every domain: {domain: result dict} (each
+    cached beside the checkpoint by ``famix eval``'s stage)."""
     # held-out scenes: scene seeds never trained on; one progress bar per domain
     specs = {d: f"synthetic:{d}:{n_eval}:{10_000 + seed}:size={SIZE}" for d in domains}
-    scores = evaluate_specs(model, list(specs.values()), classes, batch_size=16, progress=True)
+    if all(evaluate.is_cached(checkpoint, spec, EVAL) for spec in specs.values()):
+        _say(f"seed {seed}: {name}: reusing its evaluation ({evaluate.cache_path(checkpoint).name})")
+    else:
+        _say(f"seed {seed}: evaluating {name} on {', '.join(domains)} ({n_eval} images each)")
+    scores, _ = evaluate.run(checkpoint, list(specs.values()), EVAL, say=lambda _: None)
     results = {d: scores[spec].to_dict() for d, spec in specs.items()}
-    atomic_write(cache, lambda p: p.write_text(json.dumps({**key, "results": results})))
     summary = ", ".join(f"{d} {results[d]['miou']:.1f}" for d in domains)
-    print(f"[famix demo] seed {seed}: {name}: mIoU (%) {summary}")
+    _say(f"seed {seed}: {name}: mIoU (%) {summary}")
     return results
 
 

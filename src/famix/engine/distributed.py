@@ -1,15 +1,28 @@
-"""torchrun integration: process group set-up from the environment torchrun provides, rank helpers."""
+"""torchrun integration: one process-group session per command (:func:`session`), rank helpers.
+
+``torchrun`` sets ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; a command
+joins the group once, when it starts (``session``), and leaves it when it ends. Stages never join or leave
+it; they ask :func:`current` which rank they are. The rendezvous (every rank finding the others) waits at
+most ``RENDEZVOUS_TIMEOUT_S`` seconds (environment ``FAMIX_RENDEZVOUS_TIMEOUT``), then fails with one line
+instead of torch's silent 30-minute wait; collectives afterwards keep torch's long timeout.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+RENDEZVOUS_TIMEOUT_S = 120
+_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
-@dataclass
+
+@dataclass(frozen=True)
 class DistInfo:
     rank: int = 0
     world_size: int = 1
@@ -24,16 +37,57 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Join the process group when launched by ``torchrun`` (NCCL on CUDA, gloo on CPU); else run alone."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+def _int_env(name: str, default: str | None = None) -> int:
+    value = os.environ.get(name, default)
+    if value is None:
+        raise ValueError(
+            f"WORLD_SIZE={os.environ['WORLD_SIZE']} is set but {name} is not: launch famix with torchrun "
+            "(it sets WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), or unset WORLD_SIZE"
+        )
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment {name}={value!r} is not an integer (torchrun sets it)") from None
+
+
+def current() -> DistInfo:
+    """This process's rank and the world size, from the environment torchrun sets (checked)."""
+    world = _int_env("WORLD_SIZE", "1")
     if world <= 1:
         return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
-        use_cuda = resolve_device(device, info).type == "cuda"
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return info
+    rank, local = _int_env("RANK"), _int_env("LOCAL_RANK", "0")
+    if not 0 <= rank < world:
+        raise ValueError(f"environment RANK={rank} is not in 0..{world - 1} (WORLD_SIZE={world})")
+    return DistInfo(rank, world, local)
+
+
+@contextlib.contextmanager
+def session(device: str = "auto") -> Iterator[DistInfo]:
+    """Join the process group for the duration of a command when launched by torchrun (NCCL when
+    ``device`` resolves to CUDA, else gloo), and leave it at the end; alone, just yield rank 0 of 1."""
+    info = current()
+    if not info.enabled or dist.is_initialized():
+        yield info
+        return
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if not os.environ.get(name):
+            raise ValueError(f"WORLD_SIZE={info.world_size} is set but {name} is not: launch famix with torchrun")
+    timeout = int(os.environ.get("FAMIX_RENDEZVOUS_TIMEOUT", RENDEZVOUS_TIMEOUT_S))
+    try:
+        store, rank, world = next(dist.rendezvous("env://", timeout=timedelta(seconds=timeout)))
+    except (RuntimeError, dist.DistStoreError) as e:
+        where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+        raise TimeoutError(
+            f"rank {info.rank} of {info.world_size}: the other processes did not join at {where} within "
+            f"{timeout} s ({str(e).splitlines()[0][:200]}). Start every rank (torchrun --nproc-per-node N "
+            "starts them all), or raise FAMIX_RENDEZVOUS_TIMEOUT"
+        ) from None
+    backend = "nccl" if resolve_device(device, info).type == "cuda" else "gloo"
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world)
+    try:
+        yield info
+    finally:
+        dist.destroy_process_group()
 
 
 def resolve_device(device: str, info: DistInfo | None = None) -> torch.device:
@@ -60,11 +114,15 @@ def resolve_device(device: str, info: DistInfo | None = None) -> torch.device:
     return dev
 
 
+def require_session(info: DistInfo, what: str) -> None:
+    """Under torchrun a stage needs the command's process group: say how to open it if it is missing."""
+    if info.enabled and not dist.is_initialized():
+        raise ValueError(
+            f"{what} runs under torchrun (WORLD_SIZE={info.world_size}) outside a process group: call it "
+            "inside `with famix.engine.distributed.session(device):` (the famix command does)"
+        )
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
-
-
-def cleanup() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()

@@ -74,6 +74,11 @@ class EvalResult:
             num_images=num_images,
         )
 
+    @classmethod
+    def from_dict(cls, d: dict) -> EvalResult:
+        """The inverse of :meth:`to_dict` (a None mIoU, nothing labelled, is nan again)."""
+        return cls(**{**d, "miou": math.nan if d["miou"] is None else d["miou"]})
+
     def to_dict(self) -> dict:
         """A JSON-serialisable dict (nan mIoU becomes None)."""
         d = asdict(self)

@@ -1,31 +1,31 @@
-"""``famix mine``: one pass of local style mining over the source set, into a safetensors style bank.
+"""Local style mining over a source set into a style bank: the machinery ``famix mine`` runs.
 
 The mining step itself (patch choice, prompts, PIN) is ``famix.style.mining.mine_batches``; this module
-only loops it over the source set, resumes an interrupted bank and saves it. ``mine.batch_size`` crops make
+loops it over the source set (:func:`mine_pass`) from where a bank stopped. ``mine.batch_size`` crops make
 a batch (the unit of the prompts' and patch choice's randomness, of resuming and of the bank's order);
 ``mine.pin_crops`` crops (whole batches, ``pin_batches``) are optimised in one PIN call (``mine_batches``),
 which sets only speed and memory. On CUDA a CLIP ResNet image tower runs in channels_last (a ViT's stays
 contiguous). Under ``torchrun`` batch b is mined by rank b % world_size and rank 0 writes the bank, the
-same as one process writes.
+same as one process writes. What decides a bank (its run record) and how much of it there is to mine:
+:func:`mine_record`, :func:`mining_plan`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
-from pathlib import Path
+from dataclasses import asdict, fields
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from famix import __version__
-from famix.config import RESUMABLE_KEYS, Config, MineConfig, changed_settings
+from famix.config import RESUMABLE_KEYS, Config, MineConfig
 from famix.data.datasets import SeededTransform, build_dataset
 from famix.data.labels import IGNORE_INDEX
 from famix.data.transforms import normalize, train_transform
 from famix.engine.amp import amp_dtype
-from famix.engine.distributed import DistInfo, barrier, cleanup, init_distributed, resolve_device
+from famix.engine.distributed import DistInfo, barrier, current, require_session, resolve_device
+from famix.engine.runs import RunRecord
 from famix.engine.seeds import item_seed, sequence_seed
 from famix.models.clip import build_clip, weights_fingerprint
 from famix.models.towers import is_vit, style_channels, style_grid
@@ -34,8 +34,6 @@ from famix.style.bank import StyleBank
 from famix.style.mining import MinedStyles, MiningSettings, mine_batches
 from famix.style.prompts import TextEmbedder
 
-# the config sections a bank's settings are recorded under (in its metadata) and compared on resume
-SETTING_SECTIONS = ("model", "data", "mine", "run")
 # mine.pin_crops=null on CUDA: the crops whose patches one PIN call optimises together (RN50, 768 crops, 3x3
 # grid: 576 patches of about 35 MiB each in bf16, some 20 GiB); off CUDA one batch per call
 CUDA_PIN_CROPS = 64
@@ -43,16 +41,39 @@ CUDA_PIN_CROPS = 64
 
 def mining_settings(m: MineConfig) -> MiningSettings:
     """The settings of the mining step, from the ``mine`` config section (errors name bad options)."""
-    return MiningSettings(
-        grid=m.grid,
-        steps=m.steps,
-        vocabulary=tuple(m.vocabulary),
-        recipe=m.recipe,
-        lr=m.lr,
-        momentum=m.momentum,
-        weight_decay=m.weight_decay,
-        per_class=m.per_class,
+    given = {f.name: getattr(m, f.name) for f in fields(MiningSettings)}
+    return MiningSettings(**{**given, "vocabulary": tuple(m.vocabulary)})
+
+
+def mine_record(cfg: Config) -> RunRecord:
+    """What decides a bank: the CLIP (backbone, class names, weights' fingerprint), the source spec, the
+    ``mine`` section less its resumable keys (lr resolved), the seed and the autocast actually used."""
+    m, settings = cfg.mine, mining_settings(cfg.mine)
+    amp = amp_dtype(cfg.run.amp, resolve_device(cfg.run.device, current()))
+    return RunRecord(
+        "mine",
+        {
+            "model": {"backbone": cfg.model.backbone, "class_names": list(cfg.model.class_names)},
+            "data": {"train": cfg.data.train},
+            "mine": {
+                **{k: v for k, v in asdict(m).items() if f"mine.{k}" not in RESUMABLE_KEYS},
+                "lr": settings.lr,
+            },
+            "run": {"seed": cfg.run.seed, "amp": cfg.run.amp if amp is not None else "off"},
+        },
+        {"clip weights": weights_fingerprint(cfg.model.weights)},
     )
+
+
+def source_set(cfg: Config) -> SeededTransform:
+    """The crops mining reads: ``data.train`` at ``mine.crop``, no jitter, no flip."""
+    return SeededTransform(build_dataset(cfg.data.train), train_transform(cfg.mine.crop, jitter=0, hflip=0))
+
+
+def mining_plan(cfg: Config, dataset) -> tuple[int, int]:
+    """(images to mine, batches): ``mine.max_images`` of the source set (all when null)."""
+    total = min(len(dataset), cfg.mine.max_images or len(dataset))
+    return total, math.ceil(total / cfg.mine.batch_size)
 
 
 def pin_batches(m: MineConfig, device: torch.device) -> int:
@@ -67,41 +88,30 @@ def pin_batches(m: MineConfig, device: torch.device) -> int:
     return max(1, crops // m.batch_size)
 
 
-def mine(cfg: Config, progress: bool = True) -> StyleBank:
-    """Mine a style bank for ``cfg.data.train`` with ``cfg.model``'s CLIP into ``cfg.style.bank``; resumes
-    that bank if it was interrupted (same settings), and writes it atomically every ``save_every`` batches."""
-    m, seed = cfg.mine, cfg.run.seed
-    if not cfg.style.bank:
-        raise ValueError("set style.bank=PATH: the style bank `famix mine` writes (and `famix train` reads)")
-    out = cfg.style.bank
+def mine_pass(
+    cfg: Config, dataset, bank: StyleBank | None, metadata: dict, progress: bool = True
+) -> StyleBank:
+    """Mine ``dataset`` (:func:`source_set`) from ``bank.metadata["batches_done"]`` on (``bank`` None: a new
+    bank holding ``metadata``) with ``cfg.model``'s CLIP, appending to the bank and saving it to
+    ``cfg.style.bank`` (atomically) every ``mine.save_every`` batches and at the end. Under torchrun (inside
+    ``distributed.session()``) every rank mines its share."""
+    m, seed, out = cfg.mine, cfg.run.seed, cfg.style.bank
     settings = mining_settings(m)
-    info = init_distributed(cfg.run.device)  # a process group only under torchrun
+    info = current()
+    require_session(info, "mining")
     device = resolve_device(cfg.run.device, info)
     clip = build_clip(cfg.model.backbone, cfg.model.weights, device=device, seed=seed).requires_grad_(False)
     visual, embed, pool = clip.visual, TextEmbedder(clip), style_grid(clip.visual)
     amp = amp_dtype(cfg.run.amp, device)
-    names = cfg.model.class_names
-    # everything the styles depend on (the mine section less its resumable keys, with the lr resolved; the
-    # autocast actually used), recorded in the bank and compared when it is resumed
-    mine_keys = {k: v for k, v in asdict(m).items() if f"mine.{k}" not in RESUMABLE_KEYS}
-    recorded = {
-        "model": {
-            "backbone": cfg.model.backbone,
-            "weights": weights_fingerprint(cfg.model.weights),
-            "class_names": list(names),
-        },
-        "data": {"train": cfg.data.train},
-        "mine": {**mine_keys, "lr": settings.lr},
-        "run": {"seed": seed, "amp": cfg.run.amp if amp is not None else "off"},
-    }
-    bank = _resume_or_new(Path(out), names, style_channels(visual), recorded)
+    if bank is None:
+        bank = StyleBank(list(cfg.model.class_names), style_channels(visual), metadata=dict(metadata))
+    bank.check_compatible(style_channels(visual), cfg.model.class_names, out)
     per_call = pin_batches(m, device)
     channels_last = device.type == "cuda" and not is_vit(visual)
     if channels_last:
         visual = visual.to(memory_format=torch.channels_last)
-    dataset = SeededTransform(build_dataset(cfg.data.train), train_transform(m.crop, jitter=0, hflip=0))
-    total, size = min(len(dataset), m.max_images or len(dataset)), m.batch_size
-    start, batches = bank.metadata.get("batches_done", 0), math.ceil(total / size)
+    (total, batches), size = mining_plan(cfg, dataset), m.batch_size
+    start = bank.metadata.get("batches_done", 0)
     # this rank's share: batch b goes to rank b % world, whatever the start, so a resume may use another world
     share = range(info.rank, batches, info.world_size)
     todo = [b for b in share if b >= start]
@@ -132,7 +142,6 @@ def mine(cfg: Config, progress: bool = True) -> StyleBank:
     if info.main:
         bank.save(out)
     barrier()
-    cleanup()
     return bank
 
 
@@ -174,21 +183,3 @@ def _gather_on_main(part: list, info: DistInfo) -> list[list]:
     parts = [None] * info.world_size if info.main else None
     dist.gather_object(part, parts, dst=0)
     return parts or []
-
-
-def _resume_or_new(out: Path, names, channels: int, recorded: dict) -> StyleBank:
-    """A new bank recording ``recorded`` (config sections), or the bank at ``out`` if it was mined with the
-    same settings (all but ``config.RESUMABLE_KEYS``); otherwise a FileExistsError naming the changes."""
-    if not out.is_file():
-        return StyleBank(list(names), channels, metadata={**recorded, "famix_version": __version__})
-    bank = StyleBank.load(out)
-    changed = changed_settings(bank.metadata, recorded, SETTING_SECTIONS)
-    if bank.channels != channels:
-        changed.append(f"style channels: {bank.channels} -> {channels}")
-    if changed:
-        raise FileExistsError(
-            f"style bank {out} exists but was mined with other settings: {'; '.join(changed)}. famix resumes "
-            "only the same mining run (mine.save_every, mine.max_images and run.device may differ): pass "
-            "another style.bank, or move that file away"
-        )
-    return bank

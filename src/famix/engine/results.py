@@ -7,12 +7,23 @@ import json
 import math
 import os
 import re
+import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from famix.data.labels import CLASS_NAMES
 from famix.engine.evaluate import EvalResult
 from famix.io import atomic_write
+
+
+def mean_std(values: Sequence[float | None], digits: int = 2, sign: bool = False) -> str:
+    """``"44.90 +/- 0.60"``: the mean and sample std of the measured values (None / nan skipped), the mean
+    alone for one value, "-" for none; ``sign``: a leading + on positive means (deltas)."""
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    if not kept:
+        return "-"
+    mean = f"{statistics.mean(kept):{'+' if sign else ''}.{digits}f}"
+    return f"{mean} +/- {statistics.stdev(kept):.{digits}f}" if len(kept) > 1 else mean
 
 
 def _pct(v: float | None) -> str:

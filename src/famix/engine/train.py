@@ -1,4 +1,6 @@
-"""``famix train``: FAMix training (method.md section 5) with DDP, AMP, exact resume and validation."""
+"""FAMix training (method.md section 5) with DDP, AMP, exact resume and validation: the loop that
+``famix train`` and ``famix adapt`` (head fine-tuning) share. Which run a folder holds, and whether it is
+finished, is decided by its run record (:func:`train_record`, :mod:`famix.engine.runs`)."""
 
 from __future__ import annotations
 
@@ -11,25 +13,57 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from famix.config import Config, changed_settings, save_config
+from famix.config import RESUMABLE_KEYS, Config, save_config
 from famix.data.datasets import SeededTransform, build_dataset
 from famix.data.labels import IGNORE_INDEX
 from famix.data.transforms import color_jitter, normalize, source_transform
 from famix.engine.amp import amp_dtype, autocast
 from famix.engine.checkpoint import load_checkpoint, load_model_state, save_checkpoint
-from famix.engine.distributed import barrier, cleanup, init_distributed, resolve_device
+from famix.engine.distributed import barrier, current, require_session, resolve_device
 from famix.engine.evaluate import evaluate_specs
 from famix.engine.loss import SegmentationLoss
+from famix.engine.runs import KEY, RunRecord, check_same, file_fingerprint
 from famix.engine.sampler import StreamSampler
 from famix.engine.seeds import step_seed
 from famix.io import remove_stale_temps
 from famix.models.build import build_segmenter
+from famix.models.clip import weights_fingerprint
 from famix.progress import progress_bar
 from famix.style.bank import StyleBank
 from famix.style.mixing import LocalStyleMixer
 
 # The config sections that decide what training computes (mining settings live in the bank file).
 TRAIN_SECTIONS = ("model", "data", "style", "train", "run")
+# Paths whose files are run inputs: recorded by content (a fingerprint), not by name.
+INPUT_PATHS = ("model.weights", "style.bank")
+
+
+def train_record(cfg: Config, kind: str = "train", inputs: dict | None = None) -> RunRecord:
+    """What decides a training run's result: the ``TRAIN_SECTIONS`` less ``config.RESUMABLE_KEYS`` and the
+    input paths, the autocast actually used, and the CLIP weights' and style bank's fingerprints (plus
+    ``inputs``, e.g. the checkpoint a fine-tuning starts from)."""
+    full = cfg.to_dict()
+    skip = RESUMABLE_KEYS | set(INPUT_PATHS)
+    settings = {s: {k: v for k, v in full[s].items() if f"{s}.{k}" not in skip} for s in TRAIN_SECTIONS}
+    amp = amp_dtype(cfg.run.amp, resolve_device(cfg.run.device, current()))
+    settings["run"]["amp"] = cfg.run.amp if amp is not None else "off"
+    uses_bank = cfg.style.mix in ("famix", "augment") and cfg.style.bank
+    files = {
+        "clip weights": weights_fingerprint(cfg.model.weights),
+        "bank": file_fingerprint(cfg.style.bank) if uses_bank and Path(cfg.style.bank).is_file() else None,
+    }
+    return RunRecord(kind, settings, {**files, **(inputs or {})})
+
+
+def open_run(out: Path, record: RunRecord, fix: str) -> dict | None:
+    """The run folder's ``latest.pt`` if it holds this run (to resume from, or finished), None for a new run;
+    a checkpoint of another run is refused, naming every changed key (``fix``: what to do instead)."""
+    latest = out / "latest.pt"
+    if not latest.is_file():
+        return None
+    ckpt = load_checkpoint(latest)
+    check_same(record, ckpt.get(KEY), latest, fix)
+    return ckpt
 
 
 def build_optimizer(model, cfg: Config):
@@ -59,6 +93,13 @@ def build_mixer(cfg: Config, model, device) -> LocalStyleMixer | None:
             )
         bank = StyleBank.load(s.bank)
         bank.check_compatible(model.low_channels, cfg.model.class_names, s.bank)
+        counts = bank.counts()
+        if s.mix == "famix" and not any(counts[n] for n in cfg.model.class_names):
+            raise ValueError(
+                f"style bank {s.bank} holds no per-class styles ({counts['ignore']} image-level ones, as "
+                "`famix adapt` mines): style.mix=famix draws each patch's style from its class; mine a bank "
+                "with `famix mine`, or use style.mix=augment"
+            )
         packed = bank.packed(device)
     generator = torch.Generator(device=device)
     return LocalStyleMixer(
@@ -66,14 +107,16 @@ def build_mixer(cfg: Config, model, device) -> LocalStyleMixer | None:
     )
 
 
-def train(cfg: Config, init_state: dict | None = None, provenance: dict | None = None) -> dict:
-    """Train (or resume from ``<out>/latest.pt``, same settings only) and return the final metrics.
-
-    ``init_state``: weights to start from instead of ``cfg.model``'s (e.g. a trained segmenter that
-    ``famix adapt`` fine-tunes); ``provenance``: what else the run depends on (e.g. that checkpoint), stored
-    in every checkpoint and compared on resume like the config.
+def train(
+    cfg: Config, record: RunRecord, resume: dict | None = None, init_state: dict | None = None
+) -> dict:
+    """Train (or go on from ``resume``, the run's ``latest.pt`` from :func:`open_run`) and return the final
+    metrics. ``record`` (:func:`train_record`) is stored in every checkpoint; ``init_state``: weights to
+    start from instead of ``cfg.model``'s (e.g. a trained segmenter that ``famix adapt`` fine-tunes).
+    Under torchrun, call it inside ``distributed.session()``.
     """
-    info = init_distributed(cfg.run.device)
+    info = current()
+    require_session(info, "training")
     device = resolve_device(cfg.run.device, info)
     t, out = cfg.train, Path(cfg.train.out)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed crop size: let cuDNN pick its kernels
@@ -88,13 +131,12 @@ def train(cfg: Config, init_state: dict | None = None, provenance: dict | None =
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     criterion = SegmentationLoss(t.label_smoothing, IGNORE_INDEX)
     start, best = 0, -1.0
-    ckpt = _resume_point(cfg, out, provenance or {})
-    if ckpt is not None:
-        load_model_state(model, ckpt["model_state"], str(out / "latest.pt"))
-        optimizer.load_state_dict(ckpt["optimizer_state"])
-        scheduler.load_state_dict(ckpt["scheduler_state"])
-        scaler.load_state_dict(ckpt["scaler_state"])
-        start, best = ckpt["cur_itrs"], ckpt["best_score"]
+    if resume is not None:
+        load_model_state(model, resume["model_state"], str(out / "latest.pt"))
+        optimizer.load_state_dict(resume["optimizer_state"])
+        scheduler.load_state_dict(resume["scheduler_state"])
+        scaler.load_state_dict(resume["scaler_state"])
+        start, best = resume["cur_itrs"], resume["best_score"]
     logger = MetricsLogger(out, info.main)
     if info.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -143,10 +185,9 @@ def train(cfg: Config, init_state: dict | None = None, provenance: dict | None =
         if validate_now:
             score = validate(cfg, model, device, amp, info, logger, step) if cfg.data.val else -1.0
         if validate_now or step % t.ckpt_interval == 0:
-            best = save_checkpoints(cfg, parts, step, best, score, info, provenance or {})
+            best = save_checkpoints(cfg, parts, step, best, score, info, record)
     bar.close()
     barrier()
-    cleanup()
     return {"step": last, "best_miou": best}
 
 
@@ -169,30 +210,6 @@ def prepare_images(images: torch.Tensor, jitter: torch.Tensor, channels_last: bo
     colour-jittered, CLIP-normalised float32 [B, 3, H, W] (channels_last if asked)."""
     x = normalize(color_jitter(images, jitter))
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-def _resume_point(cfg: Config, out: Path, provenance: dict) -> dict | None:
-    """The checkpoint to resume from (None: a fresh run); a run folder of other settings is an error."""
-    latest = out / "latest.pt"
-    ckpt = load_checkpoint(latest) if latest.is_file() else None
-    if ckpt is not None:
-        stored, where = ckpt.get("config", {}), str(latest)
-    elif (out / "config.yaml").is_file():
-        import yaml
-
-        stored, where = yaml.safe_load((out / "config.yaml").read_text()) or {}, str(out / "config.yaml")
-    else:
-        return None
-    changed = changed_settings(stored, cfg.to_dict(), TRAIN_SECTIONS)
-    if ckpt is not None:
-        changed += changed_settings({"provenance": ckpt.get("provenance", {})}, {"provenance": provenance})
-    if changed:
-        raise FileExistsError(
-            f"{out} holds a run made with other settings ({where}): {'; '.join(changed)}. famix resumes "
-            "only the same run (logging, validation, checkpoint interval, workers, device and stop_after "
-            "may differ): pass another train.out, or move that folder away"
-        )
-    return ckpt
 
 
 def make_source_dataset(spec: str, crop: int, jitter: float, hflip: float) -> SeededTransform:
@@ -241,13 +258,13 @@ def validate(cfg: Config, model, device, amp, info, logger, step: int) -> float 
     return score
 
 
-def save_checkpoints(cfg, parts: dict, step, best, score, info, provenance: dict) -> float:
+def save_checkpoints(cfg, parts: dict, step, best, score, info, record: RunRecord) -> float:
     """Rank 0 writes ``latest.pt`` and, at a validation step (``score`` not None) that beats ``best`` or
     finds no ``best.pt``, ``best.pt``, atomically. ``parts``: model, optimizer, scheduler, scaler.
     Returns the best score (mIoU %, -1: none measured)."""
     if info.main:
         state = {f"{name}_state": part.state_dict() for name, part in parts.items()}
-        state.update(cur_itrs=step, config=cfg.to_dict(), provenance=provenance)
+        state.update(cur_itrs=step, config=cfg.to_dict(), **{KEY: record.to_dict()})
         out = Path(cfg.train.out)
         if score is not None and (score > best or not (out / "best.pt").is_file()):
             best = max(score, best)

@@ -9,12 +9,10 @@ table (mean +/- std over seeds, paired deltas) goes to ``adapt_results.md`` / ``
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path
 
-from famix.config import load_config
 from famix.demo.report import adapt_report
 from famix.demo.run import (
     ABLATION,
@@ -26,10 +24,9 @@ from famix.demo.run import (
     run_folder,
     train_and_evaluate,
 )
-from famix.engine.adapt import AdaptSettings, adapt, slug
-from famix.engine.checkpoint import load_checkpoint
-from famix.engine.train import train
 from famix.io import atomic_write
+from famix.stages import adapt
+from famix.stages.adapt import AdaptSettings, slug
 from famix.world import SHIFTED_DOMAINS, SOURCE_DOMAIN
 
 START, CONTROL = f"start: {BASELINE}", "control: head fine-tuned, no styles"
@@ -80,14 +77,11 @@ def run_adapt_demo(
         start = Path(cfg.train.out) / "latest.pt"
         settings = adapt_settings(quick, s)
         print(f"[famix demo] seed {s}: adapting {BASELINE} to {target!r} ({settings.iterations} head steps)")
-        adapted = adapt(
-            start, [target], cfg.data.train, out / f"seed{s}" / "adapt", cfg.model.weights, settings
-        )
-        runs[adapted_row][s] = evaluate_run(
-            adapted[target], adapted_row, s, domains, n_eval, cfg.model.num_classes
-        )
-        control = _control(start, out / f"seed{s}" / "adapt" / f"{slug(target)}-control", settings)
-        runs[CONTROL][s] = evaluate_run(control, CONTROL, s, domains, n_eval, cfg.model.num_classes)
+        folder = out / f"seed{s}" / "adapt"
+        adapted = adapt.run(start, [target], cfg.data.train, folder, cfg.model.weights, settings)
+        runs[adapted_row][s] = evaluate_run(adapted[target], adapted_row, s, domains, n_eval)
+        control = adapt.control(start, cfg.data.train, folder / f"{slug(target)}-control", settings)
+        runs[CONTROL][s] = evaluate_run(control, CONTROL, s, domains, n_eval)
     deltas = [(adapted_row, START), (adapted_row, CONTROL)]
     text = adapt_report(runs, domains, target, START, deltas, BACKBONES[backbone][0])
     print(text)
@@ -97,18 +91,3 @@ def run_adapt_demo(
     seconds = time.perf_counter() - begin
     print(f"[famix demo] adaptation done in {seconds:.0f} s; tables in {out}/adapt_results.md")
     return {"runs": runs, "seconds": time.perf_counter() - begin}
-
-
-def _control(start: Path, run: Path, s: AdaptSettings) -> Path:
-    """The starting model's head fine-tuned exactly as ``famix adapt`` does it (same steps, lr, crops,
-    seed), on day crops with no restyling; resumed or reused like any run. Returns its checkpoint."""
-    cfg = copy.deepcopy(load_config(start.parent / "config.yaml"))
-    cfg.model.freeze, cfg.style.mix, cfg.style.bank = "backbone", "none", None
-    cfg.data.crop, cfg.data.batch_size = s.crop or cfg.data.crop, s.batch_size or cfg.data.batch_size
-    cfg.train.out, cfg.train.iterations, cfg.train.lr = str(run), s.iterations, s.lr
-    cfg.train.ckpt_interval, cfg.train.val_interval = s.ckpt_interval, s.iterations
-    cfg.run.seed = s.seed
-    latest = run / "latest.pt"
-    if not (latest.is_file() and load_checkpoint(latest)["cur_itrs"] >= s.iterations):
-        train(cfg, init_state=load_checkpoint(start)["model_state"])
-    return latest

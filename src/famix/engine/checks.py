@@ -1,0 +1,75 @@
+"""Every input of a stage checked before any work starts: numbers, dataset specs, files. Each problem is one
+clear error naming the option or file and what to do (``ValueError`` / ``FileNotFoundError``)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+from famix.config import Config, check_values
+from famix.data.datasets import build_dataset
+from famix.models.clip import weights_fingerprint
+from famix.style.bank import StyleBank
+
+
+def check_specs(specs: Sequence[str], option: str) -> dict[str, int]:
+    """Build each dataset spec (which checks its fields, folders and pairs) and require at least one image;
+    returns ``{spec: images}``. ``option``: the option that gave them, named in errors."""
+    counts = {}
+    for spec in specs:
+        if not isinstance(spec, str) or not spec.strip():
+            raise ValueError(f"{option}: {spec!r} is not a dataset spec (NAME[:CONDITION]:ROOT[:SPLIT])")
+        name = spec.split(":")[0]
+        if "=" in name and "." in name.split("=")[0]:
+            raise ValueError(
+                f"{option}: {spec!r} looks like a config override, not a dataset spec: put section.key=value "
+                "overrides before the options that take a list of specs"
+            )
+        try:
+            dataset = build_dataset(spec)
+        except (ValueError, FileNotFoundError) as e:
+            raise type(e)(f"{option}: {e}") from None
+        if len(dataset) == 0:
+            raise ValueError(f"{option}: dataset {spec!r} has no image/label pairs to load")
+        counts[spec] = len(dataset)
+    return counts
+
+
+def warn_crop(spec: str, crop: int, option: str) -> None:
+    """Warn when the crop is larger than the source images: crops are then mostly padding (ignored pixels)
+    and every step computes on them, many times slower for nothing."""
+    image, _ = build_dataset(spec)[0]
+    h, w = image.shape[-2:]
+    if crop > max(h, w):
+        warnings.warn(
+            f"{option}={crop} is larger than the images of {spec} ({h}x{w}): each crop is mostly padding "
+            f"(ignored), and costs {crop * crop / (h * w):.0f}x the pixels; set {option} to at most {max(h, w)}",
+            stacklevel=2,
+        )
+
+
+def check_train_inputs(cfg: Config) -> None:
+    """``famix train``'s inputs: the config's numbers, the source and validation specs, the CLIP weights and
+    the style bank its mixing reads."""
+    check_values(cfg)
+    check_specs([cfg.data.train], "data.train")
+    check_specs(cfg.data.val, "data.val")
+    warn_crop(cfg.data.train, cfg.data.crop, "data.crop")
+    weights_fingerprint(cfg.model.weights)  # a missing weights file: FileNotFoundError naming it
+    if cfg.style.mix in ("famix", "augment"):
+        if not cfg.style.bank:
+            raise ValueError(
+                f"style.mix={cfg.style.mix} needs a style bank: set style.bank=PATH (made by `famix mine`) "
+                "or choose style.mix=mixstyle|none"
+            )
+        StyleBank.load(cfg.style.bank)  # missing or unreadable: an error naming the file
+
+
+def check_mine_inputs(cfg: Config) -> None:
+    """``famix mine``'s inputs: numbers, where the bank goes, the source spec and the CLIP weights."""
+    check_values(cfg)
+    if not cfg.style.bank:
+        raise ValueError("set style.bank=PATH: the style bank `famix mine` writes (and `famix train` reads)")
+    check_specs([cfg.data.train], "data.train")
+    warn_crop(cfg.data.train, cfg.mine.crop, "mine.crop")
+    weights_fingerprint(cfg.model.weights)

@@ -1,0 +1,110 @@
+"""The one owner of "is this the same run?": a run record, where it is kept, and three operations.
+
+A :class:`RunRecord` says what decides a result: the kind of run, its settings (config sections less the
+keys that never change a result: where it writes, how often it logs, the device, the loader's workers) and
+the fingerprints of its input files (CLIP weights, style bank, starting checkpoint). It is kept, as a plain
+dict under the key ``"run"``, in every artifact a stage writes: a checkpoint dict, a style bank's metadata,
+a cached JSON result. Every stage asks the same three questions of it:
+
+- :func:`check_same`: resume the artifact, or refuse it, naming every changed key;
+- "is it finished": each artifact says so itself (a checkpoint's step, a bank's batch count);
+- :func:`cached`: a JSON result keyed by the record that decides it (several keys share one file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from famix.io import atomic_write
+
+KEY = "run"  # where a record lives in a checkpoint dict, a bank's metadata and a cache entry
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What decides a run's result. ``settings``: ``{section: {key: value}}``; ``inputs``: ``{name:
+    fingerprint}`` of the files it reads (``models.clip.weights_fingerprint``: a file's hash or a tag)."""
+
+    kind: str
+    settings: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps({"kind": self.kind, "settings": self.settings, "inputs": self.inputs}))
+
+    def key(self) -> str:
+        """A short hash of the record (canonical JSON): the name of its cache entry."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def changes(self, stored: dict) -> list[str]:
+        """``key: old -> new`` for every setting or input that differs from a stored record's."""
+        old = {"kind": stored.get("kind"), **flatten(stored.get("settings", {}))}
+        old.update(flatten(stored.get("inputs", {}), "input "))
+        new = {"kind": self.kind, **flatten(self.settings), **flatten(self.inputs, "input ")}
+        keys = sorted(set(old) | set(new))
+        unset = "(unset)"
+        return [f"{k}: {old.get(k, unset)!r} -> {new.get(k, unset)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def check_same(record: RunRecord, stored: dict | None, where: str | Path, fix: str) -> None:
+    """Refuse to resume or reuse ``where`` unless its stored record (``artifact["run"]``) equals ``record``;
+    the error names every changed key and says what to do (``fix``: the command's own option)."""
+    if stored is None:
+        raise FileExistsError(
+            f"{where} was not written by this version of famix (it has no run record), so it cannot be "
+            f"resumed or reused: {fix}"
+        )
+    changed = record.changes(stored)
+    if changed:
+        raise FileExistsError(f"{where} holds a run made with other settings: {'; '.join(changed)}. {fix}")
+
+
+def cached(
+    path: str | Path, record: RunRecord, compute: Callable[[], dict], say=print, write: bool = True
+) -> dict:
+    """The result ``compute()`` gives for ``record``, cached in the JSON file ``path`` (entries keyed by
+    :meth:`RunRecord.key`, so a change of what decides the result adds an entry and never mixes them).
+    ``say``: told when a cached result is reused; ``write``: False on ranks other than 0."""
+    path = Path(path)
+    entries = json.loads(path.read_text()) if path.is_file() else {}
+    entry = entries.get(record.key())
+    if entry is not None and not record.changes(entry[KEY]):
+        say(f"reusing the cached result in {path}")
+        return entry["result"]
+    result = compute()
+    if not write:
+        return result
+    if path.is_file():  # another process may have added entries meanwhile: keep them
+        entries = json.loads(path.read_text())
+    entries[record.key()] = {KEY: record.to_dict(), "result": result}
+    text = json.dumps(entries, indent=1, sort_keys=True)
+    atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
+    return result
+
+
+def file_fingerprint(path: str | Path | None) -> str | None:
+    """``"sha256:<16 hex>"`` of a file's bytes (None for None): identifies a bank or a checkpoint by content,
+    so moving or renaming it does not change a run's identity, and rewriting it does."""
+    if path is None:
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return f"sha256:{h.hexdigest()[:16]}"

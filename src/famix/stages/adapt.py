@@ -1,0 +1,320 @@
+"""``famix adapt``: prompt-driven zero-shot adaptation (PODA, ICCV 2023) of a trained segmenter.
+
+For each target description ("driving at night"), in ``<out>/<slug>/``:
+
+1. ``styles.safetensors``: one style per source crop, mined by image-level PIN
+   (``famix.style.adapt.image_pin``) toward the description's CLIP text embedding. The bank keeps every
+   style under ``"ignore"`` (the class lists stay empty), so the mixer, finding no class style, draws from
+   them for every image; its metadata records the description, the source and the PIN settings. It is
+   saved every ``save_every`` batches: an interrupted pass resumes where it stopped.
+2. ``latest.pt`` (and ``best.pt``, ``config.yaml``, ``metrics.jsonl``: a ``famix train`` run started
+   from the checkpoint's weights): the segmenter fine-tuned on source crops whose style maps (ResNet
+   layer1, ViT patch embedding) are restyled by those styles (``style.mix=augment``, grid 1: each image's
+   whole map takes a mined style, full replacement), the HEAD only (freeze preset ``backbone``), for
+   ``iterations`` SGD steps (default 2000, poly schedule, head lr 0.01: our defaults, PODA's exact
+   settings were not checked offline). It is a checkpoint like any other (``famix eval`` / ``predict``
+   load it; its config says ``freeze: backbone``), written every ``ckpt_interval`` steps too: an
+   interrupted run resumes from it, a folder made with other settings is refused (as ``famix train``).
+
+One model per target: the head is fitted to one target's feature statistics; a model adapted to several
+descriptions at once is FAMix-style generalisation, not PODA's adaptation, and would blur the comparison.
+
+Which CLIP: the styles live in the *segmenter's* style-map space (its own frozen stem and layer1, or a
+ViT's patch embedding, make the features); CLIP (the checkpoint's backbone, weights from ``clip_weights`` as
+``famix mine``) gives the text embedding and the tail that embeds the restyled maps
+(``famix.models.towers.style_tail``). With the CLIP weights the model was trained from, those layers are the
+same tensors; otherwise a warning says so.
+One process: under torchrun it refuses to start (one line), rather than mining the same bank on every rank.
+Both halves are runs with a record (:mod:`famix.engine.runs`): the bank's in its metadata, the fine-tuning's
+in its checkpoints; a finished target returns at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from famix import __version__
+from famix.config import (
+    Config,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    StyleConfig,
+    TrainConfig,
+    check_values,
+    from_dict,
+)
+from famix.data.datasets import SeededTransform, build_dataset
+from famix.data.labels import IGNORE_INDEX
+from famix.data.transforms import normalize, train_transform
+from famix.engine.checkpoint import load_checkpoint, load_segmenter
+from famix.engine.checks import check_specs
+from famix.engine.distributed import current, resolve_device
+from famix.engine.runs import KEY, RunRecord, check_same, file_fingerprint
+from famix.engine.seeds import item_seed
+from famix.engine.train import open_run, train, train_record
+from famix.models.clip import build_clip, weights_fingerprint
+from famix.models.towers import style_grid
+from famix.progress import progress_bar
+from famix.style.adapt import PIN_LR, PIN_STEPS, check_description, image_pin
+from famix.style.bank import StyleBank
+from famix.style.prompts import TextEmbedder
+
+
+@dataclass(frozen=True)
+class AdaptSettings:
+    """What an adaptation computes, besides the target and the checkpoint (None: the checkpoint's value).
+
+    iterations: head fine-tuning steps; lr: the head's SGD lr (poly schedule); steps, pin_lr:
+    image-level PIN (``famix.style.adapt``); images: source crops mined (None: the whole source set, as
+    PODA); crop, batch_size: source crops (None: the checkpoint's data.crop / data.batch_size).
+    """
+
+    iterations: int = 2000
+    lr: float = 0.01
+    steps: int = PIN_STEPS
+    pin_lr: float = PIN_LR
+    images: int | None = None
+    crop: int | None = None
+    batch_size: int | None = None
+    seed: int = 0
+    amp: str = "bf16"  # autocast of the fine-tuning on CUDA (image-level PIN runs in float32)
+    # what does not change the result: where and how often
+    device: str = "auto"
+    workers: int = 0
+    ckpt_interval: int = 500
+    save_every: int = 10  # mining: batches between saves of the partial bank
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "ckpt_interval", "steps", "save_every", "images", "crop", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"famix adapt --{name.replace('_', '-')}={value}: give a number >= 1")
+        for name in ("lr", "pin_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"famix adapt --{name.replace('_', '-')}={getattr(self, name)}: give a number > 0")
+        if self.amp not in ("bf16", "fp16", "off"):
+            raise ValueError(f"famix adapt --amp={self.amp!r}: choose bf16, fp16 or off")
+
+
+SLUG_CHARS = 64  # a run folder name stays far below file systems' 255-byte limit
+
+
+def slug(target: str) -> str:
+    """The run folder name of a target description: "Driving at night!" -> "driving-at-night"; long
+    descriptions are cut, with a hash of the whole so that two long ones never share a folder."""
+    name = re.sub(r"[^a-z0-9]+", "-", target.lower()).strip("-")
+    if not name:
+        raise ValueError(
+            f"--target {target!r} has no letter or digit: describe the target domain in words, e.g. "
+            '--target "driving at night"'
+        )
+    if len(name) > SLUG_CHARS:
+        digest = hashlib.sha256(target.encode()).hexdigest()[:8]
+        name = f"{name[: SLUG_CHARS - 9].rstrip('-')}-{digest}"
+    return name
+
+
+REFUSAL = "Pass another --out, or move that folder away"
+
+
+def fine_tune_config(
+    stored: dict, source_spec: str, run: Path, s: AdaptSettings, mix: str = "augment"
+) -> Config:
+    """The ``famix train`` config of one target's head fine-tuning, from the starting checkpoint's stored
+    config: its model with the backbone frozen, its data settings on ``source_spec``, ``s``'s schedule,
+    restyled by the target's bank (``mix="augment"``, grid 1; ``"none"``: the no-style control)."""
+    model = from_dict(stored.get("model", {}), ModelConfig, "model.")
+    data = from_dict(stored.get("data", {}), DataConfig, "data.")
+    data = dataclasses.replace(
+        data,
+        train=source_spec,
+        val=[],
+        crop=s.crop or data.crop,
+        batch_size=s.batch_size or data.batch_size,
+        workers=s.workers,
+    )
+    train_cfg = from_dict(stored.get("train", {}), TrainConfig, "train.")
+    bank = str(run / "styles.safetensors") if mix != "none" else None
+    return Config(
+        model=dataclasses.replace(model, freeze="backbone", weights=None),
+        data=data,
+        style=StyleConfig(mix=mix, bank=bank, grid=1),
+        train=dataclasses.replace(
+            train_cfg,
+            out=str(run),
+            iterations=s.iterations,
+            lr=s.lr,
+            stop_after=None,
+            val_interval=s.iterations,
+            ckpt_interval=s.ckpt_interval,
+            channels_last=resolve_device(s.device).type == "cuda",
+            compile=None,
+        ),
+        run=RunConfig(seed=s.seed, device=s.device, amp=s.amp),
+    )
+
+
+def _refuse_distributed() -> None:
+    if current().enabled:
+        raise ValueError(
+            "famix adapt runs in one process (every rank would mine the same banks): run it without torchrun"
+        )
+
+
+def run(
+    checkpoint: str | Path,
+    targets: list[str],
+    source_spec: str,
+    out: str | Path,
+    clip_weights: str | None = None,
+    settings: AdaptSettings | None = None,
+    progress: bool = True,
+    say=print,
+) -> dict[str, Path]:
+    """Adapt ``checkpoint`` to each target description with source crops of ``source_spec``: one model per
+    target, ``<out>/<slug>/latest.pt`` (resumed if interrupted, returned at once when finished). Every
+    input is checked before any target starts. Returns {target: checkpoint path}."""
+    s = settings or AdaptSettings()
+    _refuse_distributed()
+    if not targets:
+        raise ValueError('give at least one target description (--target "driving at night")')
+    folders = [slug(t) for t in targets]
+    if len(set(folders)) != len(folders):
+        raise ValueError(f"target descriptions {targets} share run folder names {folders}: make them differ")
+    check_specs([source_spec], "--data")
+    device = resolve_device(s.device)
+    ckpt = load_checkpoint(checkpoint)  # read once
+    model, model_cfg = load_segmenter(ckpt, device=device)
+    stored = ckpt.get("config", {})
+    clip = build_clip(model_cfg.backbone, clip_weights, device=device, seed=0).requires_grad_(False)
+    for target in targets:
+        check_description(target, getattr(clip, "context_length", 77))
+    _check_style_layers(model, clip.visual, clip_weights)
+    embed = TextEmbedder(clip)
+    inputs = {"checkpoint": file_fingerprint(checkpoint), "clip weights": weights_fingerprint(clip_weights)}
+    cfgs = [fine_tune_config(stored, source_spec, Path(out) / f, s) for f in folders]
+    for cfg in cfgs:
+        check_values(cfg)
+    written = {}
+    for target, cfg in zip(targets, cfgs, strict=True):
+        record = _styles_record(cfg, target, s, model_cfg.backbone, inputs)
+        _mine_target(model, clip, embed, cfg, record, s, progress, say)
+        written[target] = _fine_tune(ckpt, cfg, inputs, say)
+    return written
+
+
+def control(
+    checkpoint: str | Path, source_spec: str, run: str | Path, settings: AdaptSettings, say=print
+) -> Path:
+    """The control of an adaptation: ``checkpoint``'s head fine-tuned exactly as :func:`run` does it (same
+    config, steps, crops, seed) with no restyling, into ``run``; resumed or returned like any run."""
+    _refuse_distributed()
+    check_specs([source_spec], "--data")
+    ckpt = load_checkpoint(checkpoint)
+    cfg = fine_tune_config(ckpt.get("config", {}), source_spec, Path(run), settings, mix="none")
+    return _fine_tune(ckpt, cfg, {"checkpoint": file_fingerprint(checkpoint)}, say)
+
+
+def _check_style_layers(model, visual, clip_weights) -> None:
+    """Warn if the units of the segmenter that make its style map (ResNet stem and layer1, ViT patch
+    embedding) are not those of the CLIP image tower used for the tail."""
+    names = [name for name, _ in model.units()]
+    site = model.style_site
+    where = {id(m): n for n, m in model.backbone.named_modules()}
+    early = [m for unit in names[: names.index(site) + 1] for m in model.unit_modules(unit)]
+    theirs = {where[id(m)]: visual.get_submodule(where[id(m)]).state_dict() for m in early}
+    ours = {where[id(m)]: m.state_dict() for m in early}
+    if any(not torch.equal(t, theirs[n][k].to(t.device)) for n, sd in ours.items() for k, t in sd.items()):
+        warnings.warn(
+            f"the checkpoint's style-map layers differ from CLIP weights {clip_weights or '(random)'}: the "
+            "styles are embedded by a CLIP tail trained on other features; pass the CLIP weights the model "
+            "was trained from (--weights)",
+            stacklevel=3,
+        )
+
+
+def _styles_record(cfg: Config, target: str, s: AdaptSettings, backbone: str, inputs: dict) -> RunRecord:
+    """What decides a target's bank: the description, the source crops, the image-level PIN settings, the
+    seed, the starting checkpoint and the CLIP (PIN runs in float32: no autocast)."""
+    return RunRecord(
+        "adapt-styles",
+        {
+            "target": target,
+            "data": {"train": cfg.data.train, "crop": cfg.data.crop, "batch_size": cfg.data.batch_size},
+            "pin": {"steps": s.steps, "lr": s.pin_lr, "images": s.images},
+            "model": {"backbone": backbone},
+            "run": {"seed": cfg.run.seed},
+        },
+        inputs,
+    )
+
+
+def _mine_target(
+    model, clip, embed, cfg: Config, record: RunRecord, s: AdaptSettings, progress: bool, say
+) -> None:
+    """Write ``cfg.style.bank``: one image-level style per source crop, all under "ignore".
+
+    The bank is saved every ``s.save_every`` batches with the number of batches done: an interrupted pass
+    resumes after them (each crop's style depends only on the crop, so the bank is the same as one pass's);
+    a finished bank with the same record is kept, one with another record refused."""
+    path = Path(cfg.style.bank)
+    dataset = SeededTransform(
+        build_dataset(cfg.data.train), train_transform(cfg.data.crop, jitter=0, hflip=0)
+    )
+    total, size = min(len(dataset), s.images or len(dataset)), cfg.data.batch_size
+    batches = math.ceil(total / size)
+    target = record.settings["target"]
+    if path.is_file():
+        bank = StyleBank.load(path)
+        check_same(record, bank.metadata.get(KEY), path, REFUSAL)
+    else:
+        names = cfg.model.class_names
+        metadata = {KEY: record.to_dict(), "description": target, "batches_done": 0, "famix_version": __version__}
+        bank = StyleBank(list(names), model.low_channels, metadata=metadata)
+    start = bank.metadata["batches_done"]
+    if start >= batches:
+        say(f"famix adapt: {path} holds the styles of {target!r}, finished ({len(bank)}): nothing to mine")
+        return
+    device = next(model.parameters()).device
+    text = embed([target])[0]  # [D]
+    pool = style_grid(clip.visual)
+    items = [(i, item_seed(cfg.run.seed, i)) for i in range(start * size, total)]
+    loader = DataLoader(dataset, batch_size=size, sampler=items, num_workers=cfg.data.workers)
+    bar = progress_bar(total=batches, initial=start, desc=f"mine {target!r}", disable=not progress)
+    for done, (images, _, _) in enumerate(loader, start=start + 1):
+        with torch.no_grad():
+            f = model.style_features(normalize(images.to(device)))  # [B, C, h, w]
+        styles = image_pin(clip.visual, f, text, pool, s.steps, s.pin_lr)
+        ignore = torch.full((len(images),), IGNORE_INDEX)
+        bank.add(styles.mu, styles.sigma, ignore, IGNORE_INDEX)
+        bank.metadata["batches_done"] = done
+        bank.metadata["images"] = min(done * size, total)
+        if done % s.save_every == 0 or done == batches:
+            bank.save(path)
+        bar.update(1)
+        bar.set_postfix(cos=f"{styles.cos.mean().item():.3f}")
+    bar.close()
+
+
+def _fine_tune(ckpt: dict, cfg: Config, inputs: dict, say) -> Path:
+    """Fine-tune the head of the checkpoint's segmenter (``ckpt``, read once) on source crops restyled by
+    ``cfg.style``: the training loop of ``famix train`` started from its weights, into ``<run>/latest.pt``
+    (resumed when it holds the same run, returned when finished, refused when it holds another)."""
+    out = Path(cfg.train.out)
+    record = train_record(cfg, kind="adapt", inputs=inputs)
+    latest = open_run(out, record, REFUSAL)
+    if latest is not None and latest["cur_itrs"] >= cfg.train.iterations:
+        say(f"famix adapt: {out} holds this adapted model, finished at step {latest['cur_itrs']}")
+    else:
+        train(cfg, record, resume=latest, init_state=ckpt["model_state"])
+    return out / "latest.pt"

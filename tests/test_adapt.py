@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from famix.cli import main
-from famix.engine import adapt as adapt_engine
+from famix.stages import adapt as adapt_engine
 from famix.engine.checkpoint import load_checkpoint, load_segmenter
 from famix.models.clip import build_clip
 from famix.style.adapt import check_description, image_pin
@@ -113,16 +113,16 @@ def test_adapt_resumes_after_interruption(checkpoint, adapted, tmp_path, monkeyp
 
     monkeypatch.setattr(train_module, "train_step", failing_step)
     with pytest.raises(KeyboardInterrupt):
-        adapt_engine.adapt(checkpoint, [TARGET], SOURCE, tmp_path, settings=SETTINGS, progress=False)
+        adapt_engine.run(checkpoint, [TARGET], SOURCE, tmp_path, settings=SETTINGS, progress=False)
     assert load_checkpoint(tmp_path / adapt_engine.slug(TARGET) / "latest.pt")["cur_itrs"] == 2
     monkeypatch.setattr(train_module, "train_step", real_step)
-    written = adapt_engine.adapt(checkpoint, [TARGET], SOURCE, tmp_path, settings=SETTINGS, progress=False)
+    written = adapt_engine.run(checkpoint, [TARGET], SOURCE, tmp_path, settings=SETTINGS, progress=False)
     resumed = load_checkpoint(written[TARGET])["model_state"]
     straight = load_checkpoint(adapted / "latest.pt")["model_state"]
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
     other = adapt_engine.AdaptSettings(**{**vars(SETTINGS), "lr": 0.05})
     with pytest.raises(FileExistsError, match="train.lr"):
-        adapt_engine.adapt(checkpoint, [TARGET], SOURCE, tmp_path, settings=other, progress=False)
+        adapt_engine.run(checkpoint, [TARGET], SOURCE, tmp_path, settings=other, progress=False)
 
 
 def test_adapt_mining_resumes_after_interruption(checkpoint, adapted, tmp_path, monkeypatch):
@@ -138,12 +138,12 @@ def test_adapt_mining_resumes_after_interruption(checkpoint, adapted, tmp_path, 
     settings = adapt_engine.AdaptSettings(**{**vars(SETTINGS), "save_every": 1})
     monkeypatch.setattr(adapt_engine, "image_pin", failing_pin)
     with pytest.raises(KeyboardInterrupt):
-        adapt_engine.adapt(checkpoint, [TARGET], SOURCE, tmp_path, settings=settings, progress=False)
+        adapt_engine.run(checkpoint, [TARGET], SOURCE, tmp_path, settings=settings, progress=False)
     path = tmp_path / adapt_engine.slug(TARGET) / "styles.safetensors"
     partial = StyleBank.load(path)
     assert partial.metadata["batches_done"] == 1 and len(partial) == SETTINGS.batch_size
     monkeypatch.setattr(adapt_engine, "image_pin", real_pin)
-    adapt_engine.adapt(checkpoint, [TARGET], SOURCE, tmp_path, settings=settings, progress=False)
+    adapt_engine.run(checkpoint, [TARGET], SOURCE, tmp_path, settings=settings, progress=False)
     resumed, straight = StyleBank.load(path), StyleBank.load(adapted / "styles.safetensors")
     assert len(resumed) == len(straight) == 8
     a, b = resumed.packed(), straight.packed()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from famix.config import load_config
-from famix.engine.mine import mine
+from famix.stages.mine import run as mine
 from famix.style.bank import StyleBank
 
 os.environ["HF_HUB_OFFLINE"] = "1"

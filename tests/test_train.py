@@ -12,7 +12,7 @@ import torch
 from famix.cli import main
 from famix.config import load_config
 from famix.engine.checkpoint import load_checkpoint
-from famix.engine.train import train
+from famix.stages.train import run as train
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,7 +150,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_writes_nothing(tmp_path)
 
 
 def test_mining_resumes_to_the_same_bank(tmp_path):
-    from famix.engine.mine import mine
+    from famix.stages.mine import run as mine
     from famix.style.bank import StyleBank
 
     def run(out, images):

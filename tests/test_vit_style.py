@@ -14,7 +14,7 @@ from torch import nn
 
 from famix.config import load_config
 from famix.data.labels import IGNORE_INDEX
-from famix.engine.mine import mine
+from famix.stages.mine import run as mine
 from famix.models.clip import build_clip
 from famix.models.towers import (
     is_vit,

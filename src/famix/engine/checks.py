@@ -28,9 +28,9 @@ def check_specs(specs: Sequence[str], option: str) -> dict[str, int]:
         try:
             dataset = build_dataset(spec)
         except (ValueError, FileNotFoundError) as e:
-            raise type(e)(f"{option}: {e}") from None
+            raise type(e)(f"{option} {spec}: {e}") from None
         if len(dataset) == 0:
-            raise ValueError(f"{option}: dataset {spec!r} has no image/label pairs to load")
+            raise ValueError(f"{option} {spec}: the dataset has no image/label pairs to load")
         counts[spec] = len(dataset)
     return counts
 

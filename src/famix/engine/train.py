@@ -93,12 +93,12 @@ def build_mixer(cfg: Config, model, device) -> LocalStyleMixer | None:
             )
         bank = StyleBank.load(s.bank)
         bank.check_compatible(model.low_channels, cfg.model.class_names, s.bank)
-        counts = bank.counts()
-        if s.mix == "famix" and not any(counts[n] for n in cfg.model.class_names):
+        made_by = bank.metadata.get(KEY, {}).get("kind")
+        if s.mix == "famix" and made_by == "adapt-styles":
             raise ValueError(
-                f"style bank {s.bank} holds no per-class styles ({counts['ignore']} image-level ones, as "
-                "`famix adapt` mines): style.mix=famix draws each patch's style from its class; mine a bank "
-                "with `famix mine`, or use style.mix=augment"
+                f"style bank {s.bank} holds `famix adapt`'s image-level styles of one target, not per-class "
+                "styles: style.mix=famix draws each patch's style from its class; mine a bank with `famix "
+                "mine`, or use style.mix=augment"
             )
         packed = bank.packed(device)
     generator = torch.Generator(device=device)

@@ -27,7 +27,7 @@ def run(cfg: Config, progress: bool = True, say=print, fix: str = REFUSAL) -> St
         bank = StyleBank.load(path)
         check_same(record, bank.metadata.get(KEY), path, fix)
         if bank.metadata.get("batches_done", 0) >= batches:
-            if current().main and progress:
+            if current().main:
                 say(f"famix mine: {path} holds this bank, finished ({len(bank)} styles): nothing to do")
             return bank
     else:

@@ -150,7 +150,7 @@ def dry_run(plan: Plan) -> tuple[str, bool]:
         f"{train_s / 3600:.1f} h per seed, {len(plan.seeds) * train_s / 3600:.1f} h in all, plus mining "
         f"(~{RATES['mine styles/s']:.0f} styles/s) and evaluation (~{RATES['eval images/s']:.0f} images/s)"
     )
-    return "\\n".join(lines), ok
+    return "\n".join(lines), ok
 
 
 # The evaluation of every seed: float32, one image per batch (the protocol's sizes differ per dataset).
@@ -174,7 +174,7 @@ def run(plan: Plan, progress: bool = True) -> dict:
         runs[seed], _ = evaluate.run(Path(cfg.train.out) / "latest.pt", plan.targets, settings, progress=progress)
     result = summarise(runs, plan.cfg)
     if info.main:
-        atomic_write(plan.out / "results.md", lambda p: p.write_text(result["table"] + "\\n"))
+        atomic_write(plan.out / "results.md", lambda p: p.write_text(result["table"] + "\n"))
         atomic_write(plan.out / "results.json", lambda p: p.write_text(json.dumps(result, indent=1)))
     return result
 

@@ -1,0 +1,106 @@
+"""Every stage owns its run: run twice with the same settings and the second is a no-op that returns the
+same result (and says so); one changed result-deciding key is refused naming that key; a changed neutral key
+(log interval, save interval, workers, device, batch size) is accepted."""
+
+from pathlib import Path
+
+import pytest
+
+from famix.config import load_config
+from famix.engine.inference import InferenceSettings
+from famix.stages import adapt, evaluate, mine, train
+
+TINY = "tiny"
+FAST = ["data.val=[]", "data.train=synthetic:day:8:size=48", "data.crop=32", "mine.crop=32"]
+
+
+def stamps(folder: Path) -> dict:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_mine_stage_owns_its_bank(tmp_path):
+    bank, said = tmp_path / "bank.safetensors", []
+    cfg = lambda *extra: load_config(TINY, [*FAST, f"style.bank={bank}", "mine.steps=1", "mine.max_images=4", *extra])  # noqa: E731
+    first = mine.run(cfg(), progress=False, say=said.append)
+    before = stamps(tmp_path)
+    again = mine.run(cfg("mine.save_every=3", "run.device=cpu", "data.workers=0"), progress=False, say=said.append)
+    assert stamps(tmp_path) == before and again.counts() == first.counts() and again.metadata == first.metadata
+    assert said and "finished" in said[-1] and "nothing to do" in said[-1]
+    with pytest.raises(FileExistsError, match=r"mine.momentum: 0.9 -> 0.5\. Pass another style.bank"):
+        mine.run(cfg("mine.momentum=0.5"), progress=False)
+    assert stamps(tmp_path) == before
+    assert mine.status(cfg()) == "done" and mine.status(cfg("mine.max_images=8")).startswith("resumes after 1")
+
+
+def test_train_stage_owns_its_run_folder(tmp_path):
+    out, said = tmp_path / "run", []
+    cfg = lambda *extra: load_config(TINY, [*FAST, f"train.out={out}", "train.iterations=2", "style.mix=mixstyle", *extra])  # noqa: E731
+    first = train.run(cfg())
+    before = stamps(out)
+    neutral = ("train.log_interval=1", "train.ckpt_interval=7", "data.workers=0", "run.device=cpu", "train.val_interval=5")
+    assert train.run(cfg(*neutral), say=said.append) == first
+    assert stamps(out) == before  # nothing rewritten, config.yaml included
+    assert said == [f"famix train: {out} holds this run, finished at step 2: nothing to do"]
+    with pytest.raises(FileExistsError, match=r"train.lr: 0.05 -> 0.07\. Pass another train.out"):
+        train.run(cfg("train.lr=0.07"))
+    with pytest.raises(FileExistsError, match=r"data.train: 'synthetic:day:8:size=48' -> 'synthetic:day:9:size=48'"):
+        train.run(cfg("data.train=synthetic:day:9:size=48"))
+    assert stamps(out) == before
+    assert train.status(cfg()) == "done"
+    half = tmp_path / "half"
+    stopped = lambda *extra: load_config(TINY, [*FAST, f"train.out={half}", "train.iterations=3", "style.mix=mixstyle", *extra])  # noqa: E731
+    train.run(stopped("train.stop_after=2"))
+    assert train.status(stopped()) == "resumes at step 2" and train.run(stopped())["step"] == 3
+
+
+def test_train_run_identity_is_the_bank_content_not_its_path(tmp_path):
+    bank = tmp_path / "bank.safetensors"
+    mine.run(load_config(TINY, [*FAST, f"style.bank={bank}", "mine.steps=1", "mine.max_images=4"]), progress=False)
+    moved = tmp_path / "moved.safetensors"
+    moved.write_bytes(bank.read_bytes())
+    cfg = lambda b: load_config(TINY, [*FAST, f"train.out={tmp_path / 'run'}", "train.iterations=1", f"style.bank={b}"])  # noqa: E731
+    first = train.run(cfg(bank))
+    assert train.run(cfg(moved)) == first  # the same styles under another name: the same run
+    other = tmp_path / "other.safetensors"
+    mine.run(load_config(TINY, [*FAST, f"style.bank={other}", "mine.steps=2", "mine.max_images=4"]), progress=False)
+    with pytest.raises(FileExistsError, match="input bank: 'sha256:"):
+        train.run(cfg(other))
+
+
+def test_evaluate_stage_caches_each_spec_by_what_decides_it(checkpoint, monkeypatch):
+    specs, said = ["synthetic:day:2:5:size=32", "synthetic:fog:2:5:size=32"], []
+    settings = evaluate.EvalSettings(amp="off", device="cpu", batch_size=1)
+    first, names = evaluate.run(checkpoint, specs, settings, progress=False)
+    computed = []
+    real = evaluate.evaluate_specs
+    monkeypatch.setattr(evaluate, "evaluate_specs", lambda *a, **k: computed.append(a[1]) or real(*a, **k))
+    neutral = evaluate.EvalSettings(amp="off", device="cpu", batch_size=2, workers=0)
+    again, _ = evaluate.run(checkpoint, specs, neutral, progress=False, say=said.append)
+    assert computed == [] and again == first and len(said) == 2 and "reusing the cached result" in said[0]
+    scaled = evaluate.EvalSettings(InferenceSettings(scale=0.5), amp="off", device="cpu")
+    evaluate.run(checkpoint, specs[:1], scaled, progress=False)
+    assert computed == [specs[:1]]  # another test-time setting: its own result, not the cached one
+    assert evaluate.is_cached(checkpoint, specs[0], scaled) and not evaluate.is_cached(checkpoint, "synthetic:day:3", settings)
+    assert names == load_config(TINY).model.class_names or len(names) == 19
+
+
+def test_evaluate_checks_every_spec_before_the_first_is_evaluated(checkpoint, monkeypatch):
+    monkeypatch.setattr(evaluate, "evaluate_specs", lambda *a, **k: pytest.fail("evaluated before checking"))
+    with pytest.raises(ValueError, match="--data synthetic:nowhere:2: unknown synthetic domain"):
+        evaluate.run(checkpoint, ["synthetic:day:2:size=32", "synthetic:nowhere:2"], progress=False)
+
+
+SETTINGS = adapt.AdaptSettings(iterations=2, steps=1, images=4, crop=32, batch_size=2, device="cpu", ckpt_interval=2)
+
+
+def test_adapt_stage_owns_its_target_folders(checkpoint, tmp_path):
+    source, said = "synthetic:day:4:0:size=48", []
+    first = adapt.run(checkpoint, ["night"], source, tmp_path, settings=SETTINGS, progress=False)
+    before = stamps(tmp_path / "night")
+    neutral = adapt.AdaptSettings(**{**vars(SETTINGS), "ckpt_interval": 1, "save_every": 3, "workers": 0})
+    assert adapt.run(checkpoint, ["night"], source, tmp_path, settings=neutral, progress=False, say=said.append) == first
+    assert stamps(tmp_path / "night") == before and len(said) == 2 and "finished" in said[1]
+    other = adapt.AdaptSettings(**{**vars(SETTINGS), "pin_lr": 0.5})
+    with pytest.raises(FileExistsError, match=r"pin.lr: 0.1 -> 0.5\. Pass another --out"):
+        adapt.run(checkpoint, ["night"], source, tmp_path, settings=other, progress=False)
+    assert stamps(tmp_path / "night") == before

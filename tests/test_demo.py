@@ -14,6 +14,9 @@ from famix.demo.adaptation import CONTROL, START, run_adapt_demo
 from famix.demo.report import GROUPS, adapt_report, bank_table, labelled_grid, report
 from famix.demo.run import ABLATION, BASELINE, DEFAULT_VARIANTS, FAMIX, run_demo, run_folder
 from famix.engine.checkpoint import load_checkpoint
+from famix.engine.runs import file_fingerprint
+from famix.stages import evaluate as evaluate_stage
+from famix.stages import train as train_stage
 from famix.style.bank import StyleBank
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -114,8 +117,8 @@ def test_quick_demo_writes_its_outputs_and_reuses_finished_runs(quick_demo, monk
     def no_evaluation(*args, **kwargs):
         raise AssertionError("a cached evaluation was recomputed")
 
-    monkeypatch.setattr(demo, "evaluate_specs", no_evaluation)
-    monkeypatch.setattr(demo, "train", no_evaluation)
+    monkeypatch.setattr(evaluate_stage, "evaluate_specs", no_evaluation)
+    monkeypatch.setattr(train_stage, "train", no_evaluation)
     second = run_demo(out, quick=True)  # finished runs are reused: nothing retrained nor re-evaluated
     assert checkpoint.stat().st_mtime_ns == stamp
     assert second["runs"] == first["runs"]
@@ -139,7 +142,7 @@ def test_quick_demo_rerun_says_it_reuses_runs_without_training(quick_demo, monke
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(demo, "train", no_training)
+    monkeypatch.setattr(train_stage, "train", no_training)
     capsys.readouterr()
     assert run_demo(out, quick=True)["runs"] == first["runs"]
     printed = capsys.readouterr().out
@@ -174,7 +177,9 @@ def test_quick_adapt_demo_starts_from_the_demo_model(quick_demo, monkeypatch):
     text = (out / "adapt_results.md").read_text()
     assert "| adapted to 'night' |" in text and f"| {CONTROL} |" in text
     adapted = load_checkpoint(out / "seed0" / "adapt" / "night" / "latest.pt")
-    assert adapted["provenance"]["adapt"]["target"] == "night"
+    bank = StyleBank.load(out / "seed0" / "adapt" / "night" / "styles.safetensors")
+    assert adapted["run"]["kind"] == "adapt" and bank.metadata["run"]["settings"]["target"] == "night"
+    assert adapted["run"]["inputs"]["bank"] == file_fingerprint(out / "seed0" / "adapt" / "night" / "styles.safetensors")
     start = load_checkpoint(out / "seed0" / run_folder(BASELINE) / "latest.pt")["model_state"]
     backbone = [k for k in start if k.startswith("backbone.")]
     assert all(torch.equal(adapted["model_state"][k], start[k]) for k in backbone)

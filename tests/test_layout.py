@@ -23,13 +23,14 @@ def _imports() -> dict[str, set[str]]:
 
 
 def test_leaves_and_core_import_nothing_above_them():
-    upper = ("famix.engine", "famix.config", "famix.cli", "famix.world", "famix.demo")
+    upper = ("famix.engine", "famix.stages", "famix.config", "famix.cli", "famix.world", "famix.demo")
     above = {
         "famix.models": ("famix.style", *upper),
-        "famix.style": ("famix.engine", "famix.config", "famix.cli", "famix.world", "famix.demo"),
-        "famix.data": ("famix.engine", "famix.config", "famix.cli", "famix.world", "famix.demo"),
-        "famix.engine": ("famix.cli", "famix.world", "famix.demo"),
-        "famix.world": ("famix.cli", "famix.demo"),
+        "famix.style": upper,
+        "famix.data": upper,
+        "famix.engine": ("famix.stages", "famix.cli", "famix.world", "famix.demo"),
+        "famix.stages": ("famix.cli", "famix.world", "famix.demo"),
+        "famix.world": ("famix.cli", "famix.demo", "famix.stages"),
     }
     wrong = [
         f"{module} imports {dep}"
@@ -63,3 +64,39 @@ def test_no_import_cycle():
         if module not in state:
             visit(module, [])
     assert cycles == []
+
+
+# The composites' documented calls between stages (famix.stages' docstring): nothing else.
+STAGE_CALLS = {"famix.stages.reproduce": {"famix.stages.mine", "famix.stages.train", "famix.stages.evaluate"}}
+
+
+def _stage_deps(graph: dict[str, set[str]], module: str) -> set[str]:
+    """The stage modules ``module`` imports (``from famix.stages import mine`` counts as famix.stages.mine)."""
+    deps = set()
+    path = SRC / (module.replace(".", "/") + ".py")
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "famix.stages":
+            deps.update(f"famix.stages.{a.name}" for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("famix.stages."):
+            deps.add(node.module)
+    return deps
+
+
+def test_stages_call_no_other_stage_but_the_composites_documented_calls():
+    graph = _imports()
+    stages = sorted(m for m in graph if m.startswith("famix.stages."))
+    assert {"famix.stages.mine", "famix.stages.train", "famix.stages.evaluate", "famix.stages.predict",
+            "famix.stages.export", "famix.stages.adapt", "famix.stages.reproduce", "famix.stages.convert"} <= set(stages)  # fmt: skip
+    wrong = {m: _stage_deps(graph, m) - STAGE_CALLS.get(m, set()) - {m} for m in stages}
+    assert {m: d for m, d in wrong.items() if d} == {}
+
+
+def test_the_cli_reads_no_environment_variable():
+    tree = ast.parse((SRC / "famix" / "cli.py").read_text())
+    reads = [
+        ast.unparse(node)
+        for node in ast.walk(tree)
+        if (isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "environb"))
+        or (isinstance(node, ast.Name) and node.id in ("environ", "getenv"))
+    ]
+    assert reads == []

@@ -6,7 +6,7 @@ import torch
 
 from famix.config import Config
 from famix.data.check import check_dataset, exit_code, format_check
-from famix.data.datasets import build_dataset, describe_datasets
+from famix.data.datasets import DATASETS, build_dataset, describe_datasets
 from famix.engine.distributed import DistInfo
 from famix.engine.train import make_train_loader
 from tests import fake_datasets as fake
@@ -122,12 +122,84 @@ def test_check_gta5_mismatch_is_a_warning_and_acdc_conditions(tmp_path):
     report = check_dataset("gta5", tmp_path / "gta5")
     assert exit_code(report) == 0 and report["warnings"] and "00003.png" in report["warnings"][0]
     assert report["splits"]["all"]["pairs"] == 3 and report["splits"]["list gtav_split_val.txt"]["pairs"] == 1
+    assert report["splits"]["all"]["kept"] == 2  # mismatch=skip, GTA5's default, drops the bad pair
+    assert report["splits"]["train"]["absent"]  # no list: not asked for, so not a problem
     fake.acdc(tmp_path / "acdc", "night", "val", 2)
     fake.acdc(tmp_path / "acdc", "fog", "val", 2)
     report = check_dataset("acdc", tmp_path / "acdc")
-    assert exit_code(report) == 0 and report["splits"]["night/val"]["pairs"] == 2
-    assert report["splits"]["fog/val"]["filtered"] == 2 and report["splits"]["rain/val"]["absent"]
+    assert report["splits"]["night/val"]["kept"] == 2 and report["splits"]["rain/val"]["absent"]
     assert list(check_dataset("acdc:night", tmp_path / "acdc")["splits"]) == ["night/train", "night/val"]
+
+
+def test_check_reports_a_split_the_size_filter_empties_as_a_problem(tmp_path):
+    """FAMix's fog protocol keeps only 1920x1080 images: on other sizes the loader keeps nothing, and the
+    check, like the loader's error, names the filter and the option that keeps them."""
+    fake.acdc(tmp_path, "night", "val", 2)
+    fake.acdc(tmp_path, "fog", "val", 2)
+    report = check_dataset("acdc", tmp_path)
+    fog = report["splits"]["fog/val"]
+    assert exit_code(report) == 1 and (fog["pairs"], fog["kept"], fog["filtered"]) == (2, 0, 2)
+    (problem,) = report["problems"]
+    assert problem.startswith("fog/val: no image/label pairs left to load (2 dropped)")
+    assert "fog_size=1080x1920" in problem and "pass fog_size=none" in problem
+    assert "PROBLEM: fog/val" in format_check(report) and "0 of 2 pairs kept" in format_check(report)
+    with pytest.raises(ValueError, match=r"left to load \(2 dropped\).*fog_size=1080x1920.*fog_size=none"):
+        build_dataset(f"acdc:fog:{tmp_path}:val")
+    for report in (
+        check_dataset("acdc:fog:fog_size=none", tmp_path),
+        check_dataset(f"acdc:fog:{tmp_path}:val:fog_size=none"),
+    ):
+        assert report["ok"] and report["splits"]["fog/val"]["kept"] == 2, format_check(report)
+    assert len(build_dataset(f"acdc:fog:{tmp_path}:val:fog_size=none")) == 2
+
+
+def test_check_runs_the_mismatch_mode_the_spec_asks_for(tmp_path):
+    fake.gta5(tmp_path, 3, bad=(3,))
+    refused = check_dataset(f"gta5:{tmp_path}:mismatch=error")
+    assert exit_code(refused) == 1 and refused["splits"]["all"]["kept"] == 0
+    assert "00003.png" in refused["problems"][0] and "mismatch=skip" in refused["problems"][0]
+    resized = check_dataset(f"gta5:{tmp_path}:mismatch=resize")
+    assert resized["ok"] and not resized["warnings"] and resized["splits"]["all"]["kept"] == 3
+
+
+def test_check_a_named_gta5_split_without_its_list_is_a_problem(tmp_path):
+    fake.gta5(tmp_path, 2)
+    report = check_dataset(f"gta5:{tmp_path}:train")
+    assert exit_code(report) == 1 and report["splits"]["train"]["absent"]
+    (problem,) = report["problems"]
+    assert problem.startswith("train: gta5: split 'train' needs a split-list file")
+    assert str(tmp_path / "gtav_split_train.txt") in problem and f"to {tmp_path}" in problem
+    (tmp_path / "gtav_split_train.txt").write_text("00002.png\n")
+    report = check_dataset(f"gta5:{tmp_path}:train")
+    assert report["ok"] and report["splits"]["list gtav_split_train.txt"]["kept"] == 1
+
+
+def test_check_decodes_images_and_labels_so_truncated_files_are_unreadable(tmp_path):
+    fake.cityscapes(tmp_path, {"val": {"lindau": 3}})
+    image = tmp_path / "leftImg8bit/val/lindau/lindau_000001_000019_leftImg8bit.png"
+    label = tmp_path / "gtFine/val/lindau/lindau_000002_000019_gtFine_labelIds.png"
+    for path in (image, label):  # the header (and size) survive, the pixels do not
+        path.write_bytes(path.read_bytes()[:-40])
+    report = check_dataset("cityscapes", tmp_path)
+    val = report["splits"]["val"]
+    assert exit_code(report) == 1 and val["kept"] == 3 and val["decoded"] == 1
+    assert any("cannot read image" in u and image.name in u for u in val["unreadable"])
+    assert any("cannot read label" in u and label.name in u for u in val["unreadable"])
+    assert "val: 2 unreadable file(s)" in report["problems"][0]
+    quick = check_dataset("cityscapes", tmp_path, decode=1)  # one pair, from the start of the split
+    assert quick["ok"] and quick["splits"]["val"]["decoded"] == 1
+
+
+def test_check_reads_only_the_dataset_entry(tmp_path, monkeypatch):
+    """A dataset registered under another name with ACDC's entry is checked the same way (conditions,
+    size filter): the check keys nothing on dataset names."""
+    monkeypatch.setitem(DATASETS, "weather", DATASETS["acdc"])
+    fake.acdc(tmp_path, "fog", "val", 1)
+    report = check_dataset("weather:fog", tmp_path)
+    assert list(report["splits"]) == ["fog/train", "fog/val"] and report["splits"]["fog/val"]["filtered"] == 1
+    assert "fog_size=none" in report["problems"][0]
+    with pytest.raises(ValueError, match="not a dataset on disk.*checkable datasets: gta5"):
+        check_dataset("synthetic:day")
 
 
 def test_train_loader_uses_the_synthia_recipe(tmp_path):

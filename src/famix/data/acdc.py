@@ -12,13 +12,13 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+from famix.data.entry import DatasetEntry, SizeFilter
 from famix.data.folder import (
     Scan,
     Source,
     collect,
     parse_fields,
     parse_mismatch,
-    parse_size,
     require_dir,
     scan_pairs,
 )
@@ -36,6 +36,8 @@ SPLITS = ("train", "val")
 IMAGE_SUFFIXES = ("_rgb_anon.png",)
 LABEL_SUFFIXES = (("_gt_labelIds.png", "cityscapes"), ("_gt_labelTrainIds.png", "trainid"))
 FOG_SIZE = (1080, 1920)  # (H, W): FAMix keeps only fog images of exactly this size
+SIZE_FILTER = SizeFilter("fog_size", FOG_SIZE, conditions=("fog",))
+OPTIONS = ("fog_size", "mismatch")
 
 
 def scan(root: Path, split: str | None, condition: str) -> Scan:
@@ -63,10 +65,15 @@ def check_condition(condition: str | None) -> str:
 
 def build(parts: list[str]) -> PairedDataset:
     """Build from the spec fields after ``acdc:``; evaluation is at full resolution."""
-    f = parse_fields(parts, USAGE, with_condition=True, options=("fog_size", "mismatch"))
+    f = parse_fields(parts, USAGE, with_condition=True, options=OPTIONS)
     condition = check_condition(f.condition)
     mismatch = parse_mismatch(f.options.get("mismatch", "error"))
-    keep = parse_size(f.options.get("fog_size", "x".join(map(str, FOG_SIZE))), "fog_size")
+    keep = SIZE_FILTER.keep_size(condition, f.options)
     pairs = collect(SOURCE, f.root, f.split, partial(scan, condition=condition), IMAGE_SUFFIXES)
-    kept, skipped = screen_sizes(pairs, mismatch, keep if condition == "fog" else None, name="acdc")
+    kept, skipped = screen_sizes(pairs, mismatch, keep, f"acdc:{condition}", SIZE_FILTER)
     return PairedDataset(f"acdc:{condition}", kept, mismatch, skipped=skipped)
+
+
+ENTRY = DatasetEntry(
+    build, USAGE, LAYOUT, SOURCE, scan, SPLITS, CONDITIONS, IMAGE_SUFFIXES, OPTIONS, size_filter=SIZE_FILTER
+)

@@ -1,93 +1,140 @@
-"""``famix datasets check NAME ROOT``: what is on disk, what is missing and what would break loading.
+"""``famix datasets check NAME ROOT``: what is on disk, what is missing, and what the loader will do with it.
 
-Per split: image/label/pair counts, unpaired files, unreadable files and size mismatches (from the
-file headers, no decoding), and raw label values outside the dataset's known ids (decoding up to
-``max_labels`` labels per split, spread evenly). ``exit_code`` is 0 when nothing is wrong.
+The check reads only the dataset's :class:`~famix.data.entry.DatasetEntry` (the records its loader uses)
+and runs the loader's own steps on every split: the split lists, the pairing, the size screening (the
+protocol's size filter, ``mismatch``), then it decodes the images and labels the loader keeps. Per split it
+reports the pairs found and KEPT, unpaired and unreadable files, size mismatches, and raw label values
+outside the dataset's known ids. A split the loader would keep nothing of is a problem, as is a named split
+whose list file is missing. ``exit_code`` is 0 when nothing is wrong.
+
+Every kept pair is decoded by default (a truncated file from a partial download fails a long run hours
+in, and can be any file); ``decode=N`` decodes N pairs per split, spread evenly, for a quick look.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from famix.data.datasets import ALIASES, MODULES
-from famix.data.folder import DatasetError, MissingDataError, Scan, is_list_file, parse_fields, select
+from famix.data.datasets import ALIASES, DATASETS
+from famix.data.entry import DatasetEntry
+from famix.data.folder import (
+    DatasetError,
+    MissingDataError,
+    Pair,
+    Scan,
+    SpecFields,
+    is_list_file,
+    parse_fields,
+    parse_mismatch,
+    select,
+)
 from famix.data.labels import ENCODINGS
-from famix.data.readers import image_size, read_raw_label
+from famix.data.paired import SKIPPED, nothing_left, screen_pairs
+from famix.data.readers import read_image, read_raw_label
+from famix.progress import progress_bar
 
 SHOWN = 10  # file names listed per category in the report
 
 
-def _units(
-    name: str, module, root: Path, condition: str | None, split: str | None
-) -> list[tuple[str, Callable]]:
-    """(label, () -> Scan) for each split to check."""
-    scan = partial(module.scan, condition=condition) if name == "acdc" else module.scan
-    if split is not None and is_list_file(split):
-        path = Path(split).expanduser()
+def _missing(err: MissingDataError) -> Scan:
+    raise err
 
-        def from_list() -> Scan:
-            return Scan(select(scan(root, None), path, module.SOURCE, module.IMAGE_SUFFIXES))
 
-        return [(f"list {path.name}", from_list)]
+Unit = tuple[str, Callable[[], Scan]]  # (label, () -> the Scan of that split)
+
+
+def _units(entry: DatasetEntry, root: Path, condition: str | None, split: str | None) -> list[Unit]:
+    """The splits to check, resolved as the loader resolves them: a list file, a named split (a folder, or
+    a list file beside the data), or, without a split, every labelled split."""
+    scan = partial(entry.find, condition=condition)
+
+    def from_list(path: Path) -> Unit:
+        return f"list {path.name}", lambda: Scan(
+            select(scan(root, None), path, entry.source, entry.image_suffixes)
+        )
+
+    def named(s: str) -> tuple[Unit, bool]:
+        """The unit of split ``s`` and whether a list file names it (rather than a folder)."""
+        try:
+            path = entry.split_list(root, s) if entry.split_list else None
+        except MissingDataError as err:  # raised when the unit is checked: absent, or a problem if asked for
+            return (s, partial(_missing, err)), True
+        return (from_list(path), True) if path is not None else ((s, partial(scan, root, s)), False)
+
     if split is not None:
-        return [(split, partial(scan, root, split))]
-    if name == "gta5" or (name == "synthia" and module.is_flat(root)):
-        # No split folders: check every pair, then each split list found beside the data.
-        units = [("all", partial(scan, root, None))]
-        for s in ("train", "val"):
-            path = module.find_list(root, s)
-            if path is not None:
-                units += _units(name, module, root, condition, str(path))
-        return units
-    return [(s, partial(scan, root, s)) for s in module.SPLITS]
+        return [from_list(Path(split).expanduser()) if is_list_file(split) else named(split)[0]]
+    units = [named(s) for s in entry.splits]
+    everything = [("all", partial(scan, root, None))] if any(listed for _, listed in units) else []
+    return everything + [unit for unit, _ in units]  # no split folders: every pair is a split too
 
 
-def _check_unit(scan: Scan, fog_size, max_labels: int | None) -> dict:
-    entry = {
+def _decode(pair: Pair) -> tuple[np.ndarray | None, str | None]:
+    """(the label's raw values, None), or (None, why the image or label cannot be read)."""
+    try:
+        read_image(pair.image)
+        return np.unique(read_raw_label(pair.label, pair.encoding)), None
+    except DatasetError as err:
+        return None, str(err).split(". ")[0]
+
+
+def _check_unit(
+    label: str, scan: Scan, entry: DatasetEntry, f: SpecFields, decode: int | None, progress: bool
+) -> dict:
+    mismatch = parse_mismatch(f.options.get("mismatch", entry.mismatch))
+    keep = entry.size_filter.keep_size(f.condition, f.options) if entry.size_filter else None
+    result = {
         "pairs": len(scan.pairs),
         "images": len(scan.pairs) + len(scan.unpaired_images),
         "labels": len(scan.pairs) + len(scan.unpaired_labels),
         "unpaired_images": [f"{a} (expected label {b})" for a, b in scan.unpaired_images],
         "unpaired_labels": [f"{a} (expected image {b})" for a, b in scan.unpaired_labels],
-        "size_mismatches": [],
+        "size_mismatches": [],  # refused (mismatch=error) or dropped (mismatch=skip) by the loader
         "unreadable": [],
-        "filtered": 0,
-        "labels_checked": 0,
+        "filtered": 0,  # dropped by the protocol's size filter
+        "dropped": [],  # (file, reason) for every pair the loader drops
+        "kept": 0,
+        "decoded": 0,
         "unknown_label_values": {},
     }
-    readable = []
-    for pair in scan.pairs:
+    kept = []
+    for pair in scan.pairs:  # one at a time: an unreadable header is reported, not raised
         try:
-            image_wh, label_wh = image_size(pair.image), image_size(pair.label, "label")
+            screened = screen_pairs([pair], mismatch, keep, entry.size_filter)
         except DatasetError as err:
-            entry["unreadable"].append(str(err).split(". ")[0])
+            result["unreadable"].append(str(err).split(". ")[0])
             continue
-        if fog_size is not None and image_wh != (fog_size[1], fog_size[0]):
-            entry["filtered"] += 1  # FAMix's fog filter drops it; not a problem
-        if image_wh != label_wh:
-            sizes = "x".join(map(str, label_wh)), "x".join(map(str, image_wh))
-            entry["size_mismatches"].append(f"{pair.label} is {sizes[0]}, its image {sizes[1]} (WxH)")
-        else:
-            readable.append(pair)
-    sample = readable
-    if max_labels is not None and len(readable) > max_labels:  # spread evenly over the split
-        sample = [readable[i * len(readable) // max_labels] for i in range(max_labels)]
-    for pair in sample:
-        try:
-            values = np.unique(read_raw_label(pair.label, pair.encoding))
-        except DatasetError as err:
-            entry["unreadable"].append(str(err).split(". ")[0])
-            continue
-        entry["labels_checked"] += 1
-        for v in sorted(set(values.tolist()) - ENCODINGS[pair.encoding].known):
-            first = {"files": 0, "example": str(pair.label), "encoding": pair.encoding}
-            seen = entry["unknown_label_values"].setdefault(int(v), first)
-            seen["files"] += 1
-    return entry
+        kept += screened.kept
+        result["size_mismatches"] += screened.refused
+        for file, why in screened.dropped:
+            result["dropped"].append((str(file), why))
+            if why.startswith(SKIPPED):
+                result["size_mismatches"].append(why)
+            else:
+                result["filtered"] += 1
+    refused = mismatch == "error" and bool(result["size_mismatches"])  # the loader refuses the whole split
+    result["kept"], result["mismatch"] = 0 if refused else len(kept), mismatch
+    sample = kept  # decoded even when refused: every problem is reported in one go
+    if decode is not None and len(kept) > decode:  # spread evenly over the split
+        sample = [kept[i * len(kept) // decode] for i in range(decode)]
+    bar = progress_bar(total=len(sample), desc=f"check {label}", disable=not progress or not sample)
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # the decoders release the GIL
+        for pair, (values, error) in zip(sample, pool.map(_decode, sample), strict=True):
+            bar.update()
+            if error is not None:
+                result["unreadable"].append(error)
+                continue
+            result["decoded"] += 1
+            for v in sorted(set(values.tolist()) - ENCODINGS[pair.encoding].known):
+                first = {"files": 0, "example": str(pair.label), "encoding": pair.encoding}
+                result["unknown_label_values"].setdefault(int(v), first)["files"] += 1
+    bar.close()
+    return result
 
 
 def _problems(label: str, entry: dict, key: str, what: str) -> list[str]:
@@ -95,74 +142,92 @@ def _problems(label: str, entry: dict, key: str, what: str) -> list[str]:
     return [f"{label}: {len(items)} {what}, e.g. {items[0]}"] if items else []
 
 
-def _resolve(name_or_spec: str, root) -> tuple[str, object, Path, str | None, str | None]:
+def _resolve(name_or_spec: str, root: str | Path | None) -> tuple[DatasetEntry, SpecFields]:
     name, *rest = name_or_spec.split(":")
     name = ALIASES.get(name.lower(), name.lower())
-    if name not in MODULES:
-        raise ValueError(f"unknown dataset {name!r}; checkable datasets: {', '.join(MODULES)}")
-    module = MODULES[name]
-    if root is not None:  # NAME[:CONDITION] ROOT
-        return name, module, Path(root).expanduser(), (rest[0] if rest else None), None
-    options = ("mismatch", "size", "center_crop", "fog_size")
-    f = parse_fields(rest, module.USAGE, with_condition=name == "acdc", options=options)
-    return name, module, f.root, f.condition, f.split
+    entry = DATASETS.get(name)
+    if entry is None or entry.scan is None:
+        checkable = ", ".join(n for n, e in DATASETS.items() if e.scan is not None)
+        raise ValueError(
+            f"{name!r} is not a dataset on disk famix can check; checkable datasets: {checkable}"
+        )
+    if root is None:  # one full spec: that split
+        return entry, parse_fields(
+            rest, entry.usage, with_condition=bool(entry.conditions), options=entry.options
+        )
+    # NAME[:CONDITION][:KEY=VALUE...] ROOT: every split
+    positional = [p for p in rest if "=" not in p]
+    if len(positional) > (1 if entry.conditions else 0):
+        raise ValueError(
+            f"famix datasets check {name_or_spec} {root}: give NAME"
+            + ("[:CONDITION]" if entry.conditions else "")
+            + f"[:KEY=VALUE...] and ROOT, or one full spec {entry.usage} alone"
+        )
+    with_condition = bool(entry.conditions and positional)
+    return entry, parse_fields([*rest, str(root)], entry.usage, with_condition, options=entry.options)
 
 
-def check_dataset(name_or_spec: str, root: str | Path | None = None, max_labels: int | None = 100) -> dict:
-    """Check a dataset on disk: ``check_dataset("cityscapes", "/data/cityscapes")`` (every labelled
-    split; for ACDC every condition unless ``"acdc:night"``) or ``check_dataset(SPEC)`` (that split).
+def check_dataset(
+    name_or_spec: str, root: str | Path | None = None, decode: int | None = None, progress: bool = True
+) -> dict:
+    """Check a dataset on disk as its loader will read it: ``check_dataset("cityscapes", "/data/cityscapes")``
+    (every labelled split; every condition unless e.g. ``"acdc:night"``; options such as
+    ``"acdc:fog:fog_size=none"``) or ``check_dataset(SPEC)`` (that split, with the spec's options).
 
+    ``decode``: decode (and value-check) at most this many kept pairs per split, spread evenly; None: all.
     Returns {"dataset", "root", "splits": {label: counts and file lists}, "problems": [str],
     "warnings": [str], "ok": bool}.
     """
-    name, module, root, condition, split = _resolve(name_or_spec, root)
-    report = {"dataset": name, "root": str(root), "splits": {}, "problems": [], "warnings": []}
+    entry, f = _resolve(name_or_spec, root)
+    source, root = entry.source, f.root
+    report = {"dataset": source.name, "root": str(root), "splits": {}, "problems": [], "warnings": []}
     problems, warnings = report["problems"], report["warnings"]
     if not root.is_dir():
-        problems.append(f"dataset root not found: {root}\n{module.SOURCE.hint()}")
-    conditions = [condition] if condition or name != "acdc" else list(module.CONDITIONS)
-    if name == "acdc" and condition is not None and condition not in module.CONDITIONS:
+        problems.append(f"dataset root not found: {root}\n{source.hint()}")
+    conditions = [f.condition] if f.condition or not entry.conditions else list(entry.conditions)
+    if entry.conditions and f.condition is not None and f.condition not in entry.conditions:
         problems.append(
-            f"unknown ACDC condition {condition!r}: expected one of {', '.join(module.CONDITIONS)}"
+            f"unknown {source.name} condition {f.condition!r}: expected one of {', '.join(entry.conditions)}"
         )
         conditions = []
-    mismatch_is_problem = getattr(module, "MISMATCH_DEFAULT", "error") != "skip"
     for cond in conditions if root.is_dir() else []:
-        for label, thunk in _units(name, module, root, cond, split):
-            label = f"{cond}/{label}" if name == "acdc" else label
+        unit_fields = SpecFields(root, f.split, cond, f.options)
+        for label, thunk in _units(entry, root, cond, f.split):
+            label = f"{cond}/{label}" if entry.conditions else label
             try:
                 scan = thunk()
             except MissingDataError as err:
                 report["splits"][label] = {"absent": True, "message": str(err).splitlines()[0]}
+                if f.split is not None:  # the split asked for: the loader would fail
+                    problems.append(f"{label}: {err}")
                 continue
             except DatasetError as err:
                 report["splits"][label] = {"error": str(err)}
                 problems.append(f"{label}: {err}")
                 continue
-            fog = module.FOG_SIZE if name == "acdc" and cond == "fog" else None
-            entry = report["splits"][label] = _check_unit(scan, fog, max_labels)
-            problems += _problems(label, entry, "unpaired_images", "image(s) without a label")
-            problems += _problems(label, entry, "unpaired_labels", "label(s) without an image")
-            problems += _problems(label, entry, "unreadable", "unreadable file(s)")
-            sizes = _problems(label, entry, "size_mismatches", "label(s) of another size than the image")
-            if mismatch_is_problem:
+            result = report["splits"][label] = _check_unit(label, scan, entry, unit_fields, decode, progress)
+            problems += _problems(label, result, "unpaired_images", "image(s) without a label")
+            problems += _problems(label, result, "unpaired_labels", "label(s) without an image")
+            problems += _problems(label, result, "unreadable", "unreadable file(s)")
+            sizes = _problems(label, result, "size_mismatches", "label(s) of another size than the image")
+            if result["mismatch"] == "error":
                 problems += sizes
-            else:  # GTA5: the loader skips them by default, so they only warrant a warning
-                warnings += [f"{w} (skipped when loading; mismatch=error to refuse)" for w in sizes]
-            for v, seen in entry["unknown_label_values"].items():
+            else:  # mismatch=skip (GTA5's default): the loader drops them, so they only warrant a warning
+                warnings += [f"{w} (mismatch=error to refuse them)" for w in sizes]
+            for v, seen in result["unknown_label_values"].items():
                 problems.append(
-                    f"{label}: label value {v} is not a known id ({module.SOURCE.name} labels should hold "
+                    f"{label}: label value {v} is not a known id ({source.name} labels should hold "
                     f"{ENCODINGS[seen['encoding']].description}), in {seen['files']} checked file(s), "
                     f"e.g. {seen['example']}"
                 )
-            if not entry["pairs"] and not entry["unpaired_images"] and not entry["unpaired_labels"]:
+            if not result["pairs"] and not result["unpaired_images"] and not result["unpaired_labels"]:
                 problems.append(f"{label}: no images or labels found")
+            elif result["pairs"] and not result["kept"] and result["dropped"]:
+                problems.append(nothing_left(label, result["dropped"]))
     present = [s for s in report["splits"].values() if not s.get("absent")]
-    if root.is_dir() and not present:
+    if root.is_dir() and not present and f.split is None:
         absent = [s["message"] for s in report["splits"].values()]
-        problems.append(
-            "no split found: " + (absent[0] if absent else str(root)) + "\n" + module.SOURCE.hint()
-        )
+        problems.append("no split found: " + (absent[0] if absent else str(root)) + "\n" + source.hint())
     report["ok"] = not problems
     return report
 
@@ -183,10 +248,11 @@ def format_check(report: dict) -> str:
             lines.append(f"  {label}: ERROR {s['error']}")
             continue
         lines.append(
-            f"  {label}: {s['pairs']} pairs ({s['images']} images, {s['labels']} labels), "
+            f"  {label}: {s['kept']} of {s['pairs']} pairs kept "
+            f"({s['images']} images, {s['labels']} labels), "
             f"{len(s['size_mismatches'])} size mismatches, {len(s['unreadable'])} unreadable, "
-            f"{s['labels_checked']} labels value-checked"
-            + (f", {s['filtered']} dropped by the fog size filter" if s["filtered"] else "")
+            f"{s['decoded']} pairs decoded"
+            + (f", {s['filtered']} dropped by the size filter" if s["filtered"] else "")
         )
         for key in ("unpaired_images", "unpaired_labels", "size_mismatches", "unreadable"):
             for item in s[key][:SHOWN]:

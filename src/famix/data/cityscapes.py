@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from famix.data.entry import DatasetEntry
 from famix.data.folder import Scan, Source, collect, parse_fields, parse_mismatch, require_dir, scan_pairs
 from famix.data.paired import PairedDataset, screen_sizes
 
@@ -49,3 +50,6 @@ def build(parts: list[str]) -> PairedDataset:
     pairs = collect(SOURCE, f.root, f.split, scan, IMAGE_SUFFIXES)
     kept, skipped = screen_sizes(pairs, mismatch, name="cityscapes")
     return PairedDataset("cityscapes", kept, mismatch, skipped=skipped)
+
+
+ENTRY = DatasetEntry(build, USAGE, LAYOUT, SOURCE, scan, SPLITS, image_suffixes=IMAGE_SUFFIXES)

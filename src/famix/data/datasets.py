@@ -13,28 +13,17 @@ each module). Other packages add datasets with :func:`register_dataset` (the min
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch.utils.data import Dataset
 
 from famix.data import acdc, bdd, cityscapes, gta5, mapillary, synthia
+from famix.data.entry import DatasetEntry
 
-
-@dataclass(frozen=True)
-class DatasetEntry:
-    """One name in the dataset table: ``build(fields after the name)`` -> a dataset, and its help text."""
-
-    build: Callable[[list[str]], Dataset]
-    usage: str
-    layout: str
-
-
-# The benchmark loaders by spec name; each module has build(), scan(), SOURCE, USAGE, LAYOUT.
-MODULES = {m.SOURCE.name: m for m in (gta5, synthia, cityscapes, bdd, mapillary, acdc)}
 ALIASES = {"bdd": "bdd100k", "gtav": "gta5"}
+# The benchmark loaders by spec name: each module's ENTRY (build, help text, and what it does on disk).
 DATASETS: dict[str, DatasetEntry] = {
-    name: DatasetEntry(m.build, m.USAGE, m.LAYOUT) for name, m in MODULES.items()
+    m.ENTRY.source.name: m.ENTRY for m in (gta5, synthia, cityscapes, bdd, mapillary, acdc)
 }
 
 

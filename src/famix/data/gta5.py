@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from famix.data.entry import DatasetEntry
 from famix.data.folder import (
     MissingDataError,
     Scan,
@@ -41,6 +42,8 @@ LABEL_SUFFIXES = ((".png", "cityscapes"),)
 LIST_CANDIDATES = ("gtav_split_{}.txt", "{}.txt", "splits/{}.txt", "gta5_list/gtav_split_{}.txt")
 VAL_CROP = (1046, 1914)  # (H, W) of the official GTA5 validation centre crop
 MISMATCH_DEFAULT = "skip"  # known bad pairs exist; the loader drops them (RobustNet rule)
+SPLITS = ("train", "val")  # named by list files, not folders
+OPTIONS = ("mismatch", "center_crop")
 
 
 def scan(root: Path, split: str | None = None) -> Scan:
@@ -70,7 +73,7 @@ def split_list(root: Path, split: str) -> Path:
 
 def build(parts: list[str]) -> PairedDataset:
     """Build from the spec fields after ``gta5:``."""
-    f = parse_fields(parts, USAGE, with_condition=False, options=("mismatch", "center_crop"))
+    f = parse_fields(parts, USAGE, with_condition=False, options=OPTIONS)
     mismatch = parse_mismatch(f.options.get("mismatch", MISMATCH_DEFAULT))
     split = f.split
     if split is not None and not is_list_file(split):
@@ -84,3 +87,17 @@ def build(parts: list[str]) -> PairedDataset:
     kept, skipped = screen_sizes(pairs, mismatch, name="gta5")
     transform = center_crop_pad(crop) if crop else None
     return PairedDataset("gta5", kept, mismatch, transform, skipped)
+
+
+ENTRY = DatasetEntry(
+    build,
+    USAGE,
+    LAYOUT,
+    SOURCE,
+    scan,
+    SPLITS,
+    image_suffixes=IMAGE_SUFFIXES,
+    options=OPTIONS,
+    mismatch=MISMATCH_DEFAULT,
+    split_list=split_list,
+)

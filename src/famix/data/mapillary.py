@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from famix.data.entry import DatasetEntry
 from famix.data.folder import (
     Scan,
     Source,
@@ -33,6 +34,7 @@ SPLIT_NAMES = {"train": "training", "val": "validation", "training": "training",
 IMAGE_SUFFIXES = (".jpg",)
 LABEL_SUFFIXES = ((".png", "mapillary"),)
 EVAL_SIZE = 1536
+OPTIONS = ("size", "mismatch")
 
 
 def scan(root: Path, split: str | None) -> Scan:
@@ -57,10 +59,15 @@ def scan(root: Path, split: str | None) -> Scan:
 
 def build(parts: list[str]) -> PairedDataset:
     """Build from the spec fields after ``mapillary:``."""
-    f = parse_fields(parts, USAGE, with_condition=False, options=("size", "mismatch"))
+    f = parse_fields(parts, USAGE, with_condition=False, options=OPTIONS)
     mismatch = parse_mismatch(f.options.get("mismatch", "error"))
     size = parse_size(f.options.get("size", str(EVAL_SIZE)), "size")
     pairs = collect(SOURCE, f.root, f.split, scan, IMAGE_SUFFIXES)
     kept, skipped = screen_sizes(pairs, mismatch, name="mapillary")
     transform = compose(resize_height(size[0]), center_crop_pad(size)) if size else None
     return PairedDataset("mapillary", kept, mismatch, transform, skipped)
+
+
+ENTRY = DatasetEntry(
+    build, USAGE, LAYOUT, SOURCE, scan, SPLITS, image_suffixes=IMAGE_SUFFIXES, options=OPTIONS
+)

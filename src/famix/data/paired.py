@@ -8,24 +8,79 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from famix.data.entry import SizeFilter
 from famix.data.folder import DatasetError, Pair
 from famix.data.labels import to_train_ids
 from famix.data.readers import image_size, read_image, read_raw_label
 from famix.data.transforms import EvalTransform
 
 
-def mismatch_message(pair: Pair, image_wh: tuple[int, int], label_wh: tuple[int, int]) -> str:
+def _sizes(pair: Pair, image_wh: tuple[int, int], label_wh: tuple[int, int]) -> str:
     return (
         f"label {pair.label} is {label_wh[0]}x{label_wh[1]} (WxH) but its image {pair.image} is "
-        f"{image_wh[0]}x{image_wh[1]}. Re-download the pair, or set the dataset option mismatch=skip "
+        f"{image_wh[0]}x{image_wh[1]}"
+    )
+
+
+def mismatch_message(pair: Pair, image_wh: tuple[int, int], label_wh: tuple[int, int]) -> str:
+    return (
+        f"{_sizes(pair, image_wh, label_wh)}. Re-download the pair, or set the dataset option mismatch=skip "
         "(drop such pairs, counted) or mismatch=resize (resize the label, nearest)."
     )
+
+
+SKIPPED = "mismatch=skip"  # how the reason of a pair dropped for its label's size starts
+
+
+class Screened(NamedTuple):
+    """What the loader's size screening does with a list of pairs: ``kept`` (in order), ``dropped``
+    [(file, reason)] (the size filter; ``mismatch=skip``) and ``refused`` [message] (``mismatch=error``: the
+    loader stops at the first)."""
+
+    kept: list[Pair]
+    dropped: list[tuple[Path, str]]
+    refused: list[str]
+
+
+def screen_pairs(
+    pairs: Sequence[Pair],
+    mismatch: str,
+    keep_size: tuple[int, int] | None = None,
+    size_filter: SizeFilter | None = None,
+) -> Screened:
+    """Read the image and label headers of every pair (no pixel decoding) and sort out what does not fit.
+
+    ``keep_size=(H, W)`` drops images of any other size (``size_filter`` says why, e.g. FAMix's ACDC fog
+    filter). Pairs whose label and image sizes differ are dropped with ``mismatch='skip'`` (RobustNet's
+    rule for GTA5), refused with ``'error'`` and kept with ``'resize'`` (the label is resized when read).
+    """
+    kept, dropped, refused = [], [], []
+    for pair in pairs:
+        image_wh = image_size(pair.image)
+        if keep_size is not None and image_wh != (keep_size[1], keep_size[0]):
+            why = size_filter.reason(image_wh, keep_size) if size_filter else f"not of size {keep_size} (HxW)"
+            dropped.append((pair.image, why))
+            continue
+        if mismatch != "resize":
+            label_wh = image_size(pair.label, "label")
+            if label_wh != image_wh:
+                if mismatch == "error":
+                    refused.append(mismatch_message(pair, image_wh, label_wh))
+                else:
+                    why = f"{SKIPPED} drops pairs of different sizes ({_sizes(pair, image_wh, label_wh)}); "
+                    dropped.append(
+                        (pair.label, why + "pass mismatch=resize to keep them (label resized, nearest)")
+                    )
+                continue
+        kept.append(pair)
+    return Screened(kept, dropped, refused)
 
 
 def screen_sizes(
@@ -33,36 +88,29 @@ def screen_sizes(
     mismatch: str,
     keep_size: tuple[int, int] | None = None,
     name: str = "dataset",
+    size_filter: SizeFilter | None = None,
 ) -> tuple[list[Pair], list[tuple[Path, str]]]:
-    """Read the image and label headers of every pair (no pixel decoding) and drop what does not fit.
-
-    ``mismatch='skip'`` drops pairs whose label and image sizes differ (RobustNet's rule for GTA5),
-    ``'error'`` raises naming the first such pair, ``'resize'`` keeps them (the label is resized when
-    read). ``keep_size=(H, W)`` also drops images of any other size (FAMix's ACDC fog filter).
-    Returns (kept pairs, [(file, reason) for each dropped pair]).
-    """
-    kept, dropped, n_bad = [], [], 0
-    for pair in pairs:
-        image_wh = image_size(pair.image)
-        if keep_size is not None and image_wh != (keep_size[1], keep_size[0]):
-            dropped.append((pair.image, f"size {image_wh[0]}x{image_wh[1]} is not the protocol's"))
-            continue
-        if mismatch != "resize":
-            label_wh = image_size(pair.label, "label")
-            if label_wh != image_wh:
-                if mismatch == "error":
-                    raise DatasetError(f"{name}: " + mismatch_message(pair, image_wh, label_wh))
-                dropped.append((pair.label, mismatch_message(pair, image_wh, label_wh)))
-                n_bad += 1
-                continue
-        kept.append(pair)
-    if n_bad:
+    """The loader's screening (:func:`screen_pairs`): raises at the first pair ``mismatch='error'`` refuses,
+    warns about the pairs ``'skip'`` drops. Returns (kept pairs, [(file, reason) for each dropped pair])."""
+    kept, dropped, refused = screen_pairs(pairs, mismatch, keep_size, size_filter)
+    if refused:
+        raise DatasetError(f"{name}: {refused[0]}")
+    skipped = [file for file, why in dropped if why.startswith(SKIPPED)]
+    if skipped:
         warnings.warn(
-            f"{name}: skipped {n_bad} image/label pair(s) of different sizes, e.g. {dropped[0][0]}; "
+            f"{name}: skipped {len(skipped)} image/label pair(s) of different sizes, e.g. {skipped[0]}; "
             "set mismatch=error to stop instead, or mismatch=resize to keep them",
             stacklevel=2,
         )
     return kept, dropped
+
+
+def nothing_left(name: str, dropped: Sequence[tuple[Path, str]]) -> str:
+    """The error for a split whose every pair was dropped: how many, and why (with the option to change)."""
+    if not dropped:
+        return f"{name}: no image/label pairs left to load"
+    file, why = dropped[0]
+    return f"{name}: no image/label pairs left to load ({len(dropped)} dropped), e.g. {file}: {why}"
 
 
 class PairedDataset(Dataset):
@@ -81,7 +129,7 @@ class PairedDataset(Dataset):
         skipped: Sequence[tuple[Path, str]] = (),
     ):
         if not pairs:
-            raise DatasetError(f"{name}: no image/label pairs left to load (skipped {len(skipped)})")
+            raise DatasetError(nothing_left(name, skipped))
         self.name, self.pairs, self.mismatch = name, list(pairs), mismatch
         self.eval_transform, self.skipped = eval_transform, list(skipped)
         self.spec = name

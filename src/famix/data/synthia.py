@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from famix.data.entry import DatasetEntry
 from famix.data.folder import (
     MissingDataError,
     Scan,
@@ -63,7 +64,7 @@ def find_list(root: Path, split: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def _split_list(root: Path, split: str) -> str | None:
+def split_list(root: Path, split: str) -> Path | None:
     """A named split of the flat layout -> its list file (None when the split is a folder)."""
     if (root / "RGB" / split).is_dir() or not is_flat(root):
         return None
@@ -73,7 +74,7 @@ def _split_list(root: Path, split: str) -> str | None:
             f"synthia: {root / 'RGB'} is not split into train/val folders, so split {split!r} needs the "
             f"list file {path} (RobustNet's synthia_split_{split}.txt); or pass a list path as the split."
         )
-    return str(path)
+    return path
 
 
 def build(parts: list[str]) -> PairedDataset:
@@ -82,7 +83,12 @@ def build(parts: list[str]) -> PairedDataset:
     mismatch = parse_mismatch(f.options.get("mismatch", "error"))
     split = f.split
     if split is not None and not is_list_file(split):
-        split = _split_list(f.root, split) or split
+        split = str(split_list(f.root, split) or split)
     pairs = collect(SOURCE, f.root, split, scan, IMAGE_SUFFIXES)
     kept, skipped = screen_sizes(pairs, mismatch, name="synthia")
     return PairedDataset("synthia", kept, mismatch, skipped=skipped)
+
+
+ENTRY = DatasetEntry(
+    build, USAGE, LAYOUT, SOURCE, scan, SPLITS, image_suffixes=IMAGE_SUFFIXES, split_list=split_list
+)

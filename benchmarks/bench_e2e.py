@@ -28,7 +28,6 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import famix.world  # noqa: E402, F401
 from bench_loader import write_fake_gta5  # noqa: E402
 from famix.config import Config  # noqa: E402
 from famix.data.labels import CLASS_NAMES  # noqa: E402

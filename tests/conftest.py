@@ -1,4 +1,4 @@
-"""Shared test set-up: offline hub, and the miniature world's synthetic:* dataset specs registered."""
+"""Shared test set-up: offline hub, a tiny checkpoint."""
 
 import os
 
@@ -6,7 +6,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 
-import famix.world  # noqa: E402, F401  (registers synthetic:* specs, as the famix command does)
 from famix.config import ModelConfig  # noqa: E402
 from famix.engine.checkpoint import save_checkpoint  # noqa: E402
 from famix.models.build import build_segmenter  # noqa: E402

@@ -1,11 +1,16 @@
 """Benchmark loaders on tiny fake datasets in the exact layouts: pairing, counts, label maps, protocol."""
 
+import subprocess
+import sys
+from importlib.metadata import EntryPoint
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from famix.data.datasets import build_dataset
+from famix.data import datasets
+from famix.data.datasets import ENTRY_POINTS, build_dataset
 from famix.data.transforms import source_transform
 from tests import fake_datasets as fake
 
@@ -175,3 +180,37 @@ def test_synthia_transform_sizes():
     assert set(out_label.unique().tolist()) <= set(range(19)) | {255}
     out_image, out_label, _ = source_transform("gta5", 16)(image, label, g)
     assert out_image.shape == (3, 16, 16) and out_label.shape == (16, 16)
+
+
+def test_synthetic_specs_come_from_the_entry_point_without_importing_the_world():
+    """A library user's first call: famix.data imports nothing of the world; the spec still resolves."""
+    code = (
+        "import sys\n"
+        "from famix.data.datasets import build_dataset\n"
+        "assert 'famix.world' not in sys.modules, 'famix.data imported the world'\n"
+        "ds = build_dataset('synthetic:day:4')\n"
+        "print(len(ds), type(ds).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["4", "SyntheticDataset"]
+
+
+def test_other_packages_add_datasets_as_entry_points(tmp_path, monkeypatch):
+    points = [
+        EntryPoint("mycity", "famix.data.cityscapes:ENTRY", ENTRY_POINTS),  # a package's own dataset
+        EntryPoint("notadataset", "famix.data.cityscapes:SPLITS", ENTRY_POINTS),
+        EntryPoint("broken", "famix_no_such_package.datasets:ENTRY", ENTRY_POINTS),
+    ]
+    monkeypatch.setattr(datasets, "entry_points", lambda group: [p for p in points if p.group == group])
+    monkeypatch.setattr(datasets, "DATASETS", dict(datasets.DATASETS))
+    fake.cityscapes(tmp_path, {"val": {"lindau": 2}})
+    assert len(build_dataset(f"mycity:{tmp_path}:val")) == 2
+    with pytest.raises(TypeError, match="notadataset = 'famix.data.cityscapes:SPLITS' is a tuple, not a"):
+        build_dataset(f"notadataset:{tmp_path}")
+    with pytest.raises(ImportError, match="broken = 'famix_no_such_package.datasets:ENTRY' cannot be loaded"):
+        build_dataset(f"broken:{tmp_path}")
+    with pytest.raises(ValueError, match="unknown dataset 'kitti'.*'famix.datasets' entry points") as err:
+        build_dataset("kitti:/data")
+    assert "mycity:" in str(err.value) and "not available: the famix.datasets entry point broken" in str(
+        err.value
+    )

@@ -233,7 +233,6 @@ def test_predict_logits_window_with_scale_and_ensemble():
 
 
 def test_evaluate_specs_equals_evaluate_per_dataset():
-    import famix.world  # noqa: F401  (synthetic:* specs)
     from famix.data.datasets import build_dataset
     from famix.data.transforms import normalize
 

@@ -39,6 +39,9 @@ def test_wheel_ships_presets_and_assets_and_trains_outside_the_checkout(tmp_path
     expected = data_files()
     assert {"famix/configs/tiny.yaml", "famix/assets/tiny-clip.safetensors"} <= expected
     assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "[famix.datasets]\nsynthetic = famix.world.synthetic:ENTRY" in text  # synthetic: specs, no import
 
     site = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--target", site, wheel], check=True)

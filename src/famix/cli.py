@@ -402,8 +402,6 @@ def _one_line(error: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import famix.world  # noqa: F401  (registers the miniature world's synthetic:* dataset specs)
-
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)

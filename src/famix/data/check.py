@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from famix.data.datasets import ALIASES, DATASETS
+from famix.data.datasets import dataset_entries, dataset_entry
 from famix.data.entry import DatasetEntry
 from famix.data.folder import (
     DatasetError,
@@ -144,10 +144,9 @@ def _problems(label: str, entry: dict, key: str, what: str) -> list[str]:
 
 def _resolve(name_or_spec: str, root: str | Path | None) -> tuple[DatasetEntry, SpecFields]:
     name, *rest = name_or_spec.split(":")
-    name = ALIASES.get(name.lower(), name.lower())
-    entry = DATASETS.get(name)
+    entry = dataset_entry(name)
     if entry is None or entry.scan is None:
-        checkable = ", ".join(n for n, e in DATASETS.items() if e.scan is not None)
+        checkable = ", ".join(n for n, e in dataset_entries().items() if e.scan is not None)
         raise ValueError(
             f"{name!r} is not a dataset on disk famix can check; checkable datasets: {checkable}"
         )

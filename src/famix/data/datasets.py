@@ -6,13 +6,18 @@ benchmark datasets).
 SPLIT is a split name (``train``, ``val``) or the path of a split-list file (containing ``/`` or
 ending in ``.txt``; one image name per line); without SPLIT every image/label pair found is used,
 sorted. ``KEY=VALUE`` fields are per-dataset options (``mismatch=skip|error|resize`` everywhere; see
-each module). Other packages add datasets with :func:`register_dataset` (the miniature world registers
-``synthetic:*`` when ``famix.world`` is imported, as the ``famix`` command does).
+each module).
+
+Other packages add datasets through entry points: a :class:`~famix.data.entry.DatasetEntry` named in the
+``famix.datasets`` group of their package metadata (``[project.entry-points."famix.datasets"]
+NAME = "package.module:ENTRY"``) is found when a spec names it, with no import needed first; famix's own
+miniature world comes in this way (``synthetic:*``). :func:`register_dataset` adds one in-process.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib.metadata import EntryPoint, entry_points
 
 import torch
 from torch.utils.data import Dataset
@@ -21,6 +26,7 @@ from famix.data import acdc, bdd, cityscapes, gta5, mapillary, synthia
 from famix.data.entry import DatasetEntry
 
 ALIASES = {"bdd": "bdd100k", "gtav": "gta5"}
+ENTRY_POINTS = "famix.datasets"  # the entry-point group of datasets from installed packages
 # The benchmark loaders by spec name: each module's ENTRY (build, help text, and what it does on disk).
 DATASETS: dict[str, DatasetEntry] = {
     m.ENTRY.source.name: m.ENTRY for m in (gta5, synthia, cityscapes, bdd, mapillary, acdc)
@@ -32,17 +38,58 @@ def register_dataset(name: str, entry: DatasetEntry) -> None:
     DATASETS[name.lower()] = entry
 
 
+def _load(point: EntryPoint) -> DatasetEntry:
+    where = f"the {ENTRY_POINTS} entry point {point.name} = {point.value!r}"
+    try:
+        entry = point.load()
+    except (ImportError, AttributeError) as e:
+        raise ImportError(f"{where} cannot be loaded ({e}); reinstall the package that declares it") from e
+    if not isinstance(entry, DatasetEntry):
+        raise TypeError(f"{where} is a {type(entry).__name__}, not a famix.data.entry.DatasetEntry")
+    return entry
+
+
+def dataset_entry(name: str) -> DatasetEntry | None:
+    """The entry of dataset ``name`` (aliases resolved), None if there is none: the table (famix's
+    datasets, :func:`register_dataset`), then the ``famix.datasets`` entry points of installed packages
+    (loaded on first use and kept in the table)."""
+    name = ALIASES.get(name.lower(), name.lower())
+    if name not in DATASETS:
+        point = next((p for p in entry_points(group=ENTRY_POINTS) if p.name.lower() == name), None)
+        if point is not None:
+            DATASETS[name] = _load(point)
+    return DATASETS.get(name)
+
+
+def _load_all() -> list[str]:
+    """Load every installed entry point into the table; the errors of those that cannot be loaded."""
+    errors = []
+    for point in entry_points(group=ENTRY_POINTS):
+        try:
+            dataset_entry(point.name)
+        except (ImportError, TypeError) as e:
+            errors.append(str(e))
+    return errors
+
+
+def dataset_entries() -> dict[str, DatasetEntry]:
+    """Every dataset name and its entry, the installed packages' entry points included (those that
+    cannot be loaded left out; :func:`describe_datasets` names them)."""
+    _load_all()
+    return dict(DATASETS)
+
+
 def build_dataset(spec: str) -> Dataset:
     """Build a dataset from a spec such as ``cityscapes:/data/cityscapes:val``,
     ``acdc:night:/data/acdc:val`` or ``gta5:/data/gta5:/lists/gtav_split_train.txt``."""
     name, *rest = spec.split(":")
-    name = ALIASES.get(name.lower(), name.lower())
-    if name not in DATASETS:
-        hint = " (synthetic:* specs exist once famix.world is imported)" if name == "synthetic" else ""
+    entry = dataset_entry(name)
+    if entry is None:
         raise ValueError(
-            f"unknown dataset {name!r} in {spec!r}{hint}; known datasets:\n{describe_datasets()}"
+            f"unknown dataset {name.lower()!r} in {spec!r} (other packages add datasets as {ENTRY_POINTS!r} "
+            f"entry points; is the one you mean installed?); known datasets:\n{describe_datasets()}"
         )
-    dataset = DATASETS[name].build(rest)
+    dataset = entry.build(rest)
     dataset.spec = spec
     return dataset
 
@@ -54,9 +101,11 @@ def describe_datasets() -> str:
         "  SPLIT: a split name, or a split-list path (containing / or ending in .txt), one name per line;",
         "  no SPLIT: every image/label pair found. KEY=VALUE: the options shown per dataset.",
     ]
+    errors = _load_all()
     for name, entry in DATASETS.items():
         lines += ["", f"{name}:", *("  " + line for line in f"{entry.usage}\n{entry.layout}".splitlines())]
     lines += ["", "aliases: " + ", ".join(f"{a} = {n}" for a, n in ALIASES.items())]
+    lines += [f"not available: {e}" for e in errors]
     return "\n".join(lines)
 
 

@@ -1,7 +1,8 @@
 """The miniature world: procedural street scenes in named styles, captions, the tiny CLIP pretrained on
 them, and its zero-shot check. It sits above the library (it uses ``data``, ``models`` and ``style``;
-nothing there imports it). Importing it registers the ``synthetic:DOMAIN[:N[:SEED]][:size=S]``
-dataset specs (the ``famix`` command and the tests do).
+nothing there imports it). Its ``synthetic:DOMAIN[:N[:SEED]][:size=S]`` dataset specs reach
+``famix.data.datasets`` through the ``famix.datasets`` entry point ``synthetic`` (``synthetic.ENTRY``), not
+through an import.
 
 Modules, from the pixels up:
 
@@ -15,23 +16,13 @@ Modules, from the pixels up:
 The demo that runs FAMix on this world is :mod:`famix.demo`.
 """
 
-from famix.data.datasets import DatasetEntry, register_dataset
 from famix.world.synthetic import (
     DOMAINS,
     MINING_DOMAINS,
     SHIFTED_DOMAINS,
     SOURCE_DOMAIN,
     SyntheticDataset,
-    build_synthetic,
     render,
 )
-
-USAGE = "synthetic:DOMAIN[:N[:SEED]][:size=S]  (N scenes, default 100; SEED 0; S x S pixels, default 256)"
-LAYOUT = (
-    "  the embedded procedural street world, rendered on the fly (nothing on disk)\n"
-    f"  source domain: {SOURCE_DOMAIN}; held-out shifts: {', '.join(SHIFTED_DOMAINS)};\n"
-    f"  mining-word styles: {', '.join(MINING_DOMAINS)}; all domains: {', '.join(DOMAINS)}"
-)
-register_dataset("synthetic", DatasetEntry(build_synthetic, USAGE, LAYOUT))
 
 __all__ = ["DOMAINS", "MINING_DOMAINS", "SHIFTED_DOMAINS", "SOURCE_DOMAIN", "SyntheticDataset", "render"]

@@ -7,7 +7,10 @@ are the physically motivated shifts used for evaluation; the rest are global res
 contrast). Add a domain by registering ``STYLES[name] = fn(base_rgb, scene, rng) -> rgb`` (floats in [0, 1]).
 
 Scenes are laid out by ``scene`` and the styles live in ``styles``; this module is the
-public face of the world (domains, ``render``, ``SyntheticDataset``).
+public face of the world (domains, ``render``, ``SyntheticDataset``) and of its
+``synthetic:DOMAIN[:N[:SEED]][:size=S]`` dataset specs: ``ENTRY``, which famix's package metadata names as
+the ``synthetic`` entry point of the ``famix.datasets`` group, so ``build_dataset("synthetic:day")`` works
+without importing the world first.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from famix.data.entry import DatasetEntry
 from famix.world.scene import Scene, build_scene
 from famix.world.styles import STYLES, Style
 
 __all__ = [
     "DOMAINS",
+    "ENTRY",
     "build_synthetic",
     "MINING_DOMAINS",
     "SHIFTED_DOMAINS",
@@ -132,3 +137,12 @@ def build_synthetic(parts: list[str]) -> SyntheticDataset:
     if length < 1 or size < 8:
         raise ValueError(f"synthetic:{':'.join(parts)}: need N >= 1 scenes and size >= 8 pixels ({usage})")
     return SyntheticDataset(domain=domain, length=length, size=(size, size), seed=seed)
+
+
+USAGE = "synthetic:DOMAIN[:N[:SEED]][:size=S]  (N scenes, default 100; SEED 0; S x S pixels, default 256)"
+LAYOUT = (
+    "  the embedded procedural street world, rendered on the fly (nothing on disk)\n"
+    f"  source domain: {SOURCE_DOMAIN}; held-out shifts: {', '.join(SHIFTED_DOMAINS)};\n"
+    f"  mining-word styles: {', '.join(MINING_DOMAINS)}; all domains: {', '.join(DOMAINS)}"
+)
+ENTRY = DatasetEntry(build_synthetic, USAGE, LAYOUT)  # the famix.datasets entry point "synthetic"

@@ -93,3 +93,48 @@ def test_dry_run_lists_stages_data_and_estimate(data_root, tmp_path, capsys):
     assert "1. mine" in text and "2. train seed 1" in text and "3. evaluate seed 0: to do" in text
     assert f"gta5:{data_root}/gta5: ok" in text and "Estimate" in text
     assert not (tmp_path / "r").exists()  # a dry run writes nothing
+
+
+def test_targets_change_in_place_with_splits_as_columns_and_unlabelled_targets(data_root, tmp_path, monkeypatch):
+    """--targets is an evaluation input: changing it keeps the bank and the models; two splits of one benchmark
+    are two columns; a target with no labelled pixel is reported and the table still written; --bank is used
+    and the config's style.bank is never written."""
+    empty = tmp_path / "unlabelled"  # a BDD100K layout whose only mask is all ignore (255)
+    fake.write_image(empty / "images" / "val" / "a.jpg", 1)
+    fake.write_grey(empty / "labels" / "val" / "a.png", fake.raster([255]))
+    fake.cityscapes(data_root / "cityscapes", {"train": {"aachen": 1}})
+    monkeypatch.chdir(tmp_path)
+    out, bank = tmp_path / "repro", tmp_path / "my_bank.safetensors"
+    val = f"cityscapes:{data_root}/cityscapes:val"
+
+    def args(*targets):
+        return [*_args(data_root, out)[: _args(data_root, out).index("--seeds")], "--seeds", "1", "--out",
+                str(out), "--bank", str(bank), "--targets", *targets]  # fmt: skip
+
+    main(args(val))
+    stamps = {p: p.stat().st_mtime_ns for p in (bank, out / "seed0" / "latest.pt")}
+    monkeypatch.setattr(reproduce_module.train, "train", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(reproduce_module.mine, "mine_pass", lambda *a, **k: pytest.fail("mined again"))
+    main(args(val, f"cityscapes:{data_root}/cityscapes:train", f"bdd100k:{empty}:val"))
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    columns = json.loads((out / "results.json").read_text())["columns"]
+    assert list(columns) == ["C", "C (train)", "B"]
+    assert columns["C (train)"]["spec"] == f"cityscapes:{data_root}/cityscapes:train"
+    assert columns["B"]["mean"] is None and "no labelled pixel" in columns["B"]["note"]
+    assert "| no labels |" in (out / "results.md").read_text()
+    assert not (tmp_path / "runs").exists()  # the preset's style.bank (runs/tiny/...) was not touched
+
+
+def test_paper_numbers_only_beside_their_own_backbone():
+    from famix.config import Config
+    from famix.engine.evaluate import EvalResult
+
+    result = EvalResult(miou=40.0, per_class_iou=[None] * 19, confusion=[], num_images=1)
+    runs = {0: {"cityscapes:d:val": result}}
+    cfg = Config()
+    cfg.data.train = "gta5:data/gta5"
+    table = reproduce_module.summarise(runs, cfg)
+    assert table["columns"]["C"]["paper"] == 48.15 and table["columns"]["C"]["difference"] == pytest.approx(-8.15)
+    cfg.model.backbone = "ViT-B-16"
+    table = reproduce_module.summarise(runs, cfg)
+    assert table["columns"]["C"]["paper"] is None and "difference" not in table["table"]

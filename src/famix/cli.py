@@ -11,6 +11,13 @@ import traceback
 from dataclasses import fields
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``famix train: error: ...`` and where to read the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 class _Once(argparse.Action):
     """An option that may be given once (a second ``-c`` would silently replace the first)."""
 
@@ -216,9 +223,7 @@ def _adapt_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="famix", description="FAMix: language-guided domain-generalised segmentation"
-    )
+    p = _Parser(prog="famix", description="FAMix: language-guided domain-generalised segmentation")
     p.add_argument("--traceback", action="store_true", help="on an error, show the full Python traceback")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -306,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="HxW input size, multiples of the model's output stride (16 by default), e.g. 512x1024",
     )
     x.add_argument(
-        "--dynamic", action="store_true", help="any batch, height and width (multiples of the output stride)"
+        "--dynamic",
+        action="store_true",
+        help="any batch, height and width >= 2 output strides (ViTs: multiples of the patch; predict pads)",
     )
     x.add_argument("--out", help="output file (default: next to the checkpoint, e.g. best.onnx)")
     x.add_argument("--force", action="store_true", help="replace --out even if famix did not export it")

@@ -3,8 +3,10 @@ clear error naming the option or file and what to do (``ValueError`` / ``FileNot
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from famix.config import Config, check_values
 from famix.data.datasets import build_dataset
@@ -48,10 +50,24 @@ def warn_crop(spec: str, crop: int, option: str) -> None:
         )
 
 
+def check_folder(path: str | Path, option: str) -> None:
+    """A folder a stage will write into: it, or its nearest existing parent, must be a writable folder (a
+    file in the way, or no permission, is said before any work, naming the option)."""
+    path = Path(path)
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {path}: {parent} is a file, not a folder; pass a folder path")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise PermissionError(f"{option} {path}: cannot write into {parent} (permission denied)")
+            return
+
+
 def check_train_inputs(cfg: Config) -> None:
     """``famix train``'s inputs: the config's numbers, the source and validation specs, the CLIP weights and
     the style bank its mixing reads."""
     check_values(cfg)
+    check_folder(cfg.train.out, "train.out")
     check_specs([cfg.data.train], "data.train")
     check_specs(cfg.data.val, "data.val")
     warn_crop(cfg.data.train, cfg.data.crop, "data.crop")
@@ -70,6 +86,7 @@ def check_mine_inputs(cfg: Config) -> None:
     check_values(cfg)
     if not cfg.style.bank:
         raise ValueError("set style.bank=PATH: the style bank `famix mine` writes (and `famix train` reads)")
+    check_folder(Path(cfg.style.bank).parent, "style.bank")
     check_specs([cfg.data.train], "data.train")
     warn_crop(cfg.data.train, cfg.mine.crop, "mine.crop")
     weights_fingerprint(cfg.model.weights)

@@ -57,7 +57,7 @@ from famix.data.datasets import SeededTransform, build_dataset
 from famix.data.labels import IGNORE_INDEX
 from famix.data.transforms import normalize, train_transform
 from famix.engine.checkpoint import load_checkpoint, load_segmenter
-from famix.engine.checks import check_specs
+from famix.engine.checks import check_folder, check_specs
 from famix.engine.distributed import current, resolve_device
 from famix.engine.runs import KEY, RunRecord, check_same, file_fingerprint
 from famix.engine.seeds import item_seed
@@ -192,6 +192,7 @@ def run(
     if len(set(folders)) != len(folders):
         raise ValueError(f"target descriptions {targets} share run folder names {folders}: make them differ")
     check_specs([source_spec], "--data")
+    check_folder(out, "--out")
     device = resolve_device(s.device)
     ckpt = load_checkpoint(checkpoint)  # read once
     model, model_cfg = load_segmenter(ckpt, device=device)

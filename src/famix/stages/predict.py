@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from famix.engine.amp import amp_dtype
+from famix.engine.checks import check_folder
 from famix.engine.distributed import resolve_device
 from famix.engine.inference import PLAIN, InferenceSettings
 from famix.engine.predict import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_images, load_model, predict_paths
@@ -28,6 +29,7 @@ def run(
     and the model are checked before the first image is segmented. Predictions are a function of the
     model and the image alone, so running it again writes the same files."""
     dev = resolve_device(device)
+    check_folder(out, "--out")
     paths = list_images(inputs, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
     model = load_model(checkpoint, dev)
     return predict_paths(

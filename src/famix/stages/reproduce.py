@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from famix.config import Config, check_values
-from famix.engine.checks import check_specs
+from famix.engine.checks import check_folder, check_specs
 from famix.engine.distributed import current
 from famix.engine.evaluate import EvalResult
 from famix.engine.results import PAPER_COLUMNS, mean_std, paper_column
@@ -112,6 +112,8 @@ def check_plan(plan: Plan) -> dict[str, int]:
     """Every input before any work: the config's numbers, the source and validation specs, and each target
     (built with every filter its loader runs; one that keeps no image is an error). Returns {spec: images}."""
     check_values(plan.cfg)
+    check_folder(plan.out, "--out")
+    check_folder(Path(plan.cfg.style.bank).parent, "--bank")
     counts = check_specs([plan.cfg.data.train], "data.train")
     counts.update(check_specs(plan.cfg.data.val, "data.val"))
     counts.update(check_specs(plan.targets, "--targets"))

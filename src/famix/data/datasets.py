@@ -85,9 +85,10 @@ def build_dataset(spec: str) -> Dataset:
     name, *rest = spec.split(":")
     entry = dataset_entry(name)
     if entry is None:
+        known = ", ".join(dataset_entries())
         raise ValueError(
-            f"unknown dataset {name.lower()!r} in {spec!r} (other packages add datasets as {ENTRY_POINTS!r} "
-            f"entry points; is the one you mean installed?); known datasets:\n{describe_datasets()}"
+            f"unknown dataset {name.lower()!r} in {spec!r}: known datasets are {known} (`famix datasets` shows "
+            f"their specs and folder layouts; other packages add datasets as {ENTRY_POINTS!r} entry points)"
         )
     dataset = entry.build(rest)
     dataset.spec = spec

@@ -24,7 +24,7 @@ from famix.engine.evaluate import evaluate_specs
 from famix.engine.loss import SegmentationLoss
 from famix.engine.runs import KEY, RunRecord, check_same, file_fingerprint
 from famix.engine.sampler import StreamSampler
-from famix.engine.seeds import step_seed
+from famix.engine.seeds import mixer_seed, step_seed
 from famix.io import remove_stale_temps
 from famix.models.build import build_segmenter
 from famix.models.clip import weights_fingerprint
@@ -163,7 +163,7 @@ def train(
         labels = labels.to(device, non_blocking=True).long()  # [B, H, W]
         torch.manual_seed(step_seed(cfg.run.seed, step, info.rank))
         if mixer is not None:
-            mixer.generator.manual_seed(step_seed(cfg.run.seed, step, info.rank))
+            mixer.generator.manual_seed(mixer_seed(cfg.run.seed, step, info.rank))
         running += train_step(net, mixer, images, labels, optimizer, scaler, amp, criterion)
         scheduler.step()
         bar.update(1)

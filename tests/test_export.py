@@ -1,5 +1,5 @@
 """famix export: ONNX (through ONNX Runtime), torch.export and TorchScript round trips against the eager
-model, the refusal past tolerance, and famix predict on an exported .onnx file."""
+model, the refusal past tolerance, and famix predict on an exported .onnx file, at any image size."""
 
 from __future__ import annotations
 
@@ -14,19 +14,13 @@ import torch
 from PIL import Image
 
 from famix.cli import main
+from famix.config import ModelConfig
 from famix.data.transforms import CLIP_MEAN, CLIP_STD, normalize
 from famix.engine import export
 from famix.engine.checkpoint import load_segmenter
-from famix.engine.export import (
-    ATOL,
-    METADATA_FILE,
-    OnnxSegmenter,
-    check_size,
-    compare,
-    export_model,
-    load_exported,
-    parse_size,
-)
+from famix.engine.export import ATOL, check_size, compare, export_model, parse_size
+from famix.engine.exported import METADATA_FILE, OnnxSegmenter, load_exported, read_metadata
+from famix.models.build import build_segmenter
 
 # float32 reorderings only: the tiny model's measured max abs logit difference is ~4e-8 (ONNX Runtime)
 # and 0 (torch.export, TorchScript); every argmax agrees.
@@ -77,7 +71,8 @@ def test_sizes_and_their_errors():
 def test_onnx_dynamic_export_via_cli(onnx_dynamic, eager, checkpoint):
     path, printed = onnx_dynamic
     assert path.is_file() and _no_temp_files(path.parent)
-    assert "argmax agreement 100.000 %" in printed and "2x3x32x48, 1x3x48x80" in printed
+    # The third input's sides are no multiples of the stride: a ResNet's dynamic export takes any size.
+    assert "argmax agreement 100.000 %" in printed and "2x3x32x48, 1x3x48x80, 1x3x33x51" in printed
     assert f"wrote {path}" in printed
     model, cfg = eager
     onnx_model = OnnxSegmenter(path)
@@ -85,12 +80,14 @@ def test_onnx_dynamic_export_via_cli(onnx_dynamic, eager, checkpoint):
     assert json.loads(meta["class_names"]) == list(cfg.class_names) and meta["dynamic"] == "true"
     assert json.loads(meta["input_mean"]) == list(CLIP_MEAN)
     assert json.loads(meta["input_std"]) == list(CLIP_STD)
-    assert meta["famix_version"] and "[B, 3, H, W]" in meta["input"] and meta["size_multiple"] == "16"
-    # Sizes and batches other than those checked at export time, square and not.
+    assert meta["famix_version"] and "[B, 3, H, W]" in meta["input"] and meta["size_multiple"] == "1"
+    assert meta["min_size"] == "32" and meta["pad_to_multiple"] == "1" and meta["output_stride"] == "16"
+    # Sizes and batches other than those checked at export time, square and not, multiples and not.
     g = torch.Generator().manual_seed(1)
-    inputs = [normalize(torch.rand(s, generator=g)) for s in [(3, 3, 64, 32), (1, 3, 32, 32)]]
-    _assert_close(compare(model, onnx_model, inputs))
-    with pytest.raises(ValueError, match="multiples of 16 \\(at least 32\\), got 30x48"):
+    shapes = [(3, 3, 64, 32), (1, 3, 32, 32), (2, 3, 40, 56), (1, 3, 1080 // 8, 1920 // 8 - 3)]
+    inputs = [normalize(torch.rand(s, generator=g)) for s in shapes]
+    _assert_close(compare(model, onnx_model, inputs), 4)
+    with pytest.raises(ValueError, match="takes heights and widths of at least 32, got 30x48"):
         onnx_model(torch.zeros(1, 3, 30, 48))
 
 
@@ -114,8 +111,8 @@ def test_exported_program_round_trip(eager, tmp_path, dynamic):
     model, cfg = eager
     out = tmp_path / "model.pt2"
     check = export_model(model, cfg, out, "exported-program", (32, 48), dynamic=dynamic)
-    _assert_close(check)
-    assert len(set(check.shapes)) == (2 if dynamic else 1)
+    _assert_close(check, 3 if dynamic else 2)  # dynamic: a size that is no multiple of the stride too
+    assert len(set(check.shapes)) == (3 if dynamic else 1)
     extra = {METADATA_FILE: ""}
     program = torch.export.load(out, extra_files=extra).module()
     assert json.loads(extra[METADATA_FILE])["dynamic"] == json.dumps(dynamic)
@@ -131,7 +128,7 @@ def test_torchscript_round_trip(eager, tmp_path):
     model, cfg = eager
     out = tmp_path / "model.torchscript.pt"
     check = export_model(model, cfg, out, "torchscript", (32, 48), dynamic=True)
-    _assert_close(check)
+    _assert_close(check, 3)
     extra = {METADATA_FILE: ""}
     torch.jit.load(out, _extra_files=extra)
     meta = json.loads(extra[METADATA_FILE])
@@ -169,20 +166,20 @@ def test_refusal_past_tolerance_writes_nothing(eager, tmp_path, monkeypatch, cha
 
 
 def test_cli_refusal_is_one_line_and_keeps_the_old_file(checkpoint, tmp_path, monkeypatch, capsys):
-    _perturbed(monkeypatch, lambda y: y + 1)
     out = tmp_path / "old.pt2"
-    out.write_bytes(b"an earlier export")
+    argv = ["export", str(checkpoint), "--format", "exported-program", "--size", "32x32", "--out", str(out)]
+    main(argv)  # an earlier export, which a new one may replace
+    earlier = out.read_bytes()
+    _perturbed(monkeypatch, lambda y: y + 1)
     with pytest.raises(SystemExit) as exit_:
-        main(
-            ["export", str(checkpoint), "--format", "exported-program", "--size", "32x32", "--out", str(out)]
-        )
+        main(argv)
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert (
         err.startswith("famix export: error: the exported-program export does not match") and "\n" not in err
     )
     assert "--atol 0.001 and --min-agreement 99.9 %; nothing written" in err
-    assert out.read_bytes() == b"an earlier export" and _no_temp_files(tmp_path)
+    assert out.read_bytes() == earlier and _no_temp_files(tmp_path)
 
 
 def _fails(argv, capsys) -> str:
@@ -252,15 +249,70 @@ def test_predict_onnx_gives_the_checkpoints_label_maps(onnx_dynamic, checkpoint,
     assert (a == b).mean() >= 0.999
 
 
+def test_predict_onnx_at_sizes_that_are_no_multiples_of_the_stride(onnx_dynamic, checkpoint, tmp_path):
+    # 1920x1080 photos in miniature: 1080 is no multiple of the output stride 16, nor are these sides.
+    onnx_path, _ = onnx_dynamic
+    paths = _images(tmp_path, [(40, 56), (37, 50), (1080 // 8, 1920 // 8)])
+    images = [str(p) for p in paths]
+    main(["predict", str(onnx_path), *images, "--out", str(tmp_path / "onnx")])
+    main(["predict", str(checkpoint), *images, "--out", str(tmp_path / "ckpt")])
+    for a, b in zip(_trainids(tmp_path / "onnx", paths), _trainids(tmp_path / "ckpt", paths), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert [a.shape for a in _trainids(tmp_path / "onnx", paths)] == [(40, 56), (37, 50), (135, 240)]
+
+
+def test_an_onnx_file_of_stride_multiples_says_to_re_export(onnx_dynamic, tmp_path):
+    # What files exported before any-size exports say of other sizes (their graph takes multiples only).
+    import onnx
+
+    onnx_path, _ = onnx_dynamic
+    model = onnx.load(str(onnx_path))
+    meta = {p.key: p.value for p in model.metadata_props if p.key != "pad_to_multiple"}
+    meta["size_multiple"] = "16"
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, meta)
+    old = tmp_path / "old.onnx"
+    onnx.save(model, str(old))
+    assert read_metadata(old, "onnx") == meta and read_metadata(onnx_path, "torchscript") is None
+    with pytest.raises(ValueError, match="multiples of 16 only, got 40x56: re-export it with this famix"):
+        OnnxSegmenter(old)(torch.zeros(1, 3, 40, 56))
+
+
+@pytest.fixture(scope="module")
+def vit():
+    cfg = ModelConfig(backbone="tiny-vit", output_stride=8)  # patch size 8
+    return build_segmenter(cfg, seed=0).eval(), cfg
+
+
+def test_onnx_vit_pads_other_sizes_as_the_eager_model(vit, tmp_path):
+    # A ViT's forward zero-pads to multiples of its patch size and crops the logits back; torch.export cannot
+    # trace that branch, so the file takes multiples and OnnxSegmenter pads as the eager model would.
+    _onnx_tools()
+    model, cfg = vit
+    check = export_model(model, cfg, tmp_path / "vit.onnx", "onnx", (16, 24), dynamic=True)
+    _assert_close(check)  # no third, non-multiple input: the graph itself takes multiples only
+    onnx_model = OnnxSegmenter(tmp_path / "vit.onnx")
+    meta = onnx_model.metadata
+    assert (meta["size_multiple"], meta["pad_to_multiple"], meta["min_size"]) == ("8", "8", "16")
+    assert "zero-pad other sizes at the bottom and right to multiples of 8" in meta["input"]
+    g = torch.Generator().manual_seed(4)
+    inputs = [normalize(torch.rand(s, generator=g)) for s in [(1, 3, 37, 50), (2, 3, 17, 23), (1, 3, 16, 16)]]
+    _assert_close(compare(model, onnx_model, inputs), 3)
+    export_model(model, cfg, tmp_path / "fixed.onnx", "onnx", (40, 56))
+    fixed = OnnxSegmenter(tmp_path / "fixed.onnx")
+    _assert_close(compare(model, fixed, inputs[:1]), 1)  # 37x50 pads to the file's 40x56
+    with pytest.raises(ValueError, match="takes 40x56 images only, got 30x50"):
+        fixed(torch.zeros(1, 3, 30, 50))
+
+
 def test_predict_onnx_errors(onnx_dynamic, tmp_path, capsys):
     onnx_path, _ = onnx_dynamic
-    image = tmp_path / "odd.png"
+    image = tmp_path / "small.png"
     Image.new("RGB", (50, 30)).save(image)
     err = _fails(["predict", str(onnx_path), str(image), "--out", str(tmp_path / "o")], capsys)
     assert err == (
-        "famix predict: error: best.onnx takes heights and widths that are multiples of 16 (at least 32), "
-        "got 30x50: crop or resize the images, choose --scale/--window so the sizes fit, or predict with "
-        "the checkpoint"
+        "famix predict: error: best.onnx takes heights and widths of at least 32, got 30x50: resize the "
+        "images, choose --scale/--window so the sizes fit, or predict with the checkpoint"
     )
     pt2 = tmp_path / "best.pt2"
     pt2.write_bytes(b"PK")

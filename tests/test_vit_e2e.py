@@ -9,7 +9,7 @@ from PIL import Image
 
 from famix.cli import main
 from famix.engine.checkpoint import load_checkpoint, load_segmenter
-from famix.engine.export import load_exported
+from famix.engine.exported import load_exported
 from famix.style.bank import StyleBank
 
 TINY_VIT = str(Path(__file__).resolve().parents[1] / "src" / "famix" / "configs" / "tiny_vit.yaml")

@@ -17,6 +17,7 @@ from torch import nn
 
 from famix import __version__
 from famix.config import ModelConfig, from_dict
+from famix.engine.exported import ARCHIVE_NAMES, archive_format, read_metadata
 from famix.io import atomic_write
 from famix.models.build import build_segmenter
 from famix.models.segmenter import Segmenter
@@ -28,6 +29,29 @@ def save_checkpoint(path: str | Path, **content) -> Path:
     return atomic_write(path, lambda tmp: torch.save(content, tmp))
 
 
+def _exported_model(path: Path) -> str | None:
+    # Why ``path`` is a model file rather than a checkpoint (torch.load would only advise weights_only=False).
+    if path.suffix.lower() == ".onnx":
+        return (
+            f"{path} is an exported model (ONNX), not a checkpoint: evaluate the checkpoint it was exported "
+            "from, or run it with `famix predict`"
+        )
+    kind = archive_format(path)
+    if kind is None:
+        return None
+    loader = "torch.jit.load" if kind == "torchscript" else "torch.export.load"
+    if read_metadata(path, kind) is None:  # not from famix export: e.g. OpenAI's CLIP weights
+        return (
+            f"{path} is a {ARCHIVE_NAMES[kind]} model archive, not a checkpoint: pass the .pt written by "
+            "`famix train` (runs/<name>/best.pt) or an official FAMix .pth (CLIP weights go in model.weights)"
+        )
+    return (
+        f"{path} is an exported model ({ARCHIVE_NAMES[kind]}), not a checkpoint: evaluate the checkpoint "
+        "it was exported from (famix predict runs that checkpoint too, or its `famix export --format onnx` "
+        f"file); load this file with {loader}"
+    )
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Read a famix or official FAMix checkpoint safely (tensors and plain containers only)."""
     path = Path(path)
@@ -36,6 +60,9 @@ def load_checkpoint(path: str | Path) -> dict:
             f"checkpoint {path} not found: pass the .pt written by `famix train` "
             "(runs/<name>/best.pt) or an official FAMix .pth"
         )
+    exported = _exported_model(path)
+    if exported:
+        raise ValueError(exported)
     with open(path, "rb") as f:
         head = f.read(4)
     if not zipfile.is_zipfile(path) and not head.startswith(b"\x80"):  # torch.save: zip, or legacy pickle
@@ -96,20 +123,21 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
 
 
 def load_segmenter(
-    checkpoint: str | Path, model_cfg: ModelConfig | None = None, device: torch.device | str = "cpu"
+    checkpoint: str | Path | dict, model_cfg: ModelConfig | None = None, device: torch.device | str = "cpu"
 ) -> tuple[Segmenter, ModelConfig]:
     """Build the segmenter a checkpoint was trained as, load its weights, return it in eval mode.
 
     famix checkpoints carry their config; official FAMix ``.pth`` files do not, so ``model_cfg`` (defaults:
     RN50, OS16, 19 classes) describes them. CLIP weights are not needed: the checkpoint holds the backbone.
     """
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)  # dict: read already
     if model_cfg is None:
         stored = ckpt.get("config", {}).get("model")
         model_cfg = from_dict(stored, ModelConfig, "model.") if stored else ModelConfig()
     model_cfg = dataclasses.replace(model_cfg, weights=None)
     model = build_segmenter(model_cfg, seed=0)
-    load_model_state(model, ckpt["model_state"], f"checkpoint {checkpoint}")
+    where = "the checkpoint" if isinstance(checkpoint, dict) else f"checkpoint {checkpoint}"
+    load_model_state(model, ckpt["model_state"], where)
     model = model.to(device).eval()
     if torch.device(device).type == "cuda":  # cuDNN's fast NHWC convolutions
         model = model.to(memory_format=torch.channels_last)

@@ -1,13 +1,18 @@
 """``famix export``: a checkpoint's segmenter as ONNX, a torch.export program (``.pt2``) or TorchScript,
-checked against the eager model before the file is written; and :class:`OnnxSegmenter`, an ONNX file
-run through ONNX Runtime as a model ``famix predict`` can use.
+checked against the eager model before the file is written. Reading the files back (and running ONNX
+files for ``famix predict``) is ``engine/exported.py``.
 
 Every exported model has the contract of ``Segmenter.forward``: CLIP-normalised float32 images
 ``[B, 3, H, W]`` (RGB in [0, 1], then ``(x - CLIP_MEAN) / CLIP_STD`` per channel) in, logits
 ``[B, K, H, W]`` out (argmax over K = trainId). A fixed-size export takes ``[1, 3, H, W]`` only;
-``dynamic=True`` takes any batch and any height and width that are multiples of the output stride,
-at least two strides. The file carries this in its metadata (ONNX ``metadata_props``; a
-``famix.json`` extra file in ``.pt2`` and TorchScript archives).
+``dynamic=True`` takes any batch and any height and width of at least two output strides: any size for
+a ResNet (as the eager model), multiples of the patch size for a ViT, whose eager model zero-pads other
+sizes at the bottom and right and crops the logits back (callers do the same: ``pad_to_multiple``). The
+file carries this in its metadata (ONNX ``metadata_props``; a ``famix.json`` extra file in ``.pt2`` and
+TorchScript archives).
+
+famix replaces an existing output only if it is a file of the same format written by ``famix export``
+(``force=True``, ``--force``: any file).
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ import contextlib
 import io
 import json
 import re
-import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,7 +30,9 @@ from torch import nn
 from famix import __version__
 from famix.config import ModelConfig
 from famix.data.transforms import CLIP_MEAN, CLIP_STD, normalize
-from famix.io import atomic_path
+from famix.engine.exported import METADATA_FILE, import_onnx_tools, jit_quietly, load_exported, read_metadata
+from famix.engine.outputs import check_output_path, check_replaceable
+from famix.io import atomic_path, remove_stale_temps
 
 # Format name -> file name ending (the default output is the checkpoint's stem + this).
 FORMATS = {"onnx": ".onnx", "exported-program": ".pt2", "torchscript": ".torchscript.pt"}
@@ -34,8 +40,6 @@ FORMATS = {"onnx": ".onnx", "exported-program": ".pt2", "torchscript": ".torchsc
 # 1e-3 on the logits is far above that and far below what changes a decision.
 ATOL = 1e-3
 MIN_AGREEMENT = 99.9  # % of pixels whose argmax (trainId) equals the eager model's
-METADATA_FILE = "famix.json"  # the metadata's name inside .pt2 / TorchScript archives
-INSTALL_HINT = 'pip install "famix[export]"'
 
 
 class ExportCheck(NamedTuple):
@@ -51,22 +55,6 @@ class ExportCheck(NamedTuple):
             f"max abs logit difference {self.max_abs_diff:.3g}, argmax agreement {self.agreement:.3f} % "
             f"of pixels (inputs {sizes})"
         )
-
-
-def import_onnx_tools(runtime_only: bool = False):
-    """Import onnxruntime (and, to export, onnx and onnxscript), or say how to install them."""
-    try:
-        import onnxruntime
-
-        if not runtime_only:
-            import onnx  # noqa: F401
-            import onnxscript  # noqa: F401  (torch.onnx.export's converter)
-    except ImportError as e:
-        what = ".onnx files need" if runtime_only else "ONNX export needs"
-        raise ImportError(
-            f"{what} onnxruntime (and onnx, onnxscript), an optional extra: {INSTALL_HINT}"
-        ) from e
-    return onnxruntime
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -101,14 +89,21 @@ def default_output(checkpoint: str | Path, fmt: str) -> Path:
     return checkpoint.with_name(checkpoint.stem + FORMATS[fmt])
 
 
-def metadata(cfg: ModelConfig, output_stride: int, fmt: str, size: tuple[int, int], dynamic: bool) -> dict:
-    """What a user of the file needs to know, as strings (ONNX metadata_props are str -> str)."""
+def metadata(
+    cfg: ModelConfig, output_stride: int, fmt: str, size: tuple[int, int], dynamic: bool, vit: bool = False
+) -> dict:
+    """What a user of the file needs to know, as strings (ONNX metadata_props are str -> str). ``vit``: the
+    model is a ViT, whose export takes multiples of its patch size (``output_stride``) only."""
     least = 2 * output_stride if dynamic else None
-    shape = (
-        f"[B, 3, H, W], any B, H and W multiples of {output_stride} and >= {least}"
-        if dynamic
-        else f"[1, 3, {size[0]}, {size[1]}]"
-    )
+    multiple = output_stride if dynamic and vit else 1
+    shape = f"[B, 3, H, W], any B, H and W >= {least}" if dynamic else f"[1, 3, {size[0]}, {size[1]}]"
+    if dynamic and vit:
+        shape += f" and multiples of {output_stride}"
+    if vit:
+        shape += (
+            f" (zero-pad other sizes at the bottom and right to multiples of {output_stride}, as the eager "
+            "model does, and crop the logits back)"
+        )
     return {
         "famix_version": __version__,
         "format": fmt,
@@ -122,17 +117,22 @@ def metadata(cfg: ModelConfig, output_stride: int, fmt: str, size: tuple[int, in
         "output_stride": str(output_stride),
         "dynamic": json.dumps(dynamic),
         "size": "dynamic" if dynamic else f"{size[0]}x{size[1]}",
-        "size_multiple": str(output_stride if dynamic else 1),
+        "size_multiple": str(multiple),
         "min_size": str(least or 1),
+        "pad_to_multiple": str(output_stride if vit else 1),
     }
 
 
-def check_inputs(size: tuple[int, int], multiple: int, dynamic: bool, seed: int = 0) -> list[torch.Tensor]:
-    """Two random CLIP-normalised inputs: [1, 3, H, W] twice, or (dynamic) [2, 3, H, W] and a second
-    batch size and size, [1, 3, H + m, W + 2m]."""
+def check_inputs(
+    size: tuple[int, int], multiple: int, dynamic: bool, seed: int = 0, any_size: bool = False
+) -> list[torch.Tensor]:
+    """Random CLIP-normalised inputs: [1, 3, H, W] twice, or (dynamic) [2, 3, H, W] and a second batch
+    size and size, [1, 3, H + m, W + 2m], and (``any_size``) a third, [1, 3, H + 1, W + 3], not a multiple."""
     g = torch.Generator().manual_seed(seed)
     h, w = size
     shapes = [(2, 3, h, w), (1, 3, h + multiple, w + 2 * multiple)] if dynamic else [(1, 3, h, w)] * 2
+    if any_size:
+        shapes.append((1, 3, h + 1, w + 3))
     return [normalize(torch.rand(s, generator=g)) for s in shapes]
 
 
@@ -154,12 +154,11 @@ def compare(model: nn.Module, exported, inputs: list[torch.Tensor]) -> ExportChe
     return ExportCheck(diff, 100.0 * same / total, [tuple(x.shape) for x in inputs])
 
 
-@contextlib.contextmanager
-def _jit_quietly():
-    # One FutureWarning per torch.jit call ("deprecated"): the user chose the format, --help says so.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
-        yield
+def _takes_any_size(model: nn.Module, dynamic: bool) -> bool:
+    # A ResNet runs any size as it is (convolutions, then resizes to the input's size), and torch.export
+    # traces that for symbolic sizes. A ViT's forward pads to multiples of its patch size, a branch on the
+    # size that torch.export cannot trace: its export takes multiples, and callers pad as it would.
+    return dynamic and not getattr(model, "is_vit", False)
 
 
 def _export_program(model: nn.Module, example: torch.Tensor, multiple: int, dynamic: bool):
@@ -167,9 +166,12 @@ def _export_program(model: nn.Module, example: torch.Tensor, multiple: int, dyna
     if dynamic:
         from torch.export import Dim
 
-        # Height and width in whole strides: every resize in the network then has an exact size.
-        dims = {0: Dim("batch", min=1), 2: multiple * Dim("height_strides", min=2)}
-        dims[3] = multiple * Dim("width_strides", min=2)
+        dims = {0: Dim("batch", min=1)}
+        if _takes_any_size(model, dynamic):
+            dims[2], dims[3] = Dim("height", min=2 * multiple), Dim("width", min=2 * multiple)
+        else:  # height and width in whole strides (patches)
+            dims[2] = multiple * Dim("height_strides", min=2)
+            dims[3] = multiple * Dim("width_strides", min=2)
         dynamic_shapes = {"x": dims}
     with torch.no_grad():
         return torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
@@ -177,7 +179,7 @@ def _export_program(model: nn.Module, example: torch.Tensor, multiple: int, dyna
 
 def _write(model: nn.Module, fmt: str, example: torch.Tensor, multiple: int, dynamic: bool, meta: dict, dst):
     if fmt == "torchscript":
-        with torch.no_grad(), _jit_quietly():
+        with torch.no_grad(), jit_quietly():
             # Sizes are traced as ops, so any size runs; check_trace=False: export_model checks it.
             traced = torch.jit.trace(model, example, check_trace=False)
             torch.jit.save(traced, str(dst), _extra_files={METADATA_FILE: json.dumps(meta)})
@@ -195,18 +197,12 @@ def _write(model: nn.Module, fmt: str, example: torch.Tensor, multiple: int, dyn
     onnx_program.save(str(dst), external_data=False)
 
 
-def load_exported(path: str | Path, fmt: str, device: str | torch.device = "cpu"):
-    """An exported file as a callable: images [B, 3, H, W] -> logits [B, K, H, W].
-
-    ``.pt2`` and TorchScript files unpickle code: load only files you trust (ONNX files do not).
-    """
-    if fmt == "onnx":
-        return OnnxSegmenter(path, device)
-    with open(path, "rb") as f:
-        if fmt == "exported-program":
-            return torch.export.load(f).module()
-        with _jit_quietly():
-            return torch.jit.load(f, map_location=device)
+def _check_out(out: str | Path, fmt: str, force: bool) -> Path:
+    # Before minutes of loading and tracing: a path famix can write, and no file famix must keep.
+    out = check_output_path(out, "--out")
+    ours = f"{'an' if fmt[0] in 'aeio' else 'a'} {fmt} file written by `famix export`"
+    check_replaceable(out, lambda p: read_metadata(p, fmt) is not None, ours, force)
+    return out
 
 
 def _check_format(fmt: str) -> None:
@@ -225,18 +221,22 @@ def export_model(
     dynamic: bool = False,
     atol: float = ATOL,
     min_agreement: float = MIN_AGREEMENT,
+    force: bool = False,
 ) -> ExportCheck:
     """Export the eval-mode segmenter ``model`` (on the CPU) as ``fmt`` to ``out``, checked first.
 
     The file is written to a temporary path, loaded back and compared with ``model`` on
     :func:`check_inputs`; it replaces ``out`` only if the max abs logit difference is <= ``atol``
-    and the argmax agreement >= ``min_agreement`` %, else ValueError and nothing is written.
+    and the argmax agreement >= ``min_agreement`` %, else ValueError and nothing is written. An existing
+    ``out`` that is not a ``fmt`` file from ``famix export`` raises FileExistsError unless ``force``.
     """
     _check_format(fmt)
+    out = _check_out(out, fmt, force)
     multiple = model.output_stride  # total downsampling: a ResNet's dilated strides, a ViT's patch size
     check_size(size, multiple, dynamic)
-    inputs = check_inputs(size, multiple, dynamic)
-    meta = metadata(cfg, multiple, fmt, size, dynamic)
+    inputs = check_inputs(size, multiple, dynamic, any_size=_takes_any_size(model, dynamic))
+    meta = metadata(cfg, multiple, fmt, size, dynamic, vit=getattr(model, "is_vit", False))
+    remove_stale_temps(out)  # what a killed export left behind
     with atomic_path(out) as tmp:
         try:
             _write(model, fmt, inputs[0], multiple, dynamic, meta, tmp)
@@ -264,6 +264,7 @@ def export_checkpoint(
     out: str | Path | None = None,
     atol: float = ATOL,
     min_agreement: float = MIN_AGREEMENT,
+    force: bool = False,
 ) -> tuple[Path, ExportCheck]:
     """:func:`export_model` of a checkpoint's segmenter (to :func:`default_output` unless ``out``)."""
     from famix.engine.checkpoint import load_segmenter
@@ -272,64 +273,6 @@ def export_checkpoint(
     out = Path(out) if out is not None else default_output(checkpoint, fmt)
     if out.resolve() == Path(checkpoint).resolve():
         raise ValueError(f"--out {out} is the checkpoint itself: pass another path")
+    _check_out(out, fmt, force)
     model, cfg = load_segmenter(checkpoint, device="cpu")
-    return out, export_model(model, cfg, out, fmt, size, dynamic, atol, min_agreement)
-
-
-class OnnxSegmenter(nn.Module):
-    """An exported ``.onnx`` segmenter run by ONNX Runtime, usable wherever a segmenter is called:
-    normalised images [B, 3, H, W] (a torch tensor on any device) -> logits [B, K, H, W] on that device.
-
-    Sizes the file cannot take raise ValueError saying which it takes. A fixed-batch file is run one
-    chunk of its batch at a time. Autocast does not apply: ONNX Runtime computes in the file's float32.
-    """
-
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu"):
-        super().__init__()
-        ort = import_onnx_tools(runtime_only=True)
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"ONNX file {path} not found: write one with `famix export CKPT --format onnx`"
-            )
-        providers = ["CPUExecutionProvider"]
-        if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        try:
-            self.session = ort.InferenceSession(str(path), providers=providers)
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise ValueError(f"cannot load ONNX file {path}: {str(e).strip()[:300]}") from e
-        self.path = path
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        (inp,) = self.session.get_inputs()
-        self.input_name = inp.name
-        self.shape = list(inp.shape)  # ints where fixed, names where dynamic
-        self.multiple = int(self.metadata.get("size_multiple", 1))
-        self.min_size = int(self.metadata.get("min_size", 1))
-
-    def _check(self, x: torch.Tensor) -> None:
-        h, w = x.shape[-2:]
-        fixed = [d if isinstance(d, int) else None for d in self.shape[2:]]
-        if any(f is not None and f != n for f, n in zip(fixed, (h, w), strict=True)):
-            raise ValueError(
-                f"{self.path.name} takes {fixed[0]}x{fixed[1]} images only, got {h}x{w}: resize the images, "
-                "or re-export with --dynamic (or --size HxW)"
-            )
-        if any(n % self.multiple or n < self.min_size for n in (h, w)):
-            raise ValueError(
-                f"{self.path.name} takes heights and widths that are multiples of {self.multiple} (at least "
-                f"{self.min_size}), got {h}x{w}: crop or resize the images, choose --scale/--window so the "
-                "sizes fit, or predict with the checkpoint"
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, 3, H, W] CLIP-normalised -> logits [B, K, H, W], float32, on x's device."""
-        self._check(x)
-        batch = self.shape[0] if isinstance(self.shape[0], int) else x.shape[0]
-        outs = []
-        for chunk in x.float().split(batch):  # [b, 3, H, W]
-            if chunk.shape[0] != batch:
-                raise ValueError(f"{self.path.name} takes batches of {batch}, got {chunk.shape[0]}")
-            arr = chunk.detach().cpu().contiguous().numpy()
-            outs.append(torch.from_numpy(self.session.run(None, {self.input_name: arr})[0]))
-        return torch.cat(outs).to(x.device)
+    return out, export_model(model, cfg, out, fmt, size, dynamic, atol, min_agreement, force)

@@ -15,7 +15,7 @@ from PIL import Image
 from famix.data.readers import image_size, read_image
 from famix.data.transforms import normalize
 from famix.engine.checkpoint import load_segmenter
-from famix.engine.export import OnnxSegmenter
+from famix.engine.exported import OnnxSegmenter
 from famix.engine.inference import PLAIN, InferenceSettings, eval_mode, predict_logits
 from famix.engine.video import import_av, segment_video
 from famix.engine.visualize import OUTPUT_KINDS, VIDEO_OUTPUTS, render
@@ -104,7 +104,7 @@ def predict_ids(
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The model ``famix predict`` runs: a checkpoint's segmenter, or an ``.onnx`` file from ``famix export``
-    run by ONNX Runtime (:class:`famix.engine.export.OnnxSegmenter`; needs ``famix[export]``).
+    run by ONNX Runtime (:class:`famix.engine.exported.OnnxSegmenter`; needs ``famix[export]``).
 
     An ONNX model goes through the same :func:`predict_logits`, so ``--scale``/``--ensemble``/``--window``
     work wherever the sizes they produce fit the file (e.g. a fixed 512x512 file runs ``--window 512`` on

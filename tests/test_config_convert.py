@@ -3,8 +3,10 @@
 import pickle
 
 import pytest
+import safetensors.torch
 import torch
 
+from famix.cli import main
 from famix.config import Config, load_config, save_config
 from famix.engine.checkpoint import load_checkpoint, save_checkpoint
 from famix.engine.convert import convert_bank, convert_checkpoint, convert_clip
@@ -124,3 +126,130 @@ def test_changed_settings_lists_result_changing_keys_only():
     changed = changed_settings(a, b)
     assert changed == ["style.mix: 'famix' -> 'none'", "train.lr: 0.05 -> 0.01"]
     assert changed_settings(a, b, ("model", "run")) == []
+
+
+def _cli_error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    return err
+
+
+def _pickle_bank(path, value=2.0):
+    path.write_bytes(
+        pickle.dumps({"road_mu": [torch.full((8, 1, 1), value)], "road_std": [torch.ones(8, 1, 1)]})
+    )
+    return path
+
+
+def test_convert_never_replaces_a_file_it_did_not_write(tmp_path, capsys):
+    src = _pickle_bank(tmp_path / "bank.pkl")
+    mined = tmp_path / "mined.safetensors"  # hours of `famix mine`
+    StyleBank(["road"], 8, metadata={"run": {"settings": {}}}).save(mined)
+    before = mined.read_bytes()
+    argv = ["convert", "bank", str(src), str(mined), "--trust-pickle"]
+    err = _cli_error(argv, capsys)
+    assert err == (
+        f"famix convert: error: {mined} exists and is not a style bank written by `famix convert bank`: "
+        "famix does not replace it. Pass another path, or --force to overwrite it"
+    )
+    assert mined.read_bytes() == before
+    main([*argv, "--force"])
+    assert StyleBank.load(mined).metadata["source"] == "official pickle bank.pkl"
+    _pickle_bank(src, value=3.0)
+    main(argv)  # a bank this conversion wrote: replaced without --force
+    assert StyleBank.load(mined).styles["road"][0].eq(3.0).all()
+
+
+def test_convert_checkpoint_and_clip_refuse_other_files_before_any_work(tmp_path, capsys):
+    from famix.engine.convert import run
+
+    latest = tmp_path / "latest.pt"  # a training run's resumable checkpoint
+    save_checkpoint(latest, model_state={"w": torch.ones(1)}, optimizer_state={}, cur_itrs=7, best_score=1.0)
+    with pytest.raises(FileExistsError, match="latest.pt exists and is not a checkpoint written by `famix "):
+        run("checkpoint", str(tmp_path / "missing.pth"), str(latest))
+    converted = tmp_path / "converted.pt"  # what convert_checkpoint writes: replaceable
+    save_checkpoint(
+        converted, model_state={"w": torch.ones(1)}, config={"model": {}}, cur_itrs=0, best_score=-1.0
+    )
+    with pytest.raises(FileNotFoundError, match="missing.pth not found"):  # past the dst check, to the src
+        run("checkpoint", str(tmp_path / "missing.pth"), str(converted))
+    with pytest.raises(FileNotFoundError, match="missing.pth not found"):
+        run("checkpoint", str(tmp_path / "missing.pth"), str(latest), force=True)
+    notes = tmp_path / "notes.safetensors"
+    notes.write_text("not weights")
+    model = build_clip("tiny-rn", seed=3)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    with pytest.raises(
+        FileExistsError, match="is not CLIP weights \\(safetensors\\) written by `famix convert"
+    ):
+        run("clip", str(tmp_path / "w.pt"), str(notes))
+    assert notes.read_text() == "not weights"
+    run("clip", str(tmp_path / "w.pt"), str(tmp_path / "w.safetensors"))
+    run("clip", str(tmp_path / "w.pt"), str(tmp_path / "w.safetensors"))  # its own output: replaced
+    err = _cli_error(["convert", "clip", str(tmp_path / "w.pt"), str(latest / "w.safetensors")], capsys)
+    assert err == (
+        f"famix convert: error: dst {latest / 'w.safetensors'}: {latest} is a file, not a folder, so nothing "
+        "can be written under it; pass a path in a folder"
+    )
+
+
+def test_convert_removes_what_a_killed_conversion_left(tmp_path):
+    from famix.engine.convert import run
+
+    stale = tmp_path / ".b.safetensors.x1y2z3.tmp"
+    stale.write_bytes(b"half a bank")
+    run("bank", str(_pickle_bank(tmp_path / "bank.pkl")), str(tmp_path / "b.safetensors"), trust_pickle=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.safetensors", "bank.pkl"]
+
+
+def test_convert_bank_says_what_a_file_that_is_no_pickle_bank_is(tmp_path, capsys):
+    expected = (
+        "the official FAMix pickle bank, a dict of '<class>_mu' / '<class>_std' lists of [C, 1, 1] tensors"
+    )
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\nworld\n")
+    famix_bank = StyleBank(["road"], 8).save(tmp_path / "bank.safetensors")
+    plain = tmp_path / "w.safetensors"
+    safetensors.torch.save_file({"x": torch.ones(2)}, str(plain))
+    archive = tmp_path / "bank.pt"
+    torch.save({"road_mu": []}, archive)
+    listed = tmp_path / "list.pkl"
+    listed.write_bytes(pickle.dumps([1, 2]))
+    wrong = tmp_path / "wrong.pkl"
+    wrong.write_bytes(pickle.dumps({"road_mu": "fast", "road_std": [torch.ones(1)]}))
+    cut = tmp_path / "cut.pkl"
+    cut.write_bytes(pickle.dumps({"road_mu": [torch.ones(8, 1, 1)]})[:40])
+    cases = [
+        (
+            text,
+            f"{text} is not a pickle file (it starts with b'hello\\nwo'): `famix convert bank` reads "
+            f"{expected}",
+        ),
+        (
+            famix_bank,
+            f"{famix_bank} is already a famix style bank (safetensors): use it as it is, no conversion",
+        ),
+        (plain, f"{plain} is a safetensors file, not a pickle: `famix convert bank` reads {expected}"),
+        (
+            archive,
+            f"{archive} is a zip archive (torch.save?), not a pickle: `famix convert bank` reads {expected}",
+        ),
+        (listed, f"{listed} holds a list, not {expected}"),
+        (wrong, f"{wrong} holds a dict with keys ['road_mu', 'road_std'], not {expected}"),
+        (tmp_path / "nope.pkl", f"style bank {tmp_path / 'nope.pkl'} not found: pass {expected}"),
+    ]
+    for src, message in cases:
+        err = _cli_error(
+            ["convert", "bank", str(src), str(tmp_path / "out.safetensors"), "--trust-pickle"], capsys
+        )
+        assert err == f"famix convert: error: {message}"
+    err = _cli_error(
+        ["convert", "bank", str(cut), str(tmp_path / "out.safetensors"), "--trust-pickle"], capsys
+    )
+    assert err.startswith(f"famix convert: error: cannot unpickle {cut} (") and "is the file complete?" in err
+    err = _cli_error(["convert", "bank", str(text), str(tmp_path / "out.safetensors")], capsys)
+    assert "is not a pickle file" in err  # said before asking for --trust-pickle
+    assert not (tmp_path / "out.safetensors").exists()

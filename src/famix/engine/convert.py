@@ -1,8 +1,13 @@
-"""``famix convert``: official FAMix checkpoints and pickle banks, OpenAI CLIP ``.pt`` -> famix files."""
+"""``famix convert``: official FAMix checkpoints and pickle banks, OpenAI CLIP ``.pt`` -> famix files.
+
+An existing destination is replaced only if it is a file the same conversion writes (``force``: any)."""
 
 from __future__ import annotations
 
+import json
 import pickle
+import struct
+import zipfile
 from pathlib import Path
 
 import torch
@@ -10,12 +15,19 @@ import torch
 from famix.config import ModelConfig
 from famix.data.labels import CLASS_NAMES
 from famix.engine.checkpoint import load_checkpoint, load_model_state, save_checkpoint
-from famix.io import save_safetensors
+from famix.engine.exported import archive_format
+from famix.engine.outputs import check_output_path, check_replaceable
+from famix.io import remove_stale_temps, save_safetensors
 from famix.models.build import build_segmenter
 from famix.models.clip import load_clip_state_dict
 from famix.style.bank import IGNORE_KEY, StyleBank
 
 _LAYER3_BLOCKS = {6: "RN50", 23: "RN101"}
+# What convert_checkpoint writes: the weights and their config, no training state (unlike `famix train`'s).
+_CONVERTED_KEYS = {"model_state", "config", "cur_itrs", "best_score", "famix_version"}
+_PICKLE_BANK = (
+    "the official FAMix pickle bank, a dict of '<class>_mu' / '<class>_std' lists of [C, 1, 1] tensors"
+)
 
 
 def infer_model_config(state: dict[str, torch.Tensor], output_stride: int = 16) -> ModelConfig:
@@ -49,15 +61,85 @@ def convert_checkpoint(src: str, dst: str) -> None:
     )
 
 
+def _safetensors_header(path: Path) -> dict | None:
+    # The JSON header of a safetensors file (8-byte little-endian length, then JSON), None for other files.
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            if size > 100_000_000:
+                return None
+            header = json.loads(f.read(size))
+    except (OSError, struct.error, ValueError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def _bank_source(header: dict | None) -> str | None:
+    # The "source" a famix style bank's header records ("" if none); None if it is not a famix bank.
+    meta = (header or {}).get("__metadata__") or {}
+    if meta.get("famix_style_bank") != "1":
+        return None
+    try:
+        return str(json.loads(meta.get("metadata", "{}")).get("source", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
+def _check_pickle_bank(path: Path) -> None:
+    # Before the --trust-pickle question and unpickling: say what the file is if it cannot be one.
+    if not path.is_file():
+        raise FileNotFoundError(f"style bank {path} not found: pass {_PICKLE_BANK}")
+    header = _safetensors_header(path)
+    if header is not None and _bank_source(header) is not None:
+        raise ValueError(
+            f"{path} is already a famix style bank (safetensors): use it as it is, no conversion"
+        )
+    if header is not None:
+        raise ValueError(
+            f"{path} is a safetensors file, not a pickle: `famix convert bank` reads {_PICKLE_BANK}"
+        )
+    if zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path} is a zip archive (torch.save?), not a pickle: `famix convert bank` reads {_PICKLE_BANK}"
+        )
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head.startswith(b"\x80"):  # the PROTO opcode every pickle of protocol 2 and later starts with
+        raise ValueError(
+            f"{path} is not a pickle file (it starts with {head!r}): `famix convert bank` reads "
+            f"{_PICKLE_BANK}"
+        )
+
+
+def _is_style_lists(raw) -> bool:
+    # Other keys are ignored, as convert_bank reads only "<class>_mu" / "<class>_std".
+    return isinstance(raw, dict) and all(
+        isinstance(v, (list, tuple)) and all(isinstance(t, torch.Tensor) for t in v)
+        for k, v in raw.items()
+        if isinstance(k, str) and k.endswith(("_mu", "_std"))
+    )
+
+
 def convert_bank(src: str, dst: str, trust_pickle: bool = False) -> None:
     """Official pickle bank (``"<class>_mu"``/``"_std"`` lists of [C, 1, 1] tensors) -> safetensors bank."""
+    _check_pickle_bank(Path(src))
     if not trust_pickle:
         raise ValueError(
             f"{src} is a pickle: unpickling runs code from the file. If you trust its origin, pass "
             "--trust-pickle to convert it once into a safe safetensors bank"
         )
-    with open(src, "rb") as f:
-        raw = pickle.load(f)  # noqa: S301 (explicit opt-in above)
+    try:
+        with open(src, "rb") as f:
+            raw = pickle.load(f)  # noqa: S301 (explicit opt-in above)
+    except Exception as e:  # a damaged pickle raises anything from UnpicklingError to KeyError
+        raise ValueError(
+            f"cannot unpickle {src} ({type(e).__name__}: {str(e)[:200]}): expected {_PICKLE_BANK}; is the "
+            "file complete?"
+        ) from e
+    if not _is_style_lists(raw):
+        keys = sorted(map(str, raw))[:6] if isinstance(raw, dict) else None
+        held = f"a dict with keys {keys}" if keys is not None else f"a {type(raw).__name__}"
+        raise ValueError(f"{src} holds {held}, not {_PICKLE_BANK}")
     channels = next(iter(raw.values()))[0].numel() if raw else 256
     bank = StyleBank(list(CLASS_NAMES), channels, metadata={"source": f"official pickle {Path(src).name}"})
     for name in [*CLASS_NAMES, "255"]:
@@ -79,12 +161,53 @@ def convert_clip(src: str, dst: str) -> None:
     save_safetensors(state, dst)
 
 
-def run(kind: str, src: str, dst: str, trust_pickle: bool = False) -> None:
+def _is_converted_checkpoint(path: Path) -> bool:
+    if not zipfile.is_zipfile(path) or archive_format(path):
+        return False
+    try:  # mmap: the tensors are not read
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return False
+    return (
+        isinstance(ckpt, dict)
+        and set(ckpt) == _CONVERTED_KEYS
+        and ckpt["cur_itrs"] == 0
+        and ckpt["best_score"] == -1.0
+    )
+
+
+def _is_converted_bank(path: Path) -> bool:
+    return (_bank_source(_safetensors_header(path)) or "").startswith("official pickle ")
+
+
+def _is_converted_clip(path: Path) -> bool:
+    header = _safetensors_header(path)
+    return (
+        header is not None and _bank_source(header) is None and any(k.startswith("visual.") for k in header)
+    )
+
+
+# kind -> (whether an existing file is one this conversion wrote, what such a file is)
+_WRITTEN_BY = {
+    "checkpoint": (_is_converted_checkpoint, "a checkpoint written by `famix convert checkpoint`"),
+    "bank": (_is_converted_bank, "a style bank written by `famix convert bank`"),
+    "clip": (_is_converted_clip, "CLIP weights (safetensors) written by `famix convert clip`"),
+}
+
+
+def run(kind: str, src: str, dst: str, trust_pickle: bool = False, force: bool = False) -> None:
+    """Convert ``src`` into ``dst`` (``kind``: checkpoint | bank | clip). An existing ``dst`` that this
+    conversion did not write (a training run's checkpoint, a mined bank, any other file) raises
+    FileExistsError unless ``force``."""
+    if kind not in _WRITTEN_BY:
+        raise ValueError(f"unknown conversion {kind!r}: checkpoint | bank | clip")
+    ours, what = _WRITTEN_BY[kind]
+    dst_path = check_output_path(dst, "dst")
+    check_replaceable(dst_path, ours, what, force)
+    remove_stale_temps(dst_path)  # what a killed conversion left behind
     if kind == "checkpoint":
         convert_checkpoint(src, dst)
     elif kind == "bank":
         convert_bank(src, dst, trust_pickle)
-    elif kind == "clip":
-        convert_clip(src, dst)
     else:
-        raise ValueError(f"unknown conversion {kind!r}: checkpoint | bank | clip")
+        convert_clip(src, dst)

@@ -6,7 +6,7 @@ autocast (restyle, pooling and CLIP tail in bf16), channels_last, and the patche
 crops (64: 4 batches) optimised in one PIN call. Weights are random, labels are random (each patch's
 dominant class is then one of the 19 classes at random) and the text targets are random unit vectors (the
 text tower is not timed). One iteration = one call of the real mining step,
-``famix.style.mining.mine_batches``, on the batches of one PIN call: per batch stem + layer1 features,
+``famix.style.patch_mining.mine_batches``, on the batches of one PIN call: per batch stem + layer1 features,
 patch statistics and normalisation, patch choice; then ``pin_optimize`` over all their chosen patches.
 
     python benchmarks/bench_mining.py                                    # famix mine's settings (GPU)
@@ -28,7 +28,7 @@ from famix.data.labels import CLASS_NAMES, IGNORE_INDEX
 from famix.engine.mine import CUDA_PIN_CROPS
 from famix.models.clip import build_clip
 from famix.models.towers import is_vit, style_grid
-from famix.style.mining import RECIPE_LR, MiningSettings, mine_batches
+from famix.style.patch_mining import RECIPE_LR, MiningSettings, mine_batches
 from famix.style.vocabulary import DEFAULT_STYLE_WORDS
 
 

@@ -12,7 +12,7 @@ from famix.cli import main
 from famix.stages import adapt as adapt_engine
 from famix.engine.checkpoint import load_checkpoint, load_segmenter
 from famix.models.clip import build_clip
-from famix.style.adapt import check_description, image_pin
+from famix.style.image_pin import check_description, image_pin
 from famix.style.bank import IGNORE_KEY, StyleBank
 
 SOURCE = "synthetic:day:8:0:size=48"

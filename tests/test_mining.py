@@ -22,7 +22,7 @@ from famix.models.clip import build_clip
 from famix.models.towers import pooled_embedding, resnet_tail
 from famix.style import pin
 from famix.style.bank import StyleBank
-from famix.style.mining import MiningSettings, cap_per_class, first_per_class, mine_batches
+from famix.style.patch_mining import MiningSettings, cap_per_class, first_per_class, mine_batches
 from famix.style.pin import pin_optimize, split_patches
 from famix.style.prompts import TextEmbedder, prompt
 from famix.style.stats import grid_edges, normalize_patches, patch_stats

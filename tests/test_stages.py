@@ -104,3 +104,24 @@ def test_adapt_stage_owns_its_target_folders(checkpoint, tmp_path):
     with pytest.raises(FileExistsError, match=r"pin.lr: 0.1 -> 0.5\. Pass another --out"):
         adapt.run(checkpoint, ["night"], source, tmp_path, settings=other, progress=False)
     assert stamps(tmp_path / "night") == before
+
+
+def test_predict_stage_writes_nothing_the_second_time(checkpoint, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from famix.stages import predict
+
+    image = tmp_path / "street.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(image)
+    out, said = tmp_path / "out", []
+    first = predict.run(checkpoint, [str(image)], out, device="cpu", progress=False)
+    before = stamps(out)
+    assert predict.run(checkpoint, [str(image)], out, device="cpu", batch_size=2, progress=False, say=said.append) == first
+    assert stamps(out) == before and "nothing to do" in said[0]
+    first[0].unlink()  # a file of the run is gone: predicted again
+    assert predict.run(checkpoint, [str(image)], out, device="cpu", progress=False) == first and first[0].is_file()
+    Image.fromarray(np.zeros((32, 48, 3), dtype=np.uint8)).save(image)  # another picture under the same name
+    said.clear()
+    predict.run(checkpoint, [str(image)], out, device="cpu", progress=False, say=said.append)
+    assert said == []

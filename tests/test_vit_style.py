@@ -25,7 +25,7 @@ from famix.models.towers import (
     style_tail,
 )
 from famix.style.bank import StyleBank
-from famix.style.mining import MiningSettings, mine_batches
+from famix.style.patch_mining import MiningSettings, mine_batches
 from famix.style.mixing import LocalStyleMixer, mix_stats
 from famix.style.pin import pin_optimize, split_patches
 from famix.style.stats import affine_patches, grid_edges, normalize_patches, patch_stats, restyle

@@ -1,6 +1,6 @@
 """Local style mining over a source set into a style bank: the machinery ``famix mine`` runs.
 
-The mining step itself (patch choice, prompts, PIN) is ``famix.style.mining.mine_batches``; this module
+The mining step itself (patch choice, prompts, PIN) is ``famix.style.patch_mining.mine_batches``; this module
 loops it over the source set (:func:`mine_pass`) from where a bank stopped. ``mine.batch_size`` crops make
 a batch (the unit of the prompts' and patch choice's randomness, of resuming and of the bank's order);
 ``mine.pin_crops`` crops (whole batches, ``pin_batches``) are optimised in one PIN call (``mine_batches``),
@@ -31,7 +31,7 @@ from famix.models.clip import build_clip, weights_fingerprint
 from famix.models.towers import is_vit, style_channels, style_grid
 from famix.progress import progress_bar
 from famix.style.bank import StyleBank
-from famix.style.mining import MinedStyles, MiningSettings, mine_batches
+from famix.style.patch_mining import MinedStyles, MiningSettings, mine_batches
 from famix.style.prompts import TextEmbedder
 
 # mine.pin_crops=null on CUDA: the crops whose patches one PIN call optimises together (RN50, 768 crops, 3x3

@@ -76,15 +76,21 @@ def check_same(record: RunRecord, stored: dict | None, where: str | Path, fix: s
 
 
 def cached(
-    path: str | Path, record: RunRecord, compute: Callable[[], dict], say=print, write: bool = True
+    path: str | Path,
+    record: RunRecord,
+    compute: Callable[[], dict],
+    say=print,
+    write: bool = True,
+    valid: Callable[[dict], bool] = lambda result: True,
 ) -> dict:
     """The result ``compute()`` gives for ``record``, cached in the JSON file ``path`` (entries keyed by
     :meth:`RunRecord.key`, so a change of what decides the result adds an entry and never mixes them).
-    ``say``: told when a cached result is reused; ``write``: False on ranks other than 0."""
+    ``say``: told when a cached result is reused; ``write``: False on ranks other than 0; ``valid``: whether
+    a cached result still holds (e.g. the files it lists still exist)."""
     path = Path(path)
     entries = json.loads(path.read_text()) if path.is_file() else {}
     entry = entries.get(record.key())
-    if entry is not None and not record.changes(entry[KEY]):
+    if entry is not None and not record.changes(entry[KEY]) and valid(entry["result"]):
         say(f"reusing the cached result in {path}")
         return entry["result"]
     result = compute()

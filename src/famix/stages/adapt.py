@@ -3,7 +3,7 @@
 For each target description ("driving at night"), in ``<out>/<slug>/``:
 
 1. ``styles.safetensors``: one style per source crop, mined by image-level PIN
-   (``famix.style.adapt.image_pin``) toward the description's CLIP text embedding. The bank keeps every
+   (``famix.style.image_pin.image_pin``) toward the description's CLIP text embedding. The bank keeps every
    style under ``"ignore"`` (the class lists stay empty), so the mixer, finding no class style, draws from
    them for every image; its metadata records the description, the source and the PIN settings. It is
    saved every ``save_every`` batches: an interrupted pass resumes where it stopped.
@@ -65,7 +65,7 @@ from famix.engine.train import open_run, train, train_record
 from famix.models.clip import build_clip, weights_fingerprint
 from famix.models.towers import style_grid
 from famix.progress import progress_bar
-from famix.style.adapt import PIN_LR, PIN_STEPS, check_description, image_pin
+from famix.style.image_pin import PIN_LR, PIN_STEPS, check_description, image_pin
 from famix.style.bank import StyleBank
 from famix.style.prompts import TextEmbedder
 
@@ -75,7 +75,7 @@ class AdaptSettings:
     """What an adaptation computes, besides the target and the checkpoint (None: the checkpoint's value).
 
     iterations: head fine-tuning steps; lr: the head's SGD lr (poly schedule); steps, pin_lr:
-    image-level PIN (``famix.style.adapt``); images: source crops mined (None: the whole source set, as
+    image-level PIN (``famix.style.image_pin``); images: source crops mined (None: the whole source set, as
     PODA); crop, batch_size: source crops (None: the checkpoint's data.crop / data.batch_size).
     """
 

@@ -1,8 +1,13 @@
-"""``famix predict``: segment images and videos (files, folders, globs) with a checkpoint or an ONNX file."""
+"""``famix predict``: segment images and videos (files, folders, globs) with a checkpoint or an ONNX file.
+
+What was written is recorded in ``<out>/predict-runs.json``, keyed by what decides it (the model file's and
+every input's content, the test-time settings, the outputs asked for): the same command again finds its
+files and writes nothing."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from famix.engine.amp import amp_dtype
@@ -10,7 +15,10 @@ from famix.engine.checks import check_folder
 from famix.engine.distributed import resolve_device
 from famix.engine.inference import PLAIN, InferenceSettings
 from famix.engine.predict import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_images, load_model, predict_paths
+from famix.engine.runs import RunRecord, cached, file_fingerprint
 from famix.engine.visualize import OUTPUT_KINDS
+
+RECORD = "predict-runs.json"
 
 
 def run(
@@ -24,14 +32,36 @@ def run(
     batch_size: int = 4,
     video_output: str = "overlay",
     progress: bool = True,
+    say=print,
 ) -> list[Path]:
     """Segment every image and video ``inputs`` name into ``out``; returns the files written. The inputs
-    and the model are checked before the first image is segmented. Predictions are a function of the
-    model and the image alone, so running it again writes the same files."""
+    and the model are checked before the first image is segmented; a finished prediction with the same
+    record (and its files still there) returns at once."""
     dev = resolve_device(device)
     check_folder(out, "--out")
     paths = list_images(inputs, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
     model = load_model(checkpoint, dev)
-    return predict_paths(
-        model, paths, out, dev, tta, tuple(outputs), amp_dtype(amp, dev), progress, batch_size, video_output
+    dtype = amp_dtype(amp, dev)
+    record = RunRecord(
+        "predict",
+        {
+            "tta": asdict(tta),
+            "amp": amp if dtype is not None else "off",
+            "outputs": list(outputs),
+            "video_output": video_output,
+        },
+        {"model": file_fingerprint(checkpoint), "inputs": [f"{p}={file_fingerprint(p)}" for p in paths]},
     )
+
+    def predict() -> dict:
+        written = predict_paths(
+            model, paths, out, dev, tta, tuple(outputs), dtype, progress, batch_size, video_output
+        )
+        return {"written": [str(p) for p in written]}
+
+    def present(result: dict) -> bool:
+        return all(Path(p).is_file() for p in result["written"])
+
+    done = cached(Path(out) / RECORD, record, predict, say=lambda _: say(f"famix predict: {out} holds these "
+                  "predictions already: nothing to do"), valid=present)  # fmt: skip
+    return [Path(p) for p in done["written"]]

@@ -5,8 +5,8 @@ ResNet's layer1, not for a ViT's signed patch embeddings) near a text.
 ``pin_optimize`` is the loop (SGD; summed, per-patch weighted loss; bf16/fp16 autocast, the latter with a
 loss scaler; optional CUDA graph), ``split_patches`` the grid cut. The tower-specific parts, the style site
 and the CLIP tail that embeds the restyled patches, are ``famix.models.towers``. The mining step around it
-(which patches, which prompts) is ``famix.style.mining``; image-level PIN (``famix adapt``) is
-``famix.style.adapt``.
+(which patches, which prompts) is ``famix.style.patch_mining``; image-level PIN (``famix adapt``) is
+``famix.style.image_pin``.
 """
 
 from __future__ import annotations

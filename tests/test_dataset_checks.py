@@ -72,7 +72,7 @@ def test_split_list_errors_and_spec_parsing(tmp_path):
         build_dataset(f"gta5:{tmp_path}:train")
     with pytest.raises(ValueError, match="unknown option 'colour'"):
         build_dataset(f"gta5:{tmp_path}::colour=1")
-    with pytest.raises(ValueError, match="(?s)unknown dataset 'kitti'.*acdc:CONDITION:ROOT"):
+    with pytest.raises(ValueError, match="unknown dataset 'kitti'.*known datasets are gta5, .*acdc"):
         build_dataset("kitti:/data")
     synthetic = build_dataset("synthetic:fog:3:7:size=32")
     assert len(synthetic) == 3 and synthetic[0][0].shape == (3, 32, 32) and synthetic.seed == 7

@@ -87,8 +87,9 @@ def build_dataset(spec: str) -> Dataset:
     if entry is None:
         known = ", ".join(dataset_entries())
         raise ValueError(
-            f"unknown dataset {name.lower()!r} in {spec!r}: known datasets are {known} (`famix datasets` shows "
-            f"their specs and folder layouts; other packages add datasets as {ENTRY_POINTS!r} entry points)"
+            f"unknown dataset {name.lower()!r} in {spec!r}: known datasets are {known} (`famix datasets` "
+            "shows their specs and folder layouts; other packages add datasets as "
+            f"{ENTRY_POINTS!r} entry points)"
         )
     dataset = entry.build(rest)
     dataset.spec = spec

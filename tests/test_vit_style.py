@@ -194,6 +194,6 @@ def test_famix_mine_on_a_vit_writes_a_bank_as_wide_as_the_vit(tmp_path):
     saved = StyleBank.load(bank)
     width = json.loads(config.read_text())["vision_cfg"]["width"]
     assert saved.channels == width == style_channels(visual) and mined.channels == width
-    assert len(saved) == 4 * 3 * 3 and saved.metadata["model"]["backbone"] == str(config)
+    assert len(saved) == 4 * 3 * 3 and saved.metadata["run"]["settings"]["model"]["backbone"] == str(config)
     mu = torch.cat([m for m, _ in saved.styles.values()])
     assert mu.shape == (4 * 3 * 3, width) and torch.isfinite(mu).all()

@@ -23,7 +23,9 @@ class _Once(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         if getattr(namespace, self.dest) is not None:
-            parser.error(f"{option_string} given twice ({getattr(namespace, self.dest)!r}, {values!r}): give one")
+            parser.error(
+                f"{option_string} given twice ({getattr(namespace, self.dest)!r}, {values!r}): give one"
+            )
         setattr(namespace, self.dest, values)
 
 
@@ -66,21 +68,16 @@ def _tta(args):
 
 
 def cmd_eval(args) -> None:
-    from famix.engine.results import default_results_path, format_paper_table, format_table, write_results
+    from famix.engine.results import format_paper_table, format_table
     from famix.stages import evaluate
 
-    tta = _tta(args)
-    settings = evaluate.EvalSettings(tta, args.amp, args.device, args.batch_size, args.workers)
+    settings = evaluate.EvalSettings(_tta(args), args.amp, args.device, args.batch_size, args.workers)
     with _session(args.device) as info:  # under torchrun each rank evaluates its share of every dataset
-        results, names = evaluate.run(args.checkpoint, args.data, settings)
-    if not info.main:
-        return
-    if args.paper_table:
-        print(format_paper_table(results))
-    print(format_table(results, names, per_class=args.per_class))
-    out = args.json or default_results_path(args.checkpoint, args.data, tta)
-    write_results(results, out, names, {"checkpoint": str(args.checkpoint), "test_time": vars(tta)})
-    print(f"results written to {out}")
+        results, names = evaluate.run(args.checkpoint, args.data, settings, report=args.json or "auto")
+    if info.main:
+        if args.paper_table:
+            print(format_paper_table(results))
+        print(format_table(results, names, per_class=args.per_class))
 
 
 def cmd_predict(args) -> None:
@@ -140,7 +137,9 @@ def cmd_reproduce(args) -> None:
 def cmd_adapt(args) -> None:
     from famix.stages.adapt import AdaptSettings, run
 
-    given = {f.name: getattr(args, f.name) for f in fields(AdaptSettings) if getattr(args, f.name) is not None}
+    given = {
+        f.name: getattr(args, f.name) for f in fields(AdaptSettings) if getattr(args, f.name) is not None
+    }
     settings = AdaptSettings(**given)  # options not given: AdaptSettings' defaults
     with _session(settings.device):
         written = run(args.checkpoint, args.target, args.data, args.out, args.weights, settings)
@@ -222,24 +221,23 @@ def _adapt_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, help=help_text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="famix", description="FAMix: language-guided domain-generalised segmentation")
-    p.add_argument("--traceback", action="store_true", help="on an error, show the full Python traceback")
-    sub = p.add_subparsers(dest="command", required=True)
+def _with_config(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "-c", "--config", action=_Once, help="YAML config path or preset name (famix/configs/*.yaml)"
+    )
+    s.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.iterations=1000")
 
-    def with_config(s):
-        s.add_argument(
-            "-c", "--config", action=_Once, help="YAML config path or preset name (famix/configs/*.yaml)"
-        )
-        s.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.iterations=1000")
 
-    with_config(sub.add_parser("mine", help="mine a style bank (Augment)"))
-    with_config(sub.add_parser("train", help="train a segmenter (run under torchrun for several GPUs)"))
+def _add_mine_train(sub) -> None:
+    _with_config(sub.add_parser("mine", help="mine a style bank (Augment)"))
+    _with_config(sub.add_parser("train", help="train a segmenter (run under torchrun for several GPUs)"))
 
+
+def _add_reproduce(sub) -> None:
     r = sub.add_parser(
         "reproduce", help="the paper's table: mine, train each seed, evaluate, compare (resumable)"
     )
-    with_config(r)
+    _with_config(r)
     r.add_argument(
         "--data-root", help="folder holding gta5/, cityscapes/, bdd100k/, mapillary/, synthia/, acdc/"
     )
@@ -247,11 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", type=int, default=3, help="training runs, seeds run.seed, run.seed + 1, ...")
     r.add_argument("--out", default="runs/reproduce")
     r.add_argument(
-        "--targets", nargs="+", help="dataset specs to evaluate (default: the paper's columns); after overrides"
+        "--targets",
+        nargs="+",
+        help="dataset specs to evaluate (default: the paper's columns); after overrides",
     )
     r.add_argument("--bank", help="the style bank to mine or reuse (default: <out>/bank.safetensors)")
     r.add_argument("--dry-run", action="store_true", help="print the stages, what is done, the data checks")
 
+
+def _add_eval_predict(sub) -> None:
     e = sub.add_parser("eval", help="evaluate a checkpoint on one or more datasets")
     e.add_argument("checkpoint")
     e.add_argument(
@@ -292,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--amp", default="bf16", choices=["bf16", "fp16", "off"], help="autocast dtype on CUDA"
         )
 
+
+def _add_export(sub) -> None:
     from famix.engine.export import ATOL, FORMATS, MIN_AGREEMENT
 
     x = sub.add_parser(
@@ -327,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse if fewer pixels (%%) have the eager model's argmax",
     )
 
+
+def _add_adapt(sub) -> None:
     a = sub.add_parser(
         "adapt", help="zero-shot adaptation to described target domains (PODA): one model per --target"
     )
@@ -338,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", required=True, help="folder for one run folder per target (<out>/<slug>/)")
     a.add_argument("--weights", help="CLIP weights the model was trained from (text tower and CLIP tail)")
     _adapt_options(a)
+
+
+def _add_demo(sub) -> None:
     d = sub.add_parser("demo", help="the whole recipe on the embedded synthetic world (CPU, minutes)")
     d.add_argument("--out", help="output folder (default famix-demo; famix-demo-vit with --backbone vit)")
     d.add_argument(
@@ -355,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="adapt the source-only model to a held-out style named in words (famix adapt; default 'night')",
     )
 
+
+def _add_datasets(sub) -> None:
     ds = sub.add_parser("datasets", help="list dataset names and layouts, or check a dataset folder")
     ds.add_argument(
         "action", nargs="?", choices=["check"], help="check NAME ROOT: counts, pairing, label values"
@@ -362,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("name", nargs="?", help="dataset name (gta5, cityscapes, acdc:night, ...) or a full spec")
     ds.add_argument("root", nargs="?", help="dataset root folder")
 
+
+def _add_pretrain(sub) -> None:
     pt = sub.add_parser("pretrain-tiny-clip", help="pretrain the demo's tiny CLIP on the synthetic world")
     pt.add_argument("--out", required=True, help="folder for the weights, model card and loss curve")
     pt.add_argument(
@@ -372,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--seed", type=int, default=0)
     pt.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 = reproducible timing)")
 
+
+def _add_convert(sub) -> None:
     c = sub.add_parser("convert", help="convert official checkpoints / banks / CLIP weights")
     c.add_argument("kind", choices=["checkpoint", "bank", "clip"])
     c.add_argument("src")
@@ -382,6 +397,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow unpickling an official style bank (runs code from the file: trusted files only)",
     )
     c.add_argument("--force", action="store_true", help="replace dst even if it is not a file of this kind")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="famix", description="FAMix: language-guided domain-generalised segmentation")
+    p.add_argument("--traceback", action="store_true", help="on an error, show the full Python traceback")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_mine_train, _add_reproduce, _add_eval_predict, _add_export, _add_adapt, _add_demo,
+                _add_datasets, _add_pretrain, _add_convert):  # fmt: skip
+        add(sub)
     return p
 
 

@@ -71,7 +71,8 @@ def run_adapt_demo(
     runs: dict[str, dict[int, dict]] = {START: {}, adapted_row: {}, CONTROL: {}}
     for s in range(seed, seed + seeds):
         cfg = demo_config(out / f"seed{s}", quick, s, backbone)
-        cfg.model.freeze, cfg.style.mix, cfg.style.bank = ABLATION[BASELINE]  # source only: no bank
+        cfg.model.freeze, cfg.style.mix = ABLATION[BASELINE].freeze, ABLATION[BASELINE].mix  # no bank
+        cfg.style.bank = None
         cfg.train.out = str(out / f"seed{s}" / run_folder(BASELINE))
         runs[START][s] = train_and_evaluate(cfg, BASELINE, domains, n_eval)
         start = Path(cfg.train.out) / "latest.pt"

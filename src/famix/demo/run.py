@@ -13,6 +13,7 @@ import copy
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from famix.config import Config, save_config
 from famix.demo.report import bank_table, chart, prediction_grid, report
@@ -27,17 +28,25 @@ SIZE = 96  # scene side in pixels
 # "-" in Freeze = full fine-tuning; bank "mined" = PIN-optimised styles, "raw" = the patches' own styles,
 # "fine" = PIN-optimised on a 6x6 grid with at most 4 patches per class per batch, so that thin, rare
 # classes (pole, traffic sign, person) get styles of their own.
+class Variant(NamedTuple):
+    """One row of the grid: ``model.freeze``, ``style.mix`` and the bank it mixes with (None: no bank)."""
+
+    freeze: str
+    mix: str
+    bank: str | None
+
+
 ABLATION = {
-    "-/-/-": ("none", "none", None),
-    "-/A/-": ("none", "augment", "mined"),
-    "-/-/M": ("none", "mixstyle", None),
-    "-/A/M": ("none", "famix", "mined"),
-    "F/-/-": ("last-block", "none", None),
-    "F/A/-": ("last-block", "augment", "mined"),
-    "F/-/M": ("last-block", "mixstyle", None),
-    "F/A/M (FAMix)": ("last-block", "famix", "mined"),
-    "F/A/M, un-optimised styles": ("last-block", "famix", "raw"),
-    "F/A/M, fine-grid bank": ("last-block", "famix", "fine"),
+    "-/-/-": Variant(freeze="none", mix="none", bank=None),
+    "-/A/-": Variant(freeze="none", mix="augment", bank="mined"),
+    "-/-/M": Variant(freeze="none", mix="mixstyle", bank=None),
+    "-/A/M": Variant(freeze="none", mix="famix", bank="mined"),
+    "F/-/-": Variant(freeze="last-block", mix="none", bank=None),
+    "F/A/-": Variant(freeze="last-block", mix="augment", bank="mined"),
+    "F/-/M": Variant(freeze="last-block", mix="mixstyle", bank=None),
+    "F/A/M (FAMix)": Variant(freeze="last-block", mix="famix", bank="mined"),
+    "F/A/M, un-optimised styles": Variant(freeze="last-block", mix="famix", bank="raw"),
+    "F/A/M, fine-grid bank": Variant(freeze="last-block", mix="famix", bank="fine"),
 }
 DEFAULT_VARIANTS = ("F/-/-", "F/A/M (FAMix)")
 # --backbone: the shipped tiny CLIPs (model cards in famix/assets) and their segmenters' output stride
@@ -66,15 +75,24 @@ def demo_config(out: Path, quick: bool, seed: int, backbone: str = "rn") -> Conf
         raise ValueError(f"demo backbone {backbone!r}: choose one of {', '.join(BACKBONES)}")
     name, cfg.model.output_stride = BACKBONES[backbone]
     cfg.model.backbone, cfg.model.weights = name, packaged_weights(name)
-    cfg.data.train, cfg.data.val = f"synthetic:{SOURCE_DOMAIN}:2000:{seed}:size={SIZE}", []
-    cfg.data.crop, cfg.data.batch_size, cfg.data.workers = 64, 8, 0
-    cfg.style.bank, cfg.mine.crop, cfg.mine.batch_size = str(out / "bank.safetensors"), 64, 16
+    cfg.data.train = f"synthetic:{SOURCE_DOMAIN}:2000:{seed}:size={SIZE}"
+    cfg.data.val = []
+    cfg.data.crop = 64
+    cfg.data.batch_size = 8
+    cfg.data.workers = 0
+    cfg.style.bank = str(out / "bank.safetensors")
+    cfg.mine.crop = 64
+    cfg.mine.batch_size = 16
     cfg.mine.vocabulary = list(MINING_DOMAINS)
-    cfg.mine.steps, cfg.mine.max_images = (5, 16) if quick else (100, 64)
+    cfg.mine.steps = 5 if quick else 100
+    cfg.mine.max_images = 16 if quick else 64
     cfg.train.iterations = 20 if quick else 1000
     cfg.train.val_interval = cfg.train.iterations
-    cfg.train.lr, cfg.run.amp, cfg.run.device, cfg.run.seed = 0.05, "off", "cpu", seed
+    cfg.train.lr = 0.05
     cfg.train.log_interval = 10
+    cfg.run.amp = "off"
+    cfg.run.device = "cpu"
+    cfg.run.seed = seed
     return cfg
 
 
@@ -99,9 +117,10 @@ def run_demo(
         base = demo_config(out / f"seed{s}", quick, s, backbone)
         banks, counts[s] = _mine_banks(base, variants)
         for name in variants:
-            freeze, mix, bank = ABLATION[name]
+            variant = ABLATION[name]
             cfg = copy.deepcopy(base)
-            cfg.model.freeze, cfg.style.mix, cfg.style.bank = freeze, mix, banks.get(bank)
+            cfg.model.freeze, cfg.style.mix = variant.freeze, variant.mix
+            cfg.style.bank = banks.get(variant.bank)
             cfg.train.out = str(out / f"seed{s}" / run_folder(name))
             runs[name][s] = train_and_evaluate(cfg, name, domains, n_eval)
         save_config(base, out / f"seed{s}" / "config.yaml")
@@ -126,7 +145,7 @@ def run_demo(
 def _mine_banks(cfg: Config, variants: list[str]) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
     """Mine the banks the variants need (``famix mine``: finished ones are reused, interrupted ones resume):
     ({kind: path}, {kind: per-class counts})."""
-    kinds = {ABLATION[v][2] for v in variants} - {None}
+    kinds = {ABLATION[v].bank for v in variants} - {None}
     banks, counts = {}, {}
     for kind in sorted(kinds):
         c = copy.deepcopy(cfg)

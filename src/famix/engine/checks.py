@@ -3,13 +3,13 @@ clear error naming the option or file and what to do (``ValueError`` / ``FileNot
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from famix.config import Config, check_values
 from famix.data.datasets import build_dataset
+from famix.engine.outputs import check_folder
 from famix.models.clip import weights_fingerprint
 from famix.style.bank import StyleBank
 
@@ -48,19 +48,6 @@ def warn_crop(spec: str, crop: int, option: str) -> None:
             f"(ignored), and costs {crop * crop / (h * w):.0f}x the pixels; set {option} to at most {max(h, w)}",
             stacklevel=2,
         )
-
-
-def check_folder(path: str | Path, option: str) -> None:
-    """A folder a stage will write into: it, or its nearest existing parent, must be a writable folder (a
-    file in the way, or no permission, is said before any work, naming the option)."""
-    path = Path(path)
-    for parent in [path, *path.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"{option} {path}: {parent} is a file, not a folder; pass a folder path")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise PermissionError(f"{option} {path}: cannot write into {parent} (permission denied)")
-            return
 
 
 def check_train_inputs(cfg: Config) -> None:

@@ -31,6 +31,22 @@ def check_output_path(path: str | Path, option: str) -> Path:
     return path
 
 
+def check_folder(path: str | Path, option: str) -> None:
+    """A folder a command will write into (a run folder, an output folder): it, or its nearest existing
+    parent, must be a folder famix may write in; said before any work, naming the option."""
+    path = Path(path)
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {path}: {parent} is a file, not a folder; pass a folder path")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ValueError(
+                    f"{option} {path}: no permission to write in the folder {parent}; pass a folder you can "
+                    "write to"
+                )
+            return
+
+
 def check_replaceable(path: str | Path, ours: Callable[[Path], bool], what: str, force: bool) -> None:
     """Refuse to replace an existing ``path`` unless ``ours(path)`` (it is ``what``, a file this command
     writes) or ``force``: a file famix did not write for this kind of output may be someone's only copy

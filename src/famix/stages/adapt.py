@@ -57,16 +57,17 @@ from famix.data.datasets import SeededTransform, build_dataset
 from famix.data.labels import IGNORE_INDEX
 from famix.data.transforms import normalize, train_transform
 from famix.engine.checkpoint import load_checkpoint, load_segmenter
-from famix.engine.checks import check_folder, check_specs
+from famix.engine.checks import check_specs
 from famix.engine.distributed import current, resolve_device
+from famix.engine.outputs import check_folder
 from famix.engine.runs import KEY, RunRecord, check_same, file_fingerprint
 from famix.engine.seeds import item_seed
 from famix.engine.train import open_run, train, train_record
 from famix.models.clip import build_clip, weights_fingerprint
 from famix.models.towers import style_grid
 from famix.progress import progress_bar
-from famix.style.image_pin import PIN_LR, PIN_STEPS, check_description, image_pin
 from famix.style.bank import StyleBank
+from famix.style.image_pin import PIN_LR, PIN_STEPS, check_description, image_pin
 from famix.style.prompts import TextEmbedder
 
 

@@ -13,6 +13,8 @@ from famix.engine.checks import check_specs
 from famix.engine.distributed import current, require_session, resolve_device
 from famix.engine.evaluate import EvalResult, evaluate_specs
 from famix.engine.inference import PLAIN, InferenceSettings
+from famix.engine.outputs import check_output_path
+from famix.engine.results import default_results_path, write_results
 from famix.engine.runs import KEY, RunRecord, cached, file_fingerprint
 
 
@@ -59,14 +61,20 @@ def run(
     cache: str | Path | None = "auto",
     progress: bool = True,
     say=print,
+    report: str | Path | None = None,
 ) -> tuple[dict[str, EvalResult], list[str]]:
     """Evaluate ``checkpoint`` on every spec (all checked before the first is evaluated); returns
     ``({spec: result}, class names)``. ``cache``: the JSON file of cached results ("auto": beside the
-    checkpoint, None: no cache); a spec already evaluated with the same record returns at once."""
+    checkpoint, None: no cache); a spec already evaluated with the same record returns at once.
+    ``report``: also write the results file there ("auto": beside the checkpoint, named by the data)."""
     s = settings or EvalSettings()
     if not specs:
         raise ValueError("give at least one dataset spec to evaluate on (--data SPEC [SPEC ...])")
     check_specs(specs, "--data")
+    if report == "auto":
+        report = default_results_path(checkpoint, specs, s.tta)
+    if report is not None:
+        check_output_path(report, "--json")
     info = current()
     require_session(info, "evaluation")
     device = resolve_device(s.device, info)
@@ -89,4 +97,9 @@ def run(
             continue
         quiet = (lambda _: None) if not info.main else (lambda msg, spec=spec: say(f"{spec}: {msg}"))
         results[spec] = EvalResult.from_dict(cached(path, record, compute, quiet, write=info.main))
-    return results, list(cfg.class_names)
+    names = list(cfg.class_names)
+    if report is not None and info.main:
+        extra = {"checkpoint": str(checkpoint), "test_time": asdict(s.tta)}
+        write_results(results, report, names, extra)
+        say(f"results written to {report}")
+    return results, names

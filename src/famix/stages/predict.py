@@ -11,9 +11,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from famix.engine.amp import amp_dtype
-from famix.engine.checks import check_folder
 from famix.engine.distributed import resolve_device
 from famix.engine.inference import PLAIN, InferenceSettings
+from famix.engine.outputs import check_folder
 from famix.engine.predict import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_images, load_model, predict_paths
 from famix.engine.runs import RunRecord, cached, file_fingerprint
 from famix.engine.visualize import OUTPUT_KINDS

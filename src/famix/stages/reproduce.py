@@ -22,9 +22,10 @@ from pathlib import Path
 import yaml
 
 from famix.config import Config, check_values
-from famix.engine.checks import check_folder, check_specs
+from famix.engine.checks import check_specs
 from famix.engine.distributed import current
 from famix.engine.evaluate import EvalResult
+from famix.engine.outputs import check_folder
 from famix.engine.results import PAPER_COLUMNS, mean_std, paper_column
 from famix.io import atomic_write
 from famix.stages import evaluate, mine, train

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from famix.cli import main
-from famix.stages import adapt as adapt_engine
 from famix.engine.checkpoint import load_checkpoint, load_segmenter
 from famix.models.clip import build_clip
-from famix.style.image_pin import check_description, image_pin
+from famix.stages import adapt as adapt_engine
 from famix.style.bank import IGNORE_KEY, StyleBank
+from famix.style.image_pin import check_description, image_pin
 
 SOURCE = "synthetic:day:8:0:size=48"
 TARGET = "driving at night"

@@ -14,7 +14,14 @@ from famix.models.build import build_segmenter
 from famix.style.bank import StyleBank
 from tests import fake_datasets as fake
 
-FAST = ["data.val=[]", "data.crop=32", "mine.crop=32", "train.iterations=2", "mine.steps=1", "mine.max_images=4"]
+FAST = [
+    "data.val=[]",
+    "data.crop=32",
+    "mine.crop=32",
+    "train.iterations=2",
+    "mine.steps=1",
+    "mine.max_images=4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +33,9 @@ def world(tmp_path_factory, checkpoint):
     (run / "latest.pt").write_bytes(checkpoint.read_bytes())
     (run / "best.pt").write_bytes(checkpoint.read_bytes())
     channels = build_segmenter(ModelConfig(backbone="tiny-rn"), seed=0).low_channels
-    adapt_bank = StyleBank(list(ModelConfig().class_names), channels, metadata={"run": {"kind": "adapt-styles"}})
+    adapt_bank = StyleBank(
+        list(ModelConfig().class_names), channels, metadata={"run": {"kind": "adapt-styles"}}
+    )
     adapt_bank.save(root / "night.safetensors")
     (root / "list.yaml").write_text("- train: {lr: 0.1}\n")
     (root / "notes.txt").write_text("not a bank, not a checkpoint\n")
@@ -50,41 +59,143 @@ def _rows(w: Path) -> list:
     repro = ["reproduce", "-c", "tiny", *FAST, f"data.train=gta5:{d}/gta5", "--out", str(w / "repro")]
     adapt = ["adapt", ckpt, "--data", "synthetic:day:4:size=48", "--out", str(w / "adapted")]
     return [
-        ("export over a checkpoint", ["export", ckpt, "--format", "torchscript", "--size", "32", "--out",
-         str(w / "run" / "latest.pt")], {}, "--force"),
+        (
+            "export over a checkpoint",
+            [
+                "export",
+                ckpt,
+                "--format",
+                "torchscript",
+                "--size",
+                "32",
+                "--out",
+                str(w / "run" / "latest.pt"),
+            ],
+            {},
+            "--force",
+        ),
         ("empty adapt target", [*adapt, "--target", ""], {}, "--target '' has no letter or digit"),
-        ("punctuation adapt target", [*adapt, "--target", "!!!"], {}, "--target '!!!' has no letter or digit"),
-        ("negative iterations", [*train, "train.iterations=-5"], {}, "train.iterations=-5: give a number >= 1"),
+        (
+            "punctuation adapt target",
+            [*adapt, "--target", "!!!"],
+            {},
+            "--target '!!!' has no letter or digit",
+        ),
+        (
+            "negative iterations",
+            [*train, "train.iterations=-5"],
+            {},
+            "train.iterations=-5: give a number >= 1",
+        ),
         ("two configs", [*train[:3], "-c", "tiny_vit", *train[3:]], {}, "-c given twice"),
-        ("adapt bank as a FAMix bank", [*train, f"style.bank={w / 'night.safetensors'}"], {},
-         "night.safetensors holds `famix adapt`'s image-level styles"),
+        (
+            "adapt bank as a FAMix bank",
+            [*train, f"style.bank={w / 'night.safetensors'}"],
+            {},
+            "night.safetensors holds `famix adapt`'s image-level styles",
+        ),
         ("dry run with problems", [*repro, "--targets", f"acdc:fog:{d}/acdc:val", "--dry-run"], {}, None),
-        ("override after --targets", [*repro, "--targets", f"cityscapes:{d}/cityscapes:val", "train.lr=0.2"], {},
-         "'train.lr=0.2' looks like a config override"),
-        ("target without a root", [*repro, "--targets", "cityscapes"], {}, "--targets cityscapes: bad dataset spec"),
-        ("data.val a number", [*train, "data.val: 5".replace(": ", "=")], {}, "data.val 5: unknown dataset '5'"),
-        ("unknown val domain", [*train, "data.val=[synthetic:dusk2:4]"], {}, "unknown synthetic domain 'dusk2'"),
+        (
+            "override after --targets",
+            [*repro, "--targets", f"cityscapes:{d}/cityscapes:val", "train.lr=0.2"],
+            {},
+            "'train.lr=0.2' looks like a config override",
+        ),
+        (
+            "target without a root",
+            [*repro, "--targets", "cityscapes"],
+            {},
+            "--targets cityscapes: bad dataset spec",
+        ),
+        (
+            "data.val a number",
+            [*train, "data.val: 5".replace(": ", "=")],
+            {},
+            "data.val 5: unknown dataset '5'",
+        ),
+        (
+            "unknown val domain",
+            [*train, "data.val=[synthetic:dusk2:4]"],
+            {},
+            "unknown synthetic domain 'dusk2'",
+        ),
         ("zero seeds", [*repro, "--seeds", "0"], {}, "--seeds 0: give a number of training runs >= 1"),
-        ("zero val interval", [*train, "train.val_interval=0"], {}, "train.val_interval=0: give a number >= 1"),
-        ("zero mining grid", ["mine", "-c", "tiny", f"style.bank={w / 'b.safetensors'}", "mine.grid=0"], {},
-         "mine.grid=0: give a number >= 1"),
-        ("a YAML list", ["train", "-c", str(w / "list.yaml")], {}, "list.yaml: the top level must be a mapping"),
+        (
+            "zero val interval",
+            [*train, "train.val_interval=0"],
+            {},
+            "train.val_interval=0: give a number >= 1",
+        ),
+        (
+            "zero mining grid",
+            ["mine", "-c", "tiny", f"style.bank={w / 'b.safetensors'}", "mine.grid=0"],
+            {},
+            "mine.grid=0: give a number >= 1",
+        ),
+        (
+            "a YAML list",
+            ["train", "-c", str(w / "list.yaml")],
+            {},
+            "list.yaml: the top level must be a mapping",
+        ),
         ("WORLD_SIZE without RANK", train, {"WORLD_SIZE": "2"}, "WORLD_SIZE=2 is set but RANK is not"),
         ("RANK out of range", train, {"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2 is not in 0..1"),
-        ("a lone rank", train, {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-         "MASTER_PORT": str(_free_port()), "FAMIX_RENDEZVOUS_TIMEOUT": "2"}, "did not join"),
-        ("convert a text file", ["convert", "bank", str(w / "notes.txt"), str(w / "bank.safetensors")], {},
-         "notes.txt"),
-        ("adapt target too long for a file name", [*adapt, "--target", "night " * 60, "--iterations", "0"], {},
-         "--iterations=0: give a number >= 1"),
-        ("train.out under a file", ["train", "-c", "tiny", f"train.out={w / 'notes.txt' / 'run'}", *FAST], {},
-         "notes.txt is a file, not a folder"),
+        (
+            "a lone rank",
+            train,
+            {
+                "WORLD_SIZE": "2",
+                "RANK": "0",
+                "LOCAL_RANK": "0",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(_free_port()),
+                "FAMIX_RENDEZVOUS_TIMEOUT": "2",
+            },
+            "did not join",
+        ),
+        (
+            "convert a text file",
+            ["convert", "bank", str(w / "notes.txt"), str(w / "bank.safetensors")],
+            {},
+            "notes.txt",
+        ),
+        (
+            "adapt target too long for a file name",
+            [*adapt, "--target", "night " * 60, "--iterations", "0"],
+            {},
+            "--iterations=0: give a number >= 1",
+        ),
+        (
+            "train.out under a file",
+            ["train", "-c", "tiny", f"train.out={w / 'notes.txt' / 'run'}", *FAST],
+            {},
+            "notes.txt is a file, not a folder",
+        ),
         ("eval on a TorchScript file", None, {}, None),
-        ("fog split emptied by the size filter", [*repro, "--targets", f"acdc:fog:{d}/acdc:val"], {}, "fog_size=none"),
-        ("two targets in one column", [*repro, "--targets", f"cityscapes:{d}/cityscapes:val",
-         f"cityscapes:{d}/cityscapes:val:mismatch=skip"], {}, "are one column (C)"),
-        ("seeds given to adapt as a list", [*adapt, "--target", "night", "--seed", "x"], {}, "--seed: invalid int value"),
-    ]  # fmt: skip
+        (
+            "fog split emptied by the size filter",
+            [*repro, "--targets", f"acdc:fog:{d}/acdc:val"],
+            {},
+            "fog_size=none",
+        ),
+        (
+            "two targets in one column",
+            [
+                *repro,
+                "--targets",
+                f"cityscapes:{d}/cityscapes:val",
+                f"cityscapes:{d}/cityscapes:val:mismatch=skip",
+            ],
+            {},
+            "are one column (C)",
+        ),
+        (
+            "seeds given to adapt as a list",
+            [*adapt, "--target", "night", "--seed", "x"],
+            {},
+            "--seed: invalid int value",
+        ),
+    ]
 
 
 def _tree(folder: Path) -> dict[str, bytes]:

@@ -179,7 +179,9 @@ def test_quick_adapt_demo_starts_from_the_demo_model(quick_demo, monkeypatch):
     adapted = load_checkpoint(out / "seed0" / "adapt" / "night" / "latest.pt")
     bank = StyleBank.load(out / "seed0" / "adapt" / "night" / "styles.safetensors")
     assert adapted["run"]["kind"] == "adapt" and bank.metadata["run"]["settings"]["target"] == "night"
-    assert adapted["run"]["inputs"]["bank"] == file_fingerprint(out / "seed0" / "adapt" / "night" / "styles.safetensors")
+    assert adapted["run"]["inputs"]["bank"] == file_fingerprint(
+        out / "seed0" / "adapt" / "night" / "styles.safetensors"
+    )
     start = load_checkpoint(out / "seed0" / run_folder(BASELINE) / "latest.pt")["model_state"]
     backbone = [k for k in start if k.startswith("backbone.")]
     assert all(torch.equal(adapted["model_state"][k], start[k]) for k in backbone)

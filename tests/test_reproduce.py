@@ -63,6 +63,7 @@ def test_reproduce_table_resume_and_refusal(data_root, tmp_path, monkeypatch, ca
     assert (out / "seed0" / "latest.eval-cache.json").is_file() and not (out / "results.md").exists()
 
     trained.clear()
+
     def counted_train(cfg, *args, **kw):
         trained.append(cfg.run.seed)
         return real_train(cfg, *args, **kw)
@@ -74,7 +75,7 @@ def test_reproduce_table_resume_and_refusal(data_root, tmp_path, monkeypatch, ca
     result = json.loads((out / "results.json").read_text())
     columns = result["columns"]
     assert list(columns) == ["C", "B", "M", "S", "ACDC night", "snow", "rain", "fog"]
-    for name, col in columns.items():
+    for col in columns.values():
         assert len(col["seeds"]) == 2 and col["mean"] == pytest.approx(sum(col["seeds"]) / 2)
         assert col["paper"] is None and col["difference"] is None  # tiny-rn has no row in the paper
         assert set(col["per_class_iou"]) >= {"road", "bicycle"}
@@ -95,10 +96,12 @@ def test_dry_run_lists_stages_data_and_estimate(data_root, tmp_path, capsys):
     assert not (tmp_path / "r").exists()  # a dry run writes nothing
 
 
-def test_targets_change_in_place_with_splits_as_columns_and_unlabelled_targets(data_root, tmp_path, monkeypatch):
-    """--targets is an evaluation input: changing it keeps the bank and the models; two splits of one benchmark
-    are two columns; a target with no labelled pixel is reported and the table still written; --bank is used
-    and the config's style.bank is never written."""
+def test_targets_change_in_place_with_splits_as_columns_and_unlabelled_targets(
+    data_root, tmp_path, monkeypatch
+):
+    """--targets is an evaluation input: changing it keeps the bank and the models; two splits of one
+    benchmark are two columns; a target with no labelled pixel is reported and the table still written;
+    --bank is used and the config's style.bank is never written."""
     empty = tmp_path / "unlabelled"  # a BDD100K layout whose only mask is all ignore (255)
     fake.write_image(empty / "images" / "val" / "a.jpg", 1)
     fake.write_grey(empty / "labels" / "val" / "a.png", fake.raster([255]))
@@ -134,7 +137,9 @@ def test_paper_numbers_only_beside_their_own_backbone():
     cfg = Config()
     cfg.data.train = "gta5:data/gta5"
     table = reproduce_module.summarise(runs, cfg)
-    assert table["columns"]["C"]["paper"] == 48.15 and table["columns"]["C"]["difference"] == pytest.approx(-8.15)
+    assert table["columns"]["C"]["paper"] == 48.15 and table["columns"]["C"]["difference"] == pytest.approx(
+        -8.15
+    )
     cfg.model.backbone = "ViT-B-16"
     table = reproduce_module.summarise(runs, cfg)
     assert table["columns"]["C"]["paper"] is None and "difference" not in table["table"]

@@ -21,15 +21,24 @@ def test_changes_name_every_changed_setting_and_input():
     assert record().changes(stored) == []
     changed = record(train__lr=0.2, inputs__bank="sha256:bbbb").changes(stored)
     assert changed == ["input bank: 'sha256:aaaa' -> 'sha256:bbbb'", "train.lr: 0.1 -> 0.2"]
-    assert RunRecord("mine", stored["settings"], stored["inputs"]).changes(stored) == ["kind: 'train' -> 'mine'"]
+    assert RunRecord("mine", stored["settings"], stored["inputs"]).changes(stored) == [
+        "kind: 'train' -> 'mine'"
+    ]
     fewer = RunRecord("train", {"train": {"lr": 0.1}}, stored["inputs"])
-    assert fewer.changes(stored) == ["model.backbone: 'RN50' -> '(unset)'", "train.iterations: 10 -> '(unset)'"]
+    assert fewer.changes(stored) == [
+        "model.backbone: 'RN50' -> '(unset)'",
+        "train.iterations: 10 -> '(unset)'",
+    ]
 
 
 def test_check_same_refuses_naming_the_keys_and_the_fix(tmp_path):
     check_same(record(), record().to_dict(), tmp_path / "latest.pt", "pass another train.out")
-    with pytest.raises(FileExistsError, match=r"latest.pt holds a run made with other settings: train.lr: 0.1 -> 0.3\. pass"):
-        check_same(record(train__lr=0.3), record().to_dict(), tmp_path / "latest.pt", "pass another train.out")
+    with pytest.raises(
+        FileExistsError, match=r"latest.pt holds a run made with other settings: train.lr: 0.1 -> 0.3\. pass"
+    ):
+        check_same(
+            record(train__lr=0.3), record().to_dict(), tmp_path / "latest.pt", "pass another train.out"
+        )
     with pytest.raises(FileExistsError, match="has no run record"):
         check_same(record(), None, tmp_path / "old.pt", "pass another train.out")
 

@@ -20,49 +20,85 @@ def stamps(folder: Path) -> dict:
 
 def test_mine_stage_owns_its_bank(tmp_path):
     bank, said = tmp_path / "bank.safetensors", []
-    cfg = lambda *extra: load_config(TINY, [*FAST, f"style.bank={bank}", "mine.steps=1", "mine.max_images=4", *extra])  # noqa: E731
+
+    def cfg(*extra):
+        return load_config(TINY, [*FAST, f"style.bank={bank}", "mine.steps=1", "mine.max_images=4", *extra])
+
     first = mine.run(cfg(), progress=False, say=said.append)
     before = stamps(tmp_path)
-    again = mine.run(cfg("mine.save_every=3", "run.device=cpu", "data.workers=0"), progress=False, say=said.append)
-    assert stamps(tmp_path) == before and again.counts() == first.counts() and again.metadata == first.metadata
+    again = mine.run(
+        cfg("mine.save_every=3", "run.device=cpu", "data.workers=0"), progress=False, say=said.append
+    )
+    assert (
+        stamps(tmp_path) == before and again.counts() == first.counts() and again.metadata == first.metadata
+    )
     assert said and "finished" in said[-1] and "nothing to do" in said[-1]
     with pytest.raises(FileExistsError, match=r"mine.momentum: 0.9 -> 0.5\. Pass another style.bank"):
         mine.run(cfg("mine.momentum=0.5"), progress=False)
     assert stamps(tmp_path) == before
-    assert mine.status(cfg()) == "done" and mine.status(cfg("mine.max_images=8")).startswith("resumes after 1")
+    assert mine.status(cfg()) == "done" and mine.status(cfg("mine.max_images=8")).startswith(
+        "resumes after 1"
+    )
 
 
 def test_train_stage_owns_its_run_folder(tmp_path):
     out, said = tmp_path / "run", []
-    cfg = lambda *extra: load_config(TINY, [*FAST, f"train.out={out}", "train.iterations=2", "style.mix=mixstyle", *extra])  # noqa: E731
+
+    def cfg(*extra):
+        return load_config(
+            TINY, [*FAST, f"train.out={out}", "train.iterations=2", "style.mix=mixstyle", *extra]
+        )
+
     first = train.run(cfg())
     before = stamps(out)
-    neutral = ("train.log_interval=1", "train.ckpt_interval=7", "data.workers=0", "run.device=cpu", "train.val_interval=5")
+    neutral = (
+        "train.log_interval=1",
+        "train.ckpt_interval=7",
+        "data.workers=0",
+        "run.device=cpu",
+        "train.val_interval=5",
+    )
     assert train.run(cfg(*neutral), say=said.append) == first
     assert stamps(out) == before  # nothing rewritten, config.yaml included
     assert said == [f"famix train: {out} holds this run, finished at step 2: nothing to do"]
     with pytest.raises(FileExistsError, match=r"train.lr: 0.05 -> 0.07\. Pass another train.out"):
         train.run(cfg("train.lr=0.07"))
-    with pytest.raises(FileExistsError, match=r"data.train: 'synthetic:day:8:size=48' -> 'synthetic:day:9:size=48'"):
+    with pytest.raises(
+        FileExistsError, match=r"data.train: 'synthetic:day:8:size=48' -> 'synthetic:day:9:size=48'"
+    ):
         train.run(cfg("data.train=synthetic:day:9:size=48"))
     assert stamps(out) == before
     assert train.status(cfg()) == "done"
     half = tmp_path / "half"
-    stopped = lambda *extra: load_config(TINY, [*FAST, f"train.out={half}", "train.iterations=3", "style.mix=mixstyle", *extra])  # noqa: E731
+
+    def stopped(*extra):
+        return load_config(
+            TINY, [*FAST, f"train.out={half}", "train.iterations=3", "style.mix=mixstyle", *extra]
+        )
+
     train.run(stopped("train.stop_after=2"))
     assert train.status(stopped()) == "resumes at step 2" and train.run(stopped())["step"] == 3
 
 
 def test_train_run_identity_is_the_bank_content_not_its_path(tmp_path):
     bank = tmp_path / "bank.safetensors"
-    mine.run(load_config(TINY, [*FAST, f"style.bank={bank}", "mine.steps=1", "mine.max_images=4"]), progress=False)
+    mine.run(
+        load_config(TINY, [*FAST, f"style.bank={bank}", "mine.steps=1", "mine.max_images=4"]), progress=False
+    )
     moved = tmp_path / "moved.safetensors"
     moved.write_bytes(bank.read_bytes())
-    cfg = lambda b: load_config(TINY, [*FAST, f"train.out={tmp_path / 'run'}", "train.iterations=1", f"style.bank={b}"])  # noqa: E731
+
+    def cfg(b):
+        return load_config(
+            TINY, [*FAST, f"train.out={tmp_path / 'run'}", "train.iterations=1", f"style.bank={b}"]
+        )
+
     first = train.run(cfg(bank))
     assert train.run(cfg(moved)) == first  # the same styles under another name: the same run
     other = tmp_path / "other.safetensors"
-    mine.run(load_config(TINY, [*FAST, f"style.bank={other}", "mine.steps=2", "mine.max_images=4"]), progress=False)
+    mine.run(
+        load_config(TINY, [*FAST, f"style.bank={other}", "mine.steps=2", "mine.max_images=4"]), progress=False
+    )
     with pytest.raises(FileExistsError, match="input bank: 'sha256:"):
         train.run(cfg(other))
 
@@ -80,7 +116,9 @@ def test_evaluate_stage_caches_each_spec_by_what_decides_it(checkpoint, monkeypa
     scaled = evaluate.EvalSettings(InferenceSettings(scale=0.5), amp="off", device="cpu")
     evaluate.run(checkpoint, specs[:1], scaled, progress=False)
     assert computed == [specs[:1]]  # another test-time setting: its own result, not the cached one
-    assert evaluate.is_cached(checkpoint, specs[0], scaled) and not evaluate.is_cached(checkpoint, "synthetic:day:3", settings)
+    assert evaluate.is_cached(checkpoint, specs[0], scaled) and not evaluate.is_cached(
+        checkpoint, "synthetic:day:3", settings
+    )
     assert names == load_config(TINY).model.class_names or len(names) == 19
 
 
@@ -90,7 +128,9 @@ def test_evaluate_checks_every_spec_before_the_first_is_evaluated(checkpoint, mo
         evaluate.run(checkpoint, ["synthetic:day:2:size=32", "synthetic:nowhere:2"], progress=False)
 
 
-SETTINGS = adapt.AdaptSettings(iterations=2, steps=1, images=4, crop=32, batch_size=2, device="cpu", ckpt_interval=2)
+SETTINGS = adapt.AdaptSettings(
+    iterations=2, steps=1, images=4, crop=32, batch_size=2, device="cpu", ckpt_interval=2
+)
 
 
 def test_adapt_stage_owns_its_target_folders(checkpoint, tmp_path):
@@ -98,7 +138,10 @@ def test_adapt_stage_owns_its_target_folders(checkpoint, tmp_path):
     first = adapt.run(checkpoint, ["night"], source, tmp_path, settings=SETTINGS, progress=False)
     before = stamps(tmp_path / "night")
     neutral = adapt.AdaptSettings(**{**vars(SETTINGS), "ckpt_interval": 1, "save_every": 3, "workers": 0})
-    assert adapt.run(checkpoint, ["night"], source, tmp_path, settings=neutral, progress=False, say=said.append) == first
+    assert (
+        adapt.run(checkpoint, ["night"], source, tmp_path, settings=neutral, progress=False, say=said.append)
+        == first
+    )
     assert stamps(tmp_path / "night") == before and len(said) == 2 and "finished" in said[1]
     other = adapt.AdaptSettings(**{**vars(SETTINGS), "pin_lr": 0.5})
     with pytest.raises(FileExistsError, match=r"pin.lr: 0.1 -> 0.5\. Pass another --out"):
@@ -117,11 +160,32 @@ def test_predict_stage_writes_nothing_the_second_time(checkpoint, tmp_path):
     out, said = tmp_path / "out", []
     first = predict.run(checkpoint, [str(image)], out, device="cpu", progress=False)
     before = stamps(out)
-    assert predict.run(checkpoint, [str(image)], out, device="cpu", batch_size=2, progress=False, say=said.append) == first
+    assert (
+        predict.run(
+            checkpoint, [str(image)], out, device="cpu", batch_size=2, progress=False, say=said.append
+        )
+        == first
+    )
     assert stamps(out) == before and "nothing to do" in said[0]
     first[0].unlink()  # a file of the run is gone: predicted again
-    assert predict.run(checkpoint, [str(image)], out, device="cpu", progress=False) == first and first[0].is_file()
+    assert (
+        predict.run(checkpoint, [str(image)], out, device="cpu", progress=False) == first
+        and first[0].is_file()
+    )
     Image.fromarray(np.zeros((32, 48, 3), dtype=np.uint8)).save(image)  # another picture under the same name
     said.clear()
     predict.run(checkpoint, [str(image)], out, device="cpu", progress=False, say=said.append)
     assert said == []
+
+
+def test_export_stage_writes_nothing_the_second_time(checkpoint, tmp_path):
+    from famix.stages import export
+
+    out, said = tmp_path / "model.torchscript.pt", []
+    written, check = export.run(checkpoint, "torchscript", "32x32", out=out)
+    assert written == out and check is not None
+    before = stamps(tmp_path)
+    assert export.run(checkpoint, "torchscript", "32x32", out=out, say=said.append) == (out, None)
+    assert stamps(tmp_path) == before and "nothing to do" in said[0]
+    _, check = export.run(checkpoint, "torchscript", "32x48", out=out)  # another size: exported again
+    assert check is not None and check.shapes[0][-2:] == (32, 48)

@@ -14,7 +14,6 @@ from torch import nn
 
 from famix.config import load_config
 from famix.data.labels import IGNORE_INDEX
-from famix.stages.mine import run as mine
 from famix.models.clip import build_clip
 from famix.models.towers import (
     is_vit,
@@ -24,9 +23,10 @@ from famix.models.towers import (
     style_relu,
     style_tail,
 )
+from famix.stages.mine import run as mine
 from famix.style.bank import StyleBank
-from famix.style.patch_mining import MiningSettings, mine_batches
 from famix.style.mixing import LocalStyleMixer, mix_stats
+from famix.style.patch_mining import MiningSettings, mine_batches
 from famix.style.pin import pin_optimize, split_patches
 from famix.style.stats import affine_patches, grid_edges, normalize_patches, patch_stats, restyle
 

@@ -110,8 +110,9 @@ def cmd_export(args) -> None:
         min_agreement=args.min_agreement,
         force=args.force,
     )
-    print(f"checked against the checkpoint's model: {check.describe()}")
-    print(f"wrote {out}")
+    if check is not None:
+        print(f"checked against the checkpoint's model: {check.describe()}")
+        print(f"wrote {out}")
 
 
 def cmd_reproduce(args) -> None:

@@ -24,6 +24,7 @@ from famix.world import MINING_DOMAINS, SHIFTED_DOMAINS, SOURCE_DOMAIN
 
 SIZE = 96  # scene side in pixels
 
+
 # name -> (freeze preset, mix mode, bank): the paper's grid (method.md section 7) and one control.
 # "-" in Freeze = full fine-tuning; bank "mined" = PIN-optimised styles, "raw" = the patches' own styles,
 # "fine" = PIN-optimised on a 6x6 grid with at most 4 patches per class per batch, so that thin, rare

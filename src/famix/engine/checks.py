@@ -45,7 +45,8 @@ def warn_crop(spec: str, crop: int, option: str) -> None:
     if crop > max(h, w):
         warnings.warn(
             f"{option}={crop} is larger than the images of {spec} ({h}x{w}): each crop is mostly padding "
-            f"(ignored), and costs {crop * crop / (h * w):.0f}x the pixels; set {option} to at most {max(h, w)}",
+            f"(ignored), and costs {crop * crop / (h * w):.0f}x the pixels; set {option} to at most "
+            f"{max(h, w)}",
             stacklevel=2,
         )
 

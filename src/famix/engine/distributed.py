@@ -71,7 +71,9 @@ def session(device: str = "auto") -> Iterator[DistInfo]:
         return
     for name in ("MASTER_ADDR", "MASTER_PORT"):
         if not os.environ.get(name):
-            raise ValueError(f"WORLD_SIZE={info.world_size} is set but {name} is not: launch famix with torchrun")
+            raise ValueError(
+                f"WORLD_SIZE={info.world_size} is set but {name} is not: launch famix with torchrun"
+            )
     timeout = int(os.environ.get("FAMIX_RENDEZVOUS_TIMEOUT", RENDEZVOUS_TIMEOUT_S))
     try:
         store, rank, world = next(dist.rendezvous("env://", timeout=timedelta(seconds=timeout)))

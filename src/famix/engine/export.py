@@ -222,8 +222,10 @@ def export_model(
     atol: float = ATOL,
     min_agreement: float = MIN_AGREEMENT,
     force: bool = False,
+    record: dict | None = None,
 ) -> ExportCheck:
     """Export the eval-mode segmenter ``model`` (on the CPU) as ``fmt`` to ``out``, checked first.
+    ``record``: the export's run record, kept in the file's metadata (key ``run``, JSON).
 
     The file is written to a temporary path, loaded back and compared with ``model`` on
     :func:`check_inputs`; it replaces ``out`` only if the max abs logit difference is <= ``atol``
@@ -236,6 +238,8 @@ def export_model(
     check_size(size, multiple, dynamic)
     inputs = check_inputs(size, multiple, dynamic, any_size=_takes_any_size(model, dynamic))
     meta = metadata(cfg, multiple, fmt, size, dynamic, vit=getattr(model, "is_vit", False))
+    if record is not None:
+        meta["run"] = json.dumps(record, sort_keys=True)
     remove_stale_temps(out)  # what a killed export left behind
     with atomic_path(out) as tmp:
         try:
@@ -265,6 +269,7 @@ def export_checkpoint(
     atol: float = ATOL,
     min_agreement: float = MIN_AGREEMENT,
     force: bool = False,
+    record: dict | None = None,
 ) -> tuple[Path, ExportCheck]:
     """:func:`export_model` of a checkpoint's segmenter (to :func:`default_output` unless ``out``)."""
     from famix.engine.checkpoint import load_segmenter
@@ -275,4 +280,4 @@ def export_checkpoint(
         raise ValueError(f"--out {out} is the checkpoint itself: pass another path")
     _check_out(out, fmt, force)
     model, cfg = load_segmenter(checkpoint, device="cpu")
-    return out, export_model(model, cfg, out, fmt, size, dynamic, atol, min_agreement, force)
+    return out, export_model(model, cfg, out, fmt, size, dynamic, atol, min_agreement, force, record)

@@ -59,7 +59,9 @@ class RunRecord:
         new = {"kind": self.kind, **flatten(self.settings), **flatten(self.inputs, "input ")}
         keys = sorted(set(old) | set(new))
         unset = "(unset)"
-        return [f"{k}: {old.get(k, unset)!r} -> {new.get(k, unset)!r}" for k in keys if old.get(k) != new.get(k)]
+        return [
+            f"{k}: {old.get(k, unset)!r} -> {new.get(k, unset)!r}" for k in keys if old.get(k) != new.get(k)
+        ]
 
 
 def check_same(record: RunRecord, stored: dict | None, where: str | Path, fix: str) -> None:

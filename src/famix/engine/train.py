@@ -107,9 +107,7 @@ def build_mixer(cfg: Config, model, device) -> LocalStyleMixer | None:
     )
 
 
-def train(
-    cfg: Config, record: RunRecord, resume: dict | None = None, init_state: dict | None = None
-) -> dict:
+def train(cfg: Config, record: RunRecord, resume: dict | None = None, init_state: dict | None = None) -> dict:
     """Train (or go on from ``resume``, the run's ``latest.pt`` from :func:`open_run`) and return the final
     metrics. ``record`` (:func:`train_record`) is stored in every checkpoint; ``init_state``: weights to
     start from instead of ``cfg.model``'s (e.g. a trained segmenter that ``famix adapt`` fine-tunes).

@@ -67,7 +67,8 @@ from famix.models.clip import build_clip, weights_fingerprint
 from famix.models.towers import style_grid
 from famix.progress import progress_bar
 from famix.style.bank import StyleBank
-from famix.style.image_pin import PIN_LR, PIN_STEPS, check_description, image_pin
+from famix.style.image_pin import check_description, image_pin
+from famix.style.pin import PIN_LR, PIN_STEPS
 from famix.style.prompts import TextEmbedder
 
 
@@ -102,7 +103,9 @@ class AdaptSettings:
                 raise ValueError(f"famix adapt --{name.replace('_', '-')}={value}: give a number >= 1")
         for name in ("lr", "pin_lr"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"famix adapt --{name.replace('_', '-')}={getattr(self, name)}: give a number > 0")
+                raise ValueError(
+                    f"famix adapt --{name.replace('_', '-')}={getattr(self, name)}: give a number > 0"
+                )
         if self.amp not in ("bf16", "fp16", "off"):
             raise ValueError(f"famix adapt --amp={self.amp!r}: choose bf16, fp16 or off")
 
@@ -281,7 +284,12 @@ def _mine_target(
         check_same(record, bank.metadata.get(KEY), path, REFUSAL)
     else:
         names = cfg.model.class_names
-        metadata = {KEY: record.to_dict(), "description": target, "batches_done": 0, "famix_version": __version__}
+        metadata = {
+            KEY: record.to_dict(),
+            "description": target,
+            "batches_done": 0,
+            "famix_version": __version__,
+        }
         bank = StyleBank(list(names), model.low_channels, metadata=metadata)
     start = bank.metadata["batches_done"]
     if start >= batches:

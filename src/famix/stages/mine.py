@@ -37,7 +37,8 @@ def run(cfg: Config, progress: bool = True, say=print, fix: str = REFUSAL) -> St
 
 
 def status(cfg: Config) -> str:
-    """What :func:`run` would do with ``style.bank``: "to do", "resumes after N batches", "done", "refused"."""
+    """What :func:`run` would do with ``style.bank``: "to do", "resumes after N batches", "done" or
+    "refused: ..."."""
     path = Path(cfg.style.bank)
     if not path.is_file():
         return "to do"

@@ -99,7 +99,10 @@ def make_plan(
     cfg.data.val = [under_root(s, data_root) for s in cfg.data.val]
     chosen = bank or str(Path(out) / "bank.safetensors")
     if bank is None and cfg.style.bank and current().main:
-        say(f"famix reproduce: the style bank is {chosen} (not the config's {cfg.style.bank}: pass --bank to use it)")
+        say(
+            f"famix reproduce: the style bank is {chosen} (not the config's {cfg.style.bank}: pass --bank "
+            "to use it)"
+        )
     cfg.style.bank = chosen
     if targets is None:
         targets = [t.format(root=data_root or "data") for t in PAPER_TARGETS]
@@ -130,12 +133,18 @@ def dry_run(plan: Plan) -> tuple[str, bool]:
     lines.append(f"1. mine {c.style.bank} on {c.data.train}: {mine.status(c)}")
     for s in plan.seeds:
         r = plan.run_cfg(s)
-        lines.append(f"2. train seed {s} ({c.train.iterations} iterations) into {r.train.out}: {train.status(r)}")
+        lines.append(
+            f"2. train seed {s} ({c.train.iterations} iterations) into {r.train.out}: {train.status(r)}"
+        )
         latest = Path(r.train.out) / "latest.pt"
         done = latest.is_file() and all(evaluate.is_cached(latest, t, EVAL) for t in plan.targets)
         lines.append(f"3. evaluate seed {s}: {'done' if done else 'to do'}")
     lines.append("Data:")
-    for option, specs in (("data.train", [c.data.train]), ("data.val", c.data.val), ("--targets", plan.targets)):
+    for option, specs in (
+        ("data.train", [c.data.train]),
+        ("data.val", c.data.val),
+        ("--targets", plan.targets),
+    ):
         for spec in specs:
             try:
                 state = f"ok ({check_specs([spec], option)[spec]} images)"
@@ -173,8 +182,12 @@ def run(plan: Plan, progress: bool = True) -> dict:
     for seed in plan.seeds:
         cfg = plan.run_cfg(seed)
         train.run(cfg, fix="Pass another --out, or move that folder away")
-        settings = evaluate.EvalSettings(amp="off", batch_size=1, device=cfg.run.device, workers=cfg.data.workers)
-        runs[seed], _ = evaluate.run(Path(cfg.train.out) / "latest.pt", plan.targets, settings, progress=progress)
+        settings = evaluate.EvalSettings(
+            amp="off", batch_size=1, device=cfg.run.device, workers=cfg.data.workers
+        )
+        runs[seed], _ = evaluate.run(
+            Path(cfg.train.out) / "latest.pt", plan.targets, settings, progress=progress
+        )
     result = summarise(runs, plan.cfg)
     if info.main:
         atomic_write(plan.out / "results.md", lambda p: p.write_text(result["table"] + "\n"))
@@ -204,7 +217,8 @@ def column_names(specs: list[str]) -> dict[str, str]:
     for spec, name in names.items():
         if name in seen:
             raise ValueError(
-                f"--targets {seen[name]!r} and {spec!r} are one column ({name}): give each benchmark split once"
+                f"--targets {seen[name]!r} and {spec!r} are one column ({name}): give each benchmark "
+                "split once"
             )
         seen[name] = spec
     return names

@@ -28,7 +28,8 @@ def run(cfg: Config, say=print, fix: str = REFUSAL) -> dict:
 
 
 def status(cfg: Config) -> str:
-    """What :func:`run` would do with ``train.out``: "to do", "resumes at step N", "done", or "refused: ..."."""
+    """What :func:`run` would do with ``train.out``: "to do", "resumes at step N", "done" or
+    "refused: ..."."""
     try:
         ckpt = open_run(Path(cfg.train.out), train_record(cfg), REFUSAL)
     except (FileExistsError, FileNotFoundError, ValueError) as e:

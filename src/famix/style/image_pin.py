@@ -22,11 +22,8 @@ import open_clip
 import torch
 from torch import nn
 
-from famix.style.pin import pin_optimize
+from famix.style.pin import PIN_LR, PIN_MOMENTUM, PIN_STEPS, PIN_WEIGHT_DECAY, pin_optimize
 from famix.style.stats import patch_stats
-
-# per-image SGD settings of image-level PIN (see the module docstring)
-PIN_STEPS, PIN_LR, PIN_MOMENTUM, PIN_WEIGHT_DECAY = 100, 0.1, 0.9, 1e-4
 
 
 class ImageStyles(NamedTuple):

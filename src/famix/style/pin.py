@@ -21,6 +21,8 @@ from famix.models.towers import style_relu, style_tail
 from famix.style.stats import grid_edges
 
 # fp16 only: the first loss scale of each batch's PIN (torch's default); overflowing steps halve it
+# PIN's SGD (method.md section 3): steps, lr per patch (or image), momentum, weight decay; one place
+PIN_STEPS, PIN_LR, PIN_MOMENTUM, PIN_WEIGHT_DECAY = 100, 0.1, 0.9, 1e-4
 FP16_INIT_SCALE = 2.0**16
 # cuda_graph: eager SGD steps before one is captured (momentum buffers created, cuDNN warmed up)
 GRAPH_WARMUP = 3
@@ -62,10 +64,10 @@ def pin_optimize(
     sigma: torch.Tensor,
     text: torch.Tensor,
     pool: int,
-    steps: int = 100,
-    lr: float = 0.1,
-    momentum: float = 0.9,
-    weight_decay: float = 1e-4,
+    steps: int = PIN_STEPS,
+    lr: float = PIN_LR,
+    momentum: float = PIN_MOMENTUM,
+    weight_decay: float = PIN_WEIGHT_DECAY,
     amp_dtype: torch.dtype | None = None,
     weight: torch.Tensor | None = None,
     channels_last: bool = False,

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from famix.cli import main
 from famix.engine.checkpoint import load_checkpoint, load_segmenter
+from famix.engine.runs import file_fingerprint
 from famix.models.clip import build_clip
 from famix.stages import adapt as adapt_engine
 from famix.style.bank import IGNORE_KEY, StyleBank
@@ -79,7 +80,11 @@ def test_adapt_changes_only_the_head(checkpoint, adapted):
     before = load_checkpoint(checkpoint)["model_state"]
     ckpt = load_checkpoint(adapted / "latest.pt")
     after = ckpt["model_state"]
-    assert ckpt["cur_itrs"] == SETTINGS.iterations and ckpt["provenance"]["adapt"]["target"] == TARGET
+    assert ckpt["cur_itrs"] == SETTINGS.iterations and ckpt["run"]["kind"] == "adapt"
+    assert ckpt["run"]["inputs"]["checkpoint"] == file_fingerprint(checkpoint)
+    assert ckpt["run"]["inputs"]["bank"] == file_fingerprint(adapted / "styles.safetensors")
+    best = load_checkpoint(adapted / "best.pt")  # validated at the end only: best.pt is the adapted model
+    assert best["cur_itrs"] == SETTINGS.iterations
     assert set(before) == set(after)
     backbone = [k for k in before if k.startswith("backbone.")]
     assert backbone and all(torch.equal(before[k], after[k]) for k in backbone)

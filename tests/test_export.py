@@ -172,7 +172,7 @@ def test_cli_refusal_is_one_line_and_keeps_the_old_file(checkpoint, tmp_path, mo
     earlier = out.read_bytes()
     _perturbed(monkeypatch, lambda y: y + 1)
     with pytest.raises(SystemExit) as exit_:
-        main(argv)
+        main([*argv[:5], "32x48", *argv[6:]])  # another export into the same file (the same one: a no-op)
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert (

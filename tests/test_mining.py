@@ -285,7 +285,7 @@ def one_batch_bank(tmp_path_factory):
 def test_mine_refuses_to_resume_with_other_settings_naming_them(one_batch_bank, override, change):
     with pytest.raises(FileExistsError, match="other settings") as error:
         tiny_mine(one_batch_bank, "mine.max_images=8", override)
-    assert change in str(error.value) and "pass another style.bank" in str(error.value)
+    assert change in str(error.value) and "Pass another style.bank" in str(error.value)
     assert StyleBank.load(one_batch_bank).metadata["batches_done"] == 1  # untouched
 
 
@@ -307,7 +307,8 @@ def test_mine_official_recipe_mines_at_most_one_style_per_class_per_batch(tmp_pa
     for batch in per_batch:
         assert set(batch.values()) <= {0, 1} and sum(batch.values()) >= 1
     meta = StyleBank.load(bank).metadata
-    assert meta["mine"]["recipe"] == "official" and meta["mine"]["lr"] == 1.0 and meta["batches_done"] == 2
+    mined = meta["run"]["settings"]["mine"]
+    assert mined["recipe"] == "official" and mined["lr"] == 1.0 and meta["batches_done"] == 2
 
 
 # ---- the speed paths: each equals the plain computation (to float rounding, or to bf16's precision)

@@ -189,3 +189,25 @@ def test_export_stage_writes_nothing_the_second_time(checkpoint, tmp_path):
     assert stamps(tmp_path) == before and "nothing to do" in said[0]
     _, check = export.run(checkpoint, "torchscript", "32x48", out=out)  # another size: exported again
     assert check is not None and check.shapes[0][-2:] == (32, 48)
+
+
+def test_convert_stage_writes_nothing_the_second_time(tmp_path):
+    import pickle
+
+    import torch
+
+    from famix.stages import convert
+
+    raw = {"road_mu": [torch.full((64, 1, 1), 1.0)], "road_std": [torch.ones(64, 1, 1)]}
+    src = tmp_path / "bank.pkl"
+    src.write_bytes(pickle.dumps(raw))
+    dst, said = tmp_path / "out" / "bank.safetensors", []
+    convert.run("bank", src, dst, trust_pickle=True)
+    before = stamps(dst.parent)
+    assert convert.run("bank", src, dst, trust_pickle=True, say=said.append) == dst
+    assert stamps(dst.parent) == before and "nothing to do" in said[0]
+    raw["road_mu"] = [torch.full((64, 1, 1), 3.0)]  # another source: converted again
+    src.write_bytes(pickle.dumps(raw))
+    said.clear()
+    convert.run("bank", src, dst, trust_pickle=True, say=said.append)
+    assert said == [] and stamps(dst.parent) != before

@@ -191,7 +191,7 @@ def cmd_convert(args) -> None:
     from famix.stages import convert
 
     dst = convert.run(args.kind, args.src, args.dst, trust_pickle=args.trust_pickle, force=args.force)
-    print(f"wrote {dst}")
+    print(f"famix convert: {dst} holds the converted {args.kind}")
 
 
 # famix adapt's options, one per AdaptSettings field (its defaults are shown, never restated here)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from famix.config import Config, check_values
 from famix.data.datasets import build_dataset
+from famix.engine.distributed import current, resolve_device
 from famix.engine.outputs import check_folder
 from famix.models.clip import weights_fingerprint
 from famix.style.bank import StyleBank
@@ -55,6 +56,7 @@ def check_train_inputs(cfg: Config) -> None:
     """``famix train``'s inputs: the config's numbers, the source and validation specs, the CLIP weights and
     the style bank its mixing reads."""
     check_values(cfg)
+    resolve_device(cfg.run.device, current())
     check_folder(cfg.train.out, "train.out")
     check_specs([cfg.data.train], "data.train")
     check_specs(cfg.data.val, "data.val")
@@ -70,8 +72,9 @@ def check_train_inputs(cfg: Config) -> None:
 
 
 def check_mine_inputs(cfg: Config) -> None:
-    """``famix mine``'s inputs: numbers, where the bank goes, the source spec and the CLIP weights."""
+    """``famix mine``'s inputs: numbers, device, where the bank goes, the source spec and the CLIP weights."""
     check_values(cfg)
+    resolve_device(cfg.run.device, current())
     if not cfg.style.bank:
         raise ValueError("set style.bank=PATH: the style bank `famix mine` writes (and `famix train` reads)")
     check_folder(Path(cfg.style.bank).parent, "style.bank")

@@ -163,10 +163,10 @@ def _rows(w: Path) -> list:
             "notes.txt",
         ),
         (
-            "adapt target too long for a file name",
-            [*adapt, "--target", "night " * 60, "--iterations", "0"],
+            "eval with a bad second spec",
+            ["eval", ckpt, "--data", "synthetic:day:2:size=32", "synthetic:nowhere:2", "--device", "cpu"],
             {},
-            "--iterations=0: give a number >= 1",
+            "--data synthetic:nowhere:2: unknown synthetic domain 'nowhere'",
         ),
         (
             "train.out under a file",
@@ -191,6 +191,12 @@ def _rows(w: Path) -> list:
             ],
             {},
             "are one column (C)",
+        ),
+        (
+            "adapt under torchrun",
+            [*adapt, "--target", "night"],
+            {"WORLD_SIZE": "2", "RANK": "1"},
+            "famix adapt runs in one process",
         ),
         (
             "corrupt image in a loader worker",
@@ -238,3 +244,38 @@ def test_bad_input_is_one_clear_line_before_any_work(row, world, monkeypatch, ca
         assert len(lines) == 1, err
         assert says in lines[0]
     assert _tree(world) == before  # nothing written, nothing replaced
+
+
+def test_long_adapt_targets_get_short_distinct_folders():
+    from famix.stages.adapt import SLUG_CHARS, slug
+
+    long = "driving through a city at night in heavy rain " * 8
+    assert len(slug(long)) <= SLUG_CHARS and slug(long) != slug(long + "with fog")
+    assert slug("Driving at night!") == "driving-at-night"
+
+
+def test_a_crop_larger_than_the_images_warns_before_training(tmp_path):
+    from famix.config import load_config
+    from famix.engine.checks import check_train_inputs
+
+    cfg = load_config("tiny", [f"train.out={tmp_path}", "data.crop=1000", "style.mix=none"])
+    with pytest.warns(UserWarning, match=r"data.crop=1000 is larger than the images of .* \(64x64\)"):
+        check_train_inputs(cfg)
+
+
+def test_every_adapt_setting_has_its_cli_option():
+    from dataclasses import fields
+
+    from famix.cli import build_parser
+    from famix.stages.adapt import AdaptSettings
+
+    values = {"iterations": "3", "lr": "0.5", "steps": "2", "pin_lr": "0.25", "images": "4", "crop": "32",
+              "batch_size": "2", "seed": "7", "amp": "off", "device": "cpu", "workers": "1",
+              "ckpt_interval": "5", "save_every": "6"}  # fmt: skip
+    assert set(values) == {f.name for f in fields(AdaptSettings)}
+    argv = ["adapt", "c.pt", "--target", "night", "--data", "d", "--out", "o"]
+    for name, value in values.items():
+        argv += [f"--{name.replace('_', '-')}", value]
+    args = build_parser().parse_args(argv)
+    settings = AdaptSettings(**{f.name: getattr(args, f.name) for f in fields(AdaptSettings)})
+    assert settings == AdaptSettings(3, 0.5, 2, 0.25, 4, 32, 2, 7, "off", "cpu", 1, 5, 6)

@@ -125,6 +125,16 @@ def require_session(info: DistInfo, what: str) -> None:
         )
 
 
+def single_process(command: str, why: str) -> None:
+    """Under torchrun, refuse a command that runs in one process, in one line (``why``: what every rank
+    would otherwise do)."""
+    info = current()
+    if info.enabled:
+        raise ValueError(
+            f"{command} runs in one process ({why}): run it without torchrun (WORLD_SIZE={info.world_size})"
+        )
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

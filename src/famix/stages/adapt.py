@@ -58,7 +58,7 @@ from famix.data.labels import IGNORE_INDEX
 from famix.data.transforms import normalize, train_transform
 from famix.engine.checkpoint import load_checkpoint, load_segmenter
 from famix.engine.checks import check_specs
-from famix.engine.distributed import current, resolve_device
+from famix.engine.distributed import resolve_device, single_process
 from famix.engine.outputs import check_folder
 from famix.engine.runs import KEY, RunRecord, check_same, file_fingerprint
 from famix.engine.seeds import item_seed
@@ -168,13 +168,6 @@ def fine_tune_config(
     )
 
 
-def _refuse_distributed() -> None:
-    if current().enabled:
-        raise ValueError(
-            "famix adapt runs in one process (every rank would mine the same banks): run it without torchrun"
-        )
-
-
 def run(
     checkpoint: str | Path,
     targets: list[str],
@@ -189,7 +182,7 @@ def run(
     target, ``<out>/<slug>/latest.pt`` (resumed if interrupted, returned at once when finished). Every
     input is checked before any target starts. Returns {target: checkpoint path}."""
     s = settings or AdaptSettings()
-    _refuse_distributed()
+    single_process("famix adapt", "every rank would mine the same banks")
     if not targets:
         raise ValueError('give at least one target description (--target "driving at night")')
     folders = [slug(t) for t in targets]
@@ -223,7 +216,7 @@ def control(
 ) -> Path:
     """The control of an adaptation: ``checkpoint``'s head fine-tuned exactly as :func:`run` does it (same
     config, steps, crops, seed) with no restyling, into ``run``; resumed or returned like any run."""
-    _refuse_distributed()
+    single_process("famix adapt", "every rank would mine the same banks")
     check_specs([source_spec], "--data")
     ckpt = load_checkpoint(checkpoint)
     cfg = fine_tune_config(ckpt.get("config", {}), source_spec, Path(run), settings, mix="none")

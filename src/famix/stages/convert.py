@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from famix.engine import convert
 from famix.engine.checkpoint import load_checkpoint
+from famix.engine.distributed import single_process
 
 
 def _same(a, b) -> bool:
@@ -42,6 +43,7 @@ def run(
 ) -> Path:
     """Convert ``src`` (``kind``: checkpoint | bank | clip) into ``dst`` (replaced only if this conversion
     wrote it, or ``force``); returns ``dst``. ``dst`` already holding this conversion is left as it is."""
+    single_process("famix convert", "every rank would write the same file")
     dst = Path(dst)
     if dst.is_file():
         with tempfile.TemporaryDirectory() as folder:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from famix.engine.distributed import single_process
 from famix.engine.export import (
     ATOL,
     MIN_AGREEMENT,
@@ -33,6 +34,7 @@ def run(
     """Export ``checkpoint`` in format ``fmt`` at ``size`` (``"HxW"`` or a pair) to ``out`` (default:
     beside the checkpoint); returns the file and the check it passed (None: the file already held this
     export, nothing was written)."""
+    single_process("famix export", "every rank would write the same file")
     size = parse_size(size) if isinstance(size, str) else tuple(size)
     out = Path(out) if out is not None else default_output(checkpoint, fmt)
     settings = {

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from famix.engine.amp import amp_dtype
-from famix.engine.distributed import resolve_device
+from famix.engine.distributed import resolve_device, single_process
 from famix.engine.inference import PLAIN, InferenceSettings
 from famix.engine.outputs import check_folder
 from famix.engine.predict import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_images, load_model, predict_paths
@@ -37,6 +37,7 @@ def run(
     """Segment every image and video ``inputs`` name into ``out``; returns the files written. The inputs
     and the model are checked before the first image is segmented; a finished prediction with the same
     record (and its files still there) returns at once."""
+    single_process("famix predict", "every rank would write the same files")
     dev = resolve_device(device)
     check_folder(out, "--out")
     paths = list_images(inputs, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)

@@ -279,3 +279,20 @@ def test_every_adapt_setting_has_its_cli_option():
     args = build_parser().parse_args(argv)
     settings = AdaptSettings(**{f.name: getattr(args, f.name) for f in fields(AdaptSettings)})
     assert settings == AdaptSettings(3, 0.5, 2, 0.25, 4, 32, 2, 7, "off", "cpu", 1, 5, 6)
+
+
+def test_datasets_check_decodes_as_many_pairs_as_asked(tmp_path, capsys):
+    fake.cityscapes(tmp_path / "cs", {"val": {"ulm": 2}})
+    image = next((tmp_path / "cs" / "leftImg8bit").rglob("*.png"))
+    image.write_bytes(image.read_bytes()[:60])  # found only when decoded
+    for decode, status in ((None, 1), (0, 0)):
+        with pytest.raises(SystemExit) as exit_:
+            main(
+                [
+                    "datasets",
+                    "check",
+                    f"cityscapes:{tmp_path / 'cs'}:val",
+                    *(["--decode", str(decode)] if decode is not None else []),
+                ]
+            )
+        assert exit_.value.code == status, capsys.readouterr().out

@@ -172,7 +172,7 @@ def cmd_datasets(args) -> None:
         raise ValueError(
             "usage: famix datasets [check NAME ROOT]  (NAME may be a full spec, e.g. acdc:night)"
         )
-    report = check_dataset(args.name, args.root)
+    report = check_dataset(args.name, args.root, decode=args.decode)
     print(format_check(report))
     sys.exit(exit_code(report))
 
@@ -372,6 +372,9 @@ def _add_datasets(sub) -> None:
     )
     ds.add_argument("name", nargs="?", help="dataset name (gta5, cityscapes, acdc:night, ...) or a full spec")
     ds.add_argument("root", nargs="?", help="dataset root folder")
+    ds.add_argument(
+        "--decode", type=int, help="decode at most this many pairs per split, spread evenly (default: all)"
+    )
 
 
 def _add_pretrain(sub) -> None:

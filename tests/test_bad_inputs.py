@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 
 from famix.cli import main
 from famix.config import ModelConfig
@@ -39,6 +40,7 @@ def world(tmp_path_factory, checkpoint):
     adapt_bank.save(root / "night.safetensors")
     (root / "list.yaml").write_text("- train: {lr: 0.1}\n")
     (root / "notes.txt").write_text("not a bank, not a checkpoint\n")
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(root / "scripted.pt"))  # a TorchScript archive
     data = root / "data"
     fake.gta5(data / "gta5", 2)
     fake.cityscapes(data / "cityscapes", {"val": {"lindau": 1}, "train": {"aachen": 1}})
@@ -174,7 +176,40 @@ def _rows(w: Path) -> list:
             {},
             "notes.txt is a file, not a folder",
         ),
-        ("eval on a TorchScript file", None, {}, None),
+        (
+            "eval on a TorchScript file",
+            ["eval", str(w / "scripted.pt"), "--data", "synthetic:day:2"],
+            {},
+            "scripted.pt is a TorchScript model archive, not a checkpoint",
+        ),
+        (
+            "export --out under a file",
+            [
+                "export",
+                ckpt,
+                "--format",
+                "torchscript",
+                "--size",
+                "32",
+                "--out",
+                str(w / "notes.txt" / "m.pt"),
+            ],
+            {},
+            "notes.txt is a file, not a folder",
+        ),
+        (
+            "datasets check: a GTA5 split without its list",
+            ["datasets", "check", f"gta5:{d}/gta5:train"],
+            {},
+            None,
+        ),
+        (
+            "datasets check: fog emptied by its size filter",
+            ["datasets", "check", f"acdc:fog:{d}/acdc:val"],
+            {},
+            None,
+        ),
+        ("datasets check: a truncated PNG", ["datasets", "check", f"cityscapes:{d}/broken:val"], {}, None),
         (
             "fog split emptied by the size filter",
             [*repro, "--targets", f"acdc:fog:{d}/acdc:val"],
@@ -223,8 +258,6 @@ ROWS = [r[0] for r in _rows(Path("/"))]
 @pytest.mark.parametrize("row", ROWS)
 def test_bad_input_is_one_clear_line_before_any_work(row, world, monkeypatch, capsys):
     _, argv, env, says = next(r for r in _rows(world) if r[0] == row)
-    if argv is None:
-        pytest.skip("covered in tests/test_export_files.py")
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():

@@ -13,6 +13,7 @@ writes the table.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import statistics
@@ -173,7 +174,7 @@ def run(plan: Plan, progress: bool = True) -> dict:
     """Run (or resume) every stage; returns {"table": markdown, "columns": ..., "unit": "percent"}."""
     check_plan(plan)
     info = current()
-    if info.main:
+    if info.main:  # the plan last run, for the reader (each stage keeps its own record)
         plan.out.mkdir(parents=True, exist_ok=True)
         record = {"config": plan.cfg.to_dict(), "seeds": plan.seeds, "targets": plan.targets}
         atomic_write(plan.out / "reproduce.yaml", lambda p: p.write_text(yaml.safe_dump(record)))
@@ -182,9 +183,7 @@ def run(plan: Plan, progress: bool = True) -> dict:
     for seed in plan.seeds:
         cfg = plan.run_cfg(seed)
         train.run(cfg, fix="Pass another --out, or move that folder away")
-        settings = evaluate.EvalSettings(
-            amp="off", batch_size=1, device=cfg.run.device, workers=cfg.data.workers
-        )
+        settings = dataclasses.replace(EVAL, device=cfg.run.device, workers=cfg.data.workers)
         runs[seed], _ = evaluate.run(
             Path(cfg.train.out) / "latest.pt", plan.targets, settings, progress=progress
         )

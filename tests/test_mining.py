@@ -23,7 +23,7 @@ from famix.stages.mine import run as mine
 from famix.style import pin
 from famix.style.bank import StyleBank
 from famix.style.patch_mining import MiningSettings, cap_per_class, first_per_class, mine_batches
-from famix.style.pin import pin_optimize, split_patches
+from famix.style.pin import PinSGD, pin_optimize, split_patches
 from famix.style.prompts import TextEmbedder, prompt
 from famix.style.stats import grid_edges, normalize_patches, patch_stats
 
@@ -91,7 +91,7 @@ def test_pin_is_per_patch_independent_and_matches_loop(clip, h, w, g):
     text = F.normalize(torch.randn(flat_mu.shape[0], 128, generator=torch.Generator().manual_seed(1)), dim=-1)
     steps, lr = 3, 0.5
     mu_s, sigma_s, cos, order = pin_optimize(
-        visual, split_patches(f_norm, g), flat_mu, flat_sigma, text, 16, steps, lr
+        visual, split_patches(f_norm, g), flat_mu, flat_sigma, text, 16, PinSGD(steps, lr)
     )
     rows, cols = grid_edges(h, g), grid_edges(w, g)
     for k, p in enumerate(order.tolist()):
@@ -108,8 +108,8 @@ def test_pin_raises_similarity_to_text(clip):
     f_norm, *flat = patch_inputs(clip.visual, 2, 16, 16, 2, seed=0)
     text = F.normalize(torch.randn(8, 128, generator=torch.Generator().manual_seed(1)), dim=-1)
     groups = split_patches(f_norm, 2)
-    _, _, before, _ = pin_optimize(clip.visual, groups, *flat, text, 16, steps=0)
-    _, _, after, _ = pin_optimize(clip.visual, groups, *flat, text, 16, steps=30, lr=1.0)
+    _, _, before, _ = pin_optimize(clip.visual, groups, *flat, text, 16, PinSGD(steps=0))
+    _, _, after, _ = pin_optimize(clip.visual, groups, *flat, text, 16, PinSGD(30, 1.0))
     assert (after > before).all()
 
 
@@ -224,7 +224,9 @@ def test_fp16_pin_scales_the_loss_and_retakes_overflowed_steps(clip, monkeypatch
     groups = split_patches(f_norm, 2)
 
     def run(amp):
-        return pin_optimize(clip.visual, groups, flat_mu, flat_sigma, text, 16, 3, 0.5, amp_dtype=amp)[:2]
+        return pin_optimize(
+            clip.visual, groups, flat_mu, flat_sigma, text, 16, PinSGD(3, 0.5), amp_dtype=amp
+        )[:2]
 
     fp32, fp16 = run(None), run(torch.float16)
     monkeypatch.setattr(pin, "FP16_INIT_SCALE", 2.0**30)  # overflows fp16 on the first ~14 tries
@@ -241,7 +243,14 @@ def test_fp16_pin_stops_when_the_gradients_stay_non_finite(clip):
     huge = flat_mu + 1e6  # the restyled patches overflow fp16 in the CLIP tail whatever the loss scale
     with pytest.raises(FloatingPointError, match="run.amp=bf16"):
         pin_optimize(
-            clip.visual, split_patches(f_norm, 3), huge, flat_sigma, text, 16, 2, amp_dtype=torch.float16
+            clip.visual,
+            split_patches(f_norm, 3),
+            huge,
+            flat_sigma,
+            text,
+            16,
+            PinSGD(2),
+            amp_dtype=torch.float16,
         )
 
 
@@ -399,7 +408,7 @@ def test_bf16_pin_moves_the_styles_as_fp32_does(clip, steps):
     flat_mu, flat_sigma = (t.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for t in (mu, sigma))
     text = F.normalize(torch.randn(18, 128, generator=g), dim=-1)
     groups = split_patches(normalize_patches(f, mu, sigma), 3)
-    args = (clip.visual, groups, flat_mu, flat_sigma, text, 16, steps)
+    args = (clip.visual, groups, flat_mu, flat_sigma, text, 16, PinSGD(steps))
     fp32, bf16 = pin_optimize(*args), pin_optimize(*args, amp_dtype=torch.bfloat16)
     for a, b, start in zip(bf16[:2], fp32[:2], (flat_mu[fp32[3]], flat_sigma[fp32[3]]), strict=True):
         assert (a - b).norm() < 0.15 * (b - start).norm()
@@ -473,7 +482,7 @@ def test_pin_crops_change_only_the_speed(tmp_path):
 def test_cuda_graph_is_ignored_off_cuda(clip):
     f_norm, flat_mu, flat_sigma = patch_inputs(clip.visual, 1, 8, 8, 2, seed=9)
     text = F.normalize(torch.randn(4, 128, generator=torch.Generator().manual_seed(9)), dim=-1)
-    args = (clip.visual, split_patches(f_norm, 2), flat_mu, flat_sigma, text, 16, 5, 0.5)
+    args = (clip.visual, split_patches(f_norm, 2), flat_mu, flat_sigma, text, 16, PinSGD(5, 0.5))
     for a, b in zip(pin_optimize(*args), pin_optimize(*args, cuda_graph=True), strict=True):
         assert torch.equal(a, b)
 
@@ -492,9 +501,9 @@ def test_cuda_graph_replays_the_eager_steps(amp):
     f_norm, flat_mu, flat_sigma = (t.cuda() for t in patch_inputs(visual, 2, 12, 12, 3, seed=11))
     text = F.normalize(torch.randn(18, 128, generator=torch.Generator().manual_seed(11)), dim=-1).cuda()
     weight = torch.full((18,), 1 / 18, device="cuda")
-    args = (visual, split_patches(f_norm, 3), flat_mu, flat_sigma, text, 16, 8, 0.5, 0.9, 1e-4, amp)
-    eager = pin_optimize(*args, weight=weight, channels_last=True)
-    graphed = pin_optimize(*args, weight=weight, channels_last=True, cuda_graph=True)
+    args = (visual, split_patches(f_norm, 3), flat_mu, flat_sigma, text, 16, PinSGD(8, 0.5, 0.9, 1e-4))
+    eager = pin_optimize(*args, amp_dtype=amp, weight=weight, channels_last=True)
+    graphed = pin_optimize(*args, amp_dtype=amp, weight=weight, channels_last=True, cuda_graph=True)
     assert not torch.allclose(eager[0], flat_mu[eager[3]])  # the styles moved
     for a, b in zip(graphed, eager, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)

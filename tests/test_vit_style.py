@@ -27,7 +27,7 @@ from famix.stages.mine import run as mine
 from famix.style.bank import StyleBank
 from famix.style.mixing import LocalStyleMixer, mix_stats
 from famix.style.patch_mining import MiningSettings, mine_batches
-from famix.style.pin import pin_optimize, split_patches
+from famix.style.pin import PinSGD, pin_optimize, split_patches
 from famix.style.stats import affine_patches, grid_edges, normalize_patches, patch_stats, restyle
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -121,7 +121,7 @@ def test_vit_pin_is_per_patch_and_matches_a_loop_without_relu(vit, b, h, w, g):
     groups = split_patches(f_norm, g)
     assert len({tuple(p.shape[2:]) for p, _ in groups}) > 1  # patches of several shapes
     mu_s, sigma_s, _, order = pin_optimize(
-        vit, groups, flat_mu, flat_sigma, text, pool, steps, lr, momentum, weight_decay
+        vit, groups, flat_mu, flat_sigma, text, pool, PinSGD(steps, lr, momentum, weight_decay)
     )
     tail = open_clip_tail(vit)
     rows, cols = grid_edges(h, g), grid_edges(w, g)
@@ -135,7 +135,7 @@ def test_vit_pin_is_per_patch_and_matches_a_loop_without_relu(vit, b, h, w, g):
         torch.testing.assert_close(mu_s[k], m, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(sigma_s[k], s, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(mu_s, flat_mu[order])  # the styles did move
-    relu_mu, *_ = pin_optimize(vit, groups, flat_mu, flat_sigma, text, pool, steps, lr, relu=True)
+    relu_mu, *_ = pin_optimize(vit, groups, flat_mu, flat_sigma, text, pool, PinSGD(steps, lr), relu=True)
     assert not torch.allclose(relu_mu, mu_s)  # ... and a ReLU would have changed them
 
 

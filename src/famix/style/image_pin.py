@@ -22,7 +22,7 @@ import open_clip
 import torch
 from torch import nn
 
-from famix.style.pin import PIN_LR, PIN_MOMENTUM, PIN_STEPS, PIN_WEIGHT_DECAY, pin_optimize
+from famix.style.pin import PIN_LR, PIN_MOMENTUM, PIN_STEPS, PIN_WEIGHT_DECAY, PinSGD, pin_optimize
 from famix.style.stats import patch_stats
 
 
@@ -77,10 +77,7 @@ def image_pin(
         sigma,
         target,
         pool,
-        steps,
-        lr,
-        momentum,
-        weight_decay,
+        PinSGD(steps, lr, momentum, weight_decay),
         relu=relu,
     )
     assert torch.equal(order, index)  # one group holding every image, in batch order

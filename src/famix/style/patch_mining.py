@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from famix.models.towers import style_features, style_relu
-from famix.style.pin import pin_optimize, restyle_dtype, split_patches
+from famix.style.pin import PinSGD, pin_optimize, restyle_dtype, split_patches
 from famix.style.prompts import draw_prompts
 from famix.style.stats import dominant_class, normalize_patches, patch_stats
 
@@ -152,11 +152,8 @@ def mine_batches(
         sigma,
         text,
         pool,
-        s.steps,
-        s.lr,
-        s.momentum,
-        s.weight_decay,
-        amp_dtype,
+        PinSGD(s.steps, s.lr, s.momentum, s.weight_decay),
+        amp_dtype=amp_dtype,
         weight=weight,
         channels_last=channels_last,
         cuda_graph=cuda_graph,

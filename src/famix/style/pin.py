@@ -12,6 +12,7 @@ and the CLIP tail that embeds the restyled patches, are ``famix.models.towers``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,18 @@ def split_patches(x: torch.Tensor, grid: int) -> list[tuple[torch.Tensor, torch.
     return groups
 
 
+class PinSGD(NamedTuple):
+    """PIN's optimiser: ``steps`` SGD steps at ``lr`` (per patch, or per image), momentum, weight decay."""
+
+    steps: int = PIN_STEPS
+    lr: float = PIN_LR
+    momentum: float = PIN_MOMENTUM
+    weight_decay: float = PIN_WEIGHT_DECAY
+
+
+PIN_SGD = PinSGD()  # the paper's
+
+
 def pin_optimize(
     visual: nn.Module,
     groups: list[tuple[torch.Tensor, torch.Tensor]],
@@ -64,10 +77,8 @@ def pin_optimize(
     sigma: torch.Tensor,
     text: torch.Tensor,
     pool: int,
-    steps: int = PIN_STEPS,
-    lr: float = PIN_LR,
-    momentum: float = PIN_MOMENTUM,
-    weight_decay: float = PIN_WEIGHT_DECAY,
+    sgd: PinSGD = PIN_SGD,
+    *,
     amp_dtype: torch.dtype | None = None,
     weight: torch.Tensor | None = None,
     channels_last: bool = False,
@@ -82,8 +93,8 @@ def pin_optimize(
     the tail, ``towers.style_grid(visual)`` (56 for RN50, 14 for ViT-B/16); relu: whether the restyle takes
     a ReLU (None: ``towers.style_relu(visual)``, True for a ResNet, False for a ViT). Groups may hold a
     subset of the patches: only those are optimised. The loss 1 - cos is summed over the optimised patches,
-    each weighted by ``weight`` [N] if given (the official step: 1 / M, the average). Patches are
-    independent: a patch's result does not depend on the others in the call.
+    each weighted by ``weight`` [N] if given (the official step: 1 / M, the average), by ``sgd``. Patches
+    are independent: a patch's result does not depend on the others in the call.
 
     How to compute, not what: amp_dtype is the autocast dtype of the CLIP tail (None: fp32; fp16 adds a
     loss scaler); the restyle and pooling run in ``restyle_dtype(amp_dtype)`` (mu*, sigma* and SGD stay
@@ -97,10 +108,12 @@ def pin_optimize(
     sigma_p = sigma[order].clone().float().requires_grad_(True)
     target = text[order].float()
     weight = None if weight is None else weight[order].float()
-    optimizer = torch.optim.SGD([mu_p, sigma_p], lr=lr, momentum=momentum, weight_decay=weight_decay)
+    optimizer = torch.optim.SGD(
+        [mu_p, sigma_p], lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay
+    )
     device_type = mu.device.type
     scaler = torch.amp.GradScaler(device_type, init_scale=FP16_INIT_SCALE, enabled=amp_dtype == torch.float16)
-    graphed = cuda_graph and device_type == "cuda" and not scaler.is_enabled() and steps > GRAPH_WARMUP
+    graphed = cuda_graph and device_type == "cuda" and not scaler.is_enabled() and sgd.steps > GRAPH_WARMUP
     dtype = restyle_dtype(amp_dtype)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     groups = [(p.to(dtype, memory_format=layout), i) for p, i in groups]  # no copy if they already are
@@ -126,7 +139,21 @@ def pin_optimize(
         loss = 1 - similarity()
         return loss.sum() if weight is None else (loss * weight).sum()
 
-    done = graphed_steps(objective, optimizer, steps) if graphed else 0
+    if graphed:
+        graphed_steps(objective, optimizer, sgd.steps)
+    else:
+        eager_steps(objective, optimizer, scaler, sgd.steps)
+    with torch.no_grad():
+        cos = similarity()
+    return mu_p.detach(), sigma_p.detach(), cos, order
+
+
+def eager_steps(
+    objective: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer, scaler, steps: int
+) -> None:
+    """Take ``steps`` real optimiser steps on ``objective`` through ``scaler`` (fp16's loss scaler, or a
+    disabled one): a step whose scaled gradients overflow is skipped and taken again at the halved scale."""
+    done = 0
     while done < steps:
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(objective()).backward()
@@ -140,9 +167,6 @@ def pin_optimize(
                 "style mining: PIN gradients stay non-finite under fp16 autocast even unscaled (the CLIP "
                 "tail overflows fp16 on these features): set run.amp=bf16 or run.amp=off"
             )
-    with torch.no_grad():
-        cos = similarity()
-    return mu_p.detach(), sigma_p.detach(), cos, order
 
 
 def restyle_dtype(amp_dtype: torch.dtype | None) -> torch.dtype:

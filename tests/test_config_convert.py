@@ -116,18 +116,6 @@ def test_reading_a_config_imports_no_model_library(tmp_path):
     assert out.strip() == "[]"
 
 
-def test_changed_settings_lists_result_changing_keys_only():
-    from famix.config import changed_settings
-
-    a = load_config("tiny").to_dict()
-    b = load_config(
-        "tiny", ["train.lr=0.01", "style.mix=none", "train.log_interval=1", "run.device=cuda"]
-    ).to_dict()
-    changed = changed_settings(a, b)
-    assert changed == ["style.mix: 'famix' -> 'none'", "train.lr: 0.05 -> 0.01"]
-    assert changed_settings(a, b, ("model", "run")) == []
-
-
 def _cli_error(argv, capsys) -> str:
     with pytest.raises(SystemExit) as exit_:
         main(argv)

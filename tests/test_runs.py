@@ -70,3 +70,15 @@ def test_file_fingerprint_is_the_content(tmp_path):
     b.write_bytes(b"styles")
     assert file_fingerprint(a) == file_fingerprint(b) != file_fingerprint(__file__)
     assert file_fingerprint(None) is None
+
+
+def test_a_training_record_holds_the_result_keys_only(tmp_path):
+    from famix.config import load_config
+    from famix.engine.train import train_record
+
+    base = train_record(load_config("tiny", ["style.mix=none"]))
+    neutral = ["train.log_interval=1", "train.val_interval=3", "train.ckpt_interval=2", "data.workers=2",
+               "run.device=cpu", "train.stop_after=5", "data.val=[]", f"train.out={tmp_path}"]  # fmt: skip
+    assert train_record(load_config("tiny", ["style.mix=none", *neutral])).changes(base.to_dict()) == []
+    other = train_record(load_config("tiny", ["style.mix=mixstyle", "train.lr=0.01"]))
+    assert other.changes(base.to_dict()) == ["style.mix: 'none' -> 'mixstyle'", "train.lr: 0.05 -> 0.01"]

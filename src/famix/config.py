@@ -189,16 +189,6 @@ def flatten(data: dict, prefix: str = "") -> dict:
     return out
 
 
-def changed_settings(old: dict, new: dict, sections: tuple[str, ...] | None = None) -> list[str]:
-    """The ``section.key`` settings (in ``sections``, default all) whose values differ between two config
-    dicts and that change a run's result (``RESUMABLE_KEYS`` excluded), as ``key: old -> new`` strings."""
-    a, b = flatten(old), flatten(new)
-    keys = sorted((set(a) | set(b)) - RESUMABLE_KEYS)
-    if sections is not None:
-        keys = [k for k in keys if k.split(".")[0] in sections]
-    return [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in keys if a.get(k) != b.get(k)]
-
-
 def _coerce(value, tp, where: str):
     """Check/convert a YAML value to a dataclass field type (int, float, str, bool, list, Optional)."""
     origin = typing.get_origin(tp)

@@ -19,20 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from famix.config import flatten
 from famix.io import atomic_write
 
 KEY = "run"  # where a record lives in a checkpoint dict, a bank's metadata and a cache entry
-
-
-def flatten(data: dict, prefix: str = "") -> dict:
-    """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``."""
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,8 @@ from famix.data.labels import CLASS_NAMES  # noqa: E402
 from famix.engine.checkpoint import load_segmenter  # noqa: E402
 from famix.engine.distributed import resolve_device  # noqa: E402
 from famix.engine.evaluate import evaluate_specs  # noqa: E402
-from famix.stages.train import run as train  # noqa: E402
 from famix.models.build import build_segmenter  # noqa: E402
+from famix.stages.train import run as train  # noqa: E402
 from famix.style.bank import StyleBank  # noqa: E402
 
 

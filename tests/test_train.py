@@ -317,3 +317,11 @@ def test_compiled_training_runs_and_matches_eager(tmp_path):
     assert a.keys() == b.keys()  # the compiled wrapper adds no prefix to the saved state
     for k, v in a.items():
         torch.testing.assert_close(b[k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_without_validation_data_best_pt_is_the_last_validated_model(tmp_path):
+    common = ["style.mix=mixstyle", "data.val=[]", "train.iterations=4", "train.val_interval=2"]
+    train(tiny_cfg(tmp_path, *common))
+    best, latest = load_checkpoint(tmp_path / "best.pt"), load_checkpoint(tmp_path / "latest.pt")
+    assert best["cur_itrs"] == latest["cur_itrs"] == 4  # not the first validation step's (2)
+    assert all(torch.equal(v, latest["model_state"][k]) for k, v in best["model_state"].items())

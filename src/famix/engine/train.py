@@ -258,13 +258,15 @@ def validate(cfg: Config, model, device, amp, info, logger, step: int) -> float 
 
 def save_checkpoints(cfg, parts: dict, step, best, score, info, record: RunRecord) -> float:
     """Rank 0 writes ``latest.pt`` and, at a validation step (``score`` not None) that beats ``best`` or
-    finds no ``best.pt``, ``best.pt``, atomically. ``parts``: model, optimizer, scheduler, scaler.
-    Returns the best score (mIoU %, -1: none measured)."""
+    finds no ``best.pt``, ``best.pt``, atomically. With nothing to validate on (``score`` -1) every
+    validation step's model is the best known, so best.pt follows it (the last one: the final model).
+    ``parts``: model, optimizer, scheduler, scaler. Returns the best score (mIoU %, -1: none measured)."""
     if info.main:
         state = {f"{name}_state": part.state_dict() for name, part in parts.items()}
         state.update(cur_itrs=step, config=cfg.to_dict(), **{KEY: record.to_dict()})
         out = Path(cfg.train.out)
-        if score is not None and (score > best or not (out / "best.pt").is_file()):
+        unmeasured = score is not None and score < 0
+        if score is not None and (score > best or unmeasured or not (out / "best.pt").is_file()):
             best = max(score, best)
             save_checkpoint(out / "best.pt", best_score=best, **state)
         save_checkpoint(out / "latest.pt", best_score=best, **state)

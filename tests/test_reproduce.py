@@ -86,6 +86,10 @@ def test_reproduce_table_resume_and_refusal(data_root, tmp_path, monkeypatch, ca
     with pytest.raises(SystemExit):  # the same folder with other settings is refused
         main(_args(data_root, out, "train.lr=0.2"))
     assert "train.lr: 0.05 -> 0.2" in capsys.readouterr().err
+    trained.clear()
+    main(_args(data_root, out, "train.log_interval=1", "mine.save_every=5", "data.workers=0"))  # neutral
+    assert trained == [] and seed0.stat().st_mtime_ns == stamp
+    assert json.loads((out / "results.json").read_text())["columns"] == columns
 
 
 def test_dry_run_lists_stages_data_and_estimate(data_root, tmp_path, capsys):

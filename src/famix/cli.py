@@ -94,7 +94,7 @@ def cmd_predict(args) -> None:
         args.batch_size,
         args.video_output,
     )
-    print(f"wrote {len(written)} files to {args.out}")
+    print(f"{len(written)} prediction files in {args.out}")
 
 
 def cmd_export(args) -> None:

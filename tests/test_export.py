@@ -236,7 +236,7 @@ def test_predict_onnx_gives_the_checkpoints_label_maps(onnx_dynamic, checkpoint,
     images = [str(p) for p in paths]
     main(["predict", str(onnx_path), *images, "--out", str(tmp_path / "onnx"), "--batch-size", "2"])
     main(["predict", str(checkpoint), *images, "--out", str(tmp_path / "ckpt"), "--batch-size", "2"])
-    assert "wrote 12 files" in capsys.readouterr().out
+    assert "12 prediction files in" in capsys.readouterr().out
     for a, b in zip(_trainids(tmp_path / "onnx", paths), _trainids(tmp_path / "ckpt", paths), strict=True):
         np.testing.assert_array_equal(a, b)  # logits differ by ~4e-8: no pixel is that close to a tie
     # Test-time options go through the same predict_logits; half of 64x64 is 32x32, which the file takes.

@@ -63,19 +63,11 @@ def _rows(w: Path) -> list:
     train = ["train", "-c", "tiny", f"train.out={w / 'new-run'}", *FAST]
     repro = ["reproduce", "-c", "tiny", *FAST, f"data.train=gta5:{d}/gta5", "--out", str(w / "repro")]
     adapt = ["adapt", ckpt, "--data", "synthetic:day:4:size=48", "--out", str(w / "adapted")]
+    export = ["export", ckpt, "--format", "torchscript", "--size", "32", "--out"]
     return [
         (
             "export over a checkpoint",
-            [
-                "export",
-                ckpt,
-                "--format",
-                "torchscript",
-                "--size",
-                "32",
-                "--out",
-                str(w / "run" / "latest.pt"),
-            ],
+            [*export, str(w / "run" / "latest.pt")],
             {},
             "--force",
         ),
@@ -184,16 +176,7 @@ def _rows(w: Path) -> list:
         ),
         (
             "export --out under a file",
-            [
-                "export",
-                ckpt,
-                "--format",
-                "torchscript",
-                "--size",
-                "32",
-                "--out",
-                str(w / "notes.txt" / "m.pt"),
-            ],
+            [*export, str(w / "notes.txt" / "m.pt")],
             {},
             "notes.txt is a file, not a folder",
         ),

@@ -147,3 +147,19 @@ def test_paper_numbers_only_beside_their_own_backbone():
     cfg.model.backbone = "ViT-B-16"
     table = reproduce_module.summarise(runs, cfg)
     assert table["columns"]["C"]["paper"] is None and "difference" not in table["table"]
+
+
+def test_another_runs_seed_folder_is_refused_before_any_training(data_root, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "repro"
+    one_seed = _args(data_root, out)
+    one_seed[one_seed.index("--seeds") + 1] = "1"
+    main(one_seed)
+    (out / "seed0").rename(out / "seed1")  # seed 1's folder now holds seed 0's run
+    monkeypatch.setattr(
+        reproduce_module.train, "train", lambda *a, **k: pytest.fail("trained before refusing")
+    )
+    with pytest.raises(SystemExit):
+        main(_args(data_root, out))  # seeds 0 and 1
+    err = capsys.readouterr().err
+    assert "seed1/latest.pt holds a run made with other settings: run.seed: 0 -> 1" in err and "--out" in err
+    assert not (out / "seed0").exists()

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from famix.config import load_config
+from famix.data.labels import CLASS_NAMES
 from famix.engine.inference import InferenceSettings
 from famix.stages import adapt, evaluate, mine, train
 
@@ -119,7 +120,7 @@ def test_evaluate_stage_caches_each_spec_by_what_decides_it(checkpoint, monkeypa
     assert evaluate.is_cached(checkpoint, specs[0], scaled) and not evaluate.is_cached(
         checkpoint, "synthetic:day:3", settings
     )
-    assert names == load_config(TINY).model.class_names or len(names) == 19
+    assert names == list(CLASS_NAMES)  # the checkpoint's own class list
 
 
 def test_evaluate_checks_every_spec_before_the_first_is_evaluated(checkpoint, monkeypatch):
@@ -211,3 +212,12 @@ def test_convert_stage_writes_nothing_the_second_time(tmp_path):
     said.clear()
     convert.run("bank", src, dst, trust_pickle=True, say=said.append)
     assert said == [] and stamps(dst.parent) != before
+
+
+def test_adapt_refuses_another_runs_target_folder_before_any_target(checkpoint, tmp_path):
+    source = "synthetic:day:4:0:size=48"
+    adapt.run(checkpoint, ["night"], source, tmp_path, settings=SETTINGS, progress=False)
+    (tmp_path / "night").rename(tmp_path / "fog")  # the fog folder now holds the night run
+    with pytest.raises(FileExistsError, match=r"target: 'night' -> 'fog'"):
+        adapt.run(checkpoint, ["snow", "fog"], source, tmp_path, settings=SETTINGS, progress=False)
+    assert not (tmp_path / "snow").exists()  # refused before the first target was mined

@@ -155,7 +155,7 @@ def _mine_banks(cfg: Config, variants: list[str]) -> tuple[dict[str, str], dict[
             c.mine.steps = 0  # the control: each patch's own statistics, no language
         if kind == "fine":
             c.mine.grid, c.mine.per_class, c.mine.max_images = 6, 4, 3 * cfg.mine.max_images
-        finished = mine.status(c) == "done"
+        finished = mine.status(c, FIX) == "done"
         if finished:
             _say(f"{kind} styles: reusing the finished bank {c.style.bank}")
         else:
@@ -171,7 +171,7 @@ def train_and_evaluate(cfg: Config, name: str, domains: list[str], n_eval: int) 
     """Train one variant (``famix train``: a finished run is reused, an interrupted one resumes, a folder
     holding another run is refused) and evaluate it on every domain (``famix eval``, cached)."""
     run, seed, iterations = Path(cfg.train.out), cfg.run.seed, cfg.train.iterations
-    state = train.status(cfg)
+    state = train.status(cfg, FIX)
     if state == "done":
         _say(f"seed {seed}: {name}: reusing the finished run in {run}")
     elif not state.startswith("refused"):

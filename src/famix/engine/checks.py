@@ -7,6 +7,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from torch.utils.data import Dataset
+
 from famix.config import Config, check_values
 from famix.data.datasets import build_dataset
 from famix.engine.distributed import current, resolve_device
@@ -15,10 +17,11 @@ from famix.models.clip import weights_fingerprint
 from famix.style.bank import StyleBank
 
 
-def check_specs(specs: Sequence[str], option: str) -> dict[str, int]:
-    """Build each dataset spec (which checks its fields, folders and pairs) and require at least one image;
-    returns ``{spec: images}``. ``option``: the option that gave them, named in errors."""
-    counts = {}
+def check_specs(specs: Sequence[str], option: str) -> dict[str, Dataset]:
+    """Build each dataset spec (which checks its fields, folders and pairs, with every filter its loader
+    runs) and require at least one image; returns ``{spec: dataset}``. ``option``: the option that gave
+    them, named in errors."""
+    built = {}
     for spec in specs:
         if not isinstance(spec, str) or not spec.strip():
             raise ValueError(f"{option}: {spec!r} is not a dataset spec (NAME[:CONDITION]:ROOT[:SPLIT])")
@@ -34,14 +37,15 @@ def check_specs(specs: Sequence[str], option: str) -> dict[str, int]:
             raise type(e)(f"{option} {spec}: {e}") from None
         if len(dataset) == 0:
             raise ValueError(f"{option} {spec}: the dataset has no image/label pairs to load")
-        counts[spec] = len(dataset)
-    return counts
+        built[spec] = dataset
+    return built
 
 
-def warn_crop(spec: str, crop: int, option: str) -> None:
-    """Warn when the crop is larger than the source images: crops are then mostly padding (ignored pixels)
-    and every step computes on them, many times slower for nothing."""
-    image, _ = build_dataset(spec)[0]
+def warn_crop(dataset: Dataset, crop: int, option: str) -> None:
+    """Warn when the crop is larger than the source images (the first one): crops are then mostly padding
+    (ignored pixels) and every step computes on them, many times slower for nothing."""
+    spec = getattr(dataset, "spec", "the source")
+    image, _ = dataset[0]
     h, w = image.shape[-2:]
     if crop > max(h, w):
         warnings.warn(
@@ -58,9 +62,9 @@ def check_train_inputs(cfg: Config) -> None:
     check_values(cfg)
     resolve_device(cfg.run.device, current())
     check_folder(cfg.train.out, "train.out")
-    check_specs([cfg.data.train], "data.train")
+    source = check_specs([cfg.data.train], "data.train")[cfg.data.train]
     check_specs(cfg.data.val, "data.val")
-    warn_crop(cfg.data.train, cfg.data.crop, "data.crop")
+    warn_crop(source, cfg.data.crop, "data.crop")
     weights_fingerprint(cfg.model.weights)  # a missing weights file: FileNotFoundError naming it
     if cfg.style.mix in ("famix", "augment"):
         if not cfg.style.bank:
@@ -78,6 +82,6 @@ def check_mine_inputs(cfg: Config) -> None:
     if not cfg.style.bank:
         raise ValueError("set style.bank=PATH: the style bank `famix mine` writes (and `famix train` reads)")
     check_folder(Path(cfg.style.bank).parent, "style.bank")
-    check_specs([cfg.data.train], "data.train")
-    warn_crop(cfg.data.train, cfg.mine.crop, "mine.crop")
+    source = check_specs([cfg.data.train], "data.train")[cfg.data.train]
+    warn_crop(source, cfg.mine.crop, "mine.crop")
     weights_fingerprint(cfg.model.weights)

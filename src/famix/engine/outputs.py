@@ -8,43 +8,35 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def check_output_path(path: str | Path, option: str) -> Path:
-    """Refuse, in words about the path the user gave, an output path famix could not write: a folder, a
-    path under a file, or a folder without write permission. ``option`` names where the path came from
-    (``--out``, ``dst``). Missing parent folders are fine: they are created when the file is written."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{option} {path} is a folder: pass the path of the file to write")
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise ValueError(
-            f"{option} {path}: {folder} is a file, not a folder, so nothing can be written under it; "
-            "pass a path in a folder"
-        )
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(
-            f"{option} {path}: no permission to write in the folder {folder}; pass a path in a folder "
-            "you can write to"
-        )
-    return path
-
-
-def check_folder(path: str | Path, option: str) -> None:
+def check_folder(path: str | Path, option: str, given: str | Path | None = None) -> None:
     """A folder a command will write into (a run folder, an output folder): it, or its nearest existing
-    parent, must be a folder famix may write in; said before any work, naming the option."""
+    parent, must be a folder famix may write in; said before any work, naming the option and the path the
+    user gave (``given``, default ``path``). Missing folders are fine: they are created when written."""
     path = Path(path)
+    given = path if given is None else given
     for parent in [path, *path.parents]:
         if parent.exists():
             if not parent.is_dir():
-                raise ValueError(f"{option} {path}: {parent} is a file, not a folder; pass a folder path")
+                raise ValueError(
+                    f"{option} {given}: {parent} is a file, not a folder, so nothing can be written under "
+                    "it; pass a path in a folder"
+                )
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise ValueError(
-                    f"{option} {path}: no permission to write in the folder {parent}; pass a folder you can "
-                    "write to"
+                    f"{option} {given}: no permission to write in the folder {parent}; pass a path in a "
+                    "folder you can write to"
                 )
             return
+
+
+def check_output_path(path: str | Path, option: str) -> Path:
+    """Refuse, in words about the path the user gave, an output *file* path famix could not write: a
+    folder, a path under a file, or a folder without write permission (``option``: ``--out``, ``dst``)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder: pass the path of the file to write")
+    check_folder(path.parent, option, given=path)
+    return path
 
 
 def check_replaceable(path: str | Path, ours: Callable[[Path], bool], what: str, force: bool) -> None:

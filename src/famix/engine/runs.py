@@ -67,6 +67,13 @@ def check_same(record: RunRecord, stored: dict | None, where: str | Path, fix: s
         raise FileExistsError(f"{where} holds a run made with other settings: {'; '.join(changed)}. {fix}")
 
 
+def lookup(path: str | Path, record: RunRecord) -> dict | None:
+    """The result cached for ``record`` in the JSON file ``path`` (see :func:`cached`), or None."""
+    path = Path(path)
+    entry = json.loads(path.read_text()).get(record.key()) if path.is_file() else None
+    return entry["result"] if entry is not None and not record.changes(entry[KEY]) else None
+
+
 def cached(
     path: str | Path,
     record: RunRecord,
@@ -80,16 +87,14 @@ def cached(
     ``say``: told when a cached result is reused; ``write``: False on ranks other than 0; ``valid``: whether
     a cached result still holds (e.g. the files it lists still exist)."""
     path = Path(path)
-    entries = json.loads(path.read_text()) if path.is_file() else {}
-    entry = entries.get(record.key())
-    if entry is not None and not record.changes(entry[KEY]) and valid(entry["result"]):
+    result = lookup(path, record)
+    if result is not None and valid(result):
         say(f"reusing the cached result in {path}")
-        return entry["result"]
+        return result
     result = compute()
     if not write:
         return result
-    if path.is_file():  # another process may have added entries meanwhile: keep them
-        entries = json.loads(path.read_text())
+    entries = json.loads(path.read_text()) if path.is_file() else {}  # with what others added meanwhile
     entries[record.key()] = {KEY: record.to_dict(), "result": result}
     text = json.dumps(entries, indent=1, sort_keys=True)
     atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))

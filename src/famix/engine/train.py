@@ -66,6 +66,11 @@ def open_run(out: Path, record: RunRecord, fix: str) -> dict | None:
     return ckpt
 
 
+def finished(ckpt: dict | None, cfg: Config) -> bool:
+    """Whether a run's ``latest.pt`` (:func:`open_run`; None: nothing yet) reached ``train.iterations``."""
+    return ckpt is not None and ckpt["cur_itrs"] >= cfg.train.iterations
+
+
 def build_optimizer(model, cfg: Config):
     """SGD with the head at lr and trainable backbone parameters at lr * backbone_lr_mult; poly schedule."""
     t = cfg.train

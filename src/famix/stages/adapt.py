@@ -62,7 +62,7 @@ from famix.engine.distributed import resolve_device, single_process
 from famix.engine.outputs import check_folder
 from famix.engine.runs import KEY, RunRecord, check_same, file_fingerprint
 from famix.engine.seeds import item_seed
-from famix.engine.train import open_run, train, train_record
+from famix.engine.train import finished, open_run, train, train_record
 from famix.models.clip import build_clip, weights_fingerprint
 from famix.models.towers import style_grid
 from famix.progress import progress_bar
@@ -203,9 +203,16 @@ def run(
     cfgs = [fine_tune_config(stored, source_spec, Path(out) / f, s) for f in folders]
     for cfg in cfgs:
         check_values(cfg)
+    records = [
+        _styles_record(c, t, s, model_cfg.backbone, inputs) for t, c in zip(targets, cfgs, strict=True)
+    ]
+    for cfg, record in zip(cfgs, records, strict=True):  # another run's files: refused before any target
+        bank = Path(cfg.style.bank)
+        if bank.is_file():
+            check_same(record, StyleBank.load(bank).metadata.get(KEY), bank, REFUSAL)
+            open_run(Path(cfg.train.out), train_record(cfg, kind="adapt", inputs=inputs), REFUSAL)
     written = {}
-    for target, cfg in zip(targets, cfgs, strict=True):
-        record = _styles_record(cfg, target, s, model_cfg.backbone, inputs)
+    for target, cfg, record in zip(targets, cfgs, records, strict=True):
         _mine_target(model, clip, embed, cfg, record, s, progress, say)
         written[target] = _fine_tune(ckpt, cfg, inputs, say)
     return written
@@ -218,6 +225,7 @@ def control(
     config, steps, crops, seed) with no restyling, into ``run``; resumed or returned like any run."""
     single_process("famix adapt", "every rank would mine the same banks")
     check_specs([source_spec], "--data")
+    check_folder(run, "run")
     ckpt = load_checkpoint(checkpoint)
     cfg = fine_tune_config(ckpt.get("config", {}), source_spec, Path(run), settings, mix="none")
     return _fine_tune(ckpt, cfg, {"checkpoint": file_fingerprint(checkpoint)}, say)
@@ -316,7 +324,7 @@ def _fine_tune(ckpt: dict, cfg: Config, inputs: dict, say) -> Path:
     out = Path(cfg.train.out)
     record = train_record(cfg, kind="adapt", inputs=inputs)
     latest = open_run(out, record, REFUSAL)
-    if latest is not None and latest["cur_itrs"] >= cfg.train.iterations:
+    if finished(latest, cfg):
         say(f"famix adapt: {out} holds this adapted model, finished at step {latest['cur_itrs']}")
     else:
         train(cfg, record, resume=latest, init_state=ckpt["model_state"])

@@ -3,7 +3,6 @@ checkpoint, keyed by what decides it (the checkpoint's content, the spec, test-t
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from famix.engine.evaluate import EvalResult, evaluate_specs
 from famix.engine.inference import PLAIN, InferenceSettings
 from famix.engine.outputs import check_output_path
 from famix.engine.results import default_results_path, write_results
-from famix.engine.runs import KEY, RunRecord, cached, file_fingerprint
+from famix.engine.runs import RunRecord, cached, file_fingerprint, lookup
 
 
 @dataclass(frozen=True)
@@ -49,9 +48,7 @@ def is_cached(checkpoint: str | Path, spec: str, settings: EvalSettings) -> bool
     if not path.is_file():
         return False
     amp = amp_dtype(settings.amp, resolve_device(settings.device, current()))
-    record = _record(spec, settings, amp, file_fingerprint(checkpoint))
-    entry = json.loads(path.read_text()).get(record.key())
-    return entry is not None and not record.changes(entry[KEY])
+    return lookup(path, _record(spec, settings, amp, file_fingerprint(checkpoint))) is not None
 
 
 def run(

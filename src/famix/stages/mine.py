@@ -36,7 +36,7 @@ def run(cfg: Config, progress: bool = True, say=print, fix: str = REFUSAL) -> St
     return mine_pass(cfg, dataset, bank, metadata, progress)
 
 
-def status(cfg: Config) -> str:
+def status(cfg: Config, fix: str = REFUSAL) -> str:
     """What :func:`run` would do with ``style.bank``: "to do", "resumes after N batches", "done" or
     "refused: ..."."""
     path = Path(cfg.style.bank)
@@ -44,7 +44,7 @@ def status(cfg: Config) -> str:
         return "to do"
     try:
         bank = StyleBank.load(path)
-        check_same(mine_record(cfg), bank.metadata.get(KEY), path, REFUSAL)
+        check_same(mine_record(cfg), bank.metadata.get(KEY), path, fix)
         _, batches = mining_plan(cfg, source_set(cfg))
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         return f"refused: {str(e).splitlines()[0]}"

@@ -111,19 +111,26 @@ def make_plan(
 
 
 FIX = "Pass another --out (or --bank), or move that file away"
+TRAIN_FIX = "Pass another --out, or move that folder away"
 
 
-def check_plan(plan: Plan) -> dict[str, int]:
-    """Every input before any work: the config's numbers, the source and validation specs, and each target
-    (built with every filter its loader runs; one that keeps no image is an error). Returns {spec: images}."""
+def check_plan(plan: Plan) -> None:
+    """Every input before any work: the config's numbers, the output folders, the source and validation
+    specs, and each target (built with every filter its loader runs; one that keeps no image is an error)."""
     check_values(plan.cfg)
     check_folder(plan.out, "--out")
     check_folder(Path(plan.cfg.style.bank).parent, "--bank")
-    counts = check_specs([plan.cfg.data.train], "data.train")
-    counts.update(check_specs(plan.cfg.data.val, "data.val"))
-    counts.update(check_specs(plan.targets, "--targets"))
+    check_specs([plan.cfg.data.train], "data.train")
+    check_specs(plan.cfg.data.val, "data.val")
+    check_specs(plan.targets, "--targets")
     column_names(plan.targets)  # two targets in one column: refused now, not after training
-    return counts
+    # files of another run in the way: refused now, not after mining or after the first seeds trained
+    states = [mine.status(plan.cfg, FIX)]
+    if Path(plan.cfg.style.bank).is_file():  # the seeds' records depend on the bank's content
+        states += [train.status(plan.run_cfg(seed), TRAIN_FIX) for seed in plan.seeds]
+    refused = [state.removeprefix("refused: ") for state in states if state.startswith("refused: ")]
+    if refused:
+        raise FileExistsError(" ".join(refused))
 
 
 def dry_run(plan: Plan) -> tuple[str, bool]:
@@ -131,12 +138,11 @@ def dry_run(plan: Plan) -> tuple[str, bool]:
     estimate, as text; and whether every check passed."""
     c, ok = plan.cfg, True
     lines = [f"famix reproduce into {plan.out}: {len(plan.seeds)} seed(s), {len(plan.targets)} target(s)"]
-    lines.append(f"1. mine {c.style.bank} on {c.data.train}: {mine.status(c)}")
+    lines.append(f"1. mine {c.style.bank} on {c.data.train}: {mine.status(c, FIX)}")
     for s in plan.seeds:
         r = plan.run_cfg(s)
-        lines.append(
-            f"2. train seed {s} ({c.train.iterations} iterations) into {r.train.out}: {train.status(r)}"
-        )
+        state = train.status(r, TRAIN_FIX)
+        lines.append(f"2. train seed {s} ({c.train.iterations} iterations) into {r.train.out}: {state}")
         latest = Path(r.train.out) / "latest.pt"
         done = latest.is_file() and all(evaluate.is_cached(latest, t, EVAL) for t in plan.targets)
         lines.append(f"3. evaluate seed {s}: {'done' if done else 'to do'}")
@@ -148,7 +154,7 @@ def dry_run(plan: Plan) -> tuple[str, bool]:
     ):
         for spec in specs:
             try:
-                state = f"ok ({check_specs([spec], option)[spec]} images)"
+                state = f"ok ({len(check_specs([spec], option)[spec])} images)"
             except (ValueError, FileNotFoundError) as e:
                 state, ok = f"PROBLEM: {str(e).splitlines()[0]}", False
             lines.append(f"  {spec}: {state}")
@@ -182,7 +188,7 @@ def run(plan: Plan, progress: bool = True) -> dict:
     runs: dict[int, dict[str, EvalResult]] = {}
     for seed in plan.seeds:
         cfg = plan.run_cfg(seed)
-        train.run(cfg, fix="Pass another --out, or move that folder away")
+        train.run(cfg, fix=TRAIN_FIX)
         settings = dataclasses.replace(EVAL, device=cfg.run.device, workers=cfg.data.workers)
         runs[seed], _ = evaluate.run(
             Path(cfg.train.out) / "latest.pt", plan.targets, settings, progress=progress

@@ -1,0 +1,245 @@
+"""The ``famix`` command's arguments: one builder per command (``build_parser``), one-line argparse errors.
+Help strings state no defaults that live elsewhere: adapt's options come from ``AdaptSettings``' fields."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import fields
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``famix train: error: ...`` and where to read the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Once(argparse.Action):
+    """An option that may be given once (a second ``-c`` would silently replace the first)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest) is not None:
+            parser.error(
+                f"{option_string} given twice ({getattr(namespace, self.dest)!r}, {values!r}): give one"
+            )
+        setattr(namespace, self.dest, values)
+
+
+# famix adapt's options, one per AdaptSettings field (its defaults are shown, never restated here)
+ADAPT_HELP = {
+    "iterations": "head fine-tuning steps",
+    "lr": "head learning rate, poly schedule",
+    "steps": "image-level PIN steps per source crop",
+    "pin_lr": "PIN SGD lr per crop: how far styles move",
+    "images": "source crops to mine (default: all)",
+    "crop": "crop size (default: the checkpoint's)",
+    "batch_size": "crops per batch (default: the checkpoint's)",
+    "seed": "seed of crops and fine-tuning",
+    "amp": "autocast of the fine-tuning on CUDA: bf16 | fp16 | off",
+    "device": "auto | cpu | cuda | cuda:N | mps",
+    "workers": "data-loader processes",
+    "ckpt_interval": "steps between resumable checkpoints",
+    "save_every": "mining: batches between saves of the partial bank",
+}
+
+
+def _adapt_options(parser: argparse.ArgumentParser) -> None:
+    from famix.stages.adapt import AdaptSettings
+
+    for f in fields(AdaptSettings):
+        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+        default = "" if f.default is None else f" (default {f.default})"
+        help_text = ADAPT_HELP[f.name] + ("" if "default" in ADAPT_HELP[f.name] else default)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, help=help_text)
+
+
+def _with_config(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "-c", "--config", action=_Once, help="YAML config path or preset name (famix/configs/*.yaml)"
+    )
+    s.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.iterations=1000")
+
+
+def _add_mine_train(sub) -> None:
+    _with_config(sub.add_parser("mine", help="mine a style bank (Augment)"))
+    _with_config(sub.add_parser("train", help="train a segmenter (run under torchrun for several GPUs)"))
+
+
+def _add_reproduce(sub) -> None:
+    r = sub.add_parser(
+        "reproduce", help="the paper's table: mine, train each seed, evaluate, compare (resumable)"
+    )
+    _with_config(r)
+    r.add_argument(
+        "--data-root", help="folder holding gta5/, cityscapes/, bdd100k/, mapillary/, synthia/, acdc/"
+    )
+    r.add_argument("--weights", help="CLIP weights (sets model.weights)")
+    r.add_argument("--seeds", type=int, default=3, help="training runs, seeds run.seed, run.seed + 1, ...")
+    r.add_argument("--out", default="runs/reproduce")
+    r.add_argument(
+        "--targets",
+        nargs="+",
+        help="dataset specs to evaluate (default: the paper's columns); after overrides",
+    )
+    r.add_argument("--bank", help="the style bank to mine or reuse (default: <out>/bank.safetensors)")
+    r.add_argument("--dry-run", action="store_true", help="print the stages, what is done, the data checks")
+
+
+def _add_eval_predict(sub) -> None:
+    e = sub.add_parser("eval", help="evaluate a checkpoint on one or more datasets")
+    e.add_argument("checkpoint")
+    e.add_argument(
+        "--data", nargs="+", required=True, help="dataset specs, e.g. cityscapes:data/cityscapes:val"
+    )
+    e.add_argument("--per-class", action="store_true", help="also print per-class IoU")
+    e.add_argument(
+        "--paper-table", action="store_true", help="the paper's layout: C, B, M, S, ACDC n/s/r/f, mean"
+    )
+    e.add_argument(
+        "--json", help="where to write results (default: next to the checkpoint, named by the data evaluated)"
+    )
+    e.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data-loader processes")
+    e.add_argument(
+        "--batch-size", type=int, default=4, help="images per batch (images of other sizes: their own batch)"
+    )
+
+    pr = sub.add_parser("predict", help="segment images and videos (files, folders, globs)")
+    pr.add_argument(
+        "checkpoint", help="a checkpoint, or an .onnx file from `famix export` (needs onnxruntime)"
+    )
+    pr.add_argument("inputs", nargs="+")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--outputs", nargs="+", default=["trainid", "color", "overlay"], help="for images")
+    pr.add_argument("--video-output", default="overlay", choices=["overlay", "color"], help="for videos")
+    pr.add_argument(
+        "--batch-size", type=int, default=4, help="images of one size (or video frames) per batch"
+    )
+    for s in (e, pr):
+        s.add_argument("--scale", type=float, default=None, help="test-time input scale, e.g. 0.5")
+        s.add_argument("--ensemble", action="store_true", help="average logits at scale 1 and --scale")
+        s.add_argument(
+            "--window", type=int, default=None, help="sliding-window inference with this tile size"
+        )
+        s.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: 2/3 window)")
+        s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+        s.add_argument(
+            "--amp", default="bf16", choices=["bf16", "fp16", "off"], help="autocast dtype on CUDA"
+        )
+
+
+def _add_export(sub) -> None:
+    from famix.engine.export import ATOL, FORMATS, MIN_AGREEMENT
+
+    x = sub.add_parser(
+        "export", help="export a checkpoint's segmenter (ONNX, torch.export, TorchScript), checked"
+    )
+    x.add_argument("checkpoint")
+    x.add_argument(
+        "--format",
+        required=True,
+        choices=list(FORMATS),
+        help="onnx (ONNX Runtime, needs famix[export]), exported-program (.pt2, torch.export.load), "
+        "torchscript (torch.jit.load; deprecated by PyTorch)",
+    )
+    x.add_argument(
+        "--size",
+        required=True,
+        help="HxW input size, multiples of the model's output stride (16 by default), e.g. 512x1024",
+    )
+    x.add_argument(
+        "--dynamic",
+        action="store_true",
+        help="any batch, height and width >= 2 output strides (ViTs: multiples of the patch; predict pads)",
+    )
+    x.add_argument("--out", help="output file (default: next to the checkpoint, e.g. best.onnx)")
+    x.add_argument("--force", action="store_true", help="replace --out even if famix did not export it")
+    x.add_argument(
+        "--atol", type=float, default=ATOL, help="refuse if the max abs logit difference exceeds this"
+    )
+    x.add_argument(
+        "--min-agreement",
+        type=float,
+        default=MIN_AGREEMENT,
+        help="refuse if fewer pixels (%%) have the eager model's argmax",
+    )
+
+
+def _add_adapt(sub) -> None:
+    a = sub.add_parser(
+        "adapt", help="zero-shot adaptation to described target domains (PODA): one model per --target"
+    )
+    a.add_argument("checkpoint", help="the trained segmenter to adapt (its head is fine-tuned)")
+    a.add_argument(
+        "--target", action="append", required=True, help='target description, e.g. "driving at night"'
+    )
+    a.add_argument("--data", required=True, help="source dataset spec, e.g. gta5:data/gta5")
+    a.add_argument("--out", required=True, help="folder for one run folder per target (<out>/<slug>/)")
+    a.add_argument("--weights", help="CLIP weights the model was trained from (text tower and CLIP tail)")
+    _adapt_options(a)
+
+
+def _add_demo(sub) -> None:
+    d = sub.add_parser("demo", help="the whole recipe on the embedded synthetic world (CPU, minutes)")
+    d.add_argument("--out", help="output folder (default famix-demo; famix-demo-vit with --backbone vit)")
+    d.add_argument(
+        "--backbone", choices=["rn", "vit"], default="rn", help="tiny CLIP ResNet (default) or tiny CLIP ViT"
+    )
+    d.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
+    d.add_argument("--seed", type=int, default=0, help="first seed")
+    d.add_argument("--seeds", type=int, help="number of seeds (default 1; 3 with --adapt)")
+    d.add_argument("--ablation", action="store_true", help="the paper's Freeze/Augment/Mix grid + a control")
+    d.add_argument(
+        "--adapt",
+        nargs="?",
+        const="night",
+        metavar="WORDS",
+        help="adapt the source-only model to a held-out style named in words (famix adapt; default 'night')",
+    )
+
+
+def _add_datasets(sub) -> None:
+    ds = sub.add_parser("datasets", help="list dataset names and layouts, or check a dataset folder")
+    ds.add_argument(
+        "action", nargs="?", choices=["check"], help="check NAME ROOT: counts, pairing, label values"
+    )
+    ds.add_argument("name", nargs="?", help="dataset name (gta5, cityscapes, acdc:night, ...) or a full spec")
+    ds.add_argument("root", nargs="?", help="dataset root folder")
+    ds.add_argument(
+        "--decode", type=int, help="decode at most this many pairs per split, spread evenly (default: all)"
+    )
+
+
+def _add_pretrain(sub) -> None:
+    pt = sub.add_parser("pretrain-tiny-clip", help="pretrain the demo's tiny CLIP on the synthetic world")
+    pt.add_argument("--out", required=True, help="folder for the weights, model card and loss curve")
+    pt.add_argument(
+        "--config", default="tiny-clip", help="tiny-clip (ResNet) | tiny-vit-clip (ViT) | a .json"
+    )
+    pt.add_argument("--steps", type=int, default=1100)
+    pt.add_argument("--batch", type=int, default=128)
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 = reproducible timing)")
+
+
+def _add_convert(sub) -> None:
+    c = sub.add_parser("convert", help="convert official checkpoints / banks / CLIP weights")
+    c.add_argument("kind", choices=["checkpoint", "bank", "clip"])
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow unpickling an official style bank (runs code from the file: trusted files only)",
+    )
+    c.add_argument("--force", action="store_true", help="replace dst even if it is not a file of this kind")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="famix", description="FAMix: language-guided domain-generalised segmentation")
+    p.add_argument("--traceback", action="store_true", help="on an error, show the full Python traceback")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_mine_train, _add_reproduce, _add_eval_predict, _add_export, _add_adapt, _add_demo,
+                _add_datasets, _add_pretrain, _add_convert):  # fmt: skip
+        add(sub)
+    return p

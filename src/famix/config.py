@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from famix.data import classes as label_sets
 from famix.data.labels import CLASS_NAMES
 from famix.style.vocabulary import DEFAULT_STYLE_WORDS
 
@@ -25,11 +26,19 @@ class ModelConfig:
     weights: str | None = (
         None  # CLIP weights: OpenAI .pt, state-dict .pt/.bin, .safetensors, or open_clip tag
     )
+    # the label set (a YAML path or shipped name, resolved to its content): gives num_classes, class_names
+    classes: dict | None = None
     num_classes: int = 19
     class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
     output_stride: int = 16
     dilation: str = "official"  # official | torchvision
     freeze: str = "last-block"  # last-block | layer4 | none | backbone
+
+    def label_set(self) -> label_sets.LabelSet:
+        """The classes this model predicts: ``classes``, else the label set of ``class_names`` alone."""
+        if self.classes is not None:
+            return label_sets.parse(self.classes, "config model.classes")
+        return label_sets.from_names(self.class_names)
 
 
 @dataclass
@@ -176,6 +185,32 @@ def check_values(cfg: Config) -> None:
             f"config model.class_names has {len(cfg.model.class_names)} names but model.num_classes="
             f"{cfg.model.num_classes}: give one name per class"
         )
+    if cfg.model.classes is not None and cfg.model.label_set().names != cfg.model.class_names:
+        raise ValueError(
+            f"config model.class_names {cfg.model.class_names} are not the names of model.classes "
+            f"({cfg.model.label_set().describe()}): the label set gives them; drop model.class_names"
+        )
+
+
+def resolve_classes(data: dict) -> dict:
+    """Replace a ``model.classes`` path (or shipped name) by the label set's content, and set
+    ``model.num_classes`` / ``model.class_names`` from it (one fact, one home: given values must agree)."""
+    model = data.get("model")
+    if not isinstance(model, dict) or model.get("classes") is None:
+        return data
+    given = model["classes"]
+    if isinstance(given, str):
+        labels = label_sets.load(given)
+    else:
+        labels = label_sets.parse(given, "config model.classes")
+    for key, value in (("num_classes", len(labels)), ("class_names", labels.names)):
+        if key in model and model[key] != value:
+            raise ValueError(
+                f"config model.{key}={model[key]!r} contradicts model.classes ({labels.describe()}): the "
+                f"label set gives the class count and names; drop model.{key}"
+            )
+    model.update(classes=labels.to_dict(), num_classes=len(labels), class_names=labels.names)
+    return data
 
 
 def flatten(data: dict, prefix: str = "") -> dict:
@@ -293,7 +328,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 f"config {p}: the top level must be a mapping of sections (model:, data:, train: ...), "
                 f"got a {type(data).__name__}"
             )
-    cfg = from_dict(apply_overrides(data, overrides or []))
+    cfg = from_dict(resolve_classes(apply_overrides(data, overrides or [])))
     check_values(cfg)
     return cfg
 

@@ -1,8 +1,10 @@
 """Datasets by name: ``NAME[:CONDITION]:ROOT[:SPLIT][:KEY=VALUE...]`` specs, and the seeded training
 wrapper.
 
-Every dataset yields (image uint8 [3, H, W], label [H, W] of trainIds with 255 = ignore; uint8 for the
-benchmark datasets).
+Every dataset yields (image uint8 [3, H, W], label [H, W] of class indices with 255 = ignore; uint8 for the
+benchmark datasets). The classes are those of a label set (``famix.data.classes``): a benchmark dataset's
+trainIds are relabelled through its ``ids`` (the default set, the 19 trainIds, leaves them as they are);
+``folder:`` datasets read their label files through it.
 SPLIT is a split name (``train``, ``val``) or the path of a split-list file (containing ``/`` or
 ending in ``.txt``; one image name per line); without SPLIT every image/label pair found is used,
 sorted. ``KEY=VALUE`` fields are per-dataset options (``mismatch=skip|error|resize`` everywhere; see
@@ -22,14 +24,15 @@ from importlib.metadata import EntryPoint, entry_points
 import torch
 from torch.utils.data import Dataset
 
-from famix.data import acdc, bdd, cityscapes, gta5, mapillary, synthia
+from famix.data import acdc, bdd, cityscapes, custom, gta5, mapillary, synthia
+from famix.data.classes import LabelSet
 from famix.data.entry import DatasetEntry
 
 ALIASES = {"bdd": "bdd100k", "gtav": "gta5"}
 ENTRY_POINTS = "famix.datasets"  # the entry-point group of datasets from installed packages
 # The benchmark loaders by spec name: each module's ENTRY (build, help text, and what it does on disk).
 DATASETS: dict[str, DatasetEntry] = {
-    m.ENTRY.source.name: m.ENTRY for m in (gta5, synthia, cityscapes, bdd, mapillary, acdc)
+    m.ENTRY.source.name: m.ENTRY for m in (gta5, synthia, cityscapes, bdd, mapillary, acdc, custom)
 }
 
 
@@ -79,9 +82,10 @@ def dataset_entries() -> dict[str, DatasetEntry]:
     return dict(DATASETS)
 
 
-def build_dataset(spec: str) -> Dataset:
+def build_dataset(spec: str, labels: LabelSet | None = None) -> Dataset:
     """Build a dataset from a spec such as ``cityscapes:/data/cityscapes:val``,
-    ``acdc:night:/data/acdc:val`` or ``gta5:/data/gta5:/lists/gtav_split_train.txt``."""
+    ``acdc:night:/data/acdc:val``, ``gta5:/data/gta5:/lists/gtav_split_train.txt`` or
+    ``folder:/data/mine:train``, whose labels are the classes of ``labels`` (None: the 19 trainIds)."""
     name, *rest = spec.split(":")
     entry = dataset_entry(name)
     if entry is None:
@@ -91,9 +95,35 @@ def build_dataset(spec: str) -> Dataset:
             "shows their specs and folder layouts; other packages add datasets as "
             f"{ENTRY_POINTS!r} entry points)"
         )
-    dataset = entry.build(rest)
+    if entry.takes_labels:
+        dataset = entry.build(rest, labels)
+    else:
+        dataset = entry.build(rest)
+        if labels is not None and not labels.is_identity():
+            dataset = Relabelled(dataset, labels)
     dataset.spec = spec
     return dataset
+
+
+class Relabelled(Dataset):
+    """A dataset of trainIds seen through a label set: label value v becomes the class whose ``ids`` hold v
+    (255 when none does). Other attributes are the base dataset's."""
+
+    def __init__(self, base: Dataset, labels: LabelSet):
+        self.base, self.labels = base, labels
+        self.lut = torch.from_numpy(labels.id_lut())  # uint8 [>= 256]
+
+    def __getattr__(self, name: str):
+        if name in ("base", "labels", "lut"):  # not set yet (e.g. while unpickling in a worker)
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, label = self.base[index]
+        return image, self.lut[label.long().clamp(0, len(self.lut) - 1)]
 
 
 def describe_datasets() -> str:

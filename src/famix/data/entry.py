@@ -54,7 +54,9 @@ class DatasetEntry:
       a named split (a ``MissingDataError`` naming where it is expected when absent), None where the split
       is a folder; the field itself is None when every split is a folder;
     - ``options``: the spec's ``KEY=VALUE`` options; ``mismatch``: the loader's mismatch mode when the spec
-      sets none; ``size_filter``: the protocol's size filter, if any.
+      sets none; ``size_filter``: the protocol's size filter, if any;
+    - ``takes_labels``: ``build(fields, label_set)`` reads its label files through the label set itself
+      (``folder:``); other datasets yield trainIds, relabelled afterwards.
     """
 
     build: Callable[[list[str]], Dataset]
@@ -69,6 +71,7 @@ class DatasetEntry:
     mismatch: str = "error"
     size_filter: SizeFilter | None = None
     split_list: Callable[[Path, str], Path | None] | None = None
+    takes_labels: bool = False
 
     def find(self, root: Path, split: str | None, condition: str | None = None) -> Scan:
         """``scan`` for one split (and condition, where the dataset has them)."""

@@ -137,11 +137,15 @@ class PairedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def read_label(self, pair: Pair) -> np.ndarray:
+        """A pair's label file as trainIds uint8 [H, W] (through its encoding's map)."""
+        return to_train_ids(read_raw_label(pair.label, pair.encoding), pair.encoding)
+
     def load(self, index: int) -> tuple[torch.Tensor, np.ndarray]:
         """(image uint8 [3, H, W], trainIds uint8 [H, W]) before the evaluation transform."""
         pair = self.pairs[index]
         image = read_image(pair.image)
-        label = to_train_ids(read_raw_label(pair.label, pair.encoding), pair.encoding)
+        label = self.read_label(pair)
         if label.shape != tuple(image.shape[1:]):
             if self.mismatch != "resize":
                 image_wh, label_wh = (image.shape[2], image.shape[1]), label.shape[::-1]

@@ -17,6 +17,8 @@ from torch import nn
 
 from famix import __version__
 from famix.config import ModelConfig, from_dict
+from famix.data.classes import LabelSet, LabelSetError
+from famix.data.classes import load as load_label_set
 from famix.engine.exported import ARCHIVE_NAMES, archive_format, read_metadata
 from famix.io import atomic_write
 from famix.models.build import build_segmenter
@@ -122,6 +124,31 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
     raise ValueError(f"{source} does not fit this model ({'; '.join(parts)}). {hint.capitalize()}.")
 
 
+def model_config(ckpt: dict) -> ModelConfig:
+    """The model a checkpoint dict was trained as: its stored ``config["model"]``, or (official FAMix files)
+    the defaults: RN50, OS16, the 19 trainIds."""
+    stored = ckpt.get("config", {}).get("model")
+    return from_dict(stored, ModelConfig, "model.") if stored else ModelConfig()
+
+
+def checkpoint_label_set(model_cfg: ModelConfig, classes: str | None, checkpoint) -> LabelSet:
+    """The label set a checkpoint's model predicts, or the file ``classes`` (``--classes``) where it agrees:
+    the same classes, or, for a checkpoint storing none (official files, models configured by class names),
+    the same names (the file then supplies the ids the data are read through, and the colours)."""
+    own = model_cfg.label_set()
+    if classes is None:
+        return own
+    given = load_label_set(classes)
+    if given.same_classes(own) or (model_cfg.classes is None and given.names == own.names):
+        return given
+    raise LabelSetError(
+        f"checkpoint {checkpoint} predicts {own.describe()}, but --classes {classes} is {given.describe()}"
+        + (" with other ids or prompts" if given.names == own.names else "")
+        + ": a checkpoint is evaluated with its own label set (it is stored in it; --classes may be left "
+        "out). To report merged classes (e.g. categories), pass the grouping as --group FILE"
+    )
+
+
 def load_segmenter(
     checkpoint: str | Path | dict, model_cfg: ModelConfig | None = None, device: torch.device | str = "cpu"
 ) -> tuple[Segmenter, ModelConfig]:
@@ -132,8 +159,7 @@ def load_segmenter(
     """
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)  # dict: read already
     if model_cfg is None:
-        stored = ckpt.get("config", {}).get("model")
-        model_cfg = from_dict(stored, ModelConfig, "model.") if stored else ModelConfig()
+        model_cfg = model_config(ckpt)
     model_cfg = dataclasses.replace(model_cfg, weights=None)
     model = build_segmenter(model_cfg, seed=0)
     where = "the checkpoint" if isinstance(checkpoint, dict) else f"checkpoint {checkpoint}"

@@ -10,6 +10,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from famix.config import Config, check_values
+from famix.data.classes import LabelSet, LabelSetError, from_names, parse
 from famix.data.datasets import build_dataset
 from famix.engine.distributed import current, resolve_device
 from famix.engine.outputs import check_folder
@@ -17,10 +18,10 @@ from famix.models.clip import weights_fingerprint
 from famix.style.bank import StyleBank
 
 
-def check_specs(specs: Sequence[str], option: str) -> dict[str, Dataset]:
+def check_specs(specs: Sequence[str], option: str, labels: LabelSet | None = None) -> dict[str, Dataset]:
     """Build each dataset spec (which checks its fields, folders and pairs, with every filter its loader
     runs) and require at least one image; returns ``{spec: dataset}``. ``option``: the option that gave
-    them, named in errors."""
+    them, named in errors; ``labels``: the label set the data is read through (None: the 19 trainIds)."""
     built = {}
     for spec in specs:
         if not isinstance(spec, str) or not spec.strip():
@@ -32,7 +33,7 @@ def check_specs(specs: Sequence[str], option: str) -> dict[str, Dataset]:
                 "overrides before the options that take a list of specs"
             )
         try:
-            dataset = build_dataset(spec)
+            dataset = build_dataset(spec, labels)
         except (ValueError, FileNotFoundError) as e:
             raise type(e)(f"{option} {spec}: {e}") from None
         if len(dataset) == 0:
@@ -62,8 +63,9 @@ def check_train_inputs(cfg: Config) -> None:
     check_values(cfg)
     resolve_device(cfg.run.device, current())
     check_folder(cfg.train.out, "train.out")
-    source = check_specs([cfg.data.train], "data.train")[cfg.data.train]
-    check_specs(cfg.data.val, "data.val")
+    labels = cfg.model.label_set()
+    source = check_specs([cfg.data.train], "data.train", labels)[cfg.data.train]
+    check_specs(cfg.data.val, "data.val", labels)
     warn_crop(source, cfg.data.crop, "data.crop")
     weights_fingerprint(cfg.model.weights)  # a missing weights file: FileNotFoundError naming it
     if cfg.style.mix in ("famix", "augment"):
@@ -72,7 +74,27 @@ def check_train_inputs(cfg: Config) -> None:
                 f"style.mix={cfg.style.mix} needs a style bank: set style.bank=PATH (made by `famix mine`) "
                 "or choose style.mix=mixstyle|none"
             )
-        StyleBank.load(cfg.style.bank)  # missing or unreadable: an error naming the file
+        bank = StyleBank.load(cfg.style.bank)  # missing or unreadable: an error naming the file
+        check_bank_classes(bank, labels, cfg.style.bank)
+
+
+def bank_label_set(bank: StyleBank) -> LabelSet:
+    """The label set a bank was mined for (banks of the 19 trainIds, and converted ones, store only names)."""
+    stored = bank.metadata.get("label_set")
+    return parse(stored, "the style bank's label set") if stored is not None else from_names(bank.class_names)
+
+
+def check_bank_classes(bank: StyleBank, labels: LabelSet, path) -> None:
+    """Refuse a bank mined for other classes than the model's (names, ids or prompts), naming both."""
+    theirs = bank_label_set(bank)
+    if not theirs.same_classes(labels):
+        raise LabelSetError(
+            f"style bank {path} was mined for the label set of {theirs.describe()}, but the model's label "
+            "set "
+            f"(model.classes) is {labels.describe()}"
+            + (" with other ids or prompts" if theirs.names == labels.names else "")
+            + ": mine a bank with this model.classes (`famix mine`), or train with the bank's label set"
+        )
 
 
 def check_mine_inputs(cfg: Config) -> None:
@@ -82,6 +104,6 @@ def check_mine_inputs(cfg: Config) -> None:
     if not cfg.style.bank:
         raise ValueError("set style.bank=PATH: the style bank `famix mine` writes (and `famix train` reads)")
     check_folder(Path(cfg.style.bank).parent, "style.bank")
-    source = check_specs([cfg.data.train], "data.train")[cfg.data.train]
+    source = check_specs([cfg.data.train], "data.train", cfg.model.label_set())[cfg.data.train]
     warn_crop(source, cfg.mine.crop, "mine.crop")
     weights_fingerprint(cfg.model.weights)

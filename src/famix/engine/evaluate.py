@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
+from famix.data.classes import LabelSet
 from famix.data.datasets import build_dataset
 from famix.data.transforms import normalize
 from famix.engine.inference import PLAIN, InferenceSettings, eval_mode, predict_logits
@@ -37,6 +38,13 @@ def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int) 
     # Invalid pixels go to an extra bin k*k that is dropped: no boolean indexing (which would sync).
     index = torch.where(valid, label * k + pred, k * k)
     return torch.bincount(index, minlength=k * k + 1)[: k * k].reshape(k, k)
+
+
+def group_confusion(cm: torch.Tensor, groups: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """The confusion matrix of merged classes: cm [K, K] (rows ground truth) and ``groups`` [K] (class ->
+    its group in [0, G)) -> [G, G], entry (a, b) the sum of cm[i, j] over classes i of a and j of b."""
+    member = torch.nn.functional.one_hot(groups.long(), num_groups).to(cm.dtype)  # [K, G]
+    return member.T @ cm @ member
 
 
 def iou_from_confusion(cm: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -159,6 +167,8 @@ def evaluate_specs(
     workers: int = 0,
     progress: bool = True,
     reduce: bool = True,
+    labels: LabelSet | None = None,
+    group: LabelSet | None = None,
 ) -> dict[str, EvalResult]:
     """:func:`evaluate` on each dataset spec in turn: ``{spec: EvalResult}`` in the order given.
 
@@ -166,11 +176,13 @@ def evaluate_specs(
     a time. Workers hand over uint8 images and labels; normalisation runs on the device. Images of
     different sizes within a batch are evaluated as one batch per size. Under torch.distributed (with
     ``reduce``) rank r evaluates images r, r + N, r + 2N... and the confusion matrices are summed: the
-    same result as one process, for any split.
+    same result as one process, for any split. Labels are read through the model's label set ``labels``
+    (None: the 19 trainIds); ``group``: report IoUs per class of that label set, whose ``ids`` are the
+    model's class indices (:func:`group_confusion`).
     """
     results = {}
     for spec in specs:
-        dataset = build_dataset(spec)
+        dataset = build_dataset(spec, labels)
         if reduce and _distributed():
             dataset = Subset(dataset, range(dist.get_rank(), len(dataset), dist.get_world_size()))
         loader = DataLoader(
@@ -180,7 +192,13 @@ def evaluate_specs(
             collate_fn=collate_by_size,
             pin_memory=torch.device(device).type == "cuda",
         )
-        results[spec] = evaluate(
+        result = evaluate(
             model, loader, num_classes, device, tta, amp_dtype, progress, desc=spec, reduce=reduce
         )
+        if group is not None:
+            grouped = group_confusion(
+                torch.tensor(result.confusion), group.group_lut(num_classes), len(group)
+            )
+            result = EvalResult.from_confusion(grouped, result.num_images)
+        results[spec] = result
     return results

@@ -46,14 +46,19 @@ def mining_settings(m: MineConfig) -> MiningSettings:
 
 
 def mine_record(cfg: Config) -> RunRecord:
-    """What decides a bank: the CLIP (backbone, class names, weights' fingerprint), the source spec, the
-    ``mine`` section less its resumable keys (lr resolved), the seed and the autocast actually used."""
+    """What decides a bank: the CLIP (backbone, class names, label set if given, weights' fingerprint), the
+    source spec, the ``mine`` section less its resumable keys (lr resolved), the seed and the autocast
+    actually used."""
     m, settings = cfg.mine, mining_settings(cfg.mine)
     amp = amp_dtype(cfg.run.amp, resolve_device(cfg.run.device, current()))
     return RunRecord(
         "mine",
         {
-            "model": {"backbone": cfg.model.backbone, "class_names": list(cfg.model.class_names)},
+            "model": {
+                "backbone": cfg.model.backbone,
+                "class_names": list(cfg.model.class_names),
+                **({"classes": cfg.model.classes} if cfg.model.classes is not None else {}),
+            },
             "data": {"train": cfg.data.train},
             "mine": {
                 **{k: v for k, v in asdict(m).items() if f"mine.{k}" not in RESUMABLE_KEYS},
@@ -67,7 +72,8 @@ def mine_record(cfg: Config) -> RunRecord:
 
 def source_set(cfg: Config) -> SeededTransform:
     """The crops mining reads: ``data.train`` at ``mine.crop``, no jitter, no flip."""
-    return SeededTransform(build_dataset(cfg.data.train), train_transform(cfg.mine.crop, jitter=0, hflip=0))
+    source = build_dataset(cfg.data.train, cfg.model.label_set())
+    return SeededTransform(source, train_transform(cfg.mine.crop, jitter=0, hflip=0))
 
 
 def mining_plan(cfg: Config, dataset) -> tuple[int, int]:
@@ -160,7 +166,7 @@ def _mine_call(visual, embed, loader, own, cfg, settings, pool, amp, channels_la
             visual,
             embed,
             pending,
-            cfg.model.class_names,
+            cfg.model.label_set().prompts,  # the class words of the prompts
             settings,
             pool,
             IGNORE_INDEX,

@@ -131,10 +131,12 @@ def write_results(
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def default_results_path(checkpoint: str | os.PathLike, specs: Sequence[str], tta=None) -> Path:
+def default_results_path(
+    checkpoint: str | os.PathLike, specs: Sequence[str], tta=None, group: str | None = None
+) -> Path:
     """Where ``famix eval`` writes results by default: next to the checkpoint, named by what was evaluated
-    (``best.eval.cityscapes-val.acdc-night-val.json``), so evaluations on other data never overwrite it.
-    Long names are shortened with a hash of the full list."""
+    (``best.eval.cityscapes-val.acdc-night-val.json``; a grouping's name last), so evaluations on other data
+    never overwrite it. Long names are shortened with a hash of the full list."""
 
     def slug(spec: str) -> str:  # the spec without its folder paths: cityscapes:data/cs:val -> cityscapes-val
         fields = [Path(f).stem if f.endswith(".txt") else f for f in spec.split(":")]
@@ -146,6 +148,7 @@ def default_results_path(checkpoint: str | os.PathLike, specs: Sequence[str], tt
         return re.sub(r"[^A-Za-z0-9=]+", "-", "-".join(kept)).strip("-")
 
     parts = [slug(s) for s in specs] + ([tta.describe()] if tta is not None and tta.describe() else [])
+    parts += [re.sub(r"[^A-Za-z0-9=]+", "-", group)] if group else []
     name = ".".join(parts)
     if len(name) > 80:
         digest = hashlib.sha256("\n".join([*specs, name]).encode()).hexdigest()[:8]

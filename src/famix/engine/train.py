@@ -14,11 +14,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from famix.config import RESUMABLE_KEYS, Config, save_config
+from famix.data.classes import LabelSet
 from famix.data.datasets import SeededTransform, build_dataset
 from famix.data.labels import IGNORE_INDEX
 from famix.data.transforms import color_jitter, normalize, source_transform
 from famix.engine.amp import amp_dtype, autocast
 from famix.engine.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from famix.engine.checks import check_bank_classes
 from famix.engine.distributed import barrier, current, require_session, resolve_device
 from famix.engine.evaluate import evaluate_specs
 from famix.engine.loss import SegmentationLoss
@@ -45,6 +47,8 @@ def train_record(cfg: Config, kind: str = "train", inputs: dict | None = None) -
     full = cfg.to_dict()
     skip = RESUMABLE_KEYS | set(INPUT_PATHS)
     settings = {s: {k: v for k, v in full[s].items() if f"{s}.{k}" not in skip} for s in TRAIN_SECTIONS}
+    if cfg.model.classes is None:  # no label set: the record of the 19 trainIds, as before label sets
+        del settings["model"]["classes"]
     amp = amp_dtype(cfg.run.amp, resolve_device(cfg.run.device, current()))
     settings["run"]["amp"] = cfg.run.amp if amp is not None else "off"
     uses_bank = cfg.style.mix in ("famix", "augment") and cfg.style.bank
@@ -98,6 +102,7 @@ def build_mixer(cfg: Config, model, device) -> LocalStyleMixer | None:
             )
         bank = StyleBank.load(s.bank)
         bank.check_compatible(model.low_channels, cfg.model.class_names, s.bank)
+        check_bank_classes(bank, cfg.model.label_set(), s.bank)
         made_by = bank.metadata.get(KEY, {}).get("kind")
         if s.mix == "famix" and made_by == "adapt-styles":
             raise ValueError(
@@ -215,15 +220,19 @@ def prepare_images(images: torch.Tensor, jitter: torch.Tensor, channels_last: bo
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def make_source_dataset(spec: str, crop: int, jitter: float, hflip: float) -> SeededTransform:
-    """The training view of a source dataset: items ``(index, seed)`` -> augmented (image, label)."""
+def make_source_dataset(
+    spec: str, crop: int, jitter: float, hflip: float, labels: LabelSet | None = None
+) -> SeededTransform:
+    """The training view of a source dataset (read through ``labels``): items ``(index, seed)`` ->
+    augmented (image, label)."""
     # The augmentation recipe depends on the source (SYNTHIA differs), named by the spec's first field.
-    return SeededTransform(build_dataset(spec), source_transform(spec.split(":")[0], crop, jitter, hflip))
+    source = build_dataset(spec, labels)
+    return SeededTransform(source, source_transform(spec.split(":")[0], crop, jitter, hflip))
 
 
 def make_train_loader(cfg: Config, info, start: int) -> DataLoader:
     d = cfg.data
-    dataset = make_source_dataset(d.train, d.crop, d.jitter, d.hflip)
+    dataset = make_source_dataset(d.train, d.crop, d.jitter, d.hflip, cfg.model.label_set())
     sampler = StreamSampler(
         len(dataset), d.batch_size, cfg.run.seed, info.rank, info.world_size, start, cfg.train.iterations
     )
@@ -253,6 +262,7 @@ def validate(cfg: Config, model, device, amp, info, logger, step: int) -> float 
             workers=cfg.data.workers,
             progress=False,
             reduce=False,
+            labels=cfg.model.label_set(),
         )
         scores = {spec: r.miou for spec, r in results.items()}
         score = sum(scores.values()) / len(scores)

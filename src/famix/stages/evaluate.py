@@ -1,13 +1,18 @@
 """``famix eval``: a checkpoint's (m)IoU on dataset specs; each spec's result is cached beside the
-checkpoint, keyed by what decides it (the checkpoint's content, the spec, test-time settings, autocast)."""
+checkpoint, keyed by what decides it (the checkpoint's content, the spec, test-time settings, autocast, the
+label sets read or reported). The data are read through the checkpoint's own label set; ``group`` reports
+IoUs per group of its classes (e.g. Cityscapes' 7 categories of a 19-class model)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from famix.config import ModelConfig
+from famix.data.classes import LabelSet
+from famix.data.classes import load as load_label_set
 from famix.engine.amp import amp_dtype
-from famix.engine.checkpoint import load_segmenter
+from famix.engine.checkpoint import checkpoint_label_set, load_checkpoint, load_segmenter, model_config
 from famix.engine.checks import check_specs
 from famix.engine.distributed import current, require_session, resolve_device
 from famix.engine.evaluate import EvalResult, evaluate_specs
@@ -19,9 +24,14 @@ from famix.engine.runs import RunRecord, cached, file_fingerprint, lookup
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """How to evaluate. ``tta`` and the autocast decide the result; device, batch size, workers do not."""
+    """How to evaluate. ``tta``, the autocast and the label sets decide the result; device, batch size,
+    workers do not. ``classes``: the label set (file or shipped name) the checkpoint must have (a
+    checkpoint that stores none, e.g. an official one, takes its ids and colours when the names agree);
+    ``group``: a label set whose ``ids`` are the checkpoint's class indices, to report merged classes."""
 
     tta: InferenceSettings = field(default=PLAIN)
+    classes: str | None = None
+    group: str | None = None
     amp: str = "bf16"
     device: str = "auto"
     batch_size: int = 4
@@ -34,12 +44,28 @@ def cache_path(checkpoint: str | Path) -> Path:
     return ckpt.with_name(f"{ckpt.stem}.eval-cache.json")
 
 
-def _record(spec: str, s: EvalSettings, amp, fingerprint: str) -> RunRecord:
+def _record(spec: str, s: EvalSettings, amp, fingerprint: str, labels: dict) -> RunRecord:
+    """``labels``: the label sets given ({"classes": ..., "group": ...}; none given: as before label sets)."""
     return RunRecord(
         "evaluate",
-        {"data": spec, "tta": asdict(s.tta), "amp": s.amp if amp is not None else "off"},
+        {"data": spec, "tta": asdict(s.tta), "amp": s.amp if amp is not None else "off", **labels},
         {"checkpoint": fingerprint},
     )
+
+
+def label_sets(checkpoint, model_cfg: ModelConfig, s: EvalSettings) -> tuple[LabelSet, LabelSet | None]:
+    """(the label set the data are read through, the grouping reported or None), checked against the
+    checkpoint's classes."""
+    labels = checkpoint_label_set(model_cfg, s.classes, checkpoint)
+    group = load_label_set(s.group) if s.group else None
+    if group is not None:
+        group.group_lut(model_cfg.num_classes, f"--group {s.group}")
+    return labels, group
+
+
+def _given(s: EvalSettings, labels: LabelSet, group: LabelSet | None) -> dict:
+    out = {"classes": labels.to_dict()} if s.classes else {}
+    return {**out, "group": group.to_dict()} if group is not None else out
 
 
 def is_cached(checkpoint: str | Path, spec: str, settings: EvalSettings) -> bool:
@@ -48,7 +74,9 @@ def is_cached(checkpoint: str | Path, spec: str, settings: EvalSettings) -> bool
     if not path.is_file():
         return False
     amp = amp_dtype(settings.amp, resolve_device(settings.device, current()))
-    return lookup(path, _record(spec, settings, amp, file_fingerprint(checkpoint))) is not None
+    model_cfg = model_config(load_checkpoint(checkpoint))
+    given = _given(settings, *label_sets(checkpoint, model_cfg, settings))
+    return lookup(path, _record(spec, settings, amp, file_fingerprint(checkpoint), given)) is not None
 
 
 def run(
@@ -61,15 +89,18 @@ def run(
     report: str | Path | None = None,
 ) -> tuple[dict[str, EvalResult], list[str]]:
     """Evaluate ``checkpoint`` on every spec (all checked before the first is evaluated); returns
-    ``({spec: result}, class names)``. ``cache``: the JSON file of cached results ("auto": beside the
-    checkpoint, None: no cache); a spec already evaluated with the same record returns at once.
+    ``({spec: result}, class names)`` (the grouping's when ``settings.group``). ``cache``: the JSON file of
+    cached results ("auto": beside the checkpoint, None: no cache); a spec already evaluated with the same
+    record returns at once.
     ``report``: also write the results file there ("auto": beside the checkpoint, named by the data)."""
     s = settings or EvalSettings()
     if not specs:
         raise ValueError("give at least one dataset spec to evaluate on (--data SPEC [SPEC ...])")
-    check_specs(specs, "--data")
+    model_cfg = model_config(load_checkpoint(checkpoint))
+    labels, group = label_sets(checkpoint, model_cfg, s)
+    check_specs(specs, "--data", labels)
     if report == "auto":
-        report = default_results_path(checkpoint, specs, s.tta)
+        report = default_results_path(checkpoint, specs, s.tta, Path(s.group).stem if s.group else None)
     if report is not None:
         check_output_path(report, "--json")
     info = current()
@@ -80,13 +111,15 @@ def run(
     fingerprint = file_fingerprint(checkpoint)
     path = cache_path(checkpoint) if cache == "auto" else cache
     results = {}
+    given = _given(s, labels, group)
     for spec in specs:
-        record = _record(spec, s, amp, fingerprint)
+        record = _record(spec, s, amp, fingerprint, given)
 
         def compute(spec=spec):
             one = evaluate_specs(
-                model, [spec], cfg.num_classes, device, s.tta, amp, s.batch_size, s.workers, progress
-            )
+                model, [spec], cfg.num_classes, device, s.tta, amp, s.batch_size, s.workers, progress,
+                labels=labels, group=group,
+            )  # fmt: skip
             return one[spec].to_dict()
 
         if path is None:
@@ -94,9 +127,15 @@ def run(
             continue
         quiet = (lambda _: None) if not info.main else (lambda msg, spec=spec: say(f"{spec}: {msg}"))
         results[spec] = EvalResult.from_dict(cached(path, record, compute, quiet, write=info.main))
-    names = list(cfg.class_names)
+    names = (group or labels).names
     if report is not None and info.main:
-        extra = {"checkpoint": str(checkpoint), "test_time": asdict(s.tta)}
+        extra = {
+            "checkpoint": str(checkpoint),
+            "test_time": asdict(s.tta),
+            "label_set": (group or labels).to_dict(),
+        }
+        if group is not None:
+            extra["grouped_from"] = labels.to_dict()
         write_results(results, report, names, extra)
         say(f"results written to {report}")
     return results, names

@@ -33,6 +33,8 @@ def run(cfg: Config, progress: bool = True, say=print, fix: str = REFUSAL) -> St
     else:
         bank = None
     metadata = {KEY: record.to_dict(), "batches_done": 0, "famix_version": __version__}
+    if cfg.model.classes is not None:  # a bank of the 19 trainIds says nothing more, as before label sets
+        metadata["label_set"] = cfg.model.label_set().to_dict()
     return mine_pass(cfg, dataset, bank, metadata, progress)
 
 

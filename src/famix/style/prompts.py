@@ -17,7 +17,9 @@ def draw_prompts(
     classes: torch.Tensor, class_names: Sequence[str], vocabulary: Sequence[str], generator: torch.Generator
 ) -> list[str]:
     """The mining texts of N patches: a style word drawn uniformly from ``vocabulary`` (with ``generator``)
-    for each patch, with its class. classes: [N] trainIds; any other value (the ignore index) -> "photo"."""
+    for each patch, with its class's words. classes: [N] class indices; any other value (the ignore index)
+    -> "photo". ``class_names``: each class's words in prompts (a label set's ``prompts``: its names unless
+    given)."""
     words = torch.randint(len(vocabulary), (classes.numel(),), generator=generator).tolist()
     return [
         prompt(vocabulary[w], class_names[k] if 0 <= k < len(class_names) else None)

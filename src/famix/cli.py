@@ -54,7 +54,9 @@ def cmd_eval(args) -> None:
     from famix.engine.results import format_paper_table, format_table
     from famix.stages import evaluate
 
-    settings = evaluate.EvalSettings(_tta(args), args.amp, args.device, args.batch_size, args.workers)
+    settings = evaluate.EvalSettings(
+        _tta(args), args.amp, args.device, args.batch_size, args.workers, args.classes, args.group
+    )
     with _session(args.device) as info:  # under torchrun each rank evaluates its share of every dataset
         results, names = evaluate.run(args.checkpoint, args.data, settings, report=args.json or "auto")
     if info.main:
@@ -155,7 +157,7 @@ def cmd_datasets(args) -> None:
         raise ValueError(
             "usage: famix datasets [check NAME ROOT]  (NAME may be a full spec, e.g. acdc:night)"
         )
-    report = check_dataset(args.name, args.root, decode=args.decode)
+    report = check_dataset(args.name, args.root, decode=args.decode, classes=args.classes)
     print(format_check(report))
     sys.exit(exit_code(report))
 

@@ -94,6 +94,16 @@ def _add_eval_predict(sub) -> None:
     )
     e.add_argument("--per-class", action="store_true", help="also print per-class IoU")
     e.add_argument(
+        "--group",
+        help="report IoU per group of the checkpoint's classes: a label set whose ids are its class indices "
+        "(e.g. cityscapes_categories: Cityscapes' 7 categories of a 19-class model)",
+    )
+    e.add_argument(
+        "--classes",
+        help="the label set the checkpoint must have (it stores its own; for one that stores none, e.g. an "
+        "official checkpoint, a label set with its class names gives the ids its data are read through)",
+    )
+    e.add_argument(
         "--paper-table", action="store_true", help="the paper's layout: C, B, M, S, ACDC n/s/r/f, mean"
     )
     e.add_argument(
@@ -205,6 +215,10 @@ def _add_datasets(sub) -> None:
     )
     ds.add_argument("name", nargs="?", help="dataset name (gta5, cityscapes, acdc:night, ...) or a full spec")
     ds.add_argument("root", nargs="?", help="dataset root folder")
+    ds.add_argument(
+        "--classes",
+        help="the label set the labels are read through (folder: datasets; default: the 19 trainIds)",
+    )
     ds.add_argument(
         "--decode", type=int, help="decode at most this many pairs per split, spread evenly (default: all)"
     )

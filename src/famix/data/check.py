@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from famix.data.classes import LabelSet
+from famix.data.classes import load as load_label_set
 from famix.data.datasets import dataset_entries, dataset_entry
 from famix.data.entry import DatasetEntry
 from famix.data.folder import (
@@ -69,22 +71,35 @@ def _units(entry: DatasetEntry, root: Path, condition: str | None, split: str | 
 
     if split is not None:
         return [from_list(Path(split).expanduser()) if is_list_file(split) else named(split)[0]]
+    if not entry.splits:  # no named splits (folder:): every pair found
+        return [("all", partial(scan, root, None))]
     units = [named(s) for s in entry.splits]
     everything = [("all", partial(scan, root, None))] if any(listed for _, listed in units) else []
     return everything + [unit for unit, _ in units]  # no split folders: every pair is a split too
 
 
-def _decode(pair: Pair) -> tuple[np.ndarray | None, str | None]:
-    """(the label's raw values, None), or (None, why the image or label cannot be read)."""
+def _decode(pair: Pair, unknown: Callable | None = None) -> tuple[tuple[list, str] | None, str | None]:
+    """((the label's values no class claims, what it should hold), None), or (None, why the image or label
+    cannot be read). ``unknown(pair)``: the dataset's own value check; None: its encoding's known ids."""
     try:
         read_image(pair.image)
-        return np.unique(read_raw_label(pair.label, pair.encoding)), None
+        if unknown is not None:
+            return unknown(pair), None
+        values = set(np.unique(read_raw_label(pair.label, pair.encoding)).tolist())
+        encoding = ENCODINGS[pair.encoding]
+        return (sorted(values - encoding.known), encoding.description), None
     except DatasetError as err:
         return None, str(err).split(". ")[0]
 
 
 def _check_unit(
-    label: str, scan: Scan, entry: DatasetEntry, f: SpecFields, decode: int | None, progress: bool
+    label: str,
+    scan: Scan,
+    entry: DatasetEntry,
+    f: SpecFields,
+    decode: int | None,
+    progress: bool,
+    labels: LabelSet | None = None,
 ) -> dict:
     mismatch = parse_mismatch(f.options.get("mismatch", entry.mismatch))
     keep = entry.size_filter.keep_size(f.condition, f.options) if entry.size_filter else None
@@ -123,16 +138,23 @@ def _check_unit(
     if decode is not None and len(kept) > decode:  # spread evenly over the split
         sample = [kept[i * len(kept) // decode] for i in range(decode)]
     bar = progress_bar(total=len(sample), desc=f"check {label}", disable=not progress or not sample)
+    unknown = (
+        partial(entry.unknown_values, options=f.options, labels=labels) if entry.unknown_values else None
+    )
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # the decoders release the GIL
-        for pair, (values, error) in zip(sample, pool.map(_decode, sample), strict=True):
+        for pair, (found, error) in zip(
+            sample, pool.map(partial(_decode, unknown=unknown), sample), strict=True
+        ):
             bar.update()
             if error is not None:
                 result["unreadable"].append(error)
                 continue
             result["decoded"] += 1
-            for v in sorted(set(values.tolist()) - ENCODINGS[pair.encoding].known):
-                first = {"files": 0, "example": str(pair.label), "encoding": pair.encoding}
-                result["unknown_label_values"].setdefault(int(v), first)["files"] += 1
+            values, expected = found
+            for v in values:
+                first = {"files": 0, "example": str(pair.label), "expected": expected}
+                key = v if isinstance(v, int) else "rgb" + str(tuple(v))
+                result["unknown_label_values"].setdefault(key, first)["files"] += 1
     bar.close()
     return result
 
@@ -167,17 +189,26 @@ def _resolve(name_or_spec: str, root: str | Path | None) -> tuple[DatasetEntry, 
 
 
 def check_dataset(
-    name_or_spec: str, root: str | Path | None = None, decode: int | None = None, progress: bool = True
+    name_or_spec: str,
+    root: str | Path | None = None,
+    decode: int | None = None,
+    progress: bool = True,
+    classes: str | LabelSet | None = None,
 ) -> dict:
     """Check a dataset on disk as its loader will read it: ``check_dataset("cityscapes", "/data/cityscapes")``
     (every labelled split; every condition unless e.g. ``"acdc:night"``; options such as
     ``"acdc:fog:fog_size=none"``) or ``check_dataset(SPEC)`` (that split, with the spec's options).
 
     ``decode``: decode (and value-check) at most this many kept pairs per split, spread evenly; None: all.
+    ``classes``: the label set (a file, a shipped name) a ``folder:`` dataset's labels are read through:
+    values (or colours) that no class claims are problems (default: the 19 trainIds).
     Returns {"dataset", "root", "splits": {label: counts and file lists}, "problems": [str],
     "warnings": [str], "ok": bool}.
     """
     entry, f = _resolve(name_or_spec, root)
+    labels = load_label_set(classes) if isinstance(classes, str | Path) else classes
+    if entry.configure is not None:
+        entry = entry.configure(f.options)
     source, root = entry.source, f.root
     report = {"dataset": source.name, "root": str(root), "splits": {}, "problems": [], "warnings": []}
     problems, warnings = report["problems"], report["warnings"]
@@ -204,7 +235,9 @@ def check_dataset(
                 report["splits"][label] = {"error": str(err)}
                 problems.append(f"{label}: {err}")
                 continue
-            result = report["splits"][label] = _check_unit(label, scan, entry, unit_fields, decode, progress)
+            result = report["splits"][label] = _check_unit(
+                label, scan, entry, unit_fields, decode, progress, labels
+            )
             problems += _problems(label, result, "unpaired_images", "image(s) without a label")
             problems += _problems(label, result, "unpaired_labels", "label(s) without an image")
             problems += _problems(label, result, "unreadable", "unreadable file(s)")
@@ -214,10 +247,10 @@ def check_dataset(
             else:  # mismatch=skip (GTA5's default): the loader drops them, so they only warrant a warning
                 warnings += [f"{w} (mismatch=error to refuse them)" for w in sizes]
             for v, seen in result["unknown_label_values"].items():
+                what = f"colour {v[3:]}" if isinstance(v, str) else f"value {v}"
                 problems.append(
-                    f"{label}: label value {v} is not a known id ({source.name} labels should hold "
-                    f"{ENCODINGS[seen['encoding']].description}), in {seen['files']} checked file(s), "
-                    f"e.g. {seen['example']}"
+                    f"{label}: label {what} is not a known id ({source.name} labels should hold "
+                    f"{seen['expected']}), in {seen['files']} checked file(s), e.g. {seen['example']}"
                 )
             if not result["pairs"] and not result["unpaired_images"] and not result["unpaired_labels"]:
                 problems.append(f"{label}: no images or labels found")

@@ -12,6 +12,7 @@ lists every such value before a run.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -154,9 +155,17 @@ def build(parts: list[str], labels: LabelSet | None = None) -> FolderDataset:
     return FolderDataset(kept, layout, labels, mismatch, skipped)
 
 
-def entry_for(options: dict[str, str]) -> DatasetEntry:
+def configure(options: Mapping[str, str]) -> DatasetEntry:
     """The entry whose ``scan`` follows a spec's options (``famix datasets check`` scans with it)."""
-    return replace(ENTRY, scan=Layout.of(options).scan)
+    return replace(ENTRY, scan=Layout.of(dict(options)).scan)
+
+
+def unknown_values(pair: Pair, options: Mapping[str, str], labels: LabelSet | None) -> tuple[list, str]:
+    """(the values of ``pair``'s label file no class of ``labels`` claims, what the file should hold)."""
+    layout, labels = Layout.of(dict(options)), labels or DEFAULT
+    if layout.encoding == "rgb":
+        labels.check_colors("folder: encoding=rgb")
+    return layout.unknown(layout.raw(pair.label), labels), layout.expected(labels)
 
 
 ENTRY = DatasetEntry(
@@ -168,4 +177,6 @@ ENTRY = DatasetEntry(
     image_suffixes=IMAGE_SUFFIXES,
     options=OPTIONS,
     takes_labels=True,
+    configure=configure,
+    unknown_values=unknown_values,
 )

@@ -56,7 +56,10 @@ class DatasetEntry:
     - ``options``: the spec's ``KEY=VALUE`` options; ``mismatch``: the loader's mismatch mode when the spec
       sets none; ``size_filter``: the protocol's size filter, if any;
     - ``takes_labels``: ``build(fields, label_set)`` reads its label files through the label set itself
-      (``folder:``); other datasets yield trainIds, relabelled afterwards.
+      (``folder:``); other datasets yield trainIds, relabelled afterwards. Such a dataset also gives
+      ``configure(options)``, the entry whose ``scan`` follows a spec's options, and
+      ``unknown_values(pair, options, label_set)``: (the label file's values no class claims, what it
+      should hold), which ``famix datasets check`` reports.
     """
 
     build: Callable[[list[str]], Dataset]
@@ -72,6 +75,8 @@ class DatasetEntry:
     size_filter: SizeFilter | None = None
     split_list: Callable[[Path, str], Path | None] | None = None
     takes_labels: bool = False
+    configure: Callable[[Mapping[str, str]], DatasetEntry] | None = None
+    unknown_values: Callable[..., tuple[list, str]] | None = None
 
     def find(self, root: Path, split: str | None, condition: str | None = None) -> Scan:
         """``scan`` for one split (and condition, where the dataset has them)."""

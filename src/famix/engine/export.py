@@ -110,9 +110,10 @@ def metadata(
         "input": f"images: float32 {shape}, RGB in [0, 1] then (x - input_mean) / input_std per channel",
         "input_mean": json.dumps(list(CLIP_MEAN)),
         "input_std": json.dumps(list(CLIP_STD)),
-        "output": "logits: float32 [B, K, H, W], K = num_classes; argmax over K is the trainId",
+        "output": "logits: float32 [B, K, H, W], K = num_classes; argmax over K: the class (label_set)",
         "num_classes": str(cfg.num_classes),
         "class_names": json.dumps(list(cfg.class_names)),
+        "label_set": json.dumps(cfg.label_set().to_dict()),  # names, colours, ids, prompts of the classes
         "backbone": cfg.backbone,
         "output_stride": str(output_stride),
         "dynamic": json.dumps(dynamic),

@@ -1,9 +1,11 @@
-"""Inference on files: load images, predict trainIds, write trainId / colour / overlay PNGs; videos too."""
+"""Inference on files: load images, predict class indices, write index / colour / overlay PNGs (colours of
+the model's label set); videos too."""
 
 from __future__ import annotations
 
 import functools
 import glob
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,9 +14,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from famix.data.classes import LabelSet, from_names, parse
+from famix.data.labels import CLASS_NAMES
 from famix.data.readers import image_size, read_image
 from famix.data.transforms import normalize
-from famix.engine.checkpoint import load_segmenter
+from famix.engine.checkpoint import load_checkpoint, load_segmenter, model_config
 from famix.engine.exported import OnnxSegmenter
 from famix.engine.inference import PLAIN, InferenceSettings, eval_mode, predict_logits
 from famix.engine.video import import_av, segment_video
@@ -121,6 +125,19 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     return load_segmenter(path, device=device)[0]
 
 
+def model_label_set(path: str | os.PathLike, model: torch.nn.Module) -> LabelSet:
+    """The label set of ``model`` loaded from ``path`` (:func:`load_model`): a checkpoint's (its config), or
+    an ONNX file's (its metadata; files from before label sets: the label set of their class names)."""
+    if isinstance(model, OnnxSegmenter):
+        meta = model.metadata
+        if "label_set" in meta:
+            return parse(json.loads(meta["label_set"]), f"the label set in {path}'s metadata")
+        return (
+            from_names(json.loads(meta["class_names"])) if "class_names" in meta else from_names(CLASS_NAMES)
+        )
+    return model_config(load_checkpoint(path)).label_set()
+
+
 def _size_batches(paths: Sequence[Path], batch_size: int) -> list[list[int]]:
     # Indices into ``paths``: same-size images (in input order) chunked so each chunk stacks into one batch.
     groups: dict[tuple[int, int], list[int]] = {}
@@ -140,10 +157,12 @@ def predict_paths(
     progress: bool = True,
     batch_size: int = 1,
     video_output: str = "overlay",
+    labels: LabelSet | None = None,
 ) -> list[Path]:
     """Segment every image and video in ``paths`` and write the results to ``out_dir``.
 
-    Images: ``<stem>_trainid.png`` (uint8 trainIds), ``<stem>_color.png`` (Cityscapes palette) and
+    Images: ``<stem>_trainid.png`` (uint8 class indices), ``<stem>_color.png`` (the colours of ``labels``,
+    the model's label set; default the 19 Cityscapes classes') and
     ``<stem>_overlay.png`` as selected by ``outputs`` (``<stem>``: see :func:`output_stems`). Images of
     equal size are segmented ``batch_size`` at a time; sizes may differ between images. Videos
     (:data:`VIDEO_EXTENSIONS`, needs PyAV): ``<stem>_<video_output>.mp4``, see
@@ -165,6 +184,8 @@ def predict_paths(
     if videos:
         import_av()  # a missing PyAV fails before the images are done, not after
     segment = functools.partial(predict_ids, model, device=device, tta=tta, amp_dtype=amp_dtype)
+    labels = labels or from_names(CLASS_NAMES)
+    draw = functools.partial(render, colours=labels.palette(), num_classes=len(labels))
     written: dict[int, list[Path]] = {}  # input index -> its outputs
     with eval_mode(model), torch.inference_mode():
         bar = progress_bar(total=len(images), desc="predict", disable=not progress or not images)
@@ -174,10 +195,10 @@ def predict_paths(
             for i, image, ids in zip(chunk, batch, segment(batch), strict=True):
                 written[i] = [out / f"{stems[i]}_{kind}.png" for kind in outputs]
                 for kind, dst in zip(outputs, written[i], strict=True):
-                    _save_png_atomic(render(kind, image, ids), dst)
+                    _save_png_atomic(draw(kind, image, ids), dst)
             bar.update(len(chunk))
         bar.close()
         for i in videos:
             dst = out / f"{stems[i]}_{video_output}.mp4"
-            written[i] = [segment_video(paths[i], dst, segment, video_output, batch_size, progress)]
+            written[i] = [segment_video(paths[i], dst, segment, video_output, batch_size, progress, draw)]
     return [p for i in range(len(paths)) for p in written[i]]

@@ -77,8 +77,10 @@ def segment_video(
     kind: str = "overlay",
     batch_size: int = 1,
     progress: bool = True,
+    draw=render,
 ) -> Path:
-    """Segment every frame of video ``src`` and write an ``overlay`` or ``color`` video to ``dst``.
+    """Segment every frame of video ``src`` and write an ``overlay`` or ``color`` video to ``dst``
+    (``draw(kind, image, ids)``: the picture of a frame, :func:`famix.engine.visualize.render`).
 
     Frames are decoded with PyAV and passed to ``segment`` ``batch_size`` at a time. The output has the
     source's frame count and (average) frame rate, H.264 (or MPEG-4 part 2) in yuv420p; odd sizes are
@@ -116,17 +118,17 @@ def segment_video(
                 for frame in frames:
                     batch.append(frame.to_ndarray(format="rgb24"))  # [H, W, 3] uint8
                     if len(batch) == batch_size:
-                        _write_batch(batch, segment, kind, encoder)
+                        _write_batch(batch, segment, kind, encoder, draw)
                         batch = []
                 if batch:
-                    _write_batch(batch, segment, kind, encoder)
+                    _write_batch(batch, segment, kind, encoder, draw)
                 encoder.close()
             if encoder.count == 0:
                 raise ValueError(f"no frames could be decoded from {src}")
     return dst
 
 
-def _write_batch(batch: list[np.ndarray], segment: Segment, kind: str, encoder: _Encoder) -> None:
+def _write_batch(batch: list[np.ndarray], segment: Segment, kind: str, encoder: _Encoder, draw) -> None:
     images = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)  # [B, 3, H, W] uint8
     for image, ids in zip(images, segment(images), strict=True):
-        encoder.write(render(kind, image, ids))
+        encoder.write(draw(kind, image, ids))

@@ -56,7 +56,7 @@ from famix.config import (
 from famix.data.datasets import SeededTransform, build_dataset
 from famix.data.labels import IGNORE_INDEX
 from famix.data.transforms import normalize, train_transform
-from famix.engine.checkpoint import load_checkpoint, load_segmenter
+from famix.engine.checkpoint import load_checkpoint, load_segmenter, model_config
 from famix.engine.checks import check_specs
 from famix.engine.distributed import resolve_device, single_process
 from famix.engine.outputs import check_folder
@@ -188,10 +188,10 @@ def run(
     folders = [slug(t) for t in targets]
     if len(set(folders)) != len(folders):
         raise ValueError(f"target descriptions {targets} share run folder names {folders}: make them differ")
-    check_specs([source_spec], "--data")
+    ckpt = load_checkpoint(checkpoint)  # read once
+    check_specs([source_spec], "--data", model_config(ckpt).label_set())
     check_folder(out, "--out")
     device = resolve_device(s.device)
-    ckpt = load_checkpoint(checkpoint)  # read once
     model, model_cfg = load_segmenter(ckpt, device=device)
     stored = ckpt.get("config", {})
     clip = build_clip(model_cfg.backbone, clip_weights, device=device, seed=0).requires_grad_(False)
@@ -224,9 +224,9 @@ def control(
     """The control of an adaptation: ``checkpoint``'s head fine-tuned exactly as :func:`run` does it (same
     config, steps, crops, seed) with no restyling, into ``run``; resumed or returned like any run."""
     single_process("famix adapt", "every rank would mine the same banks")
-    check_specs([source_spec], "--data")
-    check_folder(run, "run")
     ckpt = load_checkpoint(checkpoint)
+    check_specs([source_spec], "--data", model_config(ckpt).label_set())
+    check_folder(run, "run")
     cfg = fine_tune_config(ckpt.get("config", {}), source_spec, Path(run), settings, mix="none")
     return _fine_tune(ckpt, cfg, {"checkpoint": file_fingerprint(checkpoint)}, say)
 
@@ -274,9 +274,8 @@ def _mine_target(
     resumes after them (each crop's style depends only on the crop, so the bank is the same as one pass's);
     a finished bank with the same record is kept, one with another record refused."""
     path = Path(cfg.style.bank)
-    dataset = SeededTransform(
-        build_dataset(cfg.data.train), train_transform(cfg.data.crop, jitter=0, hflip=0)
-    )
+    source = build_dataset(cfg.data.train, cfg.model.label_set())
+    dataset = SeededTransform(source, train_transform(cfg.data.crop, jitter=0, hflip=0))
     total, size = min(len(dataset), s.images or len(dataset)), cfg.data.batch_size
     batches = math.ceil(total / size)
     target = record.settings["target"]
@@ -291,6 +290,8 @@ def _mine_target(
             "batches_done": 0,
             "famix_version": __version__,
         }
+        if cfg.model.classes is not None:  # the fine-tuning checks that the bank is of its classes
+            metadata["label_set"] = cfg.model.label_set().to_dict()
         bank = StyleBank(list(names), model.low_channels, metadata=metadata)
     start = bank.metadata["batches_done"]
     if start >= batches:

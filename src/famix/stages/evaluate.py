@@ -30,12 +30,12 @@ class EvalSettings:
     ``group``: a label set whose ``ids`` are the checkpoint's class indices, to report merged classes."""
 
     tta: InferenceSettings = field(default=PLAIN)
-    classes: str | None = None
-    group: str | None = None
     amp: str = "bf16"
     device: str = "auto"
     batch_size: int = 4
     workers: int = 0
+    classes: str | None = None
+    group: str | None = None
 
 
 def cache_path(checkpoint: str | Path) -> Path:

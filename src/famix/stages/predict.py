@@ -14,7 +14,14 @@ from famix.engine.amp import amp_dtype
 from famix.engine.distributed import resolve_device, single_process
 from famix.engine.inference import PLAIN, InferenceSettings
 from famix.engine.outputs import check_folder
-from famix.engine.predict import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_images, load_model, predict_paths
+from famix.engine.predict import (
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    list_images,
+    load_model,
+    model_label_set,
+    predict_paths,
+)
 from famix.engine.runs import RunRecord, cached, file_fingerprint
 from famix.engine.visualize import OUTPUT_KINDS
 
@@ -42,6 +49,7 @@ def run(
     check_folder(out, "--out")
     paths = list_images(inputs, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
     model = load_model(checkpoint, dev)
+    labels = model_label_set(checkpoint, model)  # the colours of the outputs
     dtype = amp_dtype(amp, dev)
     record = RunRecord(
         "predict",
@@ -56,7 +64,7 @@ def run(
 
     def predict() -> dict:
         written = predict_paths(
-            model, paths, out, dev, tta, tuple(outputs), dtype, progress, batch_size, video_output
+            model, paths, out, dev, tta, tuple(outputs), dtype, progress, batch_size, video_output, labels
         )
         return {"written": [str(p) for p in written]}
 

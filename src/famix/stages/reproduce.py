@@ -120,9 +120,10 @@ def check_plan(plan: Plan) -> None:
     check_values(plan.cfg)
     check_folder(plan.out, "--out")
     check_folder(Path(plan.cfg.style.bank).parent, "--bank")
-    check_specs([plan.cfg.data.train], "data.train")
-    check_specs(plan.cfg.data.val, "data.val")
-    check_specs(plan.targets, "--targets")
+    labels = plan.cfg.model.label_set()
+    check_specs([plan.cfg.data.train], "data.train", labels)
+    check_specs(plan.cfg.data.val, "data.val", labels)
+    check_specs(plan.targets, "--targets", labels)
     column_names(plan.targets)  # two targets in one column: refused now, not after training
     # files of another run in the way: refused now, not after mining or after the first seeds trained
     states = [mine.status(plan.cfg, FIX)]
@@ -154,7 +155,7 @@ def dry_run(plan: Plan) -> tuple[str, bool]:
     ):
         for spec in specs:
             try:
-                state = f"ok ({len(check_specs([spec], option)[spec])} images)"
+                state = f"ok ({len(check_specs([spec], option, c.model.label_set())[spec])} images)"
             except (ValueError, FileNotFoundError) as e:
                 state, ok = f"PROBLEM: {str(e).splitlines()[0]}", False
             lines.append(f"  {spec}: {state}")
@@ -235,7 +236,8 @@ def summarise(runs: dict[int, dict[str, EvalResult]], cfg: Config) -> dict:
     The paper's numbers are shown only for its own (source, backbone) rows; a target with no labelled pixel
     (mIoU None for every seed) is reported as such and left out of the means."""
     source = cfg.data.train.split(":")[0].lower()
-    paper = PAPER.get((source, cfg.model.backbone), {})
+    # the paper's numbers are of the 19 classes: none under another label set
+    paper = PAPER.get((source, cfg.model.backbone), {}) if cfg.model.classes is None else {}
     specs = list(next(iter(runs.values())))
     names = column_names(specs)
     columns = {}

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
 from famix.data.labels import CLASS_NAMES, IGNORE_INDEX, palette
@@ -113,9 +112,10 @@ class LabelSet:
         return table
 
     def id_lut(self) -> np.ndarray:
-        """uint8 [max(256, largest id + 1)]: raw id -> class index, 255 for ignore and unclaimed ids."""
+        """uint8 [max(256, largest id + 2)]: raw id -> class index, 255 for ignore and unclaimed ids; the last
+        entry is unclaimed, so ids beyond the table may be clamped to it."""
         largest = max([self.ignore_index, *(i for c in self.classes for i in c.ids)])
-        lut = np.full(max(256, largest + 1), IGNORE_INDEX, np.uint8)
+        lut = np.full(max(256, largest + 2), IGNORE_INDEX, np.uint8)
         for k, c in enumerate(self.classes):
             lut[list(c.ids)] = k
         lut[self.ignore_index] = IGNORE_INDEX
@@ -162,10 +162,12 @@ class LabelSet:
                 "the label set have no color: give every class a color: [R, G, B]"
             )
 
-    def group_lut(self, num_classes: int, where: str = "--group") -> torch.Tensor:
+    def group_lut(self, num_classes: int, where: str = "--group"):
         """long [num_classes]: each class of a model with ``num_classes`` classes -> the class (group) of
         this set whose ``ids`` name it. Refuses ids that are no class of the model, and model classes that
-        no group claims."""
+        no group claims. (torch is imported here: reading a config imports no model library.)"""
+        import torch
+
         lut = torch.full((num_classes,), -1, dtype=torch.long)
         for g, c in enumerate(self.classes):
             outside = [i for i in c.ids if i >= num_classes]
@@ -288,6 +290,10 @@ def parse(data, where: str) -> LabelSet:
         if c.name in seen:
             raise LabelSetError(f"{where}: two classes are named {c.name!r}: class names must be unique")
         seen[c.name] = c
+    if ignore_color is not None and any(c.color == ignore_color for c in classes):
+        raise LabelSetError(
+            f"{where}: a class has the ignore_color {list(ignore_color)}: give it another color"
+        )
     colours = [c.color for c in classes if c.color is not None]
     if len(set(colours)) != len(colours):
         twice = next(c for c in colours if colours.count(c) > 1)

@@ -419,3 +419,92 @@ def test_torchrun_trains_on_own_data(tmp_path):
     ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
     assert ckpt["config"]["model"]["classes"] == load_label_set(tmp_path / "five.yaml").to_dict()
     assert ckpt["model_state"]["classifier.classifier.3.weight"].shape[0] == 5
+
+
+def test_reproduce_and_adapt_on_own_data(tmp_path, monkeypatch, capsys):
+    """famix reproduce with user targets, then famix adapt of its model: both keep the label set."""
+    monkeypatch.chdir(tmp_path)
+    write_folder(tmp_path / "data", FIVE, "index")
+    Path("five.yaml").write_text(yaml.safe_dump(FIVE))
+    labels = load_label_set("five.yaml")
+    overrides = ["model.classes=five.yaml", "data.train=folder:data:train", "data.val=[]", "data.crop=32"]
+    overrides += ["mine.crop=32", "mine.steps=1", "mine.max_images=4", "train.iterations=2"]
+    run_cli(
+        "reproduce",
+        "-c",
+        "tiny",
+        *overrides,
+        "--seeds",
+        "1",
+        "--out",
+        "repro",
+        "--targets",
+        "folder:data:val",
+    )
+    result = json.loads(Path("repro/results.json").read_text())
+    (column,) = result["columns"].values()
+    assert list(column["per_class_iou"]) == labels.names and column["paper"] is None
+    assert StyleBank.load("repro/bank.safetensors").metadata["label_set"] == labels.to_dict()
+
+    adapt = ["--iterations", "2", "--steps", "2", "--crop", "32", "--batch-size", "2", "--device", "cpu"]
+    run_cli(
+        "adapt",
+        "repro/seed0/latest.pt",
+        "--target",
+        "at night",
+        "--data",
+        "folder:data:train",
+        "--out",
+        "ad",
+        *adapt,
+    )
+    (run,) = [p for p in Path("ad").iterdir() if p.is_dir()]
+    ckpt = load_checkpoint(run / "latest.pt")
+    assert ckpt["config"]["model"]["classes"] == labels.to_dict() and ckpt["run"]["kind"] == "adapt"
+    assert StyleBank.load(run / "styles.safetensors").metadata["label_set"] == labels.to_dict()
+    capsys.readouterr()
+    run_cli("eval", run / "latest.pt", "--data", "folder:data:val", "--per-class", "--workers", "0")
+    table = capsys.readouterr().out
+    assert all(f"| {name} |" in table for name in labels.names)
+
+
+# Cityscapes labelIds of the 19 classes, in trainId order (cityscapesScripts' labels.py)
+LABEL_IDS = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
+
+
+def test_eval_classes_gives_an_official_checkpoint_its_ids(tmp_path, checkpoint):
+    """A checkpoint storing no label set (as official ones) reads a folder of raw labelIds through
+    --classes: the same confusion as the Cityscapes loader's own labelId map on the same files."""
+    import shutil
+
+    from famix.data.labels import CLASS_NAMES
+
+    fake.cityscapes(tmp_path / "cs", {"val": {"lindau": 2}})
+    for image in (tmp_path / "cs" / "leftImg8bit").rglob("*_leftImg8bit.png"):
+        key = image.name.removesuffix("_leftImg8bit.png")
+        (tmp_path / "mine" / "images").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "mine" / "labels").mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, tmp_path / "mine" / "images" / f"{key}.png")
+        shutil.copy(
+            next((tmp_path / "cs").rglob(f"{key}_gtFine_labelIds.png")),
+            tmp_path / "mine" / "labels" / f"{key}.png",
+        )
+    ids = tmp_path / "labelids.yaml"
+    ids.write_text(
+        yaml.safe_dump(
+            {"classes": [{"name": n, "ids": [i]} for n, i in zip(CLASS_NAMES, LABEL_IDS, strict=True)]}
+        )
+    )
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(checkpoint.read_bytes())
+    common = ["--batch-size", "1", "--workers", "0", "--device", "cpu"]
+    bench, own = f"cityscapes:{tmp_path / 'cs'}:val", f"folder:{tmp_path / 'mine'}"
+    run_cli("eval", ckpt, "--data", bench, *common, "--json", tmp_path / "a.json")
+    run_cli("eval", ckpt, "--data", own, "--classes", ids, *common, "--json", tmp_path / "b.json")
+    a = json.loads((tmp_path / "a.json").read_text())["datasets"][bench]
+    b = json.loads((tmp_path / "b.json").read_text())["datasets"][own]
+    assert a["confusion"] == b["confusion"] and np.array(a["confusion"]).sum() > 0
+    run_cli(
+        "eval", ckpt, "--data", own, *common, "--json", tmp_path / "c.json"
+    )  # read as trainIds: not the same
+    assert json.loads((tmp_path / "c.json").read_text())["datasets"][own]["confusion"] != a["confusion"]

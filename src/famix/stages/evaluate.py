@@ -96,8 +96,8 @@ def run(
     s = settings or EvalSettings()
     if not specs:
         raise ValueError("give at least one dataset spec to evaluate on (--data SPEC [SPEC ...])")
-    model_cfg = model_config(load_checkpoint(checkpoint))
-    labels, group = label_sets(checkpoint, model_cfg, s)
+    ckpt = load_checkpoint(checkpoint)  # read once
+    labels, group = label_sets(checkpoint, model_config(ckpt), s)
     check_specs(specs, "--data", labels)
     if report == "auto":
         report = default_results_path(checkpoint, specs, s.tta, Path(s.group).stem if s.group else None)
@@ -106,7 +106,7 @@ def run(
     info = current()
     require_session(info, "evaluation")
     device = resolve_device(s.device, info)
-    model, cfg = load_segmenter(checkpoint, device=device)
+    model, cfg = load_segmenter(ckpt, device=device)
     amp = amp_dtype(s.amp, device)
     fingerprint = file_fingerprint(checkpoint)
     path = cache_path(checkpoint) if cache == "auto" else cache

@@ -1,3 +1,34 @@
-"""famix: FAMix (Freeze, Augment, Mix) for domain-generalised semantic segmentation."""
+"""famix: FAMix (Freeze, Augment, Mix) for domain-generalised semantic segmentation.
+
+The documented Python surface (``__all__``; see :mod:`famix.api`)::
+
+    import famix
+    model = famix.load("runs/gta5_rn50/best.pt")   # a checkpoint, a `famix save` folder, or "hf:OWNER/NAME"
+    labels = model.predict("street.png")          # [H, W] uint8 class indices
+
+``famix.load_config`` / ``famix.Config`` make configs; ``famix.mine``, ``famix.train``, ``famix.evaluate``
+and ``famix.adapt`` run the stages; ``famix.save_pretrained`` and ``famix.push`` share a model. Names are
+imported on first use, so ``import famix`` stays light.
+"""
 
 __version__ = "0.1.0"
+
+_CONFIG = ("Config", "load_config")
+_API = ("Segmenter", "load", "save_pretrained", "push", "mine", "train", "evaluate", "adapt")
+__all__ = ["__version__", *_CONFIG, *_API]
+
+
+def __getattr__(name: str):
+    if name in _CONFIG:
+        from famix import config
+
+        return getattr(config, name)
+    if name in _API:
+        from famix import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'famix' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

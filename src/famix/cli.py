@@ -178,6 +178,18 @@ def cmd_convert(args) -> None:
     print(f"famix convert: {dst} holds the converted {args.kind}")
 
 
+def cmd_save(args) -> None:
+    from famix.stages import share
+
+    share.save(args.checkpoint, args.folder, bank=args.bank, force=args.force)
+
+
+def cmd_push(args) -> None:
+    from famix.stages import share
+
+    share.push(args.checkpoint, args.repo, private=args.private, revision=args.revision, bank=args.bank)
+
+
 COMMANDS = {
     "mine": cmd_mine,
     "train": cmd_train,
@@ -190,6 +202,8 @@ COMMANDS = {
     "datasets": cmd_datasets,
     "pretrain-tiny-clip": cmd_pretrain_tiny_clip,
     "convert": cmd_convert,
+    "save": cmd_save,
+    "push": cmd_push,
 }
 
 

@@ -249,11 +249,32 @@ def _add_convert(sub) -> None:
     c.add_argument("--force", action="store_true", help="replace dst even if it is not a file of this kind")
 
 
+def _add_share(sub) -> None:
+    sv = sub.add_parser(
+        "save", help="save a model as a folder to share: safetensors, config.json, model card"
+    )
+    sv.add_argument("checkpoint", help="a checkpoint, a saved folder or a Hub id hf:OWNER/NAME")
+    sv.add_argument("folder")
+    pu = sub.add_parser("push", help="upload a model to the Hugging Face Hub (needs famix[hub] and a login)")
+    pu.add_argument("checkpoint", help="a checkpoint or a folder written by famix save")
+    pu.add_argument("repo", help="OWNER/NAME on the Hub")
+    pu.add_argument("--private", action="store_true", help="create the repository private")
+    pu.add_argument("--revision", help="a branch to upload to (default: main)")
+    for s in (sv, pu):
+        s.add_argument(
+            "--bank",
+            nargs="?",
+            const="auto",
+            help="include the style bank: PATH, or no value for the one the model was trained with",
+        )
+    sv.add_argument("--force", action="store_true", help="write into a folder famix save did not make")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="famix", description="FAMix: language-guided domain-generalised segmentation")
     p.add_argument("--traceback", action="store_true", help="on an error, show the full Python traceback")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_add_mine_train, _add_reproduce, _add_eval_predict, _add_export, _add_adapt, _add_demo,
-                _add_datasets, _add_pretrain, _add_convert):  # fmt: skip
+                _add_datasets, _add_pretrain, _add_convert, _add_share):  # fmt: skip
         add(sub)
     return p

@@ -109,3 +109,41 @@ _READERS = {"index8": read_index_png, "png16c0": read_png16_channel0}
 def read_raw_label(path: Path, encoding: str) -> np.ndarray:
     """The raw ids of a label file [H, W] (unmapped), read as ``encoding`` requires."""
     return _READERS[ENCODINGS[encoding].reader](path)
+
+
+def as_rgb(image, what: str = "image") -> torch.Tensor:
+    """One image as uint8 [3, H, W]: a file path, a PIL image, an [H, W, C] uint8 array or a [C, H, W] uint8
+    tensor, C = 3; grey (C = 1, or [H, W]) is repeated to RGB and RGBA (C = 4) drops its alpha, as PIL's
+    ``convert("RGB")``. Anything else is refused naming ``what`` and what it is."""
+    if isinstance(image, str | os.PathLike):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+    if isinstance(image, np.ndarray):
+        if image.dtype == object:
+            raise ValueError(
+                f"{what}: a numpy array of arrays (images of mixed sizes?): pass a list of images instead"
+            )
+        tensor = torch.from_numpy(np.ascontiguousarray(image))
+        tensor = tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1) if tensor.ndim == 3 else tensor
+    elif isinstance(image, torch.Tensor):
+        tensor = image.detach().cpu()
+        tensor = tensor[None] if tensor.ndim == 2 else tensor
+    else:
+        raise TypeError(
+            f"{what} is a {type(image).__name__}: pass a file path, a PIL image, an HxWx3 uint8 numpy array "
+            "or a 3xHxW uint8 tensor"
+        )
+    layout = "HxWxC array" if isinstance(image, np.ndarray) else "CxHxW tensor"
+    if tensor.ndim != 3 or tensor.shape[0] not in (1, 3, 4):
+        raise ValueError(
+            f"{what} has shape {tuple(image.shape)}: expected an image with 1, 3 or 4 channels ({layout}); "
+            "a batch goes in as a list"
+        )
+    if tensor.dtype != torch.uint8:
+        raise ValueError(
+            f"{what} is {tensor.dtype}, expected uint8 (0-255): convert it, e.g. (x * 255).round().to(uint8)"
+        )
+    if tensor.shape[0] == 1:
+        tensor = tensor.expand(3, -1, -1)
+    return tensor[:3].contiguous()

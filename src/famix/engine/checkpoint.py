@@ -19,7 +19,9 @@ from famix import __version__
 from famix.config import ModelConfig, from_dict
 from famix.data.classes import LabelSet, LabelSetError
 from famix.data.classes import load as load_label_set
+from famix.engine import hub
 from famix.engine.exported import ARCHIVE_NAMES, archive_format, read_metadata
+from famix.engine.pretrained import read_folder, resolve
 from famix.io import atomic_write
 from famix.models.build import build_segmenter
 from famix.models.segmenter import Segmenter
@@ -55,12 +57,15 @@ def _exported_model(path: Path) -> str | None:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Read a famix or official FAMix checkpoint safely (tensors and plain containers only)."""
+    """Read a famix or official FAMix checkpoint safely (tensors and plain containers only), or a model
+    folder written by ``famix save``, or a Hub id ``hf:OWNER/NAME[@REVISION]`` of one (``pretrained``)."""
+    if hub.is_hub_id(path) or Path(path).is_dir():
+        return read_folder(resolve(path))
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"checkpoint {path} not found: pass the .pt written by `famix train` "
-            "(runs/<name>/best.pt) or an official FAMix .pth"
+            f"checkpoint {path} not found: pass the .pt written by `famix train` (runs/<name>/best.pt), an "
+            "official FAMix .pth, a folder written by `famix save`, or a Hub id hf:OWNER/NAME"
         )
     exported = _exported_model(path)
     if exported:

@@ -56,11 +56,12 @@ from famix.config import (
 from famix.data.datasets import SeededTransform, build_dataset
 from famix.data.labels import IGNORE_INDEX
 from famix.data.transforms import normalize, train_transform
+from famix.engine import pretrained
 from famix.engine.checkpoint import load_checkpoint, load_segmenter, model_config
 from famix.engine.checks import check_specs
 from famix.engine.distributed import resolve_device, single_process
 from famix.engine.outputs import check_folder
-from famix.engine.runs import KEY, RunRecord, check_same, file_fingerprint
+from famix.engine.runs import KEY, RunRecord, check_same
 from famix.engine.seeds import item_seed
 from famix.engine.train import finished, open_run, train, train_record
 from famix.models.clip import build_clip, weights_fingerprint
@@ -199,7 +200,10 @@ def run(
         check_description(target, getattr(clip, "context_length", 77))
     _check_style_layers(model, clip.visual, clip_weights)
     embed = TextEmbedder(clip)
-    inputs = {"checkpoint": file_fingerprint(checkpoint), "clip weights": weights_fingerprint(clip_weights)}
+    inputs = {
+        "checkpoint": pretrained.fingerprint(checkpoint),
+        "clip weights": weights_fingerprint(clip_weights),
+    }
     cfgs = [fine_tune_config(stored, source_spec, Path(out) / f, s) for f in folders]
     for cfg in cfgs:
         check_values(cfg)
@@ -228,7 +232,7 @@ def control(
     check_specs([source_spec], "--data", model_config(ckpt).label_set())
     check_folder(run, "run")
     cfg = fine_tune_config(ckpt.get("config", {}), source_spec, Path(run), settings, mix="none")
-    return _fine_tune(ckpt, cfg, {"checkpoint": file_fingerprint(checkpoint)}, say)
+    return _fine_tune(ckpt, cfg, {"checkpoint": pretrained.fingerprint(checkpoint)}, say)
 
 
 def _check_style_layers(model, visual, clip_weights) -> None:

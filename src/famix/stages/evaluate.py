@@ -11,6 +11,7 @@ from pathlib import Path
 from famix.config import ModelConfig
 from famix.data.classes import LabelSet
 from famix.data.classes import load as load_label_set
+from famix.engine import pretrained
 from famix.engine.amp import amp_dtype
 from famix.engine.checkpoint import checkpoint_label_set, load_checkpoint, load_segmenter, model_config
 from famix.engine.checks import check_specs
@@ -19,7 +20,7 @@ from famix.engine.evaluate import EvalResult, evaluate_specs
 from famix.engine.inference import PLAIN, InferenceSettings
 from famix.engine.outputs import check_output_path
 from famix.engine.results import default_results_path, write_results
-from famix.engine.runs import RunRecord, cached, file_fingerprint, lookup
+from famix.engine.runs import RunRecord, cached, lookup
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class EvalSettings:
 
 def cache_path(checkpoint: str | Path) -> Path:
     """Where a checkpoint's evaluations are cached: ``best.pt`` -> ``best.eval-cache.json`` beside it."""
-    ckpt = Path(checkpoint)
+    ckpt = pretrained.base_path(checkpoint)  # a folder's or Hub id's: in the working folder
     return ckpt.with_name(f"{ckpt.stem}.eval-cache.json")
 
 
@@ -76,7 +77,7 @@ def is_cached(checkpoint: str | Path, spec: str, settings: EvalSettings) -> bool
     amp = amp_dtype(settings.amp, resolve_device(settings.device, current()))
     model_cfg = model_config(load_checkpoint(checkpoint))
     given = _given(settings, *label_sets(checkpoint, model_cfg, settings))
-    return lookup(path, _record(spec, settings, amp, file_fingerprint(checkpoint), given)) is not None
+    return lookup(path, _record(spec, settings, amp, pretrained.fingerprint(checkpoint), given)) is not None
 
 
 def run(
@@ -100,7 +101,8 @@ def run(
     labels, group = label_sets(checkpoint, model_config(ckpt), s)
     check_specs(specs, "--data", labels)
     if report == "auto":
-        report = default_results_path(checkpoint, specs, s.tta, Path(s.group).stem if s.group else None)
+        group = Path(s.group).stem if s.group else None
+        report = default_results_path(pretrained.base_path(checkpoint), specs, s.tta, group)
     if report is not None:
         check_output_path(report, "--json")
     info = current()
@@ -108,7 +110,7 @@ def run(
     device = resolve_device(s.device, info)
     model, cfg = load_segmenter(ckpt, device=device)
     amp = amp_dtype(s.amp, device)
-    fingerprint = file_fingerprint(checkpoint)
+    fingerprint = pretrained.fingerprint(checkpoint)
     path = cache_path(checkpoint) if cache == "auto" else cache
     results = {}
     given = _given(s, labels, group)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from famix.engine import pretrained
 from famix.engine.distributed import single_process
 from famix.engine.export import (
     ATOL,
@@ -17,7 +18,7 @@ from famix.engine.export import (
     parse_size,
 )
 from famix.engine.exported import read_metadata
-from famix.engine.runs import RunRecord, file_fingerprint
+from famix.engine.runs import RunRecord
 
 
 def run(
@@ -36,7 +37,7 @@ def run(
     export, nothing was written)."""
     single_process("famix export", "every rank would write the same file")
     size = parse_size(size) if isinstance(size, str) else tuple(size)
-    out = Path(out) if out is not None else default_output(checkpoint, fmt)
+    out = Path(out) if out is not None else default_output(pretrained.base_path(checkpoint), fmt)
     settings = {
         "format": fmt,
         "size": list(size),
@@ -44,7 +45,7 @@ def run(
         "atol": atol,
         "min_agreement": min_agreement,
     }
-    record = RunRecord("export", settings, {"checkpoint": file_fingerprint(checkpoint)})
+    record = RunRecord("export", settings, {"checkpoint": pretrained.fingerprint(checkpoint)})
     meta = read_metadata(out, fmt) if out.is_file() else None
     if meta is not None and "run" in meta and not record.changes(json.loads(meta["run"])):
         say(f"famix export: {out} holds this export of {checkpoint} already: nothing to do")

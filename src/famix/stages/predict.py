@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from famix.engine import pretrained
 from famix.engine.amp import amp_dtype
 from famix.engine.distributed import resolve_device, single_process
 from famix.engine.inference import PLAIN, InferenceSettings
@@ -59,7 +60,10 @@ def run(
             "outputs": list(outputs),
             "video_output": video_output,
         },
-        {"model": file_fingerprint(checkpoint), "inputs": [f"{p}={file_fingerprint(p)}" for p in paths]},
+        {
+            "model": pretrained.fingerprint(checkpoint),
+            "inputs": [f"{p}={file_fingerprint(p)}" for p in paths],
+        },
     )
 
     def predict() -> dict:

@@ -1,0 +1,223 @@
+"""famix from Python: load a trained model (a checkpoint, a saved folder, a Hub id), segment images, share
+it; and the stages of the recipe as functions that return what they wrote or measured.
+
+    import famix
+    model = famix.load("runs/gta5_rn50/best.pt")        # or "hf:OWNER/NAME", or a `famix save` folder
+    labels = model.predict("street.png")               # [H, W] uint8 class indices at the image's size
+
+The command line is a thin layer over the same stages (:mod:`famix.stages`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from famix.config import Config, ModelConfig
+from famix.data.classes import LabelSet
+from famix.data.readers import as_rgb
+from famix.data.transforms import normalize
+from famix.engine.amp import amp_dtype
+from famix.engine.checkpoint import load_checkpoint, load_segmenter
+from famix.engine.distributed import resolve_device
+from famix.engine.evaluate import EvalResult, evaluate_specs
+from famix.engine.inference import InferenceSettings, eval_mode, predict_logits
+from famix.stages import adapt as adapt_stage
+from famix.stages import evaluate as evaluate_stage
+from famix.stages import mine as mine_stage
+from famix.stages import share
+from famix.stages import train as train_stage
+
+
+class Segmenter:
+    """A trained famix segmenter: :meth:`predict` class maps (or :meth:`predict_logits`) of images given as
+    paths, PIL images, HxWx3 uint8 arrays or 3xHxW uint8 tensors, one or a list (sizes may differ).
+    ``network`` is the ``torch.nn.Module`` (normalised images [B, 3, H, W] -> logits [B, K, H, W]);
+    ``labels`` its label set (class names, colours)."""
+
+    def __init__(self, network: torch.nn.Module, config: ModelConfig, checkpoint: dict, device: torch.device):
+        self.network, self.config, self.device = network, config, device
+        self.labels: LabelSet = config.label_set()
+        self.checkpoint = checkpoint  # what save_pretrained writes: weights, config, run record
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.labels.names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def __repr__(self) -> str:
+        return f"famix.Segmenter({self.config.backbone}, {self.labels.describe()}, device={self.device})"
+
+    def to(self, device: str | torch.device) -> Segmenter:
+        self.device = resolve_device(str(device))
+        self.network.to(self.device)
+        return self
+
+    def _logits(self, images, scale, ensemble, window, stride, amp, batch_size) -> tuple[list, bool]:
+        single = not isinstance(images, list | tuple) and not (
+            isinstance(images, np.ndarray | torch.Tensor) and images.ndim == 4
+        )
+        items = [images] if single else list(images)
+        if not items:
+            raise ValueError("predict: give at least one image")
+        if batch_size < 1:
+            raise ValueError(f"predict: batch_size={batch_size}: give a number >= 1")
+        tensors = [as_rgb(x, "the image" if single else f"image {i}") for i, x in enumerate(items)]
+        tta = InferenceSettings(scale, ensemble, window, stride)
+        dtype = amp_dtype(amp, self.device)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, t in enumerate(tensors):
+            by_size.setdefault(tuple(t.shape[1:]), []).append(i)
+        out: list = [None] * len(tensors)
+        with eval_mode(self.network), torch.inference_mode():
+            for indices in by_size.values():
+                for start in range(0, len(indices), batch_size):
+                    chunk = indices[start : start + batch_size]
+                    x = normalize(torch.stack([tensors[i] for i in chunk]).to(self.device))  # [B, 3, H, W]
+                    logits = predict_logits(self.network, x, tta, amp_dtype=dtype)  # [B, K, H, W]
+                    for i, one in zip(chunk, logits, strict=True):
+                        out[i] = one
+        return out, single
+
+    def predict(
+        self,
+        images,
+        scale: float | None = None,
+        ensemble: bool = False,
+        window: int | None = None,
+        stride: int | None = None,
+        amp: str = "bf16",
+        batch_size: int = 4,
+    ) -> np.ndarray | list[np.ndarray]:
+        """Class-index maps (uint8 [H, W] at each input's size) of one image or a list, with the test-time
+        settings of ``famix predict`` (``scale``, ``ensemble``, sliding ``window``/``stride``, autocast
+        ``amp`` on CUDA); images of one size are segmented ``batch_size`` at a time."""
+        logits, single = self._logits(images, scale, ensemble, window, stride, amp, batch_size)
+        maps = [one.argmax(0).to(torch.uint8).cpu().numpy() for one in logits]
+        return maps[0] if single else maps
+
+    def predict_logits(
+        self,
+        images,
+        scale: float | None = None,
+        ensemble: bool = False,
+        window: int | None = None,
+        stride: int | None = None,
+        amp: str = "bf16",
+        batch_size: int = 4,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """:meth:`predict`'s logits: float [K, H, W] on the CPU per image."""
+        logits, single = self._logits(images, scale, ensemble, window, stride, amp, batch_size)
+        out = [one.float().cpu() for one in logits]
+        return out[0] if single else out
+
+    def colorize(self, ids: np.ndarray) -> np.ndarray:
+        """Class indices [H, W] -> their label set's colours [H, W, 3] uint8."""
+        return self.labels.palette()[np.asarray(ids)]
+
+    def save_pretrained(self, folder: str | os.PathLike, force: bool = False) -> Path:
+        """:func:`save_pretrained` of this model (its current weights)."""
+        return save_pretrained(self, folder, force=force)
+
+
+def load(source: str | os.PathLike, device: str = "auto") -> Segmenter:
+    """A trained model from a famix checkpoint, an official FAMix ``.pth``, a folder written by
+    :func:`save_pretrained` / ``famix save``, or a Hub id ``hf:OWNER/NAME[@REVISION]`` (downloaded into the
+    Hub's cache; offline, read from it)."""
+    dev = resolve_device(device)
+    ckpt = load_checkpoint(source)
+    network, cfg = load_segmenter(ckpt, device=dev)
+    kept = {k: ckpt[k] for k in ("config", "run", "cur_itrs", "best_score", "pretrained") if k in ckpt}
+    return Segmenter(network, cfg, kept, dev)
+
+
+def save_pretrained(
+    model: Segmenter | str | os.PathLike,
+    folder: str | os.PathLike,
+    bank: str | None = None,
+    force: bool = False,
+) -> Path:
+    """Write a model (a :class:`Segmenter`, or a checkpoint / folder / Hub id) as a folder to share:
+    ``model.safetensors``, ``config.json``, ``README.md`` (model card with the evaluations found beside the
+    checkpoint), and the style bank if ``bank`` (a path, or ``"auto"``: the one it was trained with)."""
+    if not isinstance(model, Segmenter):
+        return share.save(model, folder, bank, force, say=lambda _: None)
+    from famix.engine import pretrained
+
+    state = {k: v.detach().cpu() for k, v in model.network.state_dict().items()}
+    ckpt = {**model.checkpoint, "model_state": state}
+    ckpt.setdefault("config", {"model": vars(model.config)})
+    evals = model.checkpoint.get("pretrained", {}).get("evaluations", [])
+    bank_path = share._bank(ckpt, bank)
+    return pretrained.write_folder(ckpt, folder, Path(folder).resolve().name, evals, bank_path, force)
+
+
+def push(
+    model: str | os.PathLike,
+    repo: str,
+    private: bool = False,
+    revision: str | None = None,
+    bank: str | None = None,
+) -> str:
+    """Upload a checkpoint or a saved folder to the Hub as ``repo`` (OWNER/NAME); returns its URL."""
+    return share.push(model, repo, private, revision, bank, say=lambda _: None)
+
+
+def mine(cfg: Config, progress: bool = True):
+    """Mine ``cfg``'s style bank (``famix mine``); returns the :class:`~famix.style.bank.StyleBank`."""
+    return mine_stage.run(cfg, progress=progress)
+
+
+def train(cfg: Config) -> dict:
+    """Train (or resume, or find finished) ``cfg``'s run (``famix train``); returns its final metrics.
+    Under torchrun, call it inside ``famix.engine.distributed.session()``."""
+    return train_stage.run(cfg)
+
+
+def evaluate(
+    model: Segmenter | str | os.PathLike,
+    specs: Sequence[str],
+    scale: float | None = None,
+    ensemble: bool = False,
+    window: int | None = None,
+    stride: int | None = None,
+    amp: str = "bf16",
+    batch_size: int = 4,
+    workers: int = 0,
+    progress: bool = True,
+) -> dict[str, EvalResult]:
+    """The (m)IoU (%) of a model on dataset specs, ``{spec: EvalResult}``: a loaded :class:`Segmenter` as it
+    is, a checkpoint / folder / Hub id through ``famix eval`` (cached beside it)."""
+    tta = InferenceSettings(scale, ensemble, window, stride)
+    if isinstance(model, Segmenter):
+        dtype = amp_dtype(amp, model.device)
+        return evaluate_specs(
+            model.network, list(specs), model.num_classes, model.device, tta, dtype, batch_size, workers,
+            progress, labels=model.labels,
+        )  # fmt: skip
+    settings = evaluate_stage.EvalSettings(tta, amp, "auto", batch_size, workers)
+    return evaluate_stage.run(model, list(specs), settings, progress=progress, say=lambda _: None)[0]
+
+
+def adapt(
+    checkpoint: str | os.PathLike,
+    targets: Sequence[str],
+    source: str,
+    out: str | os.PathLike,
+    clip_weights: str | None = None,
+    progress: bool = True,
+    **settings,
+) -> dict[str, Path]:
+    """Zero-shot adaptation to target domains described in words (``famix adapt``, PODA): one model per
+    target; ``settings``: :class:`~famix.stages.adapt.AdaptSettings` fields. Returns {target: checkpoint}."""
+    s = adapt_stage.AdaptSettings(**settings)
+    return adapt_stage.run(
+        checkpoint, list(targets), source, out, clip_weights, s, progress, say=lambda _: None
+    )

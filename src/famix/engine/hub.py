@@ -5,6 +5,7 @@ Hub's own cache (``HF_HUB_CACHE``, default ``~/.cache/huggingface/hub``) and rea
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -14,11 +15,12 @@ _ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 def is_hub_id(source) -> bool:
     """Whether ``source`` names a Hub model (``hf:OWNER/NAME[@REVISION]``) rather than a local path."""
-    return isinstance(source, str) and source.startswith(PREFIX)
+    return isinstance(source, str | os.PathLike) and os.fspath(source).startswith(PREFIX)
 
 
 def parse_id(source: str) -> tuple[str, str | None]:
     """``hf:OWNER/NAME[@REVISION]`` -> (``OWNER/NAME``, revision or None); a malformed id is an error."""
+    source = os.fspath(source)
     repo, _, revision = source[len(PREFIX) :].partition("@")
     if not _ID.match(repo) or (revision == "" and source.endswith("@")):
         raise ValueError(

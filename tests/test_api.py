@@ -242,3 +242,25 @@ def test_quickstart_notebook_runs(tmp_path):
     assert any(
         o.output_type == "display_data" for c in notebook.cells if c.cell_type == "code" for o in c.outputs
     )
+
+
+def test_save_includes_the_bank_the_model_was_trained_with(tmp_path):
+    bank, out = tmp_path / "bank.safetensors", tmp_path / "run"
+    overrides = ["data.train=synthetic:day:8:size=48", "data.val=[]", "data.crop=32", "mine.crop=32"]
+    overrides += [
+        f"style.bank={bank}",
+        "mine.steps=1",
+        "mine.max_images=4",
+        f"train.out={out}",
+        "train.iterations=2",
+    ]
+    main(["mine", "-c", "tiny", *overrides])
+    main(["train", "-c", "tiny", *overrides])
+    main(["save", str(out / "latest.pt"), str(tmp_path / "shared"), "--bank"])
+    assert (tmp_path / "shared" / "bank.safetensors").read_bytes() == bank.read_bytes()
+    assert "bank bank.safetensors" in (tmp_path / "shared" / "README.md").read_text()
+    other = tmp_path / "other.safetensors"
+    main(["mine", "-c", "tiny", *overrides, f"style.bank={other}", "mine.steps=2"])
+    with pytest.raises(SystemExit):
+        main(["save", str(out / "latest.pt"), str(tmp_path / "s2"), "--bank", str(other)])
+    assert not (tmp_path / "s2").exists()

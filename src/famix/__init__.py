@@ -19,14 +19,13 @@ __all__ = ["__version__", *_CONFIG, *_API]
 
 
 def __getattr__(name: str):
+    # the submodules import famix only for __version__: importing them here, on first use, is no cycle
+    import importlib
+
     if name in _CONFIG:
-        from famix import config
-
-        return getattr(config, name)
+        return getattr(importlib.import_module("famix.config"), name)
     if name in _API:
-        from famix import api
-
-        return getattr(api, name)
+        return getattr(importlib.import_module("famix.api"), name)
     raise AttributeError(f"module 'famix' has no attribute {name!r}")
 
 

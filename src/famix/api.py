@@ -22,10 +22,11 @@ from famix.data.classes import LabelSet
 from famix.data.readers import as_rgb
 from famix.data.transforms import normalize
 from famix.engine.amp import amp_dtype
-from famix.engine.checkpoint import load_checkpoint, load_segmenter
+from famix.engine.checkpoint import checkpoint_amp, load_checkpoint, load_segmenter
 from famix.engine.distributed import resolve_device
 from famix.engine.evaluate import EvalResult, evaluate_specs
 from famix.engine.inference import InferenceSettings, eval_mode, predict_logits
+from famix.engine.protocols import resolve as resolve_protocol
 from famix.stages import adapt as adapt_stage
 from famix.stages import evaluate as evaluate_stage
 from famix.stages import mine as mine_stage
@@ -60,7 +61,9 @@ class Segmenter:
         self.network.to(self.device)
         return self
 
-    def _logits(self, images, scale, ensemble, window, stride, amp, batch_size) -> tuple[list, bool]:
+    def _logits(
+        self, images, scale, ensemble, window, stride, amp, batch_size, flip, scales
+    ) -> tuple[list, bool]:
         single = not isinstance(images, list | tuple) and not (
             isinstance(images, np.ndarray | torch.Tensor) and images.ndim == 4
         )
@@ -70,8 +73,8 @@ class Segmenter:
         if batch_size < 1:
             raise ValueError(f"predict: batch_size={batch_size}: give a number >= 1")
         tensors = [as_rgb(x, "the image" if single else f"image {i}") for i, x in enumerate(items)]
-        tta = InferenceSettings(scale, ensemble, window, stride)
-        dtype = amp_dtype(amp, self.device)
+        tta = InferenceSettings(scale, ensemble, window, stride, flip, tuple(scales) if scales else None)
+        dtype = amp_dtype(amp or checkpoint_amp(self.checkpoint), self.device)
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, t in enumerate(tensors):
             by_size.setdefault(tuple(t.shape[1:]), []).append(i)
@@ -93,13 +96,15 @@ class Segmenter:
         ensemble: bool = False,
         window: int | None = None,
         stride: int | None = None,
-        amp: str = "bf16",
+        amp: str | None = None,
         batch_size: int = 4,
+        flip: bool = False,
+        scales: Sequence[float] | None = None,
     ) -> np.ndarray | list[np.ndarray]:
         """Class-index maps (uint8 [H, W] at each input's size) of one image or a list, with the test-time
-        settings of ``famix predict`` (``scale``, ``ensemble``, sliding ``window``/``stride``, autocast
-        ``amp`` on CUDA); images of one size are segmented ``batch_size`` at a time."""
-        logits, single = self._logits(images, scale, ensemble, window, stride, amp, batch_size)
+        settings of ``famix predict`` (``scale``, ``ensemble``, ``scales``, ``flip``, sliding
+        ``window``/``stride``, autocast ``amp`` on CUDA, default the checkpoint's ``run.amp``); images of one size are segmented ``batch_size`` at a time."""
+        logits, single = self._logits(images, scale, ensemble, window, stride, amp, batch_size, flip, scales)
         maps = [one.argmax(0).to(torch.uint8).cpu().numpy() for one in logits]
         return maps[0] if single else maps
 
@@ -110,11 +115,13 @@ class Segmenter:
         ensemble: bool = False,
         window: int | None = None,
         stride: int | None = None,
-        amp: str = "bf16",
+        amp: str | None = None,
         batch_size: int = 4,
+        flip: bool = False,
+        scales: Sequence[float] | None = None,
     ) -> torch.Tensor | list[torch.Tensor]:
         """:meth:`predict`'s logits: float [K, H, W] on the CPU per image."""
-        logits, single = self._logits(images, scale, ensemble, window, stride, amp, batch_size)
+        logits, single = self._logits(images, scale, ensemble, window, stride, amp, batch_size, flip, scales)
         out = [one.float().cpu() for one in logits]
         return out[0] if single else out
 
@@ -188,21 +195,29 @@ def evaluate(
     ensemble: bool = False,
     window: int | None = None,
     stride: int | None = None,
-    amp: str = "bf16",
+    amp: str | None = None,
     batch_size: int = 4,
     workers: int = 0,
     progress: bool = True,
+    flip: bool = False,
+    scales: Sequence[float] | None = None,
+    protocol: str = "paper",
 ) -> dict[str, EvalResult]:
     """The (m)IoU (%) of a model on dataset specs, ``{spec: EvalResult}``: a loaded :class:`Segmenter` as it
     is, a checkpoint / folder / Hub id through ``famix eval`` (cached beside it)."""
-    tta = InferenceSettings(scale, ensemble, window, stride)
+    tta = InferenceSettings(scale, ensemble, window, stride, flip, tuple(scales) if scales else None)
     if isinstance(model, Segmenter):
-        dtype = amp_dtype(amp, model.device)
-        return evaluate_specs(
-            model.network, list(specs), model.num_classes, model.device, tta, dtype, batch_size, workers,
-            progress, labels=model.labels,
-        )  # fmt: skip
-    settings = evaluate_stage.EvalSettings(tta, amp, "auto", batch_size, workers)
+        dtype = amp_dtype(amp or checkpoint_amp(model.checkpoint), model.device)
+        results = {}
+        for spec in specs:  # each dataset with its protocol's settings
+            built, settings = resolve_protocol(protocol, spec, tta)
+            one = evaluate_specs(
+                model.network, [built], model.num_classes, model.device, settings, dtype, batch_size, workers,
+                progress, labels=model.labels,
+            )  # fmt: skip
+            results[spec] = one[built]
+        return results
+    settings = evaluate_stage.EvalSettings(tta, amp, "auto", batch_size, workers, protocol=protocol)
     return evaluate_stage.run(model, list(specs), settings, progress=progress, say=lambda _: None)[0]
 
 

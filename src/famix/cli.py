@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import traceback
@@ -47,7 +48,8 @@ def cmd_train(args) -> None:
 def _tta(args):
     from famix.engine.inference import InferenceSettings
 
-    return InferenceSettings(args.scale, args.ensemble, args.window, args.stride)
+    scales = tuple(args.scales) if args.scales else None
+    return InferenceSettings(args.scale, args.ensemble, args.window, args.stride, args.flip, scales)
 
 
 def cmd_eval(args) -> None:
@@ -55,11 +57,19 @@ def cmd_eval(args) -> None:
     from famix.stages import evaluate
 
     settings = evaluate.EvalSettings(
-        _tta(args), args.amp, args.device, args.batch_size, args.workers, args.classes, args.group
+        _tta(args),
+        args.amp,
+        args.device,
+        args.batch_size,
+        args.workers,
+        args.classes,
+        args.group,
+        args.protocol,
     )
     with _session(args.device) as info:  # under torchrun each rank evaluates its share of every dataset
         results, names = evaluate.run(args.checkpoint, args.data, settings, report=args.json or "auto")
     if info.main:
+        print(evaluate.describe_run(args.checkpoint, settings))
         if args.paper_table:
             print(format_paper_table(results))
         print(format_table(results, names, per_class=args.per_class))
@@ -107,7 +117,10 @@ def cmd_reproduce(args) -> None:
     if args.weights:
         cfg.model.weights = args.weights
     with _session(cfg.run.device) as info:
-        plan = reproduce.make_plan(cfg, args.out, args.seeds, args.data_root, args.targets, args.bank)
+        evaluation = dataclasses.replace(reproduce.EVAL, tta=_tta(args), amp=args.amp, protocol=args.protocol)
+        plan = reproduce.make_plan(
+            cfg, args.out, args.seeds, args.data_root, args.targets, args.bank, evaluation=evaluation
+        )
         if args.dry_run:
             text, ok = reproduce.dry_run(plan)
             print(text)

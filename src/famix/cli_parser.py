@@ -84,6 +84,33 @@ def _add_reproduce(sub) -> None:
     )
     r.add_argument("--bank", help="the style bank to mine or reuse (default: <out>/bank.safetensors)")
     r.add_argument("--dry-run", action="store_true", help="print the stages, what is done, the data checks")
+    _protocol_option(r)
+    _tta_options(r)
+    r.add_argument(
+        "--amp",
+        choices=["bf16", "fp16", "off"],
+        help="evaluation autocast on CUDA (default: the run's run.amp)",
+    )
+    for name in ("scale", "ensemble", "window", "stride"):  # reproduce's evaluation takes the protocols' only
+        r.set_defaults(**{name: False if name == "ensemble" else None})
+
+
+def _protocol_option(parser) -> None:
+    parser.add_argument(
+        "--protocol",
+        default="paper",
+        choices=["paper", "mmseg"],
+        help="paper: full resolution (FAMix's); mmseg: the Rein family's resize + 512 windows per dataset",
+    )
+
+
+def _tta_options(parser) -> None:
+    parser.add_argument(
+        "--flip", action="store_true", help="also average the left-right flipped input's logits"
+    )
+    parser.add_argument(
+        "--scales", type=float, nargs="+", help="average logits over these input scales, e.g. 0.75 1 1.25"
+    )
 
 
 def _add_eval_predict(sub) -> None:
@@ -93,6 +120,7 @@ def _add_eval_predict(sub) -> None:
         "--data", nargs="+", required=True, help="dataset specs, e.g. cityscapes:data/cityscapes:val"
     )
     e.add_argument("--per-class", action="store_true", help="also print per-class IoU")
+    _protocol_option(e)
     e.add_argument(
         "--group",
         help="report IoU per group of the checkpoint's classes: a label set whose ids are its class indices "
@@ -128,13 +156,16 @@ def _add_eval_predict(sub) -> None:
     for s in (e, pr):
         s.add_argument("--scale", type=float, default=None, help="test-time input scale, e.g. 0.5")
         s.add_argument("--ensemble", action="store_true", help="average logits at scale 1 and --scale")
+        _tta_options(s)
         s.add_argument(
             "--window", type=int, default=None, help="sliding-window inference with this tile size"
         )
         s.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: 2/3 window)")
         s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
         s.add_argument(
-            "--amp", default="bf16", choices=["bf16", "fp16", "off"], help="autocast dtype on CUDA"
+            "--amp",
+            choices=["bf16", "fp16", "off"],
+            help="autocast dtype on CUDA (default: the checkpoint's run.amp)",
         )
 
 

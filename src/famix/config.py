@@ -97,6 +97,8 @@ class TrainConfig:
     min_lr: float = 1e-6
     label_smoothing: float = 0.1
     val_interval: int = 750
+    val_flip: bool = False  # validation test time: also the flipped input (famix eval --flip)
+    val_scales: list[float] = field(default_factory=list)  # validation scales (famix eval --scales); []: 1
     ckpt_interval: int = 1000  # steps between latest.pt checkpoints (a crash loses at most this much)
     log_interval: int = 50
     channels_last: bool = True
@@ -134,6 +136,8 @@ RESUMABLE_KEYS = frozenset(
         "train.out",
         "train.stop_after",
         "train.val_interval",
+        "train.val_flip",
+        "train.val_scales",
         "train.ckpt_interval",
         "train.log_interval",
         "data.val",

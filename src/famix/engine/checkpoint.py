@@ -136,6 +136,11 @@ def model_config(ckpt: dict) -> ModelConfig:
     return from_dict(stored, ModelConfig, "model.") if stored else ModelConfig()
 
 
+def checkpoint_amp(ckpt: dict) -> str:
+    """The autocast a checkpoint was trained (and validated) with, ``run.amp``; bf16 for official files."""
+    return ckpt.get("config", {}).get("run", {}).get("amp") or "bf16"
+
+
 def checkpoint_label_set(model_cfg: ModelConfig, classes: str | None, checkpoint) -> LabelSet:
     """The label set a checkpoint's model predicts, or the file ``classes`` (``--classes``) where it agrees:
     the same classes, or, for a checkpoint storing none (official files, models configured by class names),

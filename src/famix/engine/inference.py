@@ -5,6 +5,7 @@ mode and under autocast. Evaluation, prediction, video and the demo all come thr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -13,37 +14,89 @@ import torch.nn.functional as F
 
 from famix.engine.amp import autocast
 
+MAX_SCALE = 8.0  # larger test-time scales are typos (8x a 2048x1024 image is 134 Mpx)
+
 
 @dataclass(frozen=True)
 class InferenceSettings:
     """How logits are computed at test time.
 
     ``scale`` s resizes the input (0.5 = half resolution; None = as is), ``ensemble`` averages the logits
-    at scale 1 and s, ``window`` segments each (scaled) input in overlapping ``window``-pixel tiles
-    ``stride`` apart (default 2/3 of the window) for images too large for memory.
+    at scale 1 and s (the paper's two-scale case of ``scales``), ``scales`` averages over several input
+    scales, ``flip`` adds each input flipped left-right (its logits flipped back), ``window`` segments each
+    (scaled) input in overlapping ``window``-pixel tiles ``stride`` apart (default 2/3 of the window).
+    ``fit`` = (W, H) first resizes the input to fit that box, keeping its aspect ratio, as
+    mmsegmentation's ``Resize(scale=(W, H), keep_ratio=True)`` (``--protocol mmseg``). Logits are resized
+    to the label's (the input's) size before they are averaged; the average is in float32.
     """
 
     scale: float | None = None
     ensemble: bool = False
     window: int | None = None
     stride: int | None = None
+    flip: bool = False
+    scales: tuple[float, ...] | None = None
+    fit: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
-        if self.scale is not None and self.scale <= 0:
-            raise ValueError(f"--scale must be a positive factor, got {self.scale}")
+        if self.scale is not None and not 0 < self.scale <= MAX_SCALE:
+            raise ValueError(f"--scale must be a factor in (0, {MAX_SCALE:g}], got {self.scale}")
+        if self.scales is not None:
+            object.__setattr__(self, "scales", tuple(float(v) for v in self.scales))
+            bad = [v for v in self.scales if not 0 < v <= MAX_SCALE]
+            if not self.scales or bad:
+                raise ValueError(
+                    f"--scales must be factors in (0, {MAX_SCALE:g}], e.g. --scales 0.75 1 1.25; got "
+                    f"{' '.join(f'{v:g}' for v in self.scales) or 'none'}"
+                )
+            if self.scale is not None or self.ensemble:
+                raise ValueError(
+                    "--scales replaces --scale/--ensemble: give the scales once, e.g. --scales 1 0.5"
+                )
+        if self.ensemble and self.scale is None:
+            raise ValueError("--ensemble averages scale 1 and --scale: give --scale too (or use --scales)")
         if self.window is not None and self.window < 1:
             raise ValueError(f"--window must be a positive number of pixels, got {self.window}")
         if self.stride is not None and (self.window is None or not 1 <= self.stride <= self.window):
             # A stride longer than the window would leave unpredicted gaps between tiles.
             raise ValueError(f"--stride must be in [1, --window] and needs --window, got {self.stride}")
+        if self.fit is not None and (len(self.fit) != 2 or min(self.fit) < 1):
+            raise ValueError(f"fit must be a (width, height) box of positive sizes, got {self.fit}")
+
+    def factors(self) -> list[float]:
+        """The input scales whose logits are averaged (before ``fit``'s resize factor)."""
+        if self.scales is not None:
+            return list(self.scales)
+        s = 1.0 if self.scale is None else float(self.scale)
+        return [1.0, s] if self.ensemble and s != 1.0 else [s]
+
+    def input_size(self, h: int, w: int, s: float) -> tuple[int, int]:
+        """The size the model sees for an (h, w) input at scale ``s``: ``fit``'s box first (mmseg's rule:
+        factor min(long side / long edge, short side / short edge), sizes int(x * f + 0.5)), then ``s``."""
+        if self.fit is not None:
+            f = min(max(self.fit) / max(h, w), min(self.fit) / min(h, w))
+            h, w = int(h * f + 0.5), int(w * f + 0.5)
+        return max(1, round(h * s)), max(1, round(w * s))
+
+    def record(self) -> dict:
+        """The settings as a run record: the fields added later (flip, scales, fit) only when set, so the
+        records (and cached results) of earlier famix versions still match."""
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items() if k not in ("flip", "scales", "fit") or v not in (False, None)}
 
     def describe(self) -> str:
-        """A short name for file names: "" for the plain setting, else e.g. "s0.5e-w1024"."""
+        """A short name for file names: "" for the plain setting, else e.g. "s0.5e-w1024", "ms0.75,1-f"."""
         parts = []
-        if self.scale not in (None, 1.0):
+        if self.fit is not None:
+            parts.append(f"fit{self.fit[0]}x{self.fit[1]}")
+        if self.scales is not None:
+            parts.append("ms" + ",".join(f"{v:g}" for v in self.scales))
+        elif self.scale not in (None, 1.0):
             parts.append(f"s{self.scale:g}" + ("e" if self.ensemble else ""))
         if self.window is not None:
             parts.append(f"w{self.window}" + (f"s{self.stride}" if self.stride else ""))
+        if self.flip:
+            parts.append("f")
         return "-".join(parts)
 
 
@@ -132,17 +185,21 @@ def predict_logits(
     h, w = images.shape[-2:]
     size = (h, w) if out_size is None else tuple(out_size)
 
-    def run(s: float) -> torch.Tensor:
-        x = images
-        if s != 1.0:
-            # round() so that e.g. 1024 * 0.5 is exactly 512 and odd sizes do not drift.
-            x = _resize(images, (max(1, round(h * s)), max(1, round(w * s))))
+    def run(s: float, flip: bool) -> torch.Tensor:
+        x = images.flip(-1) if flip else images  # [B, 3, H, W]
+        seen = tta.input_size(h, w, s)
+        if seen != (h, w):
+            x = _resize(x, seen)
         logits = model(x) if tta.window is None else sliding_logits(model, x, tta.window, tta.stride)
-        return _resize(logits, size)  # [B, K, *size]
+        logits = _resize(logits, size)  # [B, K, *size]
+        return logits.flip(-1) if flip else logits
 
-    s = 1.0 if tta.scale is None else float(tta.scale)
+    terms = [(s, f) for s in tta.factors() for f in ((False, True) if tta.flip else (False,))]
     with autocast(images.device, amp_dtype):
-        if not tta.ensemble or s == 1.0:
-            return run(s)
+        if len(terms) == 1:
+            return run(*terms[0])
         # float() so averaging under autocast does not lose precision in half types.
-        return (run(1.0).float() + run(s).float()) / 2
+        total = run(*terms[0]).float()
+        for term in terms[1:]:
+            total = total + run(*term).float()
+        return total / len(terms)

@@ -23,6 +23,7 @@ from famix.engine.checkpoint import load_checkpoint, load_model_state, save_chec
 from famix.engine.checks import check_bank_classes
 from famix.engine.distributed import barrier, current, require_session, resolve_device
 from famix.engine.evaluate import evaluate_specs
+from famix.engine.inference import InferenceSettings
 from famix.engine.loss import SegmentationLoss
 from famix.engine.runs import KEY, RunRecord, check_same, file_fingerprint
 from famix.engine.sampler import StreamSampler
@@ -252,11 +253,14 @@ def validate(cfg: Config, model, device, amp, info, logger, step: int) -> float 
     """Rank 0 evaluates ``cfg.data.val`` and logs the mIoUs (%); returns their mean (None on other ranks)."""
     score = None
     if info.main:
+        t = cfg.train
+        tta = InferenceSettings(flip=t.val_flip, scales=tuple(t.val_scales) if t.val_scales else None)
         results = evaluate_specs(
             model,
             cfg.data.val,
             cfg.model.num_classes,
             device,
+            tta=tta,
             amp_dtype=amp,
             batch_size=cfg.data.batch_size,
             workers=cfg.data.workers,

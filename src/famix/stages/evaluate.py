@@ -13,12 +13,20 @@ from famix.data.classes import LabelSet
 from famix.data.classes import load as load_label_set
 from famix.engine import pretrained
 from famix.engine.amp import amp_dtype
-from famix.engine.checkpoint import checkpoint_label_set, load_checkpoint, load_segmenter, model_config
+from famix.engine.checkpoint import (
+    checkpoint_amp,
+    checkpoint_label_set,
+    load_checkpoint,
+    load_segmenter,
+    model_config,
+)
 from famix.engine.checks import check_specs
 from famix.engine.distributed import current, require_session, resolve_device
 from famix.engine.evaluate import EvalResult, evaluate_specs
 from famix.engine.inference import PLAIN, InferenceSettings
 from famix.engine.outputs import check_output_path
+from famix.engine.protocols import describe as describe_protocol
+from famix.engine.protocols import resolve as resolve_protocol
 from famix.engine.results import default_results_path, write_results
 from famix.engine.runs import RunRecord, cached, lookup
 
@@ -28,15 +36,17 @@ class EvalSettings:
     """How to evaluate. ``tta``, the autocast and the label sets decide the result; device, batch size,
     workers do not. ``classes``: the label set (file or shipped name) the checkpoint must have (a
     checkpoint that stores none, e.g. an official one, takes its ids and colours when the names agree);
-    ``group``: a label set whose ``ids`` are the checkpoint's class indices, to report merged classes."""
+    ``group``: a label set whose ``ids`` are the checkpoint's class indices, to report merged classes.
+    ``protocol``: ``paper`` or ``mmseg`` (:mod:`famix.engine.protocols`); ``amp`` None: the checkpoint's."""
 
     tta: InferenceSettings = field(default=PLAIN)
-    amp: str = "bf16"
+    amp: str | None = None  # None: the checkpoint's run.amp (one precision per checkpoint)
     device: str = "auto"
     batch_size: int = 4
     workers: int = 0
     classes: str | None = None
     group: str | None = None
+    protocol: str = "paper"  # engine.protocols: the test-time settings per dataset
 
 
 def cache_path(checkpoint: str | Path) -> Path:
@@ -45,13 +55,26 @@ def cache_path(checkpoint: str | Path) -> Path:
     return ckpt.with_name(f"{ckpt.stem}.eval-cache.json")
 
 
-def _record(spec: str, s: EvalSettings, amp, fingerprint: str, labels: dict) -> RunRecord:
-    """``labels``: the label sets given ({"classes": ..., "group": ...}; none given: as before label sets)."""
+def _record(
+    spec: str, tta: InferenceSettings, amp: str, fingerprint: str, labels: dict, protocol: str
+) -> RunRecord:
+    """``labels``: the label sets given ({"classes": ..., "group": ...}); ``tta``: the settings the protocol
+    gives ``spec``. Settings at their defaults are left out: records (and cached results) of plain
+    evaluations are those of earlier famix versions."""
+    settings = {"data": spec, "tta": tta.record(), "amp": amp, **labels}
     return RunRecord(
         "evaluate",
-        {"data": spec, "tta": asdict(s.tta), "amp": s.amp if amp is not None else "off", **labels},
+        {**settings, **({"protocol": protocol} if protocol != "paper" else {})},
         {"checkpoint": fingerprint},
     )
+
+
+def precision(s: EvalSettings, ckpt: dict, device) -> tuple[str, object]:
+    """(the autocast name used, its dtype): ``--amp``, else the checkpoint's ``run.amp``; "off" where
+    autocast does not apply (the CPU)."""
+    name = s.amp or checkpoint_amp(ckpt)
+    dtype = amp_dtype(name, device)
+    return (name if dtype is not None else "off"), dtype
 
 
 def label_sets(checkpoint, model_cfg: ModelConfig, s: EvalSettings) -> tuple[LabelSet, LabelSet | None]:
@@ -69,15 +92,23 @@ def _given(s: EvalSettings, labels: LabelSet, group: LabelSet | None) -> dict:
     return {**out, "group": group.to_dict()} if group is not None else out
 
 
+def describe_run(checkpoint: str | Path, settings: EvalSettings) -> str:
+    """The line printed above the tables: protocol, test-time settings and the precision used."""
+    amp, _ = precision(settings, load_checkpoint(checkpoint), resolve_device(settings.device, current()))
+    return describe_protocol(settings.protocol, settings.tta, amp)
+
+
 def is_cached(checkpoint: str | Path, spec: str, settings: EvalSettings) -> bool:
     """Whether :func:`run` would return ``spec``'s result from the checkpoint's cache."""
     path = cache_path(checkpoint)
     if not path.is_file():
         return False
-    amp = amp_dtype(settings.amp, resolve_device(settings.device, current()))
-    model_cfg = model_config(load_checkpoint(checkpoint))
-    given = _given(settings, *label_sets(checkpoint, model_cfg, settings))
-    return lookup(path, _record(spec, settings, amp, pretrained.fingerprint(checkpoint), given)) is not None
+    ckpt = load_checkpoint(checkpoint)
+    amp, _ = precision(settings, ckpt, resolve_device(settings.device, current()))
+    given = _given(settings, *label_sets(checkpoint, model_config(ckpt), settings))
+    _, tta = resolve_protocol(settings.protocol, spec, settings.tta)
+    record = _record(spec, tta, amp, pretrained.fingerprint(checkpoint), given, settings.protocol)
+    return lookup(path, record) is not None
 
 
 def run(
@@ -99,30 +130,33 @@ def run(
         raise ValueError("give at least one dataset spec to evaluate on (--data SPEC [SPEC ...])")
     ckpt = load_checkpoint(checkpoint)  # read once
     labels, group = label_sets(checkpoint, model_config(ckpt), s)
-    check_specs(specs, "--data", labels)
+    views = {spec: resolve_protocol(s.protocol, spec, s.tta) for spec in specs}  # spec -> (built spec, tta)
+    check_specs([built for built, _ in views.values()], "--data", labels)
     if report == "auto":
-        group = Path(s.group).stem if s.group else None
-        report = default_results_path(pretrained.base_path(checkpoint), specs, s.tta, group)
+        named = [Path(s.group).stem] if s.group else []
+        named += [s.protocol] if s.protocol != "paper" else []
+        report = default_results_path(pretrained.base_path(checkpoint), specs, s.tta, "-".join(named) or None)
     if report is not None:
         check_output_path(report, "--json")
     info = current()
     require_session(info, "evaluation")
     device = resolve_device(s.device, info)
     model, cfg = load_segmenter(ckpt, device=device)
-    amp = amp_dtype(s.amp, device)
+    amp_name, amp = precision(s, ckpt, device)
     fingerprint = pretrained.fingerprint(checkpoint)
     path = cache_path(checkpoint) if cache == "auto" else cache
     results = {}
     given = _given(s, labels, group)
     for spec in specs:
-        record = _record(spec, s, amp, fingerprint, given)
+        built, tta = views[spec]
+        record = _record(spec, tta, amp_name, fingerprint, given, s.protocol)
 
-        def compute(spec=spec):
+        def compute(built=built, tta=tta):
             one = evaluate_specs(
-                model, [spec], cfg.num_classes, device, s.tta, amp, s.batch_size, s.workers, progress,
+                model, [built], cfg.num_classes, device, tta, amp, s.batch_size, s.workers, progress,
                 labels=labels, group=group,
             )  # fmt: skip
-            return one[spec].to_dict()
+            return one[built].to_dict()
 
         if path is None:
             results[spec] = EvalResult.from_dict(compute())
@@ -134,6 +168,9 @@ def run(
         extra = {
             "checkpoint": str(checkpoint),
             "test_time": asdict(s.tta),
+            "protocol": s.protocol,
+            "protocol_settings": {spec: asdict(tta) for spec, (_, tta) in views.items()},
+            "amp": amp_name,
             "label_set": (group or labels).to_dict(),
         }
         if group is not None:

@@ -7,12 +7,13 @@ files and writes nothing."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 from famix.engine import pretrained
 from famix.engine.amp import amp_dtype
+from famix.engine.checkpoint import checkpoint_amp, load_checkpoint
 from famix.engine.distributed import resolve_device, single_process
+from famix.engine.exported import OnnxSegmenter
 from famix.engine.inference import PLAIN, InferenceSettings
 from famix.engine.outputs import check_folder
 from famix.engine.predict import (
@@ -36,7 +37,7 @@ def run(
     tta: InferenceSettings = PLAIN,
     outputs: Sequence[str] = OUTPUT_KINDS,
     device: str = "auto",
-    amp: str = "bf16",
+    amp: str | None = None,
     batch_size: int = 4,
     video_output: str = "overlay",
     progress: bool = True,
@@ -51,11 +52,13 @@ def run(
     paths = list_images(inputs, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
     model = load_model(checkpoint, dev)
     labels = model_label_set(checkpoint, model)  # the colours of the outputs
+    if amp is None:  # the checkpoint's precision (ONNX files compute in their own float32)
+        amp = "off" if isinstance(model, OnnxSegmenter) else checkpoint_amp(load_checkpoint(checkpoint))
     dtype = amp_dtype(amp, dev)
     record = RunRecord(
         "predict",
         {
-            "tta": asdict(tta),
+            "tta": tta.record(),
             "amp": amp if dtype is not None else "off",
             "outputs": list(outputs),
             "video_output": video_output,

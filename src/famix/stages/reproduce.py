@@ -55,6 +55,11 @@ PAPER = {
 RATES = {"train images/s": 210.0, "eval images/s": 170.0, "mine styles/s": 70.0}
 
 
+# The evaluation of every seed: the checkpoint's precision, one image per batch (sizes differ per dataset),
+# the paper's protocol unless --protocol / --flip / --scales say otherwise.
+EVAL = evaluate.EvalSettings(batch_size=1)
+
+
 @dataclass
 class Plan:
     """What a reproduction runs: the base config (source, model, bank), the seeds and the target specs."""
@@ -63,6 +68,9 @@ class Plan:
     seeds: list[int]
     targets: list[str]
     out: Path
+    eval: evaluate.EvalSettings = dataclasses.field(
+        default_factory=lambda: EVAL
+    )  # how each seed is evaluated
 
     def run_cfg(self, seed: int) -> Config:
         cfg = copy.deepcopy(self.cfg)
@@ -90,6 +98,7 @@ def make_plan(
     targets: list[str] | None,
     bank: str | None = None,
     say=print,
+    evaluation: evaluate.EvalSettings = EVAL,
 ) -> Plan:
     """The plan of a reproduction into ``out``: ``seeds`` runs from ``run.seed`` on, ``targets`` (default:
     the paper's columns under ``data_root``); the bank is ``bank`` (default ``<out>/bank.safetensors``)."""
@@ -107,7 +116,7 @@ def make_plan(
     cfg.style.bank = chosen
     if targets is None:
         targets = [t.format(root=data_root or "data") for t in PAPER_TARGETS]
-    return Plan(cfg, list(range(cfg.run.seed, cfg.run.seed + seeds)), list(targets), Path(out))
+    return Plan(cfg, list(range(cfg.run.seed, cfg.run.seed + seeds)), list(targets), Path(out), evaluation)
 
 
 FIX = "Pass another --out (or --bank), or move that file away"
@@ -145,7 +154,7 @@ def dry_run(plan: Plan) -> tuple[str, bool]:
         state = train.status(r, TRAIN_FIX)
         lines.append(f"2. train seed {s} ({c.train.iterations} iterations) into {r.train.out}: {state}")
         latest = Path(r.train.out) / "latest.pt"
-        done = latest.is_file() and all(evaluate.is_cached(latest, t, EVAL) for t in plan.targets)
+        done = latest.is_file() and all(evaluate.is_cached(latest, t, plan.eval) for t in plan.targets)
         lines.append(f"3. evaluate seed {s}: {'done' if done else 'to do'}")
     lines.append("Data:")
     for option, specs in (
@@ -173,10 +182,6 @@ def dry_run(plan: Plan) -> tuple[str, bool]:
     return "\n".join(lines), ok
 
 
-# The evaluation of every seed: float32, one image per batch (the protocol's sizes differ per dataset).
-EVAL = evaluate.EvalSettings(amp="off", batch_size=1)
-
-
 def run(plan: Plan, progress: bool = True) -> dict:
     """Run (or resume) every stage; returns {"table": markdown, "columns": ..., "unit": "percent"}."""
     check_plan(plan)
@@ -190,7 +195,7 @@ def run(plan: Plan, progress: bool = True) -> dict:
     for seed in plan.seeds:
         cfg = plan.run_cfg(seed)
         train.run(cfg, fix=TRAIN_FIX)
-        settings = dataclasses.replace(EVAL, device=cfg.run.device, workers=cfg.data.workers)
+        settings = dataclasses.replace(plan.eval, device=cfg.run.device, workers=cfg.data.workers)
         runs[seed], _ = evaluate.run(
             Path(cfg.train.out) / "latest.pt", plan.targets, settings, progress=progress
         )

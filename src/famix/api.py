@@ -103,7 +103,8 @@ class Segmenter:
     ) -> np.ndarray | list[np.ndarray]:
         """Class-index maps (uint8 [H, W] at each input's size) of one image or a list, with the test-time
         settings of ``famix predict`` (``scale``, ``ensemble``, ``scales``, ``flip``, sliding
-        ``window``/``stride``, autocast ``amp`` on CUDA, default the checkpoint's ``run.amp``); images of one size are segmented ``batch_size`` at a time."""
+        ``window``/``stride``, autocast ``amp`` on CUDA, default the checkpoint's ``run.amp``); images of
+        one size are segmented ``batch_size`` at a time."""
         logits, single = self._logits(images, scale, ensemble, window, stride, amp, batch_size, flip, scales)
         maps = [one.argmax(0).to(torch.uint8).cpu().numpy() for one in logits]
         return maps[0] if single else maps

@@ -88,6 +88,7 @@ def cmd_predict(args) -> None:
         args.amp,
         args.batch_size,
         args.video_output,
+        server=args.server,
     )
     print(f"{len(written)} prediction files in {args.out}")
 

@@ -148,8 +148,18 @@ def _add_eval_predict(sub) -> None:
     )
     pr.add_argument("inputs", nargs="+")
     pr.add_argument("--out", required=True)
-    pr.add_argument("--outputs", nargs="+", default=["trainid", "color", "overlay"], help="for images")
+    pr.add_argument(
+        "--outputs",
+        nargs="+",
+        default=["trainid", "color", "overlay"],
+        help="for images: trainid color overlay labelid",
+    )
     pr.add_argument("--video-output", default="overlay", choices=["overlay", "color"], help="for videos")
+    pr.add_argument(
+        "--server",
+        choices=["cityscapes", "acdc"],
+        help="write a test server's submission layout (cityscapes: labelIds; acdc: labelTrainIds/), to zip",
+    )
     pr.add_argument(
         "--batch-size", type=int, default=4, help="images of one size (or video frames) per batch"
     )

@@ -50,6 +50,15 @@ def cityscapes_id_to_train_id() -> np.ndarray:
     return lut
 
 
+def train_id_to_label_id() -> np.ndarray:
+    """A 256-entry uint8 lookup table: trainId -> Cityscapes labelId (the ids of the Cityscapes test server);
+    255 (and every other value) -> 0, "unlabeled"."""
+    lut = np.zeros(256, dtype=np.uint8)
+    for train_id, (_, label_id, _) in enumerate(_CLASSES):
+        lut[train_id] = label_id
+    return lut
+
+
 def palette() -> np.ndarray:
     """A [256, 3] uint8 colour table indexed by trainId (ignore and unused entries are black)."""
     pal = np.zeros((256, 3), dtype=np.uint8)

@@ -69,6 +69,7 @@ def list_images(
 
 def _save_png_atomic(array: np.ndarray, dst: Path) -> None:
     # Readers (and a crash) never see half a file.
+    dst.parent.mkdir(parents=True, exist_ok=True)  # a server layout's sub-folders
     atomic_write(dst, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
@@ -158,6 +159,7 @@ def predict_paths(
     batch_size: int = 1,
     video_output: str = "overlay",
     labels: LabelSet | None = None,
+    destinations: Sequence[Path] | None = None,
 ) -> list[Path]:
     """Segment every image and video in ``paths`` and write the results to ``out_dir``.
 
@@ -166,7 +168,9 @@ def predict_paths(
     ``<stem>_overlay.png`` as selected by ``outputs`` (``<stem>``: see :func:`output_stems`). Images of
     equal size are segmented ``batch_size`` at a time; sizes may differ between images. Videos
     (:data:`VIDEO_EXTENSIONS`, needs PyAV): ``<stem>_<video_output>.mp4``, see
-    :func:`famix.engine.video.segment_video`. Returns the written paths in input order.
+    :func:`famix.engine.video.segment_video`. ``destinations``: one file per input (images only) for the
+    one kind in ``outputs`` instead (a test server's layout, ``engine.servers``). Returns the written paths
+    in input order.
     """
     unknown = set(outputs) - set(OUTPUT_KINDS)
     if unknown:
@@ -193,7 +197,11 @@ def predict_paths(
             chunk = [images[j] for j in chunk]
             batch = torch.stack([read_image(paths[i]) for i in chunk])  # [B, 3, H, W] uint8
             for i, image, ids in zip(chunk, batch, segment(batch), strict=True):
-                written[i] = [out / f"{stems[i]}_{kind}.png" for kind in outputs]
+                written[i] = (
+                    [Path(destinations[i])]
+                    if destinations
+                    else [out / f"{stems[i]}_{kind}.png" for kind in outputs]
+                )
                 for kind, dst in zip(outputs, written[i], strict=True):
                     _save_png_atomic(draw(kind, image, ids), dst)
             bar.update(len(chunk))

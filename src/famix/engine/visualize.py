@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from famix.data.labels import NUM_CLASSES, palette
+from famix.data.labels import NUM_CLASSES, palette, train_id_to_label_id
 
-OUTPUT_KINDS = ("trainid", "color", "overlay")
+OUTPUT_KINDS = ("trainid", "color", "overlay", "labelid")  # labelid: Cityscapes labelIds (19-class models)
 VIDEO_OUTPUTS = ("overlay", "color")
 
 
@@ -37,10 +37,13 @@ def render(
     kind: str, image: torch.Tensor, ids: np.ndarray, colours: np.ndarray | None = None, num_classes: int = 19
 ) -> np.ndarray:
     """One output picture of class indices ``ids`` [H, W] uint8: "trainid" [H, W] (the indices), "color" or
-    "overlay" [H, W, 3] in ``colours`` ([256, 3] by class; default Cityscapes')."""
+    "overlay" [H, W, 3] in ``colours`` ([256, 3] by class; default Cityscapes'), "labelid" [H, W] (the
+    Cityscapes labelIds of a 19-class model's trainIds)."""
     table = palette() if colours is None else colours
     if kind == "trainid":
         return ids  # saved as mode L
+    if kind == "labelid":
+        return train_id_to_label_id()[ids]
     if kind == "color":
         return table[ids]
     if kind == "overlay":

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from famix.engine import pretrained
+from famix.data.labels import CLASS_NAMES
+from famix.engine import pretrained, servers
 from famix.engine.amp import amp_dtype
 from famix.engine.checkpoint import checkpoint_amp, load_checkpoint
 from famix.engine.distributed import resolve_device, single_process
@@ -19,6 +20,7 @@ from famix.engine.outputs import check_folder
 from famix.engine.predict import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
+    is_video,
     list_images,
     load_model,
     model_label_set,
@@ -42,16 +44,33 @@ def run(
     video_output: str = "overlay",
     progress: bool = True,
     say=print,
+    server: str | None = None,
 ) -> list[Path]:
     """Segment every image and video ``inputs`` name into ``out``; returns the files written. The inputs
     and the model are checked before the first image is segmented; a finished prediction with the same
-    record (and its files still there) returns at once."""
+    record (and its files still there) returns at once. ``server``: write the submission layout of that
+    test server instead (``engine.servers``: cityscapes, acdc; one file per image)."""
     single_process("famix predict", "every rank would write the same files")
     dev = resolve_device(device)
     check_folder(out, "--out")
     paths = list_images(inputs, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
     model = load_model(checkpoint, dev)
     labels = model_label_set(checkpoint, model)  # the colours of the outputs
+    if server is not None:
+        if any(is_video(p) for p in paths):
+            raise ValueError(
+                f"--server {server}: test servers take images; "
+                f"{next(p for p in paths if is_video(p))} is a video"
+            )
+        destinations = servers.destinations(server, paths, Path(out))
+        outputs = [servers.KINDS[server]]
+    else:
+        destinations = None
+    if ("labelid" in outputs or server is not None) and labels.names != list(CLASS_NAMES):
+        raise ValueError(
+            f"{'--server ' + server if server else '--outputs labelid'} writes Cityscapes ids, but the model "
+            f"predicts {labels.describe()}: it needs a model of the 19 Cityscapes classes"
+        )
     if amp is None:  # the checkpoint's precision (ONNX files compute in their own float32)
         amp = "off" if isinstance(model, OnnxSegmenter) else checkpoint_amp(load_checkpoint(checkpoint))
     dtype = amp_dtype(amp, dev)
@@ -62,6 +81,7 @@ def run(
             "amp": amp if dtype is not None else "off",
             "outputs": list(outputs),
             "video_output": video_output,
+            **({"server": server} if server else {}),
         },
         {
             "model": pretrained.fingerprint(checkpoint),
@@ -71,8 +91,9 @@ def run(
 
     def predict() -> dict:
         written = predict_paths(
-            model, paths, out, dev, tta, tuple(outputs), dtype, progress, batch_size, video_output, labels
-        )
+            model, paths, out, dev, tta, tuple(outputs), dtype, progress, batch_size, video_output, labels,
+            destinations,
+        )  # fmt: skip
         return {"written": [str(p) for p in written]}
 
     def present(result: dict) -> bool:

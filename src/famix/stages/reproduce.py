@@ -1,6 +1,6 @@
 """``famix reproduce``: the paper's table in one resumable command: mine -> train per seed -> evaluate on
-the paper's columns -> one markdown table and JSON, each column's mean +/- std over seeds beside the paper's
-number (method.md section 7).
+the paper's columns -> one markdown table and JSON, each column's mean +/- sample std over seeds (n - 1)
+beside the paper's number (method.md section 7).
 
 A composite: it calls the mine, train and evaluate stages, each of which reuses what it finished before
 (the bank, each seed's run, each seed's evaluation on each target) and refuses files of another run. The
@@ -199,7 +199,7 @@ def run(plan: Plan, progress: bool = True) -> dict:
         runs[seed], _ = evaluate.run(
             Path(cfg.train.out) / "latest.pt", plan.targets, settings, progress=progress
         )
-    result = summarise(runs, plan.cfg)
+    result = summarise(runs, plan.cfg, plan.eval)
     if info.main:
         atomic_write(plan.out / "results.md", lambda p: p.write_text(result["table"] + "\n"))
         atomic_write(plan.out / "results.json", lambda p: p.write_text(json.dumps(result, indent=1)))
@@ -235,7 +235,9 @@ def column_names(specs: list[str]) -> dict[str, str]:
     return names
 
 
-def summarise(runs: dict[int, dict[str, EvalResult]], cfg: Config) -> dict:
+def summarise(
+    runs: dict[int, dict[str, EvalResult]], cfg: Config, evaluation: evaluate.EvalSettings = EVAL
+) -> dict:
     """Per column: the seeds' mIoU (%), mean +/- std, the paper's number, the difference; a markdown table.
 
     The paper's numbers are shown only for its own (source, backbone) rows; a target with no labelled pixel
@@ -285,5 +287,16 @@ def summarise(runs: dict[int, dict[str, EvalResult]], cfg: Config) -> dict:
         )  # fmt: skip
         diffs = [columns[n]["difference"] for n in order]
         rows.append("| difference | " + " | ".join("-" if d is None else f"{d:+.2f}" for d in diffs) + " | |")
-    title = f"mIoU (%), {cfg.model.backbone} trained on {cfg.data.train}; mean +/- std over seeds"
-    return {"table": "\n".join([title, "", *rows]), "columns": columns, "unit": "percent"}
+    title = (
+        f"mIoU (%), {cfg.model.backbone} trained on {cfg.data.train}; mean +/- sample standard deviation "
+        f"over the seeds (n - 1 in the denominator); evaluation: protocol {evaluation.protocol}, test time "
+        f"{evaluation.tta.describe() or 'plain'}"
+    )
+    return {
+        "table": "\n".join([title, "", *rows]),
+        "columns": columns,
+        "unit": "percent",
+        "statistic": "mean +/- sample standard deviation over seeds (n - 1)",
+        "protocol": evaluation.protocol,
+        "test_time": dataclasses.asdict(evaluation.tta),
+    }

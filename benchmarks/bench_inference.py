@@ -4,11 +4,13 @@ Defaults are the paper's evaluation setting: RN50, output stride 16, batch 4, fu
 frames, bf16 autocast on CUDA, channels_last. Weights are random. One iteration =
 ``famix.engine.inference.predict_logits`` under ``eval_mode`` and ``torch.inference_mode``, as
 ``famix eval`` runs it: logits [B, 19, H, W] at the input size (no argmax, no data loading). The test-time
-flags are those of ``famix eval``: ``--scale``, ``--ensemble``, ``--window``, ``--stride``.
+flags are those of ``famix eval``: ``--scale``, ``--ensemble``, ``--scales``, ``--flip``, ``--window``,
+``--stride``.
 
     python benchmarks/bench_inference.py                                 # paper sizes (GPU)
     python benchmarks/bench_inference.py --backbone tiny-rn --size 128 --batch 2 --iters 3   # CPU smoke run
     python benchmarks/bench_inference.py --window 1024                   # sliding window, 1024 px tiles
+    python benchmarks/bench_inference.py --flip --scales 0.75 1 1.25     # flip + 3-scale test-time augmentation
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ def main() -> None:
     p.add_argument("--ensemble", action="store_true", help="average logits at scale 1 and --scale")
     p.add_argument("--window", type=int, default=None, help="sliding-window inference with this tile size")
     p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: 2/3 window)")
+    p.add_argument("--flip", action="store_true", help="also the flipped input (famix eval --flip)")
+    p.add_argument("--scales", type=float, nargs="+", help="average over these scales (famix eval --scales)")
     args = p.parse_args()
     device, amp_dtype, (h, w) = setup(args)
     args.output_stride = output_stride(args.backbone, args.output_stride)
-    tta = InferenceSettings(args.scale, args.ensemble, args.window, args.stride)
+    scales = tuple(args.scales) if args.scales else None
+    tta = InferenceSettings(args.scale, args.ensemble, args.window, args.stride, args.flip, scales)
 
     model = build_segmenter(ModelConfig(backbone=args.backbone, output_stride=args.output_stride), seed=0)
     model = model.to(device)

@@ -20,3 +20,7 @@ python3 benchmarks/bench_e2e.py --workers 16 --iters 80 --warmup 20
 python3 benchmarks/bench_train.py --backbone ViT-B-16 --no-header --iters 20
 python3 benchmarks/bench_inference.py --backbone ViT-B-16 --no-header --iters 20
 python3 benchmarks/bench_mining.py --backbone ViT-B-16 --no-header
+# Issue 19: evaluation throughput with test-time augmentation (RN50, 1024x2048, bf16): flip, 3 scales, both
+python3 benchmarks/bench_inference.py --no-header --flip --iters 10
+python3 benchmarks/bench_inference.py --no-header --scales 0.75 1 1.25 --iters 10
+python3 benchmarks/bench_inference.py --no-header --flip --scales 0.75 1 1.25 --iters 10

@@ -10,7 +10,7 @@ flags are those of ``famix eval``: ``--scale``, ``--ensemble``, ``--scales``, ``
     python benchmarks/bench_inference.py                                 # paper sizes (GPU)
     python benchmarks/bench_inference.py --backbone tiny-rn --size 128 --batch 2 --iters 3   # CPU smoke run
     python benchmarks/bench_inference.py --window 1024                   # sliding window, 1024 px tiles
-    python benchmarks/bench_inference.py --flip --scales 0.75 1 1.25     # flip + 3-scale test-time augmentation
+    python benchmarks/bench_inference.py --flip --scales 0.75 1 1.25     # flip + 3 scales
 """
 
 from __future__ import annotations

@@ -279,3 +279,25 @@ def test_bad_test_time_options(checkpoint, tmp_path, capsys):
     err = one_line(capsys, "predict", ckpt, other, "--out", tmp_path / "o", "--server", "cityscapes")
     assert "photo.png is not a Cityscapes image" in err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.png"))
+
+
+def test_validation_takes_the_test_time_settings(tmp_path):
+    spec = "synthetic:night:2:9:size=40"
+    out = tmp_path / "run"
+    overrides = [
+        "data.train=synthetic:day:8:size=40",
+        f"data.val=[{spec}]",
+        "data.crop=32",
+        "style.mix=mixstyle",
+    ]
+    overrides += [
+        "train.iterations=2",
+        "train.val_interval=2",
+        "train.val_flip=true",
+        "train.val_scales=[0.75, 1]",
+    ]
+    main(["train", "-c", "tiny", *overrides, f"train.out={out}"])
+    logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if "val_miou" in x][-1]
+    flags = ["--flip", "--scales", "0.75", "1", "--workers", "0", "--json", str(tmp_path / "f.json")]
+    main(["eval", str(out / "latest.pt"), "--data", spec, *flags])
+    assert logged["val_miou"][spec] == json.loads((tmp_path / "f.json").read_text())["datasets"][spec]["miou"]

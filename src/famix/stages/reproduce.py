@@ -24,7 +24,7 @@ import yaml
 
 from famix.config import Config, check_values
 from famix.engine.checks import check_specs
-from famix.engine.distributed import current
+from famix.engine.distributed import current, resolve_device
 from famix.engine.evaluate import EvalResult
 from famix.engine.outputs import check_folder
 from famix.engine.results import PAPER_COLUMNS, mean_std, paper_column
@@ -200,6 +200,8 @@ def run(plan: Plan, progress: bool = True) -> dict:
             Path(cfg.train.out) / "latest.pt", plan.targets, settings, progress=progress
         )
     result = summarise(runs, plan.cfg, plan.eval)
+    device = resolve_device(plan.cfg.run.device, info)
+    result["amp"] = evaluate.precision(plan.eval, {"config": plan.cfg.to_dict()}, device)[0]
     if info.main:
         atomic_write(plan.out / "results.md", lambda p: p.write_text(result["table"] + "\n"))
         atomic_write(plan.out / "results.json", lambda p: p.write_text(json.dumps(result, indent=1)))

@@ -22,7 +22,7 @@ from famix.engine.checkpoint import load_checkpoint, load_segmenter, model_confi
 from famix.engine.exported import OnnxSegmenter
 from famix.engine.inference import PLAIN, InferenceSettings, eval_mode, predict_logits
 from famix.engine.video import import_av, segment_video
-from famix.engine.visualize import OUTPUT_KINDS, VIDEO_OUTPUTS, render
+from famix.engine.visualize import DEFAULT_OUTPUTS, OUTPUT_KINDS, VIDEO_OUTPUTS, render
 from famix.io import atomic_write
 from famix.progress import progress_bar
 
@@ -153,7 +153,7 @@ def predict_paths(
     out_dir: str | os.PathLike,
     device: str | torch.device = "cpu",
     tta: InferenceSettings = PLAIN,
-    outputs: Sequence[str] = OUTPUT_KINDS,
+    outputs: Sequence[str] = DEFAULT_OUTPUTS,
     amp_dtype: torch.dtype | None = None,
     progress: bool = True,
     batch_size: int = 1,

@@ -9,6 +9,7 @@ import torch
 from famix.data.labels import NUM_CLASSES, palette, train_id_to_label_id
 
 OUTPUT_KINDS = ("trainid", "color", "overlay", "labelid")  # labelid: Cityscapes labelIds (19-class models)
+DEFAULT_OUTPUTS = ("trainid", "color", "overlay")
 VIDEO_OUTPUTS = ("overlay", "color")
 
 

@@ -27,7 +27,7 @@ from famix.engine.predict import (
     predict_paths,
 )
 from famix.engine.runs import RunRecord, cached, file_fingerprint
-from famix.engine.visualize import OUTPUT_KINDS
+from famix.engine.visualize import DEFAULT_OUTPUTS
 
 RECORD = "predict-runs.json"
 
@@ -37,7 +37,7 @@ def run(
     inputs: Sequence[str],
     out: str | Path,
     tta: InferenceSettings = PLAIN,
-    outputs: Sequence[str] = OUTPUT_KINDS,
+    outputs: Sequence[str] = DEFAULT_OUTPUTS,
     device: str = "auto",
     amp: str | None = None,
     batch_size: int = 4,

@@ -60,7 +60,7 @@ def test_image_pin_matches_per_image_loop(clip, shape):
     c = visual.layer1[-1].conv3.out_channels
     f = torch.randn(b, c, h // 4, w // 4, generator=g) * torch.rand(1, c, 1, 1, generator=g) + 0.5
     text = F.normalize(torch.randn(clip.text_projection.shape[1], generator=g), dim=0)
-    styles = image_pin(visual, f, text, pool=16, steps=5, lr=0.1)
+    styles = image_pin(visual, f, text, pool=16, steps=5, lr=0.1, recipe="famix")
     mu, sigma = slow_image_pin(visual, f, text, 16, 5, 0.1)
     assert styles.mu.shape == styles.sigma.shape == (b, f.shape[1]) and styles.cos.shape == (b,)
     torch.testing.assert_close(styles.mu, mu, atol=1e-5, rtol=1e-4)

@@ -285,7 +285,8 @@ def test_every_adapt_setting_has_its_cli_option():
     from famix.cli import build_parser
     from famix.stages.adapt import AdaptSettings
 
-    values = {"iterations": "3", "lr": "0.5", "steps": "2", "pin_lr": "0.25", "images": "4", "crop": "32",
+    values = {"recipe": "famix", "iterations": "3", "lr": "0.5", "steps": "2", "pin_lr": "0.25",
+              "pin_batch": "3", "weight_decay": "0.001", "images": "4", "crop": "32",
               "batch_size": "2", "seed": "7", "amp": "off", "device": "cpu", "workers": "1",
               "ckpt_interval": "5", "save_every": "6"}  # fmt: skip
     assert set(values) == {f.name for f in fields(AdaptSettings)}
@@ -294,7 +295,10 @@ def test_every_adapt_setting_has_its_cli_option():
         argv += [f"--{name.replace('_', '-')}", value]
     args = build_parser().parse_args(argv)
     settings = AdaptSettings(**{f.name: getattr(args, f.name) for f in fields(AdaptSettings)})
-    assert settings == AdaptSettings(3, 0.5, 2, 0.25, 4, 32, 2, 7, "off", "cpu", 1, 5, 6)
+    assert settings == AdaptSettings(
+        recipe="famix", iterations=3, lr=0.5, steps=2, pin_lr=0.25, pin_batch=3, weight_decay=0.001, images=4,
+        crop=32, batch_size=2, seed=7, amp="off", device="cpu", workers=1, ckpt_interval=5, save_every=6,
+    )  # fmt: skip
 
 
 def test_datasets_check_decodes_as_many_pairs_as_asked(tmp_path, capsys):

@@ -145,7 +145,7 @@ def test_adapt_stage_owns_its_target_folders(checkpoint, tmp_path):
     )
     assert stamps(tmp_path / "night") == before and len(said) == 2 and "finished" in said[1]
     other = adapt.AdaptSettings(**{**vars(SETTINGS), "pin_lr": 0.5})
-    with pytest.raises(FileExistsError, match=r"pin.lr: 0.1 -> 0.5\. Pass another --out"):
+    with pytest.raises(FileExistsError, match=r"pin.lr: 1.0 -> 0.5\. Pass another --out"):
         adapt.run(checkpoint, ["night"], source, tmp_path, settings=other, progress=False)
     assert stamps(tmp_path / "night") == before
 

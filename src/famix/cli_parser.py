@@ -28,15 +28,18 @@ class _Once(argparse.Action):
 
 # famix adapt's options, one per AdaptSettings field (its defaults are shown, never restated here)
 ADAPT_HELP = {
+    "recipe": "poda: the official PODA recipe exactly (default); famix: ours, batch-independent PIN",
     "iterations": "head fine-tuning steps",
     "lr": "head learning rate, poly schedule",
     "steps": "image-level PIN steps per source crop",
-    "pin_lr": "PIN SGD lr per crop: how far styles move",
+    "pin_lr": "PIN SGD lr (default: the recipe's, poda 1 on the batch-mean loss, famix 0.1 per crop)",
+    "pin_batch": "crops per PIN batch (default: poda 16, famix the fine-tuning batch)",
+    "weight_decay": "weight decay of the PIN SGD",
     "images": "source crops to mine (default: all)",
-    "crop": "crop size (default: the checkpoint's)",
-    "batch_size": "crops per batch (default: the checkpoint's)",
+    "crop": "crop size (default: poda 768, famix the checkpoint's)",
+    "batch_size": "crops per fine-tuning batch (default: poda 8, famix the checkpoint's)",
     "seed": "seed of crops and fine-tuning",
-    "amp": "autocast of the fine-tuning on CUDA: bf16 | fp16 | off",
+    "amp": "fine-tuning autocast on CUDA: bf16 | fp16 | off (default: poda off, famix bf16)",
     "device": "auto | cpu | cuda | cuda:N | mps",
     "workers": "data-loader processes",
     "ckpt_interval": "steps between resumable checkpoints",

@@ -32,11 +32,13 @@ from famix.world import SHIFTED_DOMAINS, SOURCE_DOMAIN
 START, CONTROL = f"start: {BASELINE}", "control: head fine-tuned, no styles"
 
 
-def adapt_settings(quick: bool, seed: int) -> AdaptSettings:
-    """The demo's adaptation: image-level PIN (100 SGD steps, lr 0.01 per image) on 64 day crops, then 500
-    head-only steps at lr 0.01. The PIN lr was chosen on validation only: adapting seed 0's model to
-    "sepia", a mining-word style (never an evaluation style), with lr 0.1 / 20 steps / lr 0.01, scored on
-    sepia and day (docs/demo.md); never tuned on a held-out domain."""
+def adapt_settings(quick: bool, seed: int, recipe: str = "poda") -> AdaptSettings:
+    """The demo's adaptation: ``famix adapt``'s default recipe, PODA's (image-level PIN in batches of 16,
+    100 SGD steps at lr 1 on the batch-mean loss; fine-tuning without jitter, flip or label smoothing) on 64
+    day crops of 64 pixels, then 500 head-only steps at lr 0.01, batch 8 (the demo's sizes, not PODA's
+    768 / 2000). ``recipe="famix"``: the recipe recorded before PODA's became the default (per-image PIN
+    at lr 0.01, chosen on validation only: seed 0's model adapted to "sepia", a mining-word style,
+    docs/demo.md)."""
     if quick:
         return AdaptSettings(
             iterations=10,
@@ -49,9 +51,11 @@ def adapt_settings(quick: bool, seed: int) -> AdaptSettings:
             amp="off",
             ckpt_interval=10,
         )
+    pin_lr = 0.01 if recipe == "famix" else None  # None: PODA's lr 1
     return AdaptSettings(
-        iterations=500, pin_lr=0.01, images=64, crop=64, batch_size=8, seed=seed, device="cpu", amp="off"
-    )
+        recipe=recipe, iterations=500, pin_lr=pin_lr, images=64, crop=64, batch_size=8, seed=seed,
+        device="cpu", amp="off",
+    )  # fmt: skip
 
 
 def run_adapt_demo(

@@ -68,8 +68,8 @@ from famix.models.clip import build_clip, weights_fingerprint
 from famix.models.towers import style_grid
 from famix.progress import progress_bar
 from famix.style.bank import StyleBank
-from famix.style.image_pin import check_description, image_pin
-from famix.style.pin import PIN_LR, PIN_STEPS
+from famix.style.image_pin import PODA_BATCH, PODA_LR, RECIPES, check_description, image_pin
+from famix.style.pin import PIN_LR, PIN_STEPS, PIN_WEIGHT_DECAY
 from famix.style.prompts import TextEmbedder
 
 
@@ -82,15 +82,18 @@ class AdaptSettings:
     PODA); crop, batch_size: source crops (None: the checkpoint's data.crop / data.batch_size).
     """
 
+    recipe: str = "poda"  # poda: the official PIN_aug.py + main.py; famix: ours (batch-independent PIN)
     iterations: int = 2000
     lr: float = 0.01
     steps: int = PIN_STEPS
-    pin_lr: float = PIN_LR
+    pin_lr: float | None = None  # None: the recipe's (poda 1 on the batch-mean loss, famix 0.1 per image)
+    pin_batch: int | None = None  # poda: images per PIN batch (None: 16); famix: the fine-tuning batch
+    weight_decay: float = PIN_WEIGHT_DECAY  # of the PIN SGD
     images: int | None = None
     crop: int | None = None
     batch_size: int | None = None
     seed: int = 0
-    amp: str = "bf16"  # autocast of the fine-tuning on CUDA (image-level PIN runs in float32)
+    amp: str | None = None  # fine-tuning autocast on CUDA (None: poda off = fp32, famix bf16); PIN is fp32
     # what does not change the result: where and how often
     device: str = "auto"
     workers: int = 0
@@ -98,17 +101,48 @@ class AdaptSettings:
     save_every: int = 10  # mining: batches between saves of the partial bank
 
     def __post_init__(self) -> None:
-        for name in ("iterations", "ckpt_interval", "steps", "save_every", "images", "crop", "batch_size"):
+        if self.recipe not in RECIPES:
+            raise ValueError(f"famix adapt --recipe={self.recipe!r}: choose one of {', '.join(RECIPES)}")
+        names = (
+            "iterations",
+            "ckpt_interval",
+            "steps",
+            "save_every",
+            "images",
+            "crop",
+            "batch_size",
+            "pin_batch",
+        )
+        for name in names:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"famix adapt --{name.replace('_', '-')}={value}: give a number >= 1")
+        if self.weight_decay < 0:
+            raise ValueError(f"famix adapt --weight-decay={self.weight_decay}: give a number >= 0")
         for name in ("lr", "pin_lr"):
-            if not getattr(self, name) > 0:
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(
                     f"famix adapt --{name.replace('_', '-')}={getattr(self, name)}: give a number > 0"
                 )
-        if self.amp not in ("bf16", "fp16", "off"):
+        if self.amp not in (None, "bf16", "fp16", "off"):
             raise ValueError(f"famix adapt --amp={self.amp!r}: choose bf16, fp16 or off")
+
+
+# PODA's main.py fine-tuning (--batch_size 8 --lr 0.01 --total_itrs 2000, crop 768, no data_aug, plain
+# cross-entropy, fp32, poly 0.9 to 1e-6, SGD momentum 0.9, weight decay 1e-4), whatever the source run used
+PODA_FINE_TUNE = {"crop": 768, "batch_size": 8, "jitter": 0.0, "hflip": 0.0, "label_smoothing": 0.0}
+
+
+def pin_lr(s: AdaptSettings) -> float:
+    """The image-level PIN lr of ``s``: given, else the recipe's."""
+    return s.pin_lr if s.pin_lr is not None else (PODA_LR if s.recipe == "poda" else PIN_LR)
+
+
+def pin_batch(s: AdaptSettings, cfg: Config) -> int:
+    """Source crops per mining batch: poda's PIN batch (16), famix's fine-tuning batch (as before)."""
+    if s.recipe == "poda":
+        return s.pin_batch or PODA_BATCH
+    return s.pin_batch or cfg.data.batch_size
 
 
 SLUG_CHARS = 64  # a run folder name stays far below file systems' 255-byte limit
@@ -140,13 +174,15 @@ def fine_tune_config(
     restyled by the target's bank (``mix="augment"``, grid 1; ``"none"``: the no-style control)."""
     model = from_dict(stored.get("model", {}), ModelConfig, "model.")
     data = from_dict(stored.get("data", {}), DataConfig, "data.")
+    poda = s.recipe == "poda"
     data = dataclasses.replace(
         data,
         train=source_spec,
         val=[],
-        crop=s.crop or data.crop,
-        batch_size=s.batch_size or data.batch_size,
+        crop=s.crop or (PODA_FINE_TUNE["crop"] if poda else data.crop),
+        batch_size=s.batch_size or (PODA_FINE_TUNE["batch_size"] if poda else data.batch_size),
         workers=s.workers,
+        **({"jitter": PODA_FINE_TUNE["jitter"], "hflip": PODA_FINE_TUNE["hflip"]} if poda else {}),
     )
     train_cfg = from_dict(stored.get("train", {}), TrainConfig, "train.")
     bank = str(run / "styles.safetensors") if mix != "none" else None
@@ -164,8 +200,19 @@ def fine_tune_config(
             ckpt_interval=s.ckpt_interval,
             channels_last=resolve_device(s.device).type == "cuda",
             compile=None,
+            **(
+                {
+                    "label_smoothing": 0.0,
+                    "momentum": 0.9,
+                    "weight_decay": 1e-4,
+                    "poly_power": 0.9,
+                    "min_lr": 1e-6,
+                }
+                if poda
+                else {}
+            ),
         ),
-        run=RunConfig(seed=s.seed, device=s.device, amp=s.amp),
+        run=RunConfig(seed=s.seed, device=s.device, amp=s.amp or ("off" if poda else "bf16")),
     )
 
 
@@ -261,7 +308,14 @@ def _styles_record(cfg: Config, target: str, s: AdaptSettings, backbone: str, in
         {
             "target": target,
             "data": {"train": cfg.data.train, "crop": cfg.data.crop, "batch_size": cfg.data.batch_size},
-            "pin": {"steps": s.steps, "lr": s.pin_lr, "images": s.images},
+            "pin": {
+                "recipe": s.recipe,
+                "steps": s.steps,
+                "lr": pin_lr(s),
+                "images": s.images,
+                "batch": pin_batch(s, cfg),
+                "weight_decay": s.weight_decay,
+            },
             "model": {"backbone": backbone},
             "run": {"seed": cfg.run.seed},
         },
@@ -280,7 +334,7 @@ def _mine_target(
     path = Path(cfg.style.bank)
     source = build_dataset(cfg.data.train, cfg.model.label_set())
     dataset = SeededTransform(source, train_transform(cfg.data.crop, jitter=0, hflip=0))
-    total, size = min(len(dataset), s.images or len(dataset)), cfg.data.batch_size
+    total, size = min(len(dataset), s.images or len(dataset)), pin_batch(s, cfg)
     batches = math.ceil(total / size)
     target = record.settings["target"]
     if path.is_file():
@@ -310,7 +364,10 @@ def _mine_target(
     for done, (images, _, _) in enumerate(loader, start=start + 1):
         with torch.no_grad():
             f = model.style_features(normalize(images.to(device)))  # [B, C, h, w]
-        styles = image_pin(clip.visual, f, text, pool, s.steps, s.pin_lr)
+        styles = image_pin(
+            clip.visual, f, text, pool, s.steps, pin_lr(s), weight_decay=s.weight_decay, recipe=s.recipe,
+            batch=size,
+        )  # fmt: skip
         ignore = torch.full((len(images),), IGNORE_INDEX)
         bank.add(styles.mu, styles.sigma, ignore, IGNORE_INDEX)
         bank.metadata["batches_done"] = done

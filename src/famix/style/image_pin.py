@@ -3,13 +3,16 @@
 PODA ("Prompt-driven zero-shot domain adaptation") mines, for each source image, the channel statistics
 (mu*, sigma*) of its *whole* style-site feature map (``famix.models.towers``: a CLIP ResNet's layer1, a
 CLIP ViT's patch embeddings) that make CLIP embed the restyled map near the text of an unseen target
-domain ("driving at night"). It is FAMix's PIN (``famix.style.pin``) with one patch per image (grid 1) and
-one prompt for all images, so the optimisation itself is ``pin_optimize``.
+domain ("driving at night"). Two recipes:
 
-Optimiser: SGD, momentum 0.9, weight decay 1e-4, 100 steps, as FAMix's mining; the loss is summed over
-images with a per-image lr (default 0.1, famix's per-patch default), so an image's style never depends on
-the batch it shares. PODA's own optimiser settings could not be checked offline when this was written;
-these are famix's, not a claim about PODA's.
+- ``poda`` (default): the official PIN_aug.py exactly. Batches of ``batch`` = 16 images (the last at its own
+  size); statistics as its ``calc_mean_std`` (unbiased variance + 1e-5, square root); sigma* clamped at 0
+  before every forward; [ReLU](f_norm * sigma* + mu*) average-pooled to the tail's grid (``--resize_feat``);
+  the embedding divided by its detached norm; loss 1 - cos averaged over the batch; SGD lr 1, momentum 0.9,
+  weight decay 1e-4; 100 steps; float32; the ResNet tail through CLIP's full attention pool. A style
+  therefore depends on the batch it was mined in (the mean loss's gradient is 1/b per image).
+- ``famix``: ours, batch-independent: FAMix's PIN (``famix.style.pin``, one patch per image), the loss
+  summed over images with a per-image lr (default 0.1), famix's statistics, no clamp.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from typing import NamedTuple
 
 import open_clip
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from famix.models.towers import is_vit, style_relu, style_tail
 from famix.style.pin import PIN_LR, PIN_MOMENTUM, PIN_STEPS, PIN_WEIGHT_DECAY, PinSGD, pin_optimize
 from famix.style.stats import patch_stats
 
@@ -42,28 +47,109 @@ def image_stats(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mu.flatten(1), sigma.flatten(1)
 
 
+RECIPES = ("poda", "famix")
+PODA_BATCH = 16  # PIN_aug.py's --batch_size
+PODA_LR = 1.0
+PODA_EPS = 1e-5  # calc_mean_std's eps, added to the (unbiased) variance
+
+
+def poda_stats(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """PODA's ``calc_mean_std``: f [B, C, H, W] -> mean, std [B, C, 1, 1] (unbiased variance + 1e-5, sqrt)."""
+    n, c = f.shape[:2]
+    flat = f.reshape(n, c, -1)  # [B, C, HW]
+    std = (flat.var(dim=2) + PODA_EPS).sqrt().view(n, c, 1, 1)
+    return flat.mean(dim=2).view(n, c, 1, 1), std
+
+
+def poda_restyle(f_norm: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, relu: bool) -> torch.Tensor:
+    """PODA's PIN forward: sigma clamped at 0 *in place* (its parameter data, as PIN_aug.py does), then
+    [ReLU](f_norm * sigma + mu). f_norm [B, C, H, W]; mu, sigma [B, C, 1, 1]."""
+    sigma.data.clamp_(min=0)
+    z = f_norm * sigma.expand_as(f_norm) + mu.expand_as(f_norm)
+    return torch.relu(z) if relu else z
+
+
+def poda_tail(visual: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """The tail PODA embeds through: a ResNet's layer2 -> layer3 -> layer4 -> CLIP's full attention pool
+    (every query computed, the first kept, as the official backbone); a ViT's ``towers.style_tail``."""
+    if is_vit(visual):
+        return style_tail(visual, z)
+    return visual.attnpool(visual.layer4(visual.layer3(visual.layer2(z))))
+
+
+def poda_pin(
+    visual: nn.Module,
+    f: torch.Tensor,
+    text: torch.Tensor,
+    pool: int,
+    steps: int = PIN_STEPS,
+    lr: float = PODA_LR,
+    momentum: float = PIN_MOMENTUM,
+    weight_decay: float = PIN_WEIGHT_DECAY,
+    relu: bool = True,
+) -> ImageStyles:
+    """PIN_aug.py's loop on one batch: f [b, C, H, W] -> its styles (mu, sigma [b, C]: the parameters after
+    the last step, as PODA saves them; cos [b]: each image's final cosine to the text, sigma clamped)."""
+    b = f.shape[0]
+    with torch.no_grad():
+        mean, std = poda_stats(f.float())  # [b, C, 1, 1]
+        f_norm = (f.float() - mean.expand(f.shape)) / std.expand(f.shape)
+    target = (text.float().expand(b, -1) if text.dim() == 1 else text.float()).detach()  # [b, D]
+    mu, sigma = nn.Parameter(mean.clone()), nn.Parameter(std.clone())
+    optimizer = torch.optim.SGD(
+        [{"params": [mu, sigma], "lr": lr}], lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
+    for _ in range(steps):
+        optimizer.zero_grad()
+        z = F.adaptive_avg_pool2d(poda_restyle(f_norm, mu, sigma, relu), pool)  # [b, C, pool, pool]
+        emb = poda_tail(visual, z)  # [b, D]
+        emb = emb / emb.norm(dim=-1, keepdim=True).clone().detach()
+        loss = (1 - torch.cosine_similarity(target, emb, dim=1)).mean()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        z = f_norm * sigma.clamp(min=0) + mu
+        emb = poda_tail(visual, F.adaptive_avg_pool2d(torch.relu(z) if relu else z, pool))
+        cos = torch.cosine_similarity(target, emb, dim=1)
+    return ImageStyles(mu.detach().flatten(1), sigma.detach().flatten(1), cos)
+
+
 def image_pin(
     visual: nn.Module,
     f: torch.Tensor,
     text: torch.Tensor,
     pool: int,
     steps: int = PIN_STEPS,
-    lr: float = PIN_LR,
+    lr: float | None = None,
     momentum: float = PIN_MOMENTUM,
     weight_decay: float = PIN_WEIGHT_DECAY,
     relu: bool | None = None,
+    recipe: str = "poda",
+    batch: int = PODA_BATCH,
 ) -> ImageStyles:
     """Optimise one style per image so CLIP embeds [ReLU](sigma* f_norm + mu*) near ``text``.
 
-    visual: the CLIP image tower, an undilated ResNet or a ViT (frozen, eval; only its style tail,
-    ``towers.style_tail``, is used); f: [B, C, H, W] style-site features of the source images
-    (``towers.style_features``); text: [D] (one description for all images) or [B, D] unit-norm text
-    embeddings; pool: ``towers.style_grid(visual)`` (56 for RN50, 14 for ViT-B/16), the grid the restyled map
-    is average-pooled to before the tail; relu: whether the restyle takes a ReLU (None:
-    ``towers.style_relu(visual)``: a ResNet's does, a ViT's does not). mu*, sigma* start at each image's
-    own statistics (``image_stats``); the loss 1 - cos is summed over images, which are independent: each
-    image's result is that of the same call on it alone (float rounding aside).
+    visual: the CLIP image tower, an undilated ResNet or a ViT (frozen, eval; only its style tail is used);
+    f: [B, C, H, W] style-site features of the source images (``towers.style_features``); text: [D] (one
+    description for all images) or [B, D] unit-norm text embeddings; pool: ``towers.style_grid(visual)`` (56
+    for RN50, 14 for ViT-B/16), the grid the restyled map is average-pooled to before the tail; relu:
+    whether the restyle takes a ReLU (None: ``towers.style_relu(visual)``). ``recipe`` (module docstring):
+    ``poda`` mines f in batches of ``batch`` (lr default 1, the loss averaged over each batch), ``famix``
+    every image on its own (lr default 0.1 per image, the loss summed). mu*, sigma* start at each image's
+    own statistics (each recipe's).
     """
+    if recipe not in RECIPES:
+        raise ValueError(f"image-level PIN recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
+    relu = style_relu(visual) if relu is None else relu
+    if recipe == "poda":
+        if batch < 1:
+            raise ValueError(f"PODA's PIN batch={batch}: give a number of images >= 1")
+        lr = PODA_LR if lr is None else lr
+        parts = [
+            poda_pin(visual, chunk, t, pool, steps, lr, momentum, weight_decay, relu)
+            for chunk, t in zip(f.split(batch), _texts(text, f.shape[0]).split(batch), strict=True)
+        ]
+        return ImageStyles(*(torch.cat(x) for x in zip(*parts, strict=True)))
     b = f.shape[0]
     with torch.no_grad():
         mu, sigma = image_stats(f)  # [B, C]
@@ -77,11 +163,15 @@ def image_pin(
         sigma,
         target,
         pool,
-        PinSGD(steps, lr, momentum, weight_decay),
+        PinSGD(steps, PIN_LR if lr is None else lr, momentum, weight_decay),
         relu=relu,
     )
     assert torch.equal(order, index)  # one group holding every image, in batch order
     return ImageStyles(mu_s.detach(), sigma_s.detach(), cos.detach())
+
+
+def _texts(text: torch.Tensor, b: int) -> torch.Tensor:
+    return text.expand(b, -1) if text.dim() == 1 else text  # [B, D]
 
 
 def check_description(

@@ -19,9 +19,10 @@ from famix.style.image_pin import check_description, image_pin
 SOURCE = "synthetic:day:8:0:size=48"
 TARGET = "driving at night"
 SETTINGS = adapt_engine.AdaptSettings(
-    iterations=4, steps=3, crop=32, batch_size=2, device="cpu", workers=0, ckpt_interval=2
+    iterations=4, steps=3, crop=32, batch_size=2, pin_batch=2, device="cpu", workers=0, ckpt_interval=2
 )
-CLI_ARGS = ["--iterations", "4", "--steps", "3", "--crop", "32", "--batch-size", "2", "--device", "cpu"]
+CLI_ARGS = ["--iterations", "4", "--steps", "3", "--crop", "32", "--batch-size", "2", "--pin-batch", "2"]
+CLI_ARGS += ["--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -134,11 +135,11 @@ def test_adapt_mining_resumes_after_interruption(checkpoint, adapted, tmp_path, 
     """A mining pass killed after its first saved batch resumes there: the bank equals an unbroken pass's."""
     real_pin, calls = adapt_engine.image_pin, []
 
-    def failing_pin(*args):
+    def failing_pin(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_pin(*args)
+        return real_pin(*args, **kwargs)
 
     settings = adapt_engine.AdaptSettings(**{**vars(SETTINGS), "save_every": 1})
     monkeypatch.setattr(adapt_engine, "image_pin", failing_pin)

@@ -11,8 +11,11 @@ For each target description ("driving at night"), in ``<out>/<slug>/``:
    from the checkpoint's weights): the segmenter fine-tuned on source crops whose style maps (ResNet
    layer1, ViT patch embedding) are restyled by those styles (``style.mix=augment``, grid 1: each image's
    whole map takes a mined style, full replacement), the HEAD only (freeze preset ``backbone``), for
-   ``iterations`` SGD steps (default 2000, poly schedule, head lr 0.01: our defaults, PODA's exact
-   settings were not checked offline). It is a checkpoint like any other (``famix eval`` / ``predict``
+   ``iterations`` SGD steps (default 2000, poly schedule, head lr 0.01). ``recipe="poda"`` (default) is the
+   official code's recipe for both halves (``famix.style.image_pin``; fine-tuning at batch 8, crop 768,
+   without jitter, flip or label smoothing, fp32, whatever the checkpoint used); ``recipe="famix"`` mines
+   each image on its own and keeps the checkpoint's augmentation (docs/adapt.md). It is a checkpoint like
+   any other (``famix eval`` / ``predict``
    load it; its config says ``freeze: backbone``), written every ``ckpt_interval`` steps too: an
    interrupted run resumes from it, a folder made with other settings is refused (as ``famix train``).
 

@@ -17,6 +17,7 @@ import famix
 from famix.cli import main
 from famix.engine import hub
 from famix.world.synthetic import render
+from tests.cli_errors import one_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,14 +165,6 @@ def test_push_uploads_the_saved_folder(trained, tmp_path, monkeypatch, capsys):
         "files": ["README.md", "config.json", "model.safetensors"],
     }
     assert "https://huggingface.co/owner/tiny" in capsys.readouterr().out
-
-
-def one_line(capsys, *argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in argv])
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
-    return err
 
 
 def test_bad_sources_and_images(trained, tmp_path, capsys):

@@ -21,6 +21,7 @@ from famix.engine.checkpoint import load_segmenter
 from famix.engine.inference import InferenceSettings
 from famix.stages import evaluate
 from tests import fake_datasets as fake
+from tests.cli_errors import one_line
 
 SPEC = "synthetic:night:3:5:size=40"
 
@@ -249,14 +250,6 @@ def test_flip_runs_on_a_fixed_size_onnx_file(checkpoint, tmp_path):
     a = np.array(Image.open(tmp_path / "a" / "im_trainid.png"))
     b = np.array(Image.open(tmp_path / "b" / "im_trainid.png"))
     assert (a == b).mean() > 0.999  # ONNX Runtime's float32 against PyTorch's
-
-
-def one_line(capsys, *argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in argv])
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
-    return err
 
 
 def test_bad_test_time_options(checkpoint, tmp_path, capsys):

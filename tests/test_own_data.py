@@ -25,6 +25,7 @@ from famix.stages import mine
 from famix.style.bank import StyleBank
 from famix.world.synthetic import render
 from tests import fake_datasets as fake
+from tests.cli_errors import one_line
 
 # The world's trainIds: road 0, sidewalk 1, building 2, wall 3, fence 4, pole 5, traffic light 6, sign 7,
 # vegetation 8, terrain 9, sky 10, person 11, car 13 (and 255, ignore).
@@ -301,15 +302,6 @@ def test_cityscapes_categories_from_the_19_class_confusion(tmp_path, checkpoint,
     assert (tmp_path / "19.json").read_text() != (tmp_path / "7.json").read_text()
 
 
-def one_line_error(capsys, *argv, hint: bool = False) -> str:
-    """The error line of a refused command (``hint``: the expected folder layout may follow it)."""
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(*argv)
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code != 0 and (hint or len(err.splitlines()) == 1), err
-    return err.splitlines()[0]
-
-
 def test_bad_own_data_inputs(tmp_path, monkeypatch, capsys, checkpoint):
     monkeypatch.chdir(tmp_path)
     write_folder(tmp_path / "data", FIVE, "index")
@@ -341,13 +333,13 @@ def test_bad_own_data_inputs(tmp_path, monkeypatch, capsys, checkpoint):
     assert "label colour (1, 2, 3) is not a known id" in out
 
     Path("dup.yaml").write_text("classes: [{name: a, ids: [1]}, {name: b, ids: [1, 2]}]\n")
-    err = one_line_error(capsys, "train", "-c", "tiny", "model.classes=dup.yaml")
+    err = one_line(capsys, "train", "-c", "tiny", "model.classes=dup.yaml")
     assert "label set dup.yaml: id 1 is claimed by both 'a' and 'b'" in err
     Path("twice.yaml").write_text("classes: [road, road]\n")
-    err = one_line_error(capsys, "mine", "-c", "tiny", "model.classes=twice.yaml")
+    err = one_line(capsys, "mine", "-c", "tiny", "model.classes=twice.yaml")
     assert "label set twice.yaml: two classes are named 'road'" in err
 
-    err = one_line_error(capsys, "eval", checkpoint, "--data", "folder:data:val", "--classes", "five.yaml")
+    err = one_line(capsys, "eval", checkpoint, "--data", "folder:data:val", "--classes", "five.yaml")
     assert "predicts 19 classes (road, sidewalk" in err and "--classes five.yaml is 5 classes (flat" in err
     assert "--group" in err
 
@@ -364,7 +356,7 @@ def test_bad_own_data_inputs(tmp_path, monkeypatch, capsys, checkpoint):
         ],
     )
     mine.run(cfg19, progress=False)
-    err = one_line_error(
+    err = one_line(
         capsys,
         "train",
         "-c",
@@ -379,7 +371,7 @@ def test_bad_own_data_inputs(tmp_path, monkeypatch, capsys, checkpoint):
     assert "the model's label set (model.classes) is 5 classes (flat" in err
 
     Path("empty").mkdir()
-    err = one_line_error(
+    err = one_line(
         capsys,
         "train",
         "-c",
@@ -390,7 +382,7 @@ def test_bad_own_data_inputs(tmp_path, monkeypatch, capsys, checkpoint):
         hint=True,
     )
     assert err.endswith("data.train folder:empty:train: folder: images folder not found: empty/images/train")
-    err = one_line_error(capsys, "train", "-c", "tiny", "model.classes=five.yaml", "model.class_names=[a, b]")
+    err = one_line(capsys, "train", "-c", "tiny", "model.classes=five.yaml", "model.class_names=[a, b]")
     assert "contradicts model.classes" in err
 
 

@@ -62,11 +62,14 @@ def test_map_ids_matches_a_loop(shape, dtype):
     if dtype != np.uint8:
         raw.flat[-1] = 300
     expected = np.full(shape, 255, np.uint8)
+    unclaimed = np.ones(shape, bool)
     for idx in np.ndindex(*shape):
+        unclaimed[idx] = int(raw[idx]) != ls.ignore_index
         for k, c in enumerate(ls.classes):
             if int(raw[idx]) in c.ids:
-                expected[idx] = k
+                expected[idx], unclaimed[idx] = k, False
     assert np.array_equal(ls.map_ids(raw), expected)
+    assert np.array_equal(ls.unclaimed_ids(raw), unclaimed) and unclaimed.any() and not unclaimed.all()
 
 
 @pytest.mark.parametrize("shape", [(4, 6), (9, 3), (1, 1)])
@@ -89,6 +92,9 @@ def test_map_colors_matches_a_loop(shape):
             if tuple(int(v) for v in rgb[idx]) == c.color:
                 expected[idx] = k
     assert np.array_equal(ls.map_colors(rgb), expected)
+    unclaimed = np.array([[tuple(int(v) for v in rgb[i]) not in {(1, 2, 3), (255, 0, 0), (9, 9, 9), (0, 0, 0)}
+                           for i in np.ndindex(*shape)]]).reshape(shape)  # fmt: skip
+    assert np.array_equal(ls.unclaimed_colors(rgb), unclaimed)
     unknown = {tuple(int(v) for v in rgb[i]) for i in np.ndindex(*shape)} - {
         (1, 2, 3),
         (255, 0, 0),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib.resources
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -113,13 +114,20 @@ class LabelSet:
 
     def id_lut(self) -> np.ndarray:
         """uint8 [max(256, largest id + 2)]: raw id -> class index, 255 for ignore and unclaimed ids; the last
-        entry is unclaimed, so ids beyond the table may be clamped to it."""
+        entry is unclaimed, so ids beyond the table may be clamped to it. Built once per label set."""
+        return self._luts[0]
+
+    @cached_property
+    def _luts(self) -> tuple[np.ndarray, np.ndarray]:
+        # (id -> class index, id -> claimed by a class or ignore_index), both of the same length
         largest = max([self.ignore_index, *(i for c in self.classes for i in c.ids)])
         lut = np.full(max(256, largest + 2), IGNORE_INDEX, np.uint8)
         for k, c in enumerate(self.classes):
             lut[list(c.ids)] = k
         lut[self.ignore_index] = IGNORE_INDEX
-        return lut
+        claimed = np.zeros(len(lut), bool)
+        claimed[list(self.claimed_ids())] = True
+        return lut, claimed
 
     def claimed_ids(self) -> frozenset[int]:
         """The raw ids a label file may hold: every class's ids and ``ignore_index``."""
@@ -132,18 +140,36 @@ class LabelSet:
 
     def map_ids(self, raw: np.ndarray) -> np.ndarray:
         """Raw ids [H, W] (any integer dtype) -> class indices uint8 [H, W] (255: ignore or unclaimed)."""
-        lut = self.id_lut()
-        return lut[np.minimum(raw, len(lut) - 1).astype(np.intp)] if raw.dtype != np.uint8 else lut[raw]
+        return self.id_lut()[self._index(raw)]
+
+    def unclaimed_ids(self, raw: np.ndarray) -> np.ndarray:
+        """bool [H, W]: the pixels of raw ids [H, W] that neither a class nor ``ignore_index`` claims."""
+        return ~self._luts[1][self._index(raw)]
+
+    def _index(self, raw: np.ndarray) -> np.ndarray:
+        # raw ids as indices into the tables; ids beyond them clamp onto the last, unclaimed entry
+        return raw if raw.dtype == np.uint8 else np.minimum(raw, len(self.id_lut()) - 1).astype(np.intp)
 
     def map_colors(self, rgb: np.ndarray) -> np.ndarray:
         """Colour labels [H, W, 3] uint8 -> class indices uint8 [H, W] (255: ``ignore_color`` or a colour
         no class has). Needs every class's colour (``check_colors``)."""
+        return self._find_colors(rgb)[0]
+
+    def unclaimed_colors(self, rgb: np.ndarray) -> np.ndarray:
+        """bool [H, W]: the pixels of colour labels [H, W, 3] whose colour neither a class nor
+        ``ignore_color`` has."""
+        classes, code = self._find_colors(rgb)
+        ignored = code == _rgb_code(np.array(self.ignore_color, np.uint8)) if self.ignore_color else False
+        return (classes == IGNORE_INDEX) & ~ignored
+
+    def _find_colors(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # (class indices [H, W], 255 where no class has the colour; the colour codes [H, W])
         code = _rgb_code(rgb)  # [H, W]
         keys = _rgb_code(np.array([c.color for c in self.classes], np.uint8)[None])[0]  # [K]
         order = np.argsort(keys)
         at = np.clip(np.searchsorted(keys[order], code), 0, len(keys) - 1)
         found = keys[order][at] == code
-        return np.where(found, order[at], IGNORE_INDEX).astype(np.uint8)
+        return np.where(found, order[at], IGNORE_INDEX).astype(np.uint8), code
 
     def unknown_colors(self, rgb: np.ndarray) -> list[tuple[int, int, int]]:
         """The colours of ``rgb`` [H, W, 3] that no class has (``ignore_color`` excepted)."""
@@ -158,8 +184,7 @@ class LabelSet:
         if missing:
             raise LabelSetError(
                 f"{where}: encoding=rgb reads each label pixel's colour, but class(es) {', '.join(missing)} "
-                "of "
-                "the label set have no color: give every class a color: [R, G, B]"
+                "of the label set have no color: give every class a color: [R, G, B]"
             )
 
     def group_lut(self, num_classes: int, where: str = "--group"):
@@ -174,8 +199,7 @@ class LabelSet:
             if outside:
                 raise LabelSetError(
                     f"{where}: class {c.name!r} groups ids {outside}, but the model has {num_classes} "
-                    "classes "
-                    f"(0-{num_classes - 1}): a grouping's ids are the model's class indices"
+                    f"classes (0-{num_classes - 1}): a grouping's ids are the model's class indices"
                 )
             lut[list(c.ids)] = g
         free = (lut < 0).nonzero().flatten().tolist()

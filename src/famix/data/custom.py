@@ -91,9 +91,8 @@ class Layout:
                 if im.mode in ("RGB", "RGBA"):
                     raise DatasetError(
                         f"label {path} is a colour image (mode {im.mode}), but encoding=index reads raw ids "
-                        "from "
-                        "grey or palette PNGs: pass the folder option encoding=rgb to look its colours up "
-                        "among the label set's colors"
+                        "from grey or palette PNGs: pass the folder option encoding=rgb to look its colours "
+                        "up among the label set's colors"
                     )
                 return np.array(im)
         except DatasetError:
@@ -103,6 +102,10 @@ class Layout:
 
     def to_classes(self, raw: np.ndarray, labels: LabelSet) -> np.ndarray:
         return labels.map_colors(raw) if self.encoding == "rgb" else labels.map_ids(raw)
+
+    def unclaimed(self, raw: np.ndarray, labels: LabelSet) -> np.ndarray:
+        """bool [H, W]: the pixels of a label file whose id (or colour) no class claims (one table lookup)."""
+        return labels.unclaimed_colors(raw) if self.encoding == "rgb" else labels.unclaimed_ids(raw)
 
     def unknown(self, raw: np.ndarray, labels: LabelSet) -> list:
         """The raw ids (or colours) of a label file that no class claims."""
@@ -128,16 +131,15 @@ class FolderDataset(PairedDataset):
 
     def read_label(self, pair: Pair) -> np.ndarray:
         raw = self.layout.raw(pair.label)
-        if not self.warned:
-            unknown = self.layout.unknown(raw, self.labels)
+        if not self.warned and self.layout.unclaimed(raw, self.labels).any():
+            unknown = self.layout.unknown(raw, self.labels)  # listed only for the warning
             if unknown:
                 self.warned = True
                 warnings.warn(
                     f"folder: label {pair.label} holds {len(unknown)} value(s) no class of the label set "
-                    "claims "
-                    f"(e.g. {unknown[0]}; expected {self.layout.expected(self.labels)}): counted as ignore "
-                    "(255). Add them to a class's ids (or colors), or run `famix datasets check folder ROOT "
-                    "--classes FILE` to list every such value; this warning is shown once",
+                    f"claims (e.g. {unknown[0]}; expected {self.layout.expected(self.labels)}): counted as "
+                    "ignore (255). Add them to a class's ids (or colors), or run `famix datasets check "
+                    "folder ROOT --classes FILE` to list every such value; this warning is shown once",
                     stacklevel=2,
                 )
         return self.layout.to_classes(raw, self.labels)

@@ -107,6 +107,7 @@ def test_save_pretrained_round_trip_and_model_card(trained, tmp_path):
     )
     again = b.save_pretrained(tmp_path / "again")  # a loaded model saves the same weights
     assert (again / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
+    assert f"| `{spec}` |" in (a.save_pretrained(tmp_path / "from-model") / "README.md").read_text()
     main(["save", str(folder), str(tmp_path / "third")])  # a folder re-saved: its evaluations kept
     assert f"| `{spec}` |" in (tmp_path / "third" / "README.md").read_text()
 

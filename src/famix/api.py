@@ -26,6 +26,7 @@ from famix.engine.checkpoint import checkpoint_amp, load_checkpoint, load_segmen
 from famix.engine.distributed import resolve_device
 from famix.engine.evaluate import EvalResult, evaluate_specs
 from famix.engine.inference import InferenceSettings, eval_mode, predict_logits
+from famix.engine.predict import predict_ids
 from famix.engine.protocols import resolve as resolve_protocol
 from famix.stages import adapt as adapt_stage
 from famix.stages import evaluate as evaluate_stage
@@ -40,8 +41,15 @@ class Segmenter:
     ``network`` is the ``torch.nn.Module`` (normalised images [B, 3, H, W] -> logits [B, K, H, W]);
     ``labels`` its label set (class names, colours)."""
 
-    def __init__(self, network: torch.nn.Module, config: ModelConfig, checkpoint: dict, device: torch.device):
-        self.network, self.config, self.device = network, config, device
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        config: ModelConfig,
+        checkpoint: dict,
+        device: torch.device,
+        source: str | os.PathLike | None = None,
+    ):
+        self.network, self.config, self.device, self.source = network, config, device, source
         self.labels: LabelSet = config.label_set()
         self.checkpoint = checkpoint  # what save_pretrained writes: weights, config, run record
 
@@ -61,9 +69,10 @@ class Segmenter:
         self.network.to(self.device)
         return self
 
-    def _logits(
-        self, images, scale, ensemble, window, stride, amp, batch_size, flip, scales
-    ) -> tuple[list, bool]:
+    def _batches(self, images, tta_args: tuple, amp: str | None, batch_size: int):
+        """(whether one image was given, [(input indices, uint8 batch [B, 3, H, W] on the CPU)] of equal
+        sizes, ``batch_size`` at most, the input count, the settings, the autocast dtype): every input is
+        checked before the first batch is segmented."""
         single = not isinstance(images, list | tuple) and not (
             isinstance(images, np.ndarray | torch.Tensor) and images.ndim == 4
         )
@@ -72,22 +81,16 @@ class Segmenter:
             raise ValueError("predict: give at least one image")
         if batch_size < 1:
             raise ValueError(f"predict: batch_size={batch_size}: give a number >= 1")
-        tensors = [as_rgb(x, "the image" if single else f"image {i}") for i, x in enumerate(items)]
+        scale, ensemble, window, stride, flip, scales = tta_args
         tta = InferenceSettings(scale, ensemble, window, stride, flip, tuple(scales) if scales else None)
         dtype = amp_dtype(amp or checkpoint_amp(self.checkpoint), self.device)
+        tensors = [as_rgb(x, "the image" if single else f"image {i}") for i, x in enumerate(items)]
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, t in enumerate(tensors):
             by_size.setdefault(tuple(t.shape[1:]), []).append(i)
-        out: list = [None] * len(tensors)
-        with eval_mode(self.network), torch.inference_mode():
-            for indices in by_size.values():
-                for start in range(0, len(indices), batch_size):
-                    chunk = indices[start : start + batch_size]
-                    x = normalize(torch.stack([tensors[i] for i in chunk]).to(self.device))  # [B, 3, H, W]
-                    logits = predict_logits(self.network, x, tta, amp_dtype=dtype)  # [B, K, H, W]
-                    for i, one in zip(chunk, logits, strict=True):
-                        out[i] = one
-        return out, single
+        chunks = [g[j : j + batch_size] for g in by_size.values() for j in range(0, len(g), batch_size)]
+        batches = [(c, torch.stack([tensors[i] for i in c])) for c in chunks]
+        return single, batches, len(tensors), tta, dtype
 
     def predict(
         self,
@@ -104,10 +107,17 @@ class Segmenter:
         """Class-index maps (uint8 [H, W] at each input's size) of one image or a list, with the test-time
         settings of ``famix predict`` (``scale``, ``ensemble``, ``scales``, ``flip``, sliding
         ``window``/``stride``, autocast ``amp`` on CUDA, default the checkpoint's ``run.amp``); images of
-        one size are segmented ``batch_size`` at a time."""
-        logits, single = self._logits(images, scale, ensemble, window, stride, amp, batch_size, flip, scales)
-        maps = [one.argmax(0).to(torch.uint8).cpu().numpy() for one in logits]
-        return maps[0] if single else maps
+        one size are segmented ``batch_size`` at a time, one host copy per batch (``famix predict``'s
+        path)."""
+        args = (scale, ensemble, window, stride, flip, scales)
+        single, batches, n, tta, dtype = self._batches(images, args, amp, batch_size)
+        out: list = [None] * n
+        with eval_mode(self.network), torch.inference_mode():
+            for chunk, batch in batches:
+                ids = predict_ids(self.network, batch, self.device, tta, dtype)  # [B, H, W] uint8
+                for i, one in zip(chunk, ids, strict=True):
+                    out[i] = one
+        return out[0] if single else out
 
     def predict_logits(
         self,
@@ -122,8 +132,15 @@ class Segmenter:
         scales: Sequence[float] | None = None,
     ) -> torch.Tensor | list[torch.Tensor]:
         """:meth:`predict`'s logits: float [K, H, W] on the CPU per image."""
-        logits, single = self._logits(images, scale, ensemble, window, stride, amp, batch_size, flip, scales)
-        out = [one.float().cpu() for one in logits]
+        args = (scale, ensemble, window, stride, flip, scales)
+        single, batches, n, tta, dtype = self._batches(images, args, amp, batch_size)
+        out: list = [None] * n
+        with eval_mode(self.network), torch.inference_mode():
+            for chunk, batch in batches:
+                x = normalize(batch.to(self.device))  # [B, 3, H, W]
+                logits = predict_logits(self.network, x, tta, amp_dtype=dtype)  # [B, K, H, W]
+                for i, one in zip(chunk, logits.float().cpu(), strict=True):
+                    out[i] = one
         return out[0] if single else out
 
     def colorize(self, ids: np.ndarray) -> np.ndarray:
@@ -143,7 +160,7 @@ def load(source: str | os.PathLike, device: str = "auto") -> Segmenter:
     ckpt = load_checkpoint(source)
     network, cfg = load_segmenter(ckpt, device=dev)
     kept = {k: ckpt[k] for k in ("config", "run", "cur_itrs", "best_score", "pretrained") if k in ckpt}
-    return Segmenter(network, cfg, kept, dev)
+    return Segmenter(network, cfg, kept, dev, source)
 
 
 def save_pretrained(
@@ -157,14 +174,9 @@ def save_pretrained(
     checkpoint), and the style bank if ``bank`` (a path, or ``"auto"``: the one it was trained with)."""
     if not isinstance(model, Segmenter):
         return share.save(model, folder, bank, force, say=lambda _: None)
-    from famix.engine import pretrained
-
     state = {k: v.detach().cpu() for k, v in model.network.state_dict().items()}
     ckpt = {**model.checkpoint, "model_state": state}
-    ckpt.setdefault("config", {"model": vars(model.config)})
-    evals = model.checkpoint.get("pretrained", {}).get("evaluations", [])
-    bank_path = share._bank(ckpt, bank)
-    return pretrained.write_folder(ckpt, folder, Path(folder).resolve().name, evals, bank_path, force)
+    return share.save(ckpt, folder, bank, force, say=lambda _: None, source=model.source)
 
 
 def push(

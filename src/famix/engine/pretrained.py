@@ -18,7 +18,6 @@ import math
 import shutil
 from pathlib import Path
 
-import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -70,8 +69,7 @@ def read_folder(folder: str | Path) -> dict:
         raise ValueError(
             f"{config} was written by famix {info.get('version')}, another major version than this famix "
             f"{__version__}: load it with famix {major(info.get('version', '0'))}.x, or re-save the "
-            "checkpoint "
-            "with this version"
+            "checkpoint with this version"
         )
     weights = folder / WEIGHTS
     if not weights.is_file():
@@ -201,11 +199,11 @@ def write_folder(
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{folder} is a file: pass a folder to save the model into")
+    try:
+        ours = json.loads((folder / CONFIG).read_text())["famix"]["format"] == FORMAT
+    except (OSError, ValueError, KeyError, TypeError):
+        ours = False
     if folder.is_dir() and any(folder.iterdir()) and not force:
-        try:
-            ours = json.loads((folder / CONFIG).read_text())["famix"]["format"] == FORMAT
-        except (OSError, ValueError, KeyError, TypeError):
-            ours = False
         if not ours:
             raise FileExistsError(
                 f"{folder} is not empty and was not written by `famix save`: pass another folder (or --force "
@@ -223,27 +221,24 @@ def write_folder(
         "run": ckpt.get("run"),
         "steps": int(ckpt.get("cur_itrs", 0)),
         "best_score": float(ckpt.get("best_score", 0.0)),
-        "evaluations": [
-            {"file": e["file"], **{k: v for k, v in e.items() if k in ("datasets",)}} for e in evals
+        "evaluations": [  # scores only: the confusion matrices stay in the result files
+            {
+                "file": e["file"],
+                "test_time": e.get("test_time"),
+                "datasets": {
+                    spec: {"miou": r.get("miou"), "per_class_iou": r.get("per_class_iou")}
+                    for spec, r in e["datasets"].items()
+                },
+            }
+            for e in evals
         ],
     }
-    for e in meta["evaluations"]:  # scores only: confusion matrices stay in the result files
-        e["datasets"] = {
-            s: {"miou": r.get("miou"), "per_class_iou": r.get("per_class_iou")}
-            for s, r in e["datasets"].items()
-        }
-    text = json.dumps(meta, indent=1, default=_plain)
+    text = json.dumps(meta, indent=1)
     atomic_write(folder / CONFIG, lambda tmp: tmp.write_text(text + "\n"))
     card = model_card(name, ckpt, evals, Path(bank).name if bank else None)
     atomic_write(folder / CARD, lambda tmp: tmp.write_text(card))
     if bank is not None:
         atomic_write(folder / BANK, lambda tmp: shutil.copyfile(bank, tmp))
+    elif ours and (folder / BANK).is_file():  # an earlier save's bank: not this model's any more
+        (folder / BANK).unlink()
     return folder
-
-
-def _plain(value):
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON")

@@ -36,15 +36,25 @@ def _bank(ckpt: dict, bank: str | None) -> Path | None:
 
 
 def save(
-    checkpoint: str | Path, folder: str | Path, bank: str | None = None, force: bool = False, say=print
+    checkpoint: str | Path | dict,
+    folder: str | Path,
+    bank: str | None = None,
+    force: bool = False,
+    say=print,
+    source: str | Path | None = None,
 ) -> Path:
-    """Save ``checkpoint`` (a file, a saved folder, or a Hub id) as a model folder; returns the folder."""
+    """Save ``checkpoint`` (a file, a saved folder, a Hub id, or a checkpoint dict read from ``source``) as a
+    model folder; returns the folder. The model card lists the evaluations beside a checkpoint file, or
+    those a saved folder's config lists."""
     single_process("famix save", "every rank would write the same files")
-    ckpt = load_checkpoint(checkpoint)
-    source = pretrained.resolve(checkpoint)
-    if source.is_file():
-        evals = pretrained.evaluations(source)
-    else:  # a saved folder: the evaluations its config.json lists
+    if isinstance(checkpoint, dict):
+        ckpt = checkpoint
+    else:
+        ckpt, source = load_checkpoint(checkpoint), checkpoint
+    where = pretrained.resolve(source) if source is not None else None
+    if where is not None and where.is_file():
+        evals = pretrained.evaluations(where)
+    else:  # a saved folder (or a model with no file): the evaluations its config.json lists
         evals = ckpt.get("pretrained", {}).get("evaluations", [])
     bank_path = _bank(ckpt, bank)
     out = pretrained.write_folder(ckpt, folder, Path(folder).resolve().name, evals, bank_path, force)

@@ -203,12 +203,11 @@ def write_folder(
         ours = json.loads((folder / CONFIG).read_text())["famix"]["format"] == FORMAT
     except (OSError, ValueError, KeyError, TypeError):
         ours = False
-    if folder.is_dir() and any(folder.iterdir()) and not force:
-        if not ours:
-            raise FileExistsError(
-                f"{folder} is not empty and was not written by `famix save`: pass another folder (or --force "
-                "to write into it)"
-            )
+    if folder.is_dir() and any(folder.iterdir()) and not force and not ours:
+        raise FileExistsError(
+            f"{folder} is not empty and was not written by `famix save`: pass another folder (or --force "
+            "to write into it)"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     state = {k.removeprefix("module."): v.detach().cpu().contiguous() for k, v in ckpt["model_state"].items()}
     save_safetensors(state, folder / WEIGHTS, {"format": "pt", "famix_version": __version__})

@@ -113,7 +113,8 @@ def test_evaluate_stage_caches_each_spec_by_what_decides_it(checkpoint, monkeypa
     monkeypatch.setattr(evaluate, "evaluate_specs", lambda *a, **k: computed.append(a[1]) or real(*a, **k))
     neutral = evaluate.EvalSettings(amp="off", device="cpu", batch_size=2, workers=0)
     again, _ = evaluate.run(checkpoint, specs, neutral, progress=False, say=said.append)
-    assert computed == [] and again == first and len(said) == 2 and "reusing the cached result" in said[0]
+    assert computed == [] and again == first and len(said) == 3 and "reusing the cached result" in said[0]
+    assert said[-1] == "protocol paper: full resolution (FAMix's protocol); test time: plain; precision: off"
     scaled = evaluate.EvalSettings(InferenceSettings(scale=0.5), amp="off", device="cpu")
     evaluate.run(checkpoint, specs[:1], scaled, progress=False)
     assert computed == [specs[:1]]  # another test-time setting: its own result, not the cached one

@@ -49,7 +49,11 @@ def _tta(args):
     from famix.engine.inference import InferenceSettings
 
     scales = tuple(args.scales) if args.scales else None
-    return InferenceSettings(args.scale, args.ensemble, args.window, args.stride, args.flip, scales)
+    # reproduce's evaluation takes --flip / --scales only (its protocols set the rest)
+    scale, ensemble, window, stride = (
+        getattr(args, k, None) for k in ("scale", "ensemble", "window", "stride")
+    )
+    return InferenceSettings(scale, bool(ensemble), window, stride, args.flip, scales)
 
 
 def cmd_eval(args) -> None:
@@ -69,7 +73,6 @@ def cmd_eval(args) -> None:
     with _session(args.device) as info:  # under torchrun each rank evaluates its share of every dataset
         results, names = evaluate.run(args.checkpoint, args.data, settings, report=args.json or "auto")
     if info.main:
-        print(evaluate.describe_run(args.checkpoint, settings))
         if args.paper_table:
             print(format_paper_table(results))
         print(format_table(results, names, per_class=args.per_class))

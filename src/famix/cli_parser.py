@@ -89,13 +89,7 @@ def _add_reproduce(sub) -> None:
     r.add_argument("--dry-run", action="store_true", help="print the stages, what is done, the data checks")
     _protocol_option(r)
     _tta_options(r)
-    r.add_argument(
-        "--amp",
-        choices=["bf16", "fp16", "off"],
-        help="evaluation autocast on CUDA (default: the run's run.amp)",
-    )
-    for name in ("scale", "ensemble", "window", "stride"):  # reproduce's evaluation takes the protocols' only
-        r.set_defaults(**{name: False if name == "ensemble" else None})
+    _amp_option(r, "evaluation autocast")
 
 
 def _protocol_option(parser) -> None:
@@ -104,6 +98,12 @@ def _protocol_option(parser) -> None:
         default="paper",
         choices=["paper", "mmseg"],
         help="paper: full resolution (FAMix's); mmseg: the Rein family's resize + 512 windows per dataset",
+    )
+
+
+def _amp_option(parser, what: str) -> None:
+    parser.add_argument(
+        "--amp", choices=["bf16", "fp16", "off"], help=f"{what} on CUDA (default: the checkpoint's run.amp)"
     )
 
 
@@ -175,11 +175,7 @@ def _add_eval_predict(sub) -> None:
         )
         s.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: 2/3 window)")
         s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-        s.add_argument(
-            "--amp",
-            choices=["bf16", "fp16", "off"],
-            help="autocast dtype on CUDA (default: the checkpoint's run.amp)",
-        )
+        _amp_option(s, "autocast")
 
 
 def _add_export(sub) -> None:

@@ -18,7 +18,7 @@ from famix.data.classes import LabelSet, from_names, parse
 from famix.data.labels import CLASS_NAMES
 from famix.data.readers import image_size, read_image
 from famix.data.transforms import normalize
-from famix.engine.checkpoint import load_checkpoint, load_segmenter, model_config
+from famix.engine.checkpoint import checkpoint_amp, load_checkpoint, load_segmenter
 from famix.engine.exported import OnnxSegmenter
 from famix.engine.inference import PLAIN, InferenceSettings, eval_mode, predict_logits
 from famix.engine.video import import_av, segment_video
@@ -107,36 +107,36 @@ def predict_ids(
     return logits.argmax(1).to(torch.uint8).cpu().numpy()
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The model ``famix predict`` runs: a checkpoint's segmenter, or an ``.onnx`` file from ``famix export``
-    run by ONNX Runtime (:class:`famix.engine.exported.OnnxSegmenter`; needs ``famix[export]``).
+def load_model(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, LabelSet, str]:
+    """The model ``famix predict`` runs, read once: (a checkpoint's segmenter, or an ``.onnx`` file from
+    ``famix export`` run by ONNX Runtime (:class:`famix.engine.exported.OnnxSegmenter`; needs
+    ``famix[export]``); its label set (the colours of the outputs); the autocast it was trained with
+    (``run.amp``; "off" for ONNX files, which compute in their own float32)).
 
     An ONNX model goes through the same :func:`predict_logits`, so ``--scale``/``--ensemble``/``--window``
     work wherever the sizes they produce fit the file (e.g. a fixed 512x512 file runs ``--window 512`` on
-    images at least that large); sizes that do not fit raise ValueError naming the sizes it takes.
+    images at least that large); sizes that do not fit raise ValueError naming the sizes it takes. An ONNX
+    file's label set is in its metadata (files from before label sets: that of their class names).
     """
     path = Path(path)
     if path.suffix.lower() == ".onnx":
-        return OnnxSegmenter(path, device)
+        model = OnnxSegmenter(path, device)
+        meta = model.metadata
+        if "label_set" in meta:
+            labels = parse(json.loads(meta["label_set"]), f"the label set in {path}'s metadata")
+        else:
+            labels = from_names(json.loads(meta["class_names"]) if "class_names" in meta else CLASS_NAMES)
+        return model, labels, "off"
     if path.suffix.lower() == ".pt2" or path.name.endswith(".torchscript.pt"):
         raise ValueError(
             f"{path} is an exported program / TorchScript file: famix predict takes a checkpoint or an .onnx "
             "file (load .pt2 with torch.export.load, TorchScript with torch.jit.load)"
         )
-    return load_segmenter(path, device=device)[0]
-
-
-def model_label_set(path: str | os.PathLike, model: torch.nn.Module) -> LabelSet:
-    """The label set of ``model`` loaded from ``path`` (:func:`load_model`): a checkpoint's (its config), or
-    an ONNX file's (its metadata; files from before label sets: the label set of their class names)."""
-    if isinstance(model, OnnxSegmenter):
-        meta = model.metadata
-        if "label_set" in meta:
-            return parse(json.loads(meta["label_set"]), f"the label set in {path}'s metadata")
-        return (
-            from_names(json.loads(meta["class_names"])) if "class_names" in meta else from_names(CLASS_NAMES)
-        )
-    return model_config(load_checkpoint(path)).label_set()
+    ckpt = load_checkpoint(path)
+    model, cfg = load_segmenter(ckpt, device=device)
+    return model, cfg.label_set(), checkpoint_amp(ckpt)
 
 
 def _size_batches(paths: Sequence[Path], batch_size: int) -> list[list[int]]:

@@ -92,12 +92,6 @@ def _given(s: EvalSettings, labels: LabelSet, group: LabelSet | None) -> dict:
     return {**out, "group": group.to_dict()} if group is not None else out
 
 
-def describe_run(checkpoint: str | Path, settings: EvalSettings) -> str:
-    """The line printed above the tables: protocol, test-time settings and the precision used."""
-    amp, _ = precision(settings, load_checkpoint(checkpoint), resolve_device(settings.device, current()))
-    return describe_protocol(settings.protocol, settings.tta, amp)
-
-
 def is_cached(checkpoint: str | Path, spec: str, settings: EvalSettings) -> bool:
     """Whether :func:`run` would return ``spec``'s result from the checkpoint's cache."""
     path = cache_path(checkpoint)
@@ -177,4 +171,6 @@ def run(
             extra["grouped_from"] = labels.to_dict()
         write_results(results, report, names, extra)
         say(f"results written to {report}")
+    if info.main:  # the line above the tables
+        say(describe_protocol(s.protocol, s.tta, amp_name))
     return results, names

@@ -12,9 +12,7 @@ from pathlib import Path
 from famix.data.labels import CLASS_NAMES
 from famix.engine import pretrained, servers
 from famix.engine.amp import amp_dtype
-from famix.engine.checkpoint import checkpoint_amp, load_checkpoint
 from famix.engine.distributed import resolve_device, single_process
-from famix.engine.exported import OnnxSegmenter
 from famix.engine.inference import PLAIN, InferenceSettings
 from famix.engine.outputs import check_folder
 from famix.engine.predict import (
@@ -23,7 +21,6 @@ from famix.engine.predict import (
     is_video,
     list_images,
     load_model,
-    model_label_set,
     predict_paths,
 )
 from famix.engine.runs import RunRecord, cached, file_fingerprint
@@ -54,8 +51,7 @@ def run(
     dev = resolve_device(device)
     check_folder(out, "--out")
     paths = list_images(inputs, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
-    model = load_model(checkpoint, dev)
-    labels = model_label_set(checkpoint, model)  # the colours of the outputs
+    model, labels, trained_amp = load_model(checkpoint, dev)  # labels: the colours of the outputs
     if server is not None:
         if any(is_video(p) for p in paths):
             raise ValueError(
@@ -71,8 +67,7 @@ def run(
             f"{'--server ' + server if server else '--outputs labelid'} writes Cityscapes ids, but the model "
             f"predicts {labels.describe()}: it needs a model of the 19 Cityscapes classes"
         )
-    if amp is None:  # the checkpoint's precision (ONNX files compute in their own float32)
-        amp = "off" if isinstance(model, OnnxSegmenter) else checkpoint_amp(load_checkpoint(checkpoint))
+    amp = amp or trained_amp  # one precision per checkpoint (ONNX files compute in their own float32)
     dtype = amp_dtype(amp, dev)
     record = RunRecord(
         "predict",

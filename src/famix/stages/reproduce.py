@@ -132,7 +132,9 @@ def check_plan(plan: Plan) -> None:
     labels = plan.cfg.model.label_set()
     check_specs([plan.cfg.data.train], "data.train", labels)
     check_specs(plan.cfg.data.val, "data.val", labels)
-    check_specs(plan.targets, "--targets", labels)
+    # each target as its evaluation will build it (the protocol may add a loader option)
+    built = [evaluate.resolve_protocol(plan.eval.protocol, t, plan.eval.tta)[0] for t in plan.targets]
+    check_specs(built, "--targets", labels)
     column_names(plan.targets)  # two targets in one column: refused now, not after training
     # files of another run in the way: refused now, not after mining or after the first seeds trained
     states = [mine.status(plan.cfg, FIX)]

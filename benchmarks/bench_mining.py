@@ -27,7 +27,7 @@ from common import base_parser, count_flops, peak_memory_bytes, report, setup, t
 from famix.data.labels import CLASS_NAMES, IGNORE_INDEX
 from famix.engine.mine import CUDA_PIN_CROPS
 from famix.models.clip import build_clip
-from famix.models.towers import is_vit, style_grid
+from famix.models.towers import style_grid, tower
 from famix.style.patch_mining import RECIPE_LR, MiningSettings, mine_batches
 from famix.style.vocabulary import DEFAULT_STYLE_WORDS
 
@@ -65,7 +65,7 @@ def main() -> None:
 
     clip = build_clip(args.backbone, seed=0).to(device).requires_grad_(False)
     visual, pool = clip.visual, style_grid(clip.visual)  # 56 for RN50, 14 for ViT-B/16
-    channels_last = channels_last and not is_vit(visual)  # as famix mine: NHWC for ResNets only
+    channels_last = channels_last and tower(visual).channels_last  # as famix mine: NHWC for ResNets only
     if channels_last:
         visual = visual.to(memory_format=torch.channels_last)
     g = torch.Generator(device).manual_seed(0)

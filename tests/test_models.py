@@ -9,9 +9,9 @@ import torch
 
 from famix.config import ModelConfig
 from famix.engine.checkpoint import load_model_state
-from famix.models.backbone import dilation_pattern
 from famix.models.build import SegmenterSpec, build_segmenter
 from famix.models.freeze import apply_freeze
+from famix.models.towers.resnet import dilation_pattern
 
 KEYS = Path(__file__).parent / "data" / "official_checkpoint_keys_rn50.txt"
 

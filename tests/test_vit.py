@@ -1,5 +1,5 @@
-"""CLIP ViT image towers as segmentation backbones (famix.models.vit): dense tokens against open_clip's own
-forward, positional-embedding resizing, the restyle site, freeze presets, sizes, checkpoints, export,
+"""CLIP ViT image towers as segmentation backbones (famix.models.towers.vit): dense tokens against open_clip's
+own forward, positional-embedding resizing, the restyle site, freeze presets, sizes, checkpoints, export,
 weight loading. Random weights, the tiny-vit config (patch 8, 5 blocks)."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from famix.engine.exported import load_exported
 from famix.models.build import build_segmenter
 from famix.models.clip import build_clip, get_clip_config
 from famix.models.segmenter import Segmenter
-from famix.models.vit import embed_tokens, interpolate_pos_embed, neck_steps, tokens_to_map
+from famix.models.towers.vit import embed_tokens, interpolate_pos_embed, neck_steps, tokens_to_map
 
 PATCH = 8  # tiny-vit's
 
@@ -218,7 +218,7 @@ def test_logits_have_the_input_size(hw):
         padded = F.pad(x, (0, -hw[1] % PATCH, 0, -hw[0] % PATCH))  # sides not multiples of P: zero-padded
         assert torch.equal(logits, model(padded)[..., : hw[0], : hw[1]])
     if hw[0] % PATCH:
-        with pytest.raises(ValueError, match="multiples of the patch size 8, got 50x37"):
+        with pytest.raises(ValueError, match="vit segmenter.s features need sides that are multiples of 8, got 50x37"):
             model.features(x)
 
 
@@ -252,7 +252,7 @@ def vit_checkpoint(tmp_path_factory):
 
 def test_checkpoints_load_and_mismatches_are_clear(vit_checkpoint, checkpoint):
     model, cfg = load_segmenter(vit_checkpoint)
-    assert cfg.backbone == "tiny-vit" and model.is_vit and not model.training
+    assert cfg.backbone == "tiny-vit" and model.family.name == "vit" and not model.training
     x = images(1, 3, 32, 48, seed=7)
     fresh = build_segmenter(vit_cfg(), seed=1).eval()
     with torch.no_grad():

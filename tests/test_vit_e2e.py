@@ -23,7 +23,9 @@ def test_cli_on_a_tiny_vit(tmp_path):
     main(["train", "-c", TINY_VIT, f"train.out={run}", f"style.bank={bank}", "train.iterations=4"])
     ckpt = load_checkpoint(run / "latest.pt")
     start = load_segmenter(run / "latest.pt")[0]
-    assert ckpt["cur_itrs"] == 4 and start.is_vit and ckpt["config"]["model"]["output_stride"] == 8
+    assert (
+        ckpt["cur_itrs"] == 4 and start.family.name == "vit" and ckpt["config"]["model"]["output_stride"] == 8
+    )
     spec = "synthetic:fog:2:5:size=64"
     main(
         ["eval", str(run / "latest.pt"), "--data", spec, "--workers", "0", "--json", str(tmp_path / "e.json")]

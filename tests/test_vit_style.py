@@ -16,12 +16,12 @@ from famix.config import load_config
 from famix.data.labels import IGNORE_INDEX
 from famix.models.clip import build_clip
 from famix.models.towers import (
-    is_vit,
     style_channels,
     style_features,
     style_grid,
     style_relu,
     style_tail,
+    tower,
 )
 from famix.stages.mine import run as mine
 from famix.style.bank import StyleBank
@@ -74,7 +74,12 @@ def test_towers_tell_resnets_from_vits(vit):
     size = vit.image_size[0]
     z = style_features(vit, torch.randn(1, 3, size, size))
     assert z.shape[1:] == (style_channels(vit), style_grid(vit), style_grid(vit))
-    assert (is_vit(rn), style_relu(rn), is_vit(vit), style_relu(vit)) == (False, True, True, False)
+    assert (tower(rn).name, style_relu(rn), tower(vit).name, style_relu(vit)) == (
+        "resnet",
+        True,
+        "vit",
+        False,
+    )
     with pytest.raises(TypeError, match="Linear"):
         style_features(nn.Linear(3, 3), x)
     with pytest.raises(ValueError, match="token grid"):

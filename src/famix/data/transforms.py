@@ -3,25 +3,27 @@ evaluation protocol's (centre crop-pad, resize to a height; numpy, before tensor
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN as CLIP_MEAN
+from open_clip.constants import OPENAI_DATASET_STD as CLIP_STD
 from PIL import Image
 
 from famix.data.labels import IGNORE_INDEX
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # (image uint8 [H, W, 3], trainIds uint8 [H, W]) -> same, applied before conversion to tensors.
 EvalTransform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def normalize(image: torch.Tensor) -> torch.Tensor:
-    """uint8 (or float in [0, 1]) [..., 3, H, W] -> float32 CLIP-normalised [..., 3, H, W]."""
-    mean = torch.tensor(CLIP_MEAN, device=image.device).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=image.device).view(3, 1, 1)
+def normalize(
+    image: torch.Tensor, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
+) -> torch.Tensor:
+    """uint8 (or float in [0, 1]) [..., 3, H, W] -> float32 [..., 3, H, W] normalised per RGB channel with
+    ``mean`` / ``std`` (the CLIP weights' own: OpenAI's by default; a segmenter's ``normalization``)."""
+    mean = torch.tensor(tuple(mean), device=image.device).view(3, 1, 1)
+    std = torch.tensor(tuple(std), device=image.device).view(3, 1, 1)
     x = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
     return (x - mean) / std
 

@@ -90,26 +90,35 @@ def default_output(checkpoint: str | Path, fmt: str) -> Path:
 
 
 def metadata(
-    cfg: ModelConfig, output_stride: int, fmt: str, size: tuple[int, int], dynamic: bool, vit: bool = False
+    cfg: ModelConfig,
+    output_stride: int,
+    fmt: str,
+    size: tuple[int, int],
+    dynamic: bool,
+    pad: int = 1,
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] = (CLIP_MEAN, CLIP_STD),
 ) -> dict:
-    """What a user of the file needs to know, as strings (ONNX metadata_props are str -> str). ``vit``: the
-    model is a ViT, whose export takes multiples of its patch size (``output_stride``) only."""
+    """What a user of the file needs to know, as strings (ONNX metadata_props are str -> str). ``pad``: the
+    eager model zero-pads inputs to multiples of it (``Segmenter.pad_multiple``: a ViT's patch size, a
+    ConvNeXt's 32), so a dynamic export takes multiples of it only;
+    ``normalization``: the model's (mean, std)."""
     least = 2 * output_stride if dynamic else None
-    multiple = output_stride if dynamic and vit else 1
+    multiple = pad if dynamic else 1
     shape = f"[B, 3, H, W], any B, H and W >= {least}" if dynamic else f"[1, 3, {size[0]}, {size[1]}]"
-    if dynamic and vit:
-        shape += f" and multiples of {output_stride}"
-    if vit:
+    if dynamic and pad > 1:
+        shape += f" and multiples of {pad}"
+    if pad > 1:
         shape += (
-            f" (zero-pad other sizes at the bottom and right to multiples of {output_stride}, as the eager "
+            f" (zero-pad other sizes at the bottom and right to multiples of {pad}, as the eager "
             "model does, and crop the logits back)"
         )
+    mean, std = normalization
     return {
         "famix_version": __version__,
         "format": fmt,
         "input": f"images: float32 {shape}, RGB in [0, 1] then (x - input_mean) / input_std per channel",
-        "input_mean": json.dumps(list(CLIP_MEAN)),
-        "input_std": json.dumps(list(CLIP_STD)),
+        "input_mean": json.dumps([float(v) for v in mean]),
+        "input_std": json.dumps([float(v) for v in std]),
         "output": "logits: float32 [B, K, H, W], K = num_classes; argmax over K: the class (label_set)",
         "num_classes": str(cfg.num_classes),
         "class_names": json.dumps(list(cfg.class_names)),
@@ -120,7 +129,7 @@ def metadata(
         "size": "dynamic" if dynamic else f"{size[0]}x{size[1]}",
         "size_multiple": str(multiple),
         "min_size": str(least or 1),
-        "pad_to_multiple": str(output_stride if vit else 1),
+        "pad_to_multiple": str(pad),
     }
 
 
@@ -159,7 +168,7 @@ def _takes_any_size(model: nn.Module, dynamic: bool) -> bool:
     # A ResNet runs any size as it is (convolutions, then resizes to the input's size), and torch.export
     # traces that for symbolic sizes. A ViT's forward pads to multiples of its patch size, a branch on the
     # size that torch.export cannot trace: its export takes multiples, and callers pad as it would.
-    return dynamic and not getattr(model, "is_vit", False)
+    return dynamic and getattr(model, "pad_multiple", 1) == 1
 
 
 def _export_program(model: nn.Module, example: torch.Tensor, multiple: int, dynamic: bool):
@@ -238,7 +247,8 @@ def export_model(
     multiple = model.output_stride  # total downsampling: a ResNet's dilated strides, a ViT's patch size
     check_size(size, multiple, dynamic)
     inputs = check_inputs(size, multiple, dynamic, any_size=_takes_any_size(model, dynamic))
-    meta = metadata(cfg, multiple, fmt, size, dynamic, vit=getattr(model, "is_vit", False))
+    pad, norm = getattr(model, "pad_multiple", 1), getattr(model, "normalization", (CLIP_MEAN, CLIP_STD))
+    meta = metadata(cfg, multiple, fmt, size, dynamic, pad, norm)
     if record is not None:
         meta["run"] = json.dumps(record, sort_keys=True)
     remove_stale_temps(out)  # what a killed export left behind

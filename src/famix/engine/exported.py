@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from famix.models.vit import pad_to_multiple
+from famix.models.towers.base import pad_to_multiple
 
 METADATA_FILE = "famix.json"  # the metadata's name inside .pt2 / TorchScript archives
 INSTALL_HINT = 'pip install "famix[export]"'

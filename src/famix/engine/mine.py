@@ -28,7 +28,7 @@ from famix.engine.distributed import DistInfo, barrier, current, require_session
 from famix.engine.runs import RunRecord
 from famix.engine.seeds import item_seed, sequence_seed
 from famix.models.clip import build_clip, weights_fingerprint
-from famix.models.towers import is_vit, style_channels, style_grid
+from famix.models.towers import style_channels, style_grid, tower
 from famix.progress import progress_bar
 from famix.style.bank import StyleBank
 from famix.style.patch_mining import MinedStyles, MiningSettings, mine_batches
@@ -113,7 +113,7 @@ def mine_pass(
         bank = StyleBank(list(cfg.model.class_names), style_channels(visual), metadata=dict(metadata))
     bank.check_compatible(style_channels(visual), cfg.model.class_names, out)
     per_call = pin_batches(m, device)
-    channels_last = device.type == "cuda" and not is_vit(visual)
+    channels_last = device.type == "cuda" and tower(visual).channels_last
     if channels_last:
         visual = visual.to(memory_format=torch.channels_last)
     (total, batches), size = mining_plan(cfg, dataset), m.batch_size

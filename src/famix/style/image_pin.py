@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from famix.models.towers import is_vit, style_relu, style_tail
+from famix.models.towers import style_relu, style_tail, tower
 from famix.style.pin import PIN_LR, PIN_MOMENTUM, PIN_STEPS, PIN_WEIGHT_DECAY, PinSGD, pin_optimize
 from famix.style.stats import patch_stats
 
@@ -72,7 +72,7 @@ def poda_restyle(f_norm: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, re
 def poda_tail(visual: nn.Module, z: torch.Tensor) -> torch.Tensor:
     """The tail PODA embeds through: a ResNet's layer2 -> layer3 -> layer4 -> CLIP's full attention pool
     (every query computed, the first kept, as the official backbone); a ViT's ``towers.style_tail``."""
-    if is_vit(visual):
+    if tower(visual).name != "resnet":
         return style_tail(visual, z)
     return visual.attnpool(visual.layer4(visual.layer3(visual.layer2(z))))
 

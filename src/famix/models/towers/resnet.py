@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from famix.models.towers.base import Tower, Unit
 
 # Dilation patterns. "official" reproduces the FAMix release (its checkpoints were trained with it):
 # block 0 keeps dilation 1, middle blocks the previous layer's dilation, the last block the new one.
@@ -98,3 +101,76 @@ def unit_modules(visual: nn.Module, name: str) -> list[nn.Module]:
 def feature_channels(visual: nn.Module) -> tuple[int, int]:
     """(low, out) channel counts: layer1 and layer4 outputs."""
     return visual.layer1[-1].conv3.out_channels, visual.layer4[-1].conv3.out_channels
+
+
+def resnet_tail(visual: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """layer2 -> layer3 -> layer4 -> attention pool of an undilated CLIP ResNet: [N, C1, S, S] -> [N, D]."""
+    return pooled_embedding(visual.attnpool, visual.layer4(visual.layer3(visual.layer2(z))))
+
+
+def pooled_embedding(attnpool: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """open_clip's ``AttentionPool2d`` (CLIP ResNet's last layer) computing only the query it keeps.
+
+    x: [N, C, H, W] -> [N, D]. The pool attends from the mean token over [mean, pixels] + positional
+    embedding and returns that one token through ``c_proj``; ``attnpool(x)`` computes all H * W + 1 queries
+    and drops all but the first. Equal to ``attnpool(x)`` up to float rounding.
+    """
+    n, c = x.shape[:2]
+    heads = attnpool.num_heads
+    tokens = x.flatten(2).permute(2, 0, 1)  # [HW, N, C]
+    tokens = torch.cat([tokens.mean(0, keepdim=True), tokens])  # [L, N, C], L = HW + 1
+    tokens = tokens + attnpool.positional_embedding[:, None].to(tokens.dtype)
+    query = F.linear(tokens[:1], attnpool.q_proj.weight, attnpool.q_proj.bias)  # [1, N, C]
+    key = F.linear(tokens, attnpool.k_proj.weight, attnpool.k_proj.bias)  # [L, N, C]
+    value = F.linear(tokens, attnpool.v_proj.weight, attnpool.v_proj.bias)
+    q, k, v = (t.view(len(t), n, heads, c // heads).permute(1, 2, 0, 3) for t in (query, key, value))
+    out = F.scaled_dot_product_attention(q, k, v)  # [N, heads, 1, C / heads]
+    return attnpool.c_proj(out.reshape(n, c))  # [N, D]
+
+
+class ResNetTower(Tower):
+    """CLIP ResNets (open_clip ``ModifiedResNet``: OpenAI's RN50, RN101, RN50x4...).
+
+    Dense path: stem -> layer1 (the style site and the low-level map, [B, C1, H/4, W/4], non-negative: it
+    leaves a ReLU, so restyled maps take one again) -> layer2, layer3 -> layer4 block by block ("out",
+    [B, C4, H/OS, W/OS], dilated to the output stride). Tail: undilated layer2 -> layer3 -> layer4 ->
+    attention pool (``resnet_tail``), fed S x S maps, S = input size / 4 (56 for RN50). Any input size.
+    """
+
+    name, style_site, style_relu, channels_last = "resnet", "layer1", True, True
+
+    def accepts(self, visual: nn.Module) -> bool:
+        return hasattr(visual, "attnpool") and hasattr(visual, "layer1")
+
+    def describe(self) -> str:
+        return "a CLIP ResNet (open_clip ModifiedResNet)"
+
+    def prepare(self, visual: nn.Module, output_stride: int, dilation: str) -> nn.Module:
+        return prepare_backbone(visual, output_stride, dilation)
+
+    def units(self, visual: nn.Module, size: tuple[int, int] | None = None) -> list[Unit]:
+        return backbone_units(visual)
+
+    def unit_modules(self, visual: nn.Module, name: str) -> list[nn.Module]:
+        return unit_modules(visual, name)
+
+    def last_stage(self, names: list[str]) -> list[str]:
+        return [n for n in names if n.startswith("layer4.")]
+
+    def low_site(self, visual: nn.Module) -> str:
+        return "layer1"
+
+    def channels(self, visual: nn.Module) -> tuple[int, int]:
+        return feature_channels(visual)
+
+    def style_features(self, visual: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return visual.layer1(visual.stem(x))  # [B, C1, H/4, W/4]
+
+    def style_channels(self, visual: nn.Module) -> int:
+        return visual.layer1[-1].conv3.out_channels
+
+    def style_grid(self, visual: nn.Module) -> int:
+        return self.input_size(visual) // 4
+
+    def tail(self, visual: nn.Module, z: torch.Tensor) -> torch.Tensor:
+        return resnet_tail(visual, z)

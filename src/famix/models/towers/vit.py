@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
+from famix.models.towers.base import Tower, Unit
+
 
 def patch_size(visual: VisionTransformer) -> int:
     """P of a ViT with square P x P patches (ValueError otherwise)."""
@@ -75,13 +77,6 @@ def embed_tokens(visual: VisionTransformer, z: torch.Tensor) -> torch.Tensor:
 def tokens_to_map(tokens: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
     """Tokens [B, 1 + h * w, W] -> map [B, W, h, w], the class token dropped."""
     return tokens[:, 1:].transpose(1, 2).unflatten(2, tuple(grid_hw))
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Zero-pad images [B, 3, H, W] at the bottom and right to multiples of ``multiple`` (no-op if they
-    are). Zero is the mean colour of CLIP-normalised images."""
-    ph, pw = -x.shape[-2] % multiple, -x.shape[-1] % multiple
-    return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
 
 
 def low_level_block(layers: int) -> int:
@@ -171,3 +166,97 @@ def vit_unit_parameters(visual: VisionTransformer, name: str) -> list[nn.Paramet
     if name == "embed":
         params += [visual.class_embedding, visual.positional_embedding]
     return params
+
+
+def vit_tail(visual: VisionTransformer, z: torch.Tensor) -> torch.Tensor:
+    """A CLIP ViT from its patch embeddings on: z [N, W, S, S] -> [N, D], S the native grid.
+
+    tokens [N, S * S, W] -> class embedding prepended -> + positional embedding -> ln_pre -> transformer ->
+    pooled token (the class token, or the patch tokens' mean for ``pool_type="avg"``) with ln_post before
+    or after pooling as the tower does -> @ proj. Equal to ``visual(x)`` when z = ``visual.conv1(x)`` at the
+    native size (an eval tower: patch dropout is off). Attentional-pool towers (CoCa) are not CLIP ViTs:
+    ValueError.
+    """
+    if visual.attn_pool is not None or visual.pool_type not in ("tok", "avg"):
+        raise ValueError(
+            "famix embeds restyled patches through a CLIP ViT's class-token (or average) pool; this tower "
+            "has an attentional pool (CoCa-style), which famix does not support"
+        )
+    h, wd = z.shape[-2:]
+    if (h, wd) != tuple(visual.grid_size):
+        raise ValueError(
+            f"the ViT tail takes the native {visual.grid_size[0]}x{visual.grid_size[1]} token grid (its "
+            f"positional embedding's), got {h}x{wd} maps: pool them to style_grid(visual) first"
+        )
+    x = visual.transformer(embed_tokens(visual, z))  # [N, L, W], L = 1 + S * S
+    if visual.final_ln_after_pool:
+        pooled = visual.ln_post(x[:, 0] if visual.pool_type == "tok" else x[:, 1:].mean(1))
+    else:
+        x = visual.ln_post(x)
+        pooled = x[:, 0] if visual.pool_type == "tok" else x[:, 1:].mean(1)
+    return pooled if visual.proj is None else pooled @ visual.proj  # [N, D]
+
+
+def last_quarter(names: list[str]) -> list[str]:
+    """A token tower's counterpart of ResNet's last stage: its last ceil(L/4) ``block.*`` units."""
+    blocks = [n for n in names if n.startswith("block.")]
+    return blocks[-math.ceil(len(blocks) / 4) :]
+
+
+class ViTTower(Tower):
+    """CLIP ViTs (open_clip ``VisionTransformer``: OpenAI's ViT-B/16, ViT-L/14, open_clip's LAION ones).
+
+    See the module docstring: the style site is the patch embedding conv1(x) [B, W, H/P, W/P] before the
+    positional embeddings (signed: no ReLU); the tail (``vit_tail``) takes the native grid, S = image size
+    / P (14 for 224-px ViT-B/16). Inputs are zero-padded to multiples of P.
+    """
+
+    name, style_site, style_relu = "vit", "patch_embed", False
+
+    def accepts(self, visual: nn.Module) -> bool:
+        return isinstance(visual, VisionTransformer)
+
+    def describe(self) -> str:
+        return "a CLIP ViT (open_clip VisionTransformer)"
+
+    def prepare(self, visual: nn.Module, output_stride: int, dilation: str) -> nn.Module:
+        return prepare_vit(visual, output_stride)
+
+    def units(self, visual: nn.Module, size: tuple[int, int] | None = None) -> list[Unit]:
+        return vit_units(visual)
+
+    def unit_modules(self, visual: nn.Module, name: str) -> list[nn.Module]:
+        return vit_unit_modules(visual, name)
+
+    def unit_parameters(self, visual: nn.Module, name: str) -> list[nn.Parameter]:
+        return vit_unit_parameters(visual, name)
+
+    def last_stage(self, names: list[str]) -> list[str]:
+        return last_quarter(names)
+
+    def low_site(self, visual: nn.Module) -> str:
+        return f"block.{low_level_block(len(visual.transformer.resblocks))}"
+
+    def channels(self, visual: nn.Module) -> tuple[int, int]:
+        return visual.conv1.out_channels, visual.conv1.out_channels
+
+    def neck(self, visual: nn.Module, output_stride: int) -> nn.Module:
+        return build_neck(visual.conv1.out_channels, output_stride)
+
+    def dense(self, visual, low, out, grid):
+        return tokens_to_map(low, grid), tokens_to_map(out, grid)
+
+    def pad_multiple(self, visual: nn.Module) -> int:
+        return patch_size(visual)
+
+    def style_features(self, visual: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return visual.conv1(x)  # [B, W, H/P, W/P]
+
+    def style_channels(self, visual: nn.Module) -> int:
+        return visual.conv1.out_channels
+
+    def style_grid(self, visual: nn.Module) -> int:
+        return self.input_size(visual) // patch_size(visual)
+
+    def tail(self, visual: nn.Module, z: torch.Tensor) -> torch.Tensor:
+        return vit_tail(visual, z)

@@ -1,0 +1,205 @@
+"""EVA02-CLIP image towers (open_clip ``TimmModel`` around a timm ``Eva`` trunk) as dense backbones.
+
+open_clip builds EVA02-CLIP (``EVA02-B-16``, ``EVA02-L-14``, ``EVA02-L-14-336``, ``EVA02-E-14``...) as a
+``TimmModel`` whose ``trunk`` is timm's ``Eva``: a ViT with a class token, an absolute positional
+embedding *and* 2-D rotary position embeddings (RoPE) in every attention, SwiGLU MLPs and sub-LayerNorms.
+Parameter names stay the tower's (``backbone.trunk.blocks.N.attn.q_proj.weight``...). Dense forward of
+images [B, 3, H, W] (H, W multiples of the patch size P, grid h x w = H/P x W/P):
+
+    trunk.patch_embed.proj (stride P)        -> style map [B, W, h, w]  (FAMix restyles it here: signed)
+    flatten, patch_embed.norm, class token, + positional embedding, norm_pre
+                                             -> tokens [B, 1 + h * w, W]
+    trunk.blocks (one unit each), RoPE of the h x w grid; the last unit also applies trunk.norm
+    class token dropped                      -> "out" map [B, W, h, w]  (output stride P)
+
+Positions at other sizes than the native grid (g x g, g = image size / P):
+
+- the absolute embedding's grid is resized bicubically as for CLIP ViTs (``vit.interpolate_pos_embed``:
+  align_corners=False, no antialias; the identity, bit for bit, at the native grid);
+- RoPE is evaluated at the new grid's token coordinates rescaled to the reference grid the trunk was
+  trained with (EVA02's ``ref_feat_shape``, e.g. 16 x 16): coordinate t_i = i * ref / n on an axis of n
+  tokens (+ the trunk's grid offset), angles t_i * band_k for the trunk's frequency bands; at the native
+  grid the trunk's own cached table is used. Both match EVA's own rule for resized inputs.
+
+The tail for PIN takes the native grid: embed -> blocks -> norm -> class token -> fc_norm -> trunk.head
+(the CLIP projection) -> open_clip's head: exactly ``visual(x)`` when fed ``patch_embed.proj(x)``.
+Patch dropout, RoPE coordinate augmentation and drop path are never applied to frozen units (eval mode).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from open_clip.timm_model import TimmModel
+from timm.layers.pos_embed_sincos import RotaryEmbeddingCat, build_rotary_pos_embed
+from timm.models import register_model
+from timm.models.eva import Eva
+from torch import nn
+
+from famix.models.towers.base import Tower, Unit
+from famix.models.towers.vit import (
+    build_neck,
+    interpolate_pos_embed,
+    last_quarter,
+    low_level_block,
+    neck_steps,
+    tokens_to_map,
+)
+
+
+def eva_patch(trunk: Eva) -> int:
+    """P of an Eva trunk with square P x P patches."""
+    p = tuple(trunk.patch_embed.patch_size)
+    if p[0] != p[1]:
+        raise ValueError(f"EVA patch size {p} is not square: famix needs square patches")
+    return int(p[0])
+
+
+def rope_table(rope: RotaryEmbeddingCat, grid: tuple[int, int]) -> torch.Tensor:
+    """The trunk's RoPE sin/cos table for an h x w token grid: [h * w, 2 * D] (D = 4 * bands), the trunk's
+    cached table at its native grid, else evaluated at coordinates rescaled to its reference grid."""
+    if tuple(grid) == tuple(rope.feat_shape):
+        return rope.get_embed()
+    sin, cos = build_rotary_pos_embed(
+        list(grid),
+        bands=rope.bands,
+        in_pixels=rope.in_pixels,
+        ref_feat_shape=rope.ref_feat_shape,
+        grid_offset=rope.grid_offset,
+        grid_indexing=rope.grid_indexing,
+        rotate_half=rope.rotate_half,
+        grid_type=rope.grid_type,
+        dtype=rope.pos_embed.dtype,
+    )
+    return torch.cat([sin, cos], -1)
+
+
+def embed_tokens(trunk: Eva, z: torch.Tensor) -> torch.Tensor:
+    """Style map z [B, W, h, w] -> tokens [B, 1 + h * w, W]: patch_embed.norm, class token, positional
+    embedding (resized to h x w), norm_pre."""
+    b, c, h, w = z.shape
+    tokens = trunk.patch_embed.norm(z.flatten(2).transpose(1, 2))  # [B, h * w, W]
+    cls = trunk.cls_token.to(tokens.dtype).expand(b, -1, -1)
+    pos = interpolate_pos_embed(trunk.pos_embed[0], (h, w), tuple(trunk.patch_embed.grid_size))
+    return trunk.norm_pre(trunk.pos_drop(torch.cat([cls, tokens], dim=1) + pos.to(tokens.dtype)))
+
+
+def _block(trunk: Eva, index: int, grid: tuple[int, int], tokens: torch.Tensor) -> torch.Tensor:
+    tokens = trunk.blocks[index](tokens, rope=rope_table(trunk.rope, grid))
+    return trunk.norm(tokens) if index == len(trunk.blocks) - 1 else tokens
+
+
+class EvaTower(Tower):
+    """EVA02-CLIP towers; see the module docstring."""
+
+    name, style_site, style_relu = "eva", "patch_embed", False
+
+    def accepts(self, visual: nn.Module) -> bool:
+        return isinstance(visual, TimmModel) and isinstance(visual.trunk, Eva)
+
+    def describe(self) -> str:
+        return "an EVA02-CLIP (open_clip TimmModel with a timm Eva trunk)"
+
+    def prepare(self, visual: nn.Module, output_stride: int, dilation: str) -> nn.Module:
+        trunk = visual.trunk
+        if trunk.reg_token is not None or trunk.cls_token is None or trunk.no_embed_class:
+            raise ValueError("famix takes EVA trunks with one class token and positions for it (EVA02-CLIP)")
+        if not isinstance(trunk.rope, RotaryEmbeddingCat) or trunk.rope.feat_shape is None:
+            raise ValueError("famix takes EVA trunks with a fixed-grid 'cat' RoPE (EVA02-CLIP's)")
+        if trunk.pos_embed is None or trunk.global_pool != "token":
+            raise ValueError(
+                "famix takes EVA trunks with an absolute position embedding and a class-token pool"
+            )
+        p = eva_patch(trunk)
+        if output_stride != p:
+            raise ValueError(
+                f"model.output_stride={output_stride} does not fit this EVA tower: its output stride is its "
+                f"patch size {p}; set model.output_stride={p}"
+            )
+        neck_steps(p)
+        for module in (trunk.fc_norm, trunk.head, visual.head):  # the CLIP projection: unused densely
+            module.requires_grad_(False)
+        return visual
+
+    def units(self, visual: nn.Module, size: tuple[int, int] | None = None) -> list[Unit]:
+        trunk = visual.trunk
+        p = eva_patch(trunk)
+        grid = tuple(trunk.patch_embed.grid_size) if size is None else (-(-size[0] // p), -(-size[1] // p))
+        units: list[Unit] = [
+            ("patch_embed", trunk.patch_embed.proj),
+            ("embed", functools.partial(embed_tokens, trunk)),
+        ]
+        return units + [
+            (f"block.{i}", functools.partial(_block, trunk, i, grid)) for i in range(len(trunk.blocks))
+        ]
+
+    def unit_modules(self, visual: nn.Module, name: str) -> list[nn.Module]:
+        trunk = visual.trunk
+        if name == "patch_embed":
+            return [trunk.patch_embed.proj]
+        if name == "embed":
+            return [trunk.patch_embed.norm, trunk.norm_pre]
+        index = int(name.removeprefix("block."))
+        return [trunk.blocks[index]] + ([trunk.norm] if index == len(trunk.blocks) - 1 else [])
+
+    def unit_parameters(self, visual: nn.Module, name: str) -> list[nn.Parameter]:
+        params = [p for m in self.unit_modules(visual, name) for p in m.parameters()]
+        if name == "embed":
+            params += [visual.trunk.cls_token, visual.trunk.pos_embed]
+        return params
+
+    def last_stage(self, names: list[str]) -> list[str]:
+        return last_quarter(names)
+
+    def low_site(self, visual: nn.Module) -> str:
+        return f"block.{low_level_block(len(visual.trunk.blocks))}"
+
+    def channels(self, visual: nn.Module) -> tuple[int, int]:
+        return visual.trunk.embed_dim, visual.trunk.embed_dim
+
+    def neck(self, visual: nn.Module, output_stride: int) -> nn.Module:
+        return build_neck(visual.trunk.embed_dim, output_stride)
+
+    def dense(self, visual, low, out, grid):
+        return tokens_to_map(low, grid), tokens_to_map(out, grid)
+
+    def pad_multiple(self, visual: nn.Module) -> int:
+        return eva_patch(visual.trunk)
+
+    def style_features(self, visual: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return visual.trunk.patch_embed.proj(x)  # [B, W, H/P, W/P]
+
+    def style_channels(self, visual: nn.Module) -> int:
+        return visual.trunk.embed_dim
+
+    def style_grid(self, visual: nn.Module) -> int:
+        return self.input_size(visual) // eva_patch(visual.trunk)
+
+    def tail(self, visual: nn.Module, z: torch.Tensor) -> torch.Tensor:
+        trunk = visual.trunk
+        grid = tuple(trunk.patch_embed.grid_size)
+        if tuple(z.shape[-2:]) != grid:
+            raise ValueError(
+                f"the EVA tail takes the native {grid[0]}x{grid[1]} token grid, got {z.shape[-2]}x"
+                f"{z.shape[-1]} maps: pool them to style_grid(visual) first"
+            )
+        x = embed_tokens(trunk, z)
+        for i in range(len(trunk.blocks)):
+            x = _block(trunk, i, grid, x)
+        return visual.head(trunk.forward_head(x))  # [N, D]
+
+
+@register_model
+def famix_tiny_eva(pretrained: bool = False, **kwargs) -> Eva:
+    """A tiny EVA02-style trunk for tests and smoke runs (random weights only): 32-px images, 8-px patches,
+    width 32, 4 blocks; EVA02's SwiGLU, sub-LayerNorms and RoPE with a 4 x 4 reference grid."""
+    if pretrained:
+        raise ValueError("famix_tiny_eva has no pretrained weights")
+    args = dict(
+        img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=4, qkv_fused=False, mlp_ratio=4 * 2 / 3,
+        swiglu_mlp=True, scale_mlp=True, scale_attn_inner=True, use_rot_pos_emb=True, ref_feat_shape=(4, 4),
+    )  # fmt: skip
+    model = Eva(**{**args, **kwargs})
+    model.default_cfg = model.pretrained_cfg = {}
+    return model

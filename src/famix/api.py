@@ -20,12 +20,11 @@ import torch
 from famix.config import Config, ModelConfig
 from famix.data.classes import LabelSet
 from famix.data.readers import as_rgb
-from famix.data.transforms import normalize
 from famix.engine.amp import amp_dtype
 from famix.engine.checkpoint import checkpoint_amp, load_checkpoint, load_segmenter
 from famix.engine.distributed import resolve_device
 from famix.engine.evaluate import EvalResult, evaluate_specs
-from famix.engine.inference import InferenceSettings, eval_mode, predict_logits
+from famix.engine.inference import InferenceSettings, eval_mode, model_input, predict_logits
 from famix.engine.predict import predict_ids
 from famix.engine.protocols import resolve as resolve_protocol
 from famix.stages import adapt as adapt_stage
@@ -137,7 +136,7 @@ class Segmenter:
         out: list = [None] * n
         with eval_mode(self.network), torch.inference_mode():
             for chunk, batch in batches:
-                x = normalize(batch.to(self.device))  # [B, 3, H, W]
+                x = model_input(self.network, batch.to(self.device))  # [B, 3, H, W]
                 logits = predict_logits(self.network, x, tta, amp_dtype=dtype)  # [B, K, H, W]
                 for i, one in zip(chunk, logits.float().cpu(), strict=True):
                     out[i] = one

@@ -33,6 +33,10 @@ class ModelConfig:
     output_stride: int = 16
     dilation: str = "official"  # official | torchvision
     freeze: str = "last-block"  # last-block | layer4 | none | backbone
+    # the CLIP weights' input normalisation, per RGB channel of [0, 1] images; None: the weights' own
+    # (an open_clip tag's pretrained config; OpenAI's for a bare file). Runs store the resolved values.
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
     def label_set(self) -> label_sets.LabelSet:
         """The classes this model predicts: ``classes``, else the label set of ``class_names`` alone."""
@@ -189,6 +193,15 @@ def check_values(cfg: Config) -> None:
             f"config model.class_names has {len(cfg.model.class_names)} names but model.num_classes="
             f"{cfg.model.num_classes}: give one name per class"
         )
+    mean, std = cfg.model.mean, cfg.model.std
+    if (mean is None) != (std is None):
+        raise ValueError("config model.mean / model.std: give both (3 numbers each, RGB), or neither")
+    for key, values in (("mean", mean), ("std", std)):
+        if values is not None and (len(values) != 3 or (key == "std" and min(values) <= 0)):
+            raise ValueError(
+                f"config model.{key}={values}: give 3 numbers, one per RGB channel of [0, 1] images"
+                + (", each > 0" if key == "std" else "")
+            )
     if cfg.model.classes is not None and cfg.model.label_set().names != cfg.model.class_names:
         raise ValueError(
             f"config model.class_names {cfg.model.class_names} are not the names of model.classes "

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from famix.data.labels import colorize
-from famix.data.transforms import normalize
+from famix.engine.inference import model_input
 from famix.engine.results import mean_std
 from famix.io import atomic_write
 from famix.world.synthetic import SOURCE_DOMAIN, render
@@ -149,8 +149,8 @@ def prediction_grid(out: Path, seed: int, domains: list[str], variants: list[str
     cells = []
     for domain in domains:
         image, label = render(20_000 + seed, domain, (size, size))
-        x = normalize(torch.from_numpy(image).permute(2, 0, 1))[None]  # [1, 3, H, W]
-        preds = [m(x).argmax(1)[0].numpy().astype(np.uint8) for m in models]  # [H, W] each
+        raw = torch.from_numpy(image).permute(2, 0, 1)[None]  # [1, 3, H, W] uint8
+        preds = [m(model_input(m, raw)).argmax(1)[0].numpy().astype(np.uint8) for m in models]  # [H, W] each
         cells.append([image, colorize(label), *[colorize(p) for p in preds]])
     grid = labelled_grid(cells, domains, ["image", "ground truth", *variants])
     atomic_write(out / "predictions.png", lambda p: Image.fromarray(grid).save(p, format="PNG"))

@@ -14,7 +14,7 @@ from famix.data.classes import LabelSet, LabelSetError, from_names, parse
 from famix.data.datasets import build_dataset
 from famix.engine.distributed import current, resolve_device
 from famix.engine.outputs import check_folder
-from famix.models.clip import weights_fingerprint
+from famix.models.clip import OPENAI_NORMALIZATION, clip_normalization, weights_fingerprint
 from famix.style.bank import StyleBank
 
 
@@ -76,6 +76,8 @@ def check_train_inputs(cfg: Config) -> None:
             )
         bank = StyleBank.load(cfg.style.bank)  # missing or unreadable: an error naming the file
         check_bank_classes(bank, labels, cfg.style.bank)
+        norm = clip_normalization(cfg.model.backbone, cfg.model.weights, cfg.model.mean, cfg.model.std)
+        check_bank_normalization(bank, (norm.mean, norm.std), cfg.style.bank)
 
 
 def bank_label_set(bank: StyleBank) -> LabelSet:
@@ -94,6 +96,41 @@ def check_bank_classes(bank: StyleBank, labels: LabelSet, path) -> None:
             f"(model.classes) is {labels.describe()}"
             + (" with other ids or prompts" if theirs.names == labels.names else "")
             + ": mine a bank with this model.classes (`famix mine`), or train with the bank's label set"
+        )
+
+
+def bank_normalization_entry(normalization) -> dict:
+    """What a bank's metadata says of the (mean, std) its styles were mined under: ``{"normalization":
+    {"mean", "std"}}``, or nothing for OpenAI's, so banks mined as before stay byte for byte the same (and
+    runs that read them resumable)."""
+    mean, std = (tuple(float(v) for v in part) for part in normalization)
+    return (
+        {}
+        if (mean, std) == OPENAI_NORMALIZATION
+        else {"normalization": {"mean": list(mean), "std": list(std)}}
+    )
+
+
+def bank_normalization(bank: StyleBank) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) a bank's styles were mined under: its metadata's, else OpenAI's (banks mined with it,
+    and banks of earlier famix and the official code, which normalised with it)."""
+    stored = bank.metadata.get("normalization")
+    if stored is None:
+        return OPENAI_NORMALIZATION
+    return tuple(float(v) for v in stored["mean"]), tuple(float(v) for v in stored["std"])
+
+
+def check_bank_normalization(bank: StyleBank, normalization, path) -> None:
+    """Refuse a bank mined under another input normalisation than the model's: its styles are statistics
+    of features of differently normalised images."""
+    theirs = bank_normalization(bank)
+    ours = tuple(tuple(float(v) for v in part) for part in normalization)
+    if theirs != ours:
+        raise ValueError(
+            f"style bank {path} was mined from images normalised with mean {list(theirs[0])}, std "
+            f"{list(theirs[1])}, but the model's CLIP weights take mean {list(ours[0])}, std "
+            f"{list(ours[1])}: "
+            "mine a bank with this model.weights (and model.mean / model.std), or train with the bank's"
         )
 
 

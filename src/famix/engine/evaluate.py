@@ -17,8 +17,7 @@ from torch.utils.data import DataLoader, Subset
 
 from famix.data.classes import LabelSet
 from famix.data.datasets import build_dataset
-from famix.data.transforms import normalize
-from famix.engine.inference import PLAIN, InferenceSettings, eval_mode, predict_logits
+from famix.engine.inference import PLAIN, InferenceSettings, eval_mode, model_input, predict_logits
 from famix.progress import progress_bar
 
 
@@ -141,7 +140,7 @@ def evaluate(
                 images = images.to(device, non_blocking=True)  # [B, 3, H, W]
                 labels = labels.to(device, non_blocking=True)  # [B, H, W]
                 if images.dtype == torch.uint8:
-                    images = normalize(images)
+                    images = model_input(model, images)
                 if channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 logits = predict_logits(model, images, tta, labels.shape[-2:], amp_dtype)

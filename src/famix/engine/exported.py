@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from famix.data.transforms import CLIP_MEAN, CLIP_STD
 from famix.models.towers.base import pad_to_multiple
 
 METADATA_FILE = "famix.json"  # the metadata's name inside .pt2 / TorchScript archives
@@ -144,6 +145,11 @@ class OnnxSegmenter(nn.Module):
         self.multiple = int(self.metadata.get("size_multiple", 1))
         self.min_size = int(self.metadata.get("min_size", 1))
         self.pad = int(self.metadata.get("pad_to_multiple", 1))  # files before famix wrote it: no padding
+        # the (mean, std) the model was trained with; every file famix wrote names them
+        self.normalization = tuple(
+            tuple(json.loads(self.metadata[k])) if k in self.metadata else default
+            for k, default in (("input_mean", CLIP_MEAN), ("input_std", CLIP_STD))
+        )
 
     def _check(self, x: torch.Tensor, given: tuple[int, int]) -> None:
         # x: the (padded) input the file will see; given: the caller's size, named in errors.
@@ -168,7 +174,7 @@ class OnnxSegmenter(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, 3, H, W] CLIP-normalised -> logits [B, K, H, W], float32, on x's device."""
+        """x: [B, 3, H, W] normalised with ``normalization`` -> logits [B, K, H, W] (float32, x's device)."""
         h, w = x.shape[-2:]
         if self.pad > 1:
             x = pad_to_multiple(x, self.pad)  # [B, 3, H', W'], H' and W' multiples of the patch size

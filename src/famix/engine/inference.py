@@ -12,9 +12,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from famix.data.transforms import normalize
 from famix.engine.amp import autocast
 
 MAX_SCALE = 8.0  # larger test-time scales are typos (8x a 2048x1024 image is 134 Mpx)
+
+
+def model_input(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """uint8 (or [0, 1] float) images [B, 3, H, W] -> the float32 input of ``model``: normalised with the
+    model's own ``normalization`` (a ``Segmenter``'s, from its weights; an ONNX file's, from its metadata)."""
+    return normalize(images, *model.normalization)
 
 
 @dataclass(frozen=True)

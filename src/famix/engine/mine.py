@@ -27,7 +27,8 @@ from famix.engine.amp import amp_dtype
 from famix.engine.distributed import DistInfo, barrier, current, require_session, resolve_device
 from famix.engine.runs import RunRecord
 from famix.engine.seeds import item_seed, sequence_seed
-from famix.models.clip import build_clip, weights_fingerprint
+from famix.engine.train import normalization_settings
+from famix.models.clip import build_clip, clip_normalization, weights_fingerprint
 from famix.models.towers import style_channels, style_grid, tower
 from famix.progress import progress_bar
 from famix.style.bank import StyleBank
@@ -58,6 +59,7 @@ def mine_record(cfg: Config) -> RunRecord:
                 "backbone": cfg.model.backbone,
                 "class_names": list(cfg.model.class_names),
                 **({"classes": cfg.model.classes} if cfg.model.classes is not None else {}),
+                **normalization_settings(cfg.model),
             },
             "data": {"train": cfg.data.train},
             "mine": {
@@ -109,6 +111,7 @@ def mine_pass(
     clip = build_clip(cfg.model.backbone, cfg.model.weights, device=device, seed=seed).requires_grad_(False)
     visual, embed, pool = clip.visual, TextEmbedder(clip), style_grid(clip.visual)
     amp = amp_dtype(cfg.run.amp, device)
+    norm = clip_normalization(cfg.model.backbone, cfg.model.weights, cfg.model.mean, cfg.model.std)
     if bank is None:
         bank = StyleBank(list(cfg.model.class_names), style_channels(visual), metadata=dict(metadata))
     bank.check_compatible(style_channels(visual), cfg.model.class_names, out)
@@ -131,7 +134,7 @@ def mine_pass(
     for first in range(start, batches, per_round):
         last = min(first + per_round, batches)
         own = [b for b in todo if first <= b < last]
-        mined = _mine_call(visual, embed, loader, own, cfg, settings, pool, amp, channels_last, device)
+        mined = _mine_call(visual, embed, loader, own, cfg, settings, pool, amp, channels_last, device, norm)
         bar.update(len(own))
         mined_here = _gather_on_main(list(zip(own, mined, strict=True)), info)  # rank 0: every rank's
         if info.main:
@@ -151,14 +154,14 @@ def mine_pass(
     return bank
 
 
-def _mine_call(visual, embed, loader, own, cfg, settings, pool, amp, channels_last, device) -> list:
+def _mine_call(visual, embed, loader, own, cfg, settings, pool, amp, channels_last, device, norm) -> list:
     """The styles (on the CPU) of this rank's batches ``own`` of a round, the next ones ``loader`` yields,
-    in one PIN call."""
+    in one PIN call; images normalised with ``norm`` (the CLIP weights' ``Normalization``)."""
     m, pending = cfg.mine, []  # the batches of the call: (images, labels, generator)
     for batch in own:
         images, labels, _ = next(loader)  # no jitter: _ is the identity
         generator = torch.Generator().manual_seed(sequence_seed(cfg.run.seed, batch))
-        pending.append((normalize(images.to(device)), labels.to(device), generator))
+        pending.append((normalize(images.to(device), norm.mean, norm.std), labels.to(device), generator))
     if not pending:
         return []
     try:

@@ -17,10 +17,9 @@ from PIL import Image
 from famix.data.classes import LabelSet, from_names, parse
 from famix.data.labels import CLASS_NAMES
 from famix.data.readers import image_size, read_image
-from famix.data.transforms import normalize
 from famix.engine.checkpoint import checkpoint_amp, load_checkpoint, load_segmenter
 from famix.engine.exported import OnnxSegmenter
-from famix.engine.inference import PLAIN, InferenceSettings, eval_mode, predict_logits
+from famix.engine.inference import PLAIN, InferenceSettings, eval_mode, model_input, predict_logits
 from famix.engine.video import import_av, segment_video
 from famix.engine.visualize import DEFAULT_OUTPUTS, OUTPUT_KINDS, VIDEO_OUTPUTS, render
 from famix.io import atomic_write
@@ -102,7 +101,7 @@ def predict_ids(
 
     Call it under ``eval_mode(model)`` and ``torch.inference_mode()``.
     """
-    x = normalize(images.to(device))  # [B, 3, H, W] float
+    x = model_input(model, images.to(device))  # [B, 3, H, W] float
     logits = predict_logits(model, x, tta, amp_dtype=amp_dtype)  # [B, K, H, W]
     return logits.argmax(1).to(torch.uint8).cpu().numpy()
 

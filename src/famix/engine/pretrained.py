@@ -23,7 +23,6 @@ from safetensors.torch import load_file
 
 from famix import __version__
 from famix.config import ModelConfig, from_dict
-from famix.data.transforms import CLIP_MEAN, CLIP_STD
 from famix.engine import hub
 from famix.engine.runs import file_fingerprint
 from famix.io import atomic_write, save_safetensors
@@ -211,12 +210,14 @@ def write_folder(
     folder.mkdir(parents=True, exist_ok=True)
     state = {k.removeprefix("module."): v.detach().cpu().contiguous() for k, v in ckpt["model_state"].items()}
     save_safetensors(state, folder / WEIGHTS, {"format": "pt", "famix_version": __version__})
-    model = from_dict(ckpt.get("config", {}).get("model", {}), ModelConfig, "model.")
+    from famix.engine.checkpoint import model_config  # (checkpoint reads model folders: imports this module)
+
+    model = model_config(ckpt)
     meta = {
         "famix": {"format": FORMAT, "version": __version__},
         "config": ckpt.get("config") or {"model": vars(model)},
         "label_set": model.label_set().to_dict(),
-        "normalization": {"input": "RGB in [0, 1]", "mean": list(CLIP_MEAN), "std": list(CLIP_STD)},
+        "normalization": {"input": "RGB in [0, 1]", "mean": model.mean, "std": model.std},
         "run": ckpt.get("run"),
         "steps": int(ckpt.get("cur_itrs", 0)),
         "best_score": float(ckpt.get("best_score", 0.0)),

@@ -4,23 +4,25 @@ finished, is decided by its run record (:func:`train_record`, :mod:`famix.engine
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from famix.config import RESUMABLE_KEYS, Config, save_config
+from famix.config import RESUMABLE_KEYS, Config, ModelConfig, save_config
 from famix.data.classes import LabelSet
 from famix.data.datasets import SeededTransform, build_dataset
 from famix.data.labels import IGNORE_INDEX
 from famix.data.transforms import color_jitter, normalize, source_transform
 from famix.engine.amp import amp_dtype, autocast
 from famix.engine.checkpoint import load_checkpoint, load_model_state, save_checkpoint
-from famix.engine.checks import check_bank_classes
+from famix.engine.checks import check_bank_classes, check_bank_normalization
 from famix.engine.distributed import barrier, current, require_session, resolve_device
 from famix.engine.evaluate import evaluate_specs
 from famix.engine.inference import InferenceSettings
@@ -30,7 +32,7 @@ from famix.engine.sampler import StreamSampler
 from famix.engine.seeds import mixer_seed, step_seed
 from famix.io import remove_stale_temps
 from famix.models.build import build_segmenter
-from famix.models.clip import weights_fingerprint
+from famix.models.clip import OPENAI_NORMALIZATION, clip_normalization, weights_fingerprint
 from famix.progress import progress_bar
 from famix.style.bank import StyleBank
 from famix.style.mixing import LocalStyleMixer
@@ -39,6 +41,21 @@ from famix.style.mixing import LocalStyleMixer
 TRAIN_SECTIONS = ("model", "data", "style", "train", "run")
 # Paths whose files are run inputs: recorded by content (a fingerprint), not by name.
 INPUT_PATHS = ("model.weights", "style.bank")
+
+
+def with_normalization(cfg: Config) -> Config:
+    """``cfg`` with ``model.mean`` / ``model.std`` resolved (``models.clip.clip_normalization``: given values,
+    an open_clip tag's, else OpenAI's): what a run's config.yaml and checkpoints store, so every later stage
+    normalises its inputs as the model was trained."""
+    n = clip_normalization(cfg.model.backbone, cfg.model.weights, cfg.model.mean, cfg.model.std)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, mean=list(n.mean), std=list(n.std)))
+
+
+def normalization_settings(model: ModelConfig) -> dict:
+    """A run record's entries for its input normalisation (resolved): none for OpenAI's, as in the records
+    of famix before it knew others (they stay valid), else ``{"mean": [...], "std": [...]}``."""
+    n = clip_normalization(model.backbone, model.weights, model.mean, model.std)
+    return {} if (n.mean, n.std) == OPENAI_NORMALIZATION else {"mean": list(n.mean), "std": list(n.std)}
 
 
 def train_record(cfg: Config, kind: str = "train", inputs: dict | None = None) -> RunRecord:
@@ -50,6 +67,8 @@ def train_record(cfg: Config, kind: str = "train", inputs: dict | None = None) -
     settings = {s: {k: v for k, v in full[s].items() if f"{s}.{k}" not in skip} for s in TRAIN_SECTIONS}
     if cfg.model.classes is None:  # no label set: the record of the 19 trainIds, as before label sets
         del settings["model"]["classes"]
+    del settings["model"]["mean"], settings["model"]["std"]
+    settings["model"].update(normalization_settings(cfg.model))
     amp = amp_dtype(cfg.run.amp, resolve_device(cfg.run.device, current()))
     settings["run"]["amp"] = cfg.run.amp if amp is not None else "off"
     uses_bank = cfg.style.mix in ("famix", "augment") and cfg.style.bank
@@ -104,6 +123,7 @@ def build_mixer(cfg: Config, model, device) -> LocalStyleMixer | None:
         bank = StyleBank.load(s.bank)
         bank.check_compatible(model.low_channels, cfg.model.class_names, s.bank)
         check_bank_classes(bank, cfg.model.label_set(), s.bank)
+        check_bank_normalization(bank, model.normalization, s.bank)
         made_by = bank.metadata.get(KEY, {}).get("kind")
         if s.mix == "famix" and made_by == "adapt-styles":
             raise ValueError(
@@ -127,6 +147,7 @@ def train(cfg: Config, record: RunRecord, resume: dict | None = None, init_state
     info = current()
     require_session(info, "training")
     device = resolve_device(cfg.run.device, info)
+    cfg = with_normalization(cfg)
     t, out = cfg.train, Path(cfg.train.out)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed crop size: let cuDNN pick its kernels
     model = build_segmenter(cfg.model, seed=cfg.run.seed).to(device)
@@ -168,7 +189,8 @@ def train(cfg: Config, record: RunRecord, resume: dict | None = None, init_state
     running, tick, last_log = torch.zeros((), device=device), time.perf_counter(), start
     last = min(t.iterations, t.stop_after or t.iterations)
     for step, (images, labels, jitter) in zip(range(start + 1, last + 1), loader, strict=False):
-        images = prepare_images(images.to(device, non_blocking=True), jitter, t.channels_last)  # [B, 3, H, W]
+        images = images.to(device, non_blocking=True)
+        images = prepare_images(images, jitter, t.channels_last, model.normalization)  # [B, 3, H, W]
         labels = labels.to(device, non_blocking=True).long()  # [B, H, W]
         torch.manual_seed(step_seed(cfg.run.seed, step, info.rank))
         if mixer is not None:
@@ -214,10 +236,16 @@ def train_step(net, mixer, images, labels, optimizer, scaler, amp_dtype, criteri
     return loss.detach()
 
 
-def prepare_images(images: torch.Tensor, jitter: torch.Tensor, channels_last: bool) -> torch.Tensor:
+def prepare_images(
+    images: torch.Tensor,
+    jitter: torch.Tensor,
+    channels_last: bool,
+    normalization: tuple[Sequence[float], Sequence[float]] = OPENAI_NORMALIZATION,
+) -> torch.Tensor:
     """A training batch on the device: uint8 [B, 3, H, W] and per-image jitter parameters [B, 6] ->
-    colour-jittered, CLIP-normalised float32 [B, 3, H, W] (channels_last if asked)."""
-    x = normalize(color_jitter(images, jitter))
+    colour-jittered float32 [B, 3, H, W] normalised with ``normalization`` (the model's (mean, std);
+    channels_last if asked)."""
+    x = normalize(color_jitter(images, jitter), *normalization)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 

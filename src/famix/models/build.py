@@ -6,7 +6,7 @@ from typing import Protocol
 
 import torch
 
-from famix.models.clip import build_clip
+from famix.models.clip import build_clip, clip_normalization
 from famix.models.freeze import apply_freeze
 from famix.models.segmenter import Segmenter
 
@@ -22,11 +22,15 @@ class SegmenterSpec(Protocol):
     output_stride: int
     dilation: str
     freeze: str
+    mean: list[float] | None
+    std: list[float] | None
 
 
 def build_segmenter(cfg: SegmenterSpec, seed: int | None = 0) -> Segmenter:
     """Segmenter for a ``ModelConfig``: CLIP image tower (weights from ``cfg.weights``) + DeepLabv3+ head,
-    frozen by ``cfg.freeze``. ``seed`` makes random initialisation reproducible."""
+    frozen by ``cfg.freeze``, taking inputs normalised as the weights expect (``clip_normalization``: the
+    config's mean / std, an open_clip tag's, else OpenAI's). ``seed`` makes random initialisation
+    reproducible."""
     if len(cfg.class_names) != cfg.num_classes:
         raise ValueError(
             f"model.class_names lists {len(cfg.class_names)} names for num_classes="
@@ -38,6 +42,7 @@ def build_segmenter(cfg: SegmenterSpec, seed: int | None = 0) -> Segmenter:
     ):  # the head's random init, reproducible without global side effects
         if seed is not None:
             torch.manual_seed(seed + 1)
-        model = Segmenter(clip.visual, cfg.num_classes, cfg.output_stride, cfg.dilation)
+        norm = clip_normalization(cfg.backbone, cfg.weights, cfg.mean, cfg.std)
+        model = Segmenter(clip.visual, cfg.num_classes, cfg.output_stride, cfg.dilation, norm.mean, norm.std)
     apply_freeze(model, cfg.freeze)
     return model

@@ -1,5 +1,5 @@
-"""CLIP backbones (ResNet and ViT image towers): model configs, construction, weight loading from local
-files or open_clip tags."""
+"""CLIP backbones (ResNet, ViT, EVA02 and ConvNeXt image towers, ``models.towers``): model configs,
+construction, weight loading from local files or open_clip tags, and each weight's input normalisation."""
 
 from __future__ import annotations
 
@@ -10,24 +10,38 @@ import os
 import zipfile
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 import open_clip
 import torch
-from open_clip.model import CLIP
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.model import CLIP, CustomTextCLIP
 
 from famix.models.towers import input_size
 
 _RESNETS = ("RN50", "RN101", "RN50x4")
 _VITS = ("ViT-B-16", "ViT-L-14")
+# open_clip towers with timm trunks (``models.towers.eva`` / ``convnext``), under open_clip's own names
+_EVAS = ("EVA02-B-16", "EVA02-L-14", "EVA02-L-14-336", "EVA02-E-14", "EVA02-E-14-plus")
+_CONVNEXTS = (
+    "convnext_base_w",
+    "convnext_base_w_320",
+    "convnext_large_d",
+    "convnext_large_d_320",
+    "convnext_xxlarge",
+)
 # OpenAI's CLIPs were trained with QuickGELU, so the "-quickgelu" configs are the faithful ones for their
 # weights (the ResNet names mean those; the plain ViT names are open_clip's GELU configs, for other weights).
 CLIP_CONFIGS: dict[str, dict] = {name: open_clip.get_model_config(f"{name}-quickgelu") for name in _RESNETS}
 for _name in _VITS:
     CLIP_CONFIGS[_name] = open_clip.get_model_config(_name)
     CLIP_CONFIGS[f"{_name}-quickgelu"] = open_clip.get_model_config(f"{_name}-quickgelu")
-for _name in ("tiny-rn", "tiny-clip", "tiny-vit", "tiny-vit-clip"):  # small configs for tests and smoke runs
+for _name in (*_EVAS, *_CONVNEXTS):
+    CLIP_CONFIGS[_name] = open_clip.get_model_config(_name)
+# small configs for tests and smoke runs (tiny-eva and tiny-convnext: timm trunks registered by models.towers)
+for _name in ("tiny-rn", "tiny-clip", "tiny-vit", "tiny-vit-clip", "tiny-eva", "tiny-convnext"):
     CLIP_CONFIGS[_name] = json.loads(resources.files("famix").joinpath(f"assets/{_name}.json").read_text())
-_REAL = (*_RESNETS, *(f"{n}-quickgelu" for n in _VITS), *_VITS)  # what an error suggests
+_REAL = (*_RESNETS, *(f"{n}-quickgelu" for n in _VITS), *_VITS, *_EVAS, *_CONVNEXTS)  # what errors suggest
 
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 # Non-parameter entries that TorchScript archives carry next to the weights: OpenAI's scalars, and open_clip's
@@ -167,23 +181,31 @@ def _check_keys(model: CLIP, sd: dict[str, torch.Tensor], source: str, name: str
     )
 
 
-def build_clip(name: str, weights: str | None = None, device="cpu", seed: int | None = None) -> CLIP:
-    """Build an open_clip ``CLIP`` for backbone ``name`` (fp32, eval mode) and optionally load ``weights``.
+def build_clip(
+    name: str, weights: str | None = None, device="cpu", seed: int | None = None
+) -> CLIP | CustomTextCLIP:
+    """Build an open_clip ``CLIP`` (``CustomTextCLIP`` for configs with ``custom_text``: EVA02-CLIP) for
+    backbone ``name`` (fp32, eval mode) and optionally load ``weights``.
 
     ``weights`` is a local file (OpenAI TorchScript ``.pt``, state dict ``.pt/.pth/.bin``, ``.safetensors``)
     or an open_clip pretrained tag such as ``"openai"`` (needs network or a warm cache). Without weights the
     model is randomly initialised, reproducibly when ``seed`` is given (the global RNG is left untouched).
+    Stochastic depth of timm trunks (``timm_drop_path``, 0.1 in open_clip's ConvNeXt configs) is turned off:
+    famix fine-tunes the last block as the paper does a ResNet's, without it.
     """
     cfg = get_clip_config(name)
     # Call the constructor directly (not open_clip.create_model) so user JSON configs need no registration.
     kwargs = {k: cfg[k] for k in ("embed_dim", "vision_cfg", "text_cfg")}
     kwargs["quick_gelu"] = cfg.get("quick_gelu", False)
+    if "timm_model_name" in kwargs["vision_cfg"]:
+        kwargs["vision_cfg"] = {**kwargs["vision_cfg"], "timm_drop_path": 0.0}
+    cls = CustomTextCLIP if cfg.get("custom_text") else CLIP
     if seed is None:
-        model = CLIP(**kwargs)
+        model = cls(**kwargs)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = CLIP(**kwargs)
+            model = cls(**kwargs)
     if weights is not None:
         path = _resolve_weights(name, weights)
         sd = load_clip_state_dict(path)
@@ -210,3 +232,61 @@ def weights_fingerprint(path: str | None) -> str:
 def clip_preprocess_size(model: CLIP) -> int:
     """Input resolution the CLIP image tower was built for."""
     return input_size(model.visual)
+
+
+OPENAI_NORMALIZATION = (tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD))
+
+
+class Normalization(NamedTuple):
+    """How a CLIP's weights expect images: ``(x - mean) / std`` per RGB channel of [0, 1] images; CLIP's
+    own resize (``interpolation``, ``resize_mode``: recorded, famix's loaders resize by the benchmarks'
+    protocols); ``source``: where the values came from, for messages."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+    source: str = "OpenAI's CLIP"
+
+
+def clip_normalization(
+    name: str, weights: str | None, mean: list[float] | None = None, std: list[float] | None = None
+) -> Normalization:
+    """The input normalisation of backbone ``name`` with ``weights``, by what famix can know (a given mean /
+    std is checked by ``config.check_values``):
+
+    1. ``mean`` / ``std`` given (``model.mean`` / ``model.std``): those;
+    2. an open_clip pretrained tag: its pretrained config's (e.g. Inception's 0.5 / 0.5 for ViT-L-14
+       ``laion2b_s32b_b82k``; OpenAI's where the entry names none), read from open_clip's table offline;
+    3. a model config carrying ``preprocess_cfg`` (open_clip's SigLIP-style JSONs): its values;
+    4. otherwise (a bare weights file, random weights): OpenAI's mean / std, the documented default.
+    """
+    if mean is not None:
+        return Normalization(_floats(mean), _floats(std), source="model.mean / model.std")
+    if weights is not None and _is_tag(weights):
+        cfg = _pretrained_cfg(name, weights)
+        if cfg:
+            return Normalization(
+                _floats(cfg.get("mean", OPENAI_DATASET_MEAN)),
+                _floats(cfg.get("std", OPENAI_DATASET_STD)),
+                cfg.get("interpolation", "bicubic"),
+                cfg.get("resize_mode", "shortest"),
+                f"open_clip's pretrained config {name}/{weights}",
+            )
+    try:
+        pre = get_clip_config(name).get("preprocess_cfg") or {}
+    except (ValueError, FileNotFoundError):
+        pre = {}
+    if "mean" in pre and "std" in pre:
+        return Normalization(
+            _floats(pre["mean"]),
+            _floats(pre["std"]),
+            pre.get("interpolation", "bicubic"),
+            pre.get("resize_mode", "shortest"),
+            f"the preprocess_cfg of config {name}",
+        )
+    return Normalization(*OPENAI_NORMALIZATION)
+
+
+def _floats(values) -> tuple[float, ...]:
+    return tuple(float(v) for v in values)

@@ -58,11 +58,12 @@ from famix.config import (
 )
 from famix.data.datasets import SeededTransform, build_dataset
 from famix.data.labels import IGNORE_INDEX
-from famix.data.transforms import normalize, train_transform
+from famix.data.transforms import train_transform
 from famix.engine import pretrained
 from famix.engine.checkpoint import load_checkpoint, load_segmenter, model_config
-from famix.engine.checks import check_specs
+from famix.engine.checks import bank_normalization_entry, check_specs
 from famix.engine.distributed import resolve_device, single_process
+from famix.engine.inference import model_input
 from famix.engine.outputs import check_folder
 from famix.engine.runs import KEY, RunRecord, check_same
 from famix.engine.seeds import item_seed
@@ -350,6 +351,7 @@ def _mine_target(
             "description": target,
             "batches_done": 0,
             "famix_version": __version__,
+            **bank_normalization_entry(model.normalization),
         }
         if cfg.model.classes is not None:  # the fine-tuning checks that the bank is of its classes
             metadata["label_set"] = cfg.model.label_set().to_dict()
@@ -366,7 +368,7 @@ def _mine_target(
     bar = progress_bar(total=batches, initial=start, desc=f"mine {target!r}", disable=not progress)
     for done, (images, _, _) in enumerate(loader, start=start + 1):
         with torch.no_grad():
-            f = model.style_features(normalize(images.to(device)))  # [B, C, h, w]
+            f = model.style_features(model_input(model, images.to(device)))  # [B, C, h, w]
         styles = image_pin(
             clip.visual, f, text, pool, s.steps, pin_lr(s), weight_decay=s.weight_decay, recipe=s.recipe,
             batch=size,

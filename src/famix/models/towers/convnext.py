@@ -29,7 +29,7 @@ from timm.models import register_model
 from timm.models.convnext import ConvNeXt
 from torch import nn
 
-from famix.models.towers.base import Tower, Unit
+from famix.models.towers.base import Tower, Unit, trunk_kwargs
 
 STRIDE = 32  # the trunk's total downsampling, its only output stride
 
@@ -128,6 +128,6 @@ def famix_tiny_convnext(pretrained: bool = False, **kwargs) -> ConvNeXt:
     24, 32, 48."""
     if pretrained:
         raise ValueError("famix_tiny_convnext has no pretrained weights")
-    model = ConvNeXt(**{"depths": (1, 1, 2, 2), "dims": (16, 24, 32, 48), **kwargs})
+    model = ConvNeXt(**{"depths": (1, 1, 2, 2), "dims": (16, 24, 32, 48), **trunk_kwargs(kwargs)})
     model.default_cfg = model.pretrained_cfg = {}
     return model

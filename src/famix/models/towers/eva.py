@@ -14,12 +14,15 @@ images [B, 3, H, W] (H, W multiples of the patch size P, grid h x w = H/P x W/P)
 
 Positions at other sizes than the native grid (g x g, g = image size / P):
 
-- the absolute embedding's grid is resized bicubically as for CLIP ViTs (``vit.interpolate_pos_embed``:
-  align_corners=False, no antialias; the identity, bit for bit, at the native grid);
+- the absolute embedding's grid is resized by timm's ``resample_abs_pos_embed`` (bicubic, antialiased,
+  the class position kept; the identity at the native grid);
 - RoPE is evaluated at the new grid's token coordinates rescaled to the reference grid the trunk was
   trained with (EVA02's ``ref_feat_shape``, e.g. 16 x 16): coordinate t_i = i * ref / n on an axis of n
   tokens (+ the trunk's grid offset), angles t_i * band_k for the trunk's frequency bands; at the native
-  grid the trunk's own cached table is used. Both match EVA's own rule for resized inputs.
+  grid the trunk's own cached table is used.
+
+Both are timm's own rule for an Eva built with ``dynamic_img_size=True`` (tests/test_towers.py checks the
+dense tokens against such a trunk at several sizes).
 
 The tail for PIN takes the native grid: embed -> blocks -> norm -> class token -> fc_norm -> trunk.head
 (the CLIP projection) -> open_clip's head: exactly ``visual(x)`` when fed ``patch_embed.proj(x)``.
@@ -32,15 +35,15 @@ import functools
 
 import torch
 from open_clip.timm_model import TimmModel
+from timm.layers import resample_abs_pos_embed
 from timm.layers.pos_embed_sincos import RotaryEmbeddingCat, build_rotary_pos_embed
 from timm.models import register_model
 from timm.models.eva import Eva
 from torch import nn
 
-from famix.models.towers.base import Tower, Unit
+from famix.models.towers.base import Tower, Unit, trunk_kwargs
 from famix.models.towers.vit import (
     build_neck,
-    interpolate_pos_embed,
     last_quarter,
     low_level_block,
     neck_steps,
@@ -77,11 +80,13 @@ def rope_table(rope: RotaryEmbeddingCat, grid: tuple[int, int]) -> torch.Tensor:
 
 def embed_tokens(trunk: Eva, z: torch.Tensor) -> torch.Tensor:
     """Style map z [B, W, h, w] -> tokens [B, 1 + h * w, W]: patch_embed.norm, class token, positional
-    embedding (resized to h x w), norm_pre."""
+    embedding (resized to h x w, see the module docstring), norm_pre."""
     b, c, h, w = z.shape
     tokens = trunk.patch_embed.norm(z.flatten(2).transpose(1, 2))  # [B, h * w, W]
     cls = trunk.cls_token.to(tokens.dtype).expand(b, -1, -1)
-    pos = interpolate_pos_embed(trunk.pos_embed[0], (h, w), tuple(trunk.patch_embed.grid_size))
+    pos = resample_abs_pos_embed(
+        trunk.pos_embed, [h, w], list(trunk.patch_embed.grid_size), num_prefix_tokens=1
+    )
     return trunk.norm_pre(trunk.pos_drop(torch.cat([cls, tokens], dim=1) + pos.to(tokens.dtype)))
 
 
@@ -200,6 +205,6 @@ def famix_tiny_eva(pretrained: bool = False, **kwargs) -> Eva:
         img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=4, qkv_fused=False, mlp_ratio=4 * 2 / 3,
         swiglu_mlp=True, scale_mlp=True, scale_attn_inner=True, use_rot_pos_emb=True, ref_feat_shape=(4, 4),
     )  # fmt: skip
-    model = Eva(**{**args, **kwargs})
+    model = Eva(**{**args, **trunk_kwargs(kwargs)})
     model.default_cfg = model.pretrained_cfg = {}
     return model

@@ -6,6 +6,9 @@ freeze presets, the real paper-size towers built at random, and the CLI end to e
 import copy
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -246,3 +249,26 @@ def test_cli_on_tiny_towers(tmp_path, preset, name):
         torch.testing.assert_close(
             torch.as_tensor(load_exported(onnx, "onnx")(x)), model(x), atol=1e-4, rtol=0
         )
+    adapt = ["adapt", str(run / "latest.pt"), "--target", "fog", "--data", "synthetic:day:4:0:size=64"]
+    adapt += ["--out", str(tmp_path / "adapt"), "--iterations", "2", "--steps", "2", "--crop", "64"]
+    main([*adapt, "--batch-size", "2", "--device", "cpu"])
+    adapted = load_checkpoint(tmp_path / "adapt" / "fog" / "latest.pt")["model_state"]
+    before = ckpt["model_state"]  # adapt fine-tunes the head only, from the run's weights
+    assert all(torch.equal(adapted[k], v) for k, v in before.items() if k.startswith("backbone."))
+    assert any(not torch.equal(adapted[k], v) for k, v in before.items() if k.startswith("classifier."))
+
+
+@pytest.mark.parametrize("preset", ["tiny_eva", "tiny_convnext"])
+def test_torchrun_trains_a_tower_with_style_mixing(tmp_path, preset):
+    """Two CPU processes (gloo) train with FAMix's mixing: DDP finds a gradient for every trainable
+    parameter (it fails on unused ones; the CLIP projections are frozen)."""
+    config = str(CONFIGS / f"{preset}.yaml")
+    bank = tmp_path / "bank.safetensors"
+    main(["mine", "-c", config, f"style.bank={bank}", "mine.max_images=4", "mine.steps=1"])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29547"]
+    cmd += ["-m", "famix", "train", "-c", config, f"style.bank={bank}", f"train.out={tmp_path / 'run'}"]
+    cmd += ["train.iterations=2", "train.val_interval=2", "data.batch_size=2", "data.val=[]"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(CONFIGS.parents[1])}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert load_checkpoint(tmp_path / "run" / "latest.pt")["cur_itrs"] == 2

@@ -27,7 +27,7 @@ from common import base_parser, count_flops, peak_memory_bytes, report, setup, t
 from famix.data.labels import CLASS_NAMES, IGNORE_INDEX
 from famix.engine.mine import CUDA_PIN_CROPS
 from famix.models.clip import build_clip
-from famix.models.towers import style_grid, tower
+from famix.models.towers import style_channels, style_grid, style_tail, tower
 from famix.style.patch_mining import RECIPE_LR, MiningSettings, mine_batches
 from famix.style.vocabulary import DEFAULT_STYLE_WORDS
 
@@ -72,7 +72,8 @@ def main() -> None:
     images = torch.randn(args.batch, 3, h, w, device=device, generator=g)  # every batch: the same crops
     labels = torch.randint(len(CLASS_NAMES), (args.batch, h, w), device=device, generator=g)
     n = args.batch * args.grid**2
-    text = torch.randn(n, visual.output_dim, device=device, generator=g)
+    dim = style_tail(visual, torch.zeros(1, style_channels(visual), pool, pool, device=device)).shape[-1]
+    text = torch.randn(n, dim, device=device, generator=g)
     text = text / text.norm(dim=-1, keepdim=True)  # [N, D] unit-norm targets
 
     def step(s: MiningSettings):

@@ -27,16 +27,23 @@ if importlib.util.find_spec("famix") is None:  # not installed: use this checkou
 from famix.engine.amp import AMP_DTYPES, amp_dtype  # noqa: E402
 from famix.engine.distributed import resolve_device  # noqa: E402
 
-BACKBONES = ("RN50", "RN101", "tiny-rn", "tiny-clip", "ViT-B-16", "ViT-L-14", "tiny-vit", "tiny-vit-clip")
+BACKBONES = (
+    *("RN50", "RN101", "tiny-rn", "tiny-clip", "ViT-B-16", "ViT-L-14", "tiny-vit", "tiny-vit-clip"),
+    *("EVA02-B-16", "EVA02-L-14", "tiny-eva", "convnext_base_w", "convnext_large_d_320", "tiny-convnext"),
+)
 
 
 def output_stride(backbone: str, given: int | None) -> int:
-    """The segmenter's output stride: ``given``, else 16 for a ResNet and the patch size for a ViT (a ViT
-    segmenter's only stride)."""
-    from famix.models.clip import get_clip_config
+    """The segmenter's output stride: ``given``, else 16 for a ResNet, and a token tower's patch size or a
+    ConvNeXt's 32 (those towers' only stride: the sides their forward pads to)."""
+    from famix.models.clip import build_clip
+    from famix.models.towers import tower
 
-    patch = get_clip_config(backbone)["vision_cfg"].get("patch_size")
-    return given or patch or 16
+    if given:
+        return given
+    visual = build_clip(backbone).visual
+    family = tower(visual)
+    return 16 if family.name == "resnet" else family.pad_multiple(visual)
 
 
 def base_parser(

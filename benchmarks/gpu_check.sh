@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Issue 9's four target rows and issue 12's ViT-B/16 rows on a lent GPU machine, one prepared run (docs/gpu.md):
+# Issue 9's four target rows, issue 12's ViT-B/16 and issue 20's EVA02 / ConvNeXt rows on a lent GPU machine, one prepared run (docs/gpu.md):
 #   here:   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #             --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#             -d .whl open_clip_torch ftfy wcwidth safetensors
+#             -d .whl open_clip_torch timm ftfy wcwidth safetensors
 #   there:  bash benchmarks/gpu_check.sh        (the device tool's run, with carry [".whl"])
 # Prints the step-only table (train / inference / mining at the paper's sizes), the input pipeline table
 # (16 workers) and the end-to-end table (train and eval from PNGs on disk, validation share), in that order.
@@ -24,3 +24,13 @@ python3 benchmarks/bench_mining.py --backbone ViT-B-16 --no-header
 python3 benchmarks/bench_inference.py --no-header --flip --iters 10
 python3 benchmarks/bench_inference.py --no-header --scales 0.75 1 1.25 --iters 10
 python3 benchmarks/bench_inference.py --no-header --flip --scales 0.75 1 1.25 --iters 10
+# Issue 20: EVA02-CLIP-B/16 and ConvNeXt-B CLIP at the paper's sizes (bf16, batch 8, 768 crops; inference
+# 1024x2048; mining batch 16 of 768 crops, 100 PIN steps), then the presets' FLOP / memory table
+python3 benchmarks/bench_train.py --backbone EVA02-B-16 --no-header --iters 20
+python3 benchmarks/bench_inference.py --backbone EVA02-B-16 --no-header --iters 20
+python3 benchmarks/bench_mining.py --backbone EVA02-B-16 --no-header
+python3 benchmarks/bench_train.py --backbone convnext_base_w --no-header --iters 20
+python3 benchmarks/bench_inference.py --backbone convnext_base_w --no-header --iters 20
+python3 benchmarks/bench_mining.py --backbone convnext_base_w --no-header
+python3 benchmarks/bench_train.py --backbone EVA02-L-14 --size 756 --no-header --iters 10
+python3 benchmarks/count_towers.py

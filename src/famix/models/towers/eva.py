@@ -32,6 +32,7 @@ Patch dropout, RoPE coordinate augmentation and drop path are never applied to f
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 from open_clip.timm_model import TimmModel
@@ -73,6 +74,7 @@ def rope_table(rope: RotaryEmbeddingCat, grid: tuple[int, int]) -> torch.Tensor:
         grid_indexing=rope.grid_indexing,
         rotate_half=rope.rotate_half,
         grid_type=rope.grid_type,
+        device=rope.bands.device,  # on the trunk's device: no host tensor in the forward
         dtype=rope.pos_embed.dtype,
     )
     return torch.cat([sin, cos], -1)
@@ -90,8 +92,8 @@ def embed_tokens(trunk: Eva, z: torch.Tensor) -> torch.Tensor:
     return trunk.norm_pre(trunk.pos_drop(torch.cat([cls, tokens], dim=1) + pos.to(tokens.dtype)))
 
 
-def _block(trunk: Eva, index: int, grid: tuple[int, int], tokens: torch.Tensor) -> torch.Tensor:
-    tokens = trunk.blocks[index](tokens, rope=rope_table(trunk.rope, grid))
+def _block(trunk: Eva, index: int, table: Callable[[], torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+    tokens = trunk.blocks[index](tokens, rope=table())
     return trunk.norm(tokens) if index == len(trunk.blocks) - 1 else tokens
 
 
@@ -135,8 +137,9 @@ class EvaTower(Tower):
             ("patch_embed", trunk.patch_embed.proj),
             ("embed", functools.partial(embed_tokens, trunk)),
         ]
+        table = functools.cache(functools.partial(rope_table, trunk.rope, grid))  # once per forward, if used
         return units + [
-            (f"block.{i}", functools.partial(_block, trunk, i, grid)) for i in range(len(trunk.blocks))
+            (f"block.{i}", functools.partial(_block, trunk, i, table)) for i in range(len(trunk.blocks))
         ]
 
     def unit_modules(self, visual: nn.Module, name: str) -> list[nn.Module]:
@@ -189,9 +192,9 @@ class EvaTower(Tower):
                 f"the EVA tail takes the native {grid[0]}x{grid[1]} token grid, got {z.shape[-2]}x"
                 f"{z.shape[-1]} maps: pool them to style_grid(visual) first"
             )
-        x = embed_tokens(trunk, z)
+        x, table = embed_tokens(trunk, z), trunk.rope.get_embed  # the native grid: the trunk's cached table
         for i in range(len(trunk.blocks)):
-            x = _block(trunk, i, grid, x)
+            x = _block(trunk, i, table, x)
         return visual.head(trunk.forward_head(x))  # [N, D]
 
 

@@ -76,13 +76,18 @@ def test_eva_dense_features_equal_the_trunk_at_the_native_size():
     assert torch.equal(low.flatten(2).transpose(1, 2), seen[0][:, 1:])
 
 
+@pytest.mark.parametrize("rope", [True, False])
 @pytest.mark.parametrize("hw", [(48, 40), (24, 56), (16, 16), (8, 24), (32, 32)])
-def test_eva_positions_at_other_sizes_equal_timm_dynamic_size_eva(hw):
+def test_eva_positions_at_other_sizes_equal_timm_dynamic_size_eva(hw, rope):
     """At sizes other than the native grid, famix's EVA (absolute positions resampled, RoPE at rescaled
-    coordinates) equals timm's own Eva built for dynamic input sizes, with the same weights."""
+    coordinates) equals timm's own Eva built for dynamic input sizes, with the same weights; also for a
+    trunk without RoPE and with post-norm blocks, as EVA02-E-14's."""
     visual = build_clip("tiny-eva", seed=0).visual
-    reference = famix_tiny_eva(dynamic_img_size=True, num_classes=32, global_pool="token").eval()
+    kind = {} if rope else {"use_rot_pos_emb": False, "use_post_norm": True}
+    visual.trunk = famix_tiny_eva(num_classes=32, global_pool="token", **kind)
+    reference = famix_tiny_eva(dynamic_img_size=True, num_classes=32, global_pool="token", **kind).eval()
     reference.load_state_dict(visual.trunk.state_dict())
+    assert (visual.trunk.rope is None) != rope
     model = Segmenter(visual, 5, 8).eval()
     x = images(2, 3, *hw, seed=hw[0] + hw[1])
     with torch.no_grad():

@@ -2,7 +2,8 @@
 
 open_clip builds EVA02-CLIP (``EVA02-B-16``, ``EVA02-L-14``, ``EVA02-L-14-336``, ``EVA02-E-14``...) as a
 ``TimmModel`` whose ``trunk`` is timm's ``Eva``: a ViT with a class token, an absolute positional
-embedding *and* 2-D rotary position embeddings (RoPE) in every attention, SwiGLU MLPs and sub-LayerNorms.
+embedding *and* 2-D rotary position embeddings (RoPE) in every attention, SwiGLU MLPs and sub-LayerNorms
+(EVA02-E-14: no RoPE, post-norm blocks).
 Parameter names stay the tower's (``backbone.trunk.blocks.N.attn.q_proj.weight``...). Dense forward of
 images [B, 3, H, W] (H, W multiples of the patch size P, grid h x w = H/P x W/P):
 
@@ -60,9 +61,12 @@ def eva_patch(trunk: Eva) -> int:
     return int(p[0])
 
 
-def rope_table(rope: RotaryEmbeddingCat, grid: tuple[int, int]) -> torch.Tensor:
+def rope_table(rope: RotaryEmbeddingCat | None, grid: tuple[int, int]) -> torch.Tensor | None:
     """The trunk's RoPE sin/cos table for an h x w token grid: [h * w, 2 * D] (D = 4 * bands), the trunk's
-    cached table at its native grid, else evaluated at coordinates rescaled to its reference grid."""
+    cached table at its native grid, else evaluated at coordinates rescaled to its reference grid; None for
+    a trunk without RoPE (EVA02-E: absolute positions only)."""
+    if rope is None:
+        return None
     if tuple(grid) == tuple(rope.feat_shape):
         return rope.get_embed()
     sin, cos = build_rotary_pos_embed(
@@ -112,8 +116,9 @@ class EvaTower(Tower):
         trunk = visual.trunk
         if trunk.reg_token is not None or trunk.cls_token is None or trunk.no_embed_class:
             raise ValueError("famix takes EVA trunks with one class token and positions for it (EVA02-CLIP)")
-        if not isinstance(trunk.rope, RotaryEmbeddingCat) or trunk.rope.feat_shape is None:
-            raise ValueError("famix takes EVA trunks with a fixed-grid 'cat' RoPE (EVA02-CLIP's)")
+        rope = trunk.rope
+        if rope is not None and (not isinstance(rope, RotaryEmbeddingCat) or rope.feat_shape is None):
+            raise ValueError("famix takes EVA trunks with a fixed-grid 'cat' RoPE (EVA02-CLIP's) or none")
         if trunk.pos_embed is None or trunk.global_pool != "token":
             raise ValueError(
                 "famix takes EVA trunks with an absolute position embedding and a class-token pool"
@@ -192,7 +197,7 @@ class EvaTower(Tower):
                 f"the EVA tail takes the native {grid[0]}x{grid[1]} token grid, got {z.shape[-2]}x"
                 f"{z.shape[-1]} maps: pool them to style_grid(visual) first"
             )
-        x, table = embed_tokens(trunk, z), trunk.rope.get_embed  # the native grid: the trunk's cached table
+        x, table = embed_tokens(trunk, z), functools.partial(rope_table, trunk.rope, grid)  # the cached table
         for i in range(len(trunk.blocks)):
             x = _block(trunk, i, table, x)
         return visual.head(trunk.forward_head(x))  # [N, D]

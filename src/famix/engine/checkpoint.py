@@ -16,13 +16,12 @@ import torch
 from torch import nn
 
 from famix import __version__
-from famix.config import ModelConfig, from_dict
+from famix.config import ModelConfig
 from famix.data.classes import LabelSet, LabelSetError
 from famix.data.classes import load as load_label_set
-from famix.data.transforms import CLIP_MEAN, CLIP_STD
 from famix.engine import hub
 from famix.engine.exported import ARCHIVE_NAMES, archive_format, read_metadata
-from famix.engine.pretrained import read_folder, resolve
+from famix.engine.pretrained import model_config, read_folder, resolve
 from famix.io import atomic_write
 from famix.models.build import build_segmenter
 from famix.models.segmenter import Segmenter
@@ -128,18 +127,6 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
         if v
     ]
     raise ValueError(f"{source} does not fit this model ({'; '.join(parts)}). {hint.capitalize()}.")
-
-
-def model_config(ckpt: dict) -> ModelConfig:
-    """The model a checkpoint dict was trained as: its stored ``config["model"]``, or (official FAMix files)
-    the defaults: RN50, OS16, the 19 trainIds. The input normalisation is the stored ``mean`` / ``std``;
-    a checkpoint storing none (official files, famix before it stored them) was trained with OpenAI's, so
-    that is what it gets, whatever its CLIP weights' tag says today."""
-    stored = ckpt.get("config", {}).get("model")
-    cfg = from_dict(stored, ModelConfig, "model.") if stored else ModelConfig()
-    if cfg.mean is None:
-        cfg = dataclasses.replace(cfg, mean=list(CLIP_MEAN), std=list(CLIP_STD))
-    return cfg
 
 
 def checkpoint_amp(ckpt: dict) -> str:

@@ -13,6 +13,7 @@ that takes a checkpoint takes such a folder, or a Hub id of one (``hf:OWNER/NAME
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -23,6 +24,7 @@ from safetensors.torch import load_file
 
 from famix import __version__
 from famix.config import ModelConfig, from_dict
+from famix.data.transforms import CLIP_MEAN, CLIP_STD
 from famix.engine import hub
 from famix.engine.runs import file_fingerprint
 from famix.io import atomic_write, save_safetensors
@@ -43,6 +45,18 @@ def is_folder(path) -> bool:
 def resolve(source) -> Path:
     """The local path of a model source: a Hub id is downloaded (or found in the Hub's cache)."""
     return hub.download(source) if hub.is_hub_id(source) else Path(source)
+
+
+def model_config(ckpt: dict) -> ModelConfig:
+    """The model a checkpoint dict was trained as: its stored ``config["model"]``, or (official FAMix files)
+    the defaults: RN50, OS16, the 19 trainIds. The input normalisation is the stored ``mean`` / ``std``;
+    a checkpoint storing none (official files, famix before it stored them) was trained with OpenAI's, so
+    that is what it gets, whatever its CLIP weights' tag says today."""
+    stored = ckpt.get("config", {}).get("model")
+    cfg = from_dict(stored, ModelConfig, "model.") if stored else ModelConfig()
+    if cfg.mean is None:
+        cfg = dataclasses.replace(cfg, mean=list(CLIP_MEAN), std=list(CLIP_STD))
+    return cfg
 
 
 def read_folder(folder: str | Path) -> dict:
@@ -210,8 +224,6 @@ def write_folder(
     folder.mkdir(parents=True, exist_ok=True)
     state = {k.removeprefix("module."): v.detach().cpu().contiguous() for k, v in ckpt["model_state"].items()}
     save_safetensors(state, folder / WEIGHTS, {"format": "pt", "famix_version": __version__})
-    from famix.engine.checkpoint import model_config  # (checkpoint reads model folders: imports this module)
-
     model = model_config(ckpt)
     meta = {
         "famix": {"format": FORMAT, "version": __version__},

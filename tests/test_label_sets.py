@@ -214,8 +214,6 @@ CAPABILITY = torch.backends.cpu.get_cpu_capability()
 
 
 @pytest.mark.skipif(CAPABILITY not in PINNED, reason=f"no pins computed on a {CAPABILITY} CPU")
-
-
 def test_default_path_is_unchanged_bit_for_bit(tmp_path):
     fast = ["data.val=[]", "data.train=synthetic:day:8:size=48", "data.crop=32", "mine.crop=32"]
     bank = tmp_path / "bank.safetensors"

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,11 +19,11 @@ from PIL import Image
 from torch import nn
 
 from famix.cli import main
-from famix.config import ModelConfig
+from famix.config import ModelConfig, load_config
 from famix.engine.checkpoint import load_checkpoint, load_segmenter
 from famix.engine.exported import load_exported
 from famix.models.build import build_segmenter
-from famix.models.clip import build_clip
+from famix.models.clip import build_clip, clip_normalization
 from famix.models.freeze import FREEZE_PRESETS
 from famix.models.segmenter import Segmenter
 from famix.models.towers import style_channels, style_features, style_grid, style_relu, style_tail, tower
@@ -277,3 +278,17 @@ def test_torchrun_trains_a_tower_with_style_mixing(tmp_path, preset):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert load_checkpoint(tmp_path / "run" / "latest.pt")["cur_itrs"] == 2
+
+
+@pytest.mark.parametrize(
+    "preset,multiple", [("gta5_eva02b16", 16), ("gta5_eva02l14", 14), ("gta5_convnextl", 32)]
+)
+def test_paper_presets_fit_their_towers(preset, multiple):
+    """Each preset's stride is its tower's, its crops are whole strides (no padding), and its weights are an
+    open_clip tag of its backbone, whose normalisation famix reads from open_clip's table."""
+    cfg = load_config(preset)
+    assert cfg.model.output_stride == multiple and cfg.model.freeze == "last-block"
+    assert cfg.data.crop % multiple == 0 and cfg.mine.crop % multiple == 0
+    assert cfg.model.weights in open_clip.list_pretrained_tags_by_model(cfg.model.backbone)
+    table = open_clip.pretrained.get_pretrained_cfg(cfg.model.backbone, cfg.model.weights)
+    assert clip_normalization(cfg.model.backbone, cfg.model.weights)[:2] == (table["mean"], table["std"])

@@ -218,7 +218,9 @@ def test_logits_have_the_input_size(hw):
         padded = F.pad(x, (0, -hw[1] % PATCH, 0, -hw[0] % PATCH))  # sides not multiples of P: zero-padded
         assert torch.equal(logits, model(padded)[..., : hw[0], : hw[1]])
     if hw[0] % PATCH:
-        with pytest.raises(ValueError, match="vit segmenter.s features need sides that are multiples of 8, got 50x37"):
+        with pytest.raises(
+            ValueError, match="vit segmenter.s features need sides that are multiples of 8, got 50x37"
+        ):
             model.features(x)
 
 

@@ -110,12 +110,8 @@ class Tower:
         return 1
 
     def style_features(self, visual: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """The style-site map of CLIP-normalised images x [B, 3, H, W] (no restyle)."""
-        for name, unit in self.units(visual, tuple(x.shape[-2:])):
-            x = unit(x)
-            if name == self.style_site:
-                return x
-        raise AssertionError(f"{self.name} has no unit {self.style_site!r}")
+        """The style-site map of normalised images x [B, 3, H, W] (no restyle)."""
+        raise NotImplementedError
 
     def style_channels(self, visual: nn.Module) -> int:
         """C of the style map (a style is C means and C standard deviations)."""

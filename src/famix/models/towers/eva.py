@@ -43,14 +43,8 @@ from timm.models import register_model
 from timm.models.eva import Eva
 from torch import nn
 
-from famix.models.towers.base import Tower, Unit, trunk_kwargs
-from famix.models.towers.vit import (
-    build_neck,
-    last_quarter,
-    low_level_block,
-    neck_steps,
-    tokens_to_map,
-)
+from famix.models.towers.base import Unit, trunk_kwargs
+from famix.models.towers.vit import TokenTower, neck_steps
 
 
 def eva_patch(trunk: Eva) -> int:
@@ -101,10 +95,10 @@ def _block(trunk: Eva, index: int, table: Callable[[], torch.Tensor], tokens: to
     return trunk.norm(tokens) if index == len(trunk.blocks) - 1 else tokens
 
 
-class EvaTower(Tower):
+class EvaTower(TokenTower):
     """EVA02-CLIP towers; see the module docstring."""
 
-    name, style_site, style_relu = "eva", "patch_embed", False
+    name = "eva"
 
     def accepts(self, visual: nn.Module) -> bool:
         return isinstance(visual, TimmModel) and isinstance(visual.trunk, Eva)
@@ -162,32 +156,17 @@ class EvaTower(Tower):
             params += [visual.trunk.cls_token, visual.trunk.pos_embed]
         return params
 
-    def last_stage(self, names: list[str]) -> list[str]:
-        return last_quarter(names)
+    def width(self, visual: nn.Module) -> int:
+        return visual.trunk.embed_dim
 
-    def low_site(self, visual: nn.Module) -> str:
-        return f"block.{low_level_block(len(visual.trunk.blocks))}"
-
-    def channels(self, visual: nn.Module) -> tuple[int, int]:
-        return visual.trunk.embed_dim, visual.trunk.embed_dim
-
-    def neck(self, visual: nn.Module, output_stride: int) -> nn.Module:
-        return build_neck(visual.trunk.embed_dim, output_stride)
-
-    def dense(self, visual, low, out, grid):
-        return tokens_to_map(low, grid), tokens_to_map(out, grid)
-
-    def pad_multiple(self, visual: nn.Module) -> int:
+    def patch(self, visual: nn.Module) -> int:
         return eva_patch(visual.trunk)
+
+    def depth(self, visual: nn.Module) -> int:
+        return len(visual.trunk.blocks)
 
     def style_features(self, visual: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return visual.trunk.patch_embed.proj(x)  # [B, W, H/P, W/P]
-
-    def style_channels(self, visual: nn.Module) -> int:
-        return visual.trunk.embed_dim
-
-    def style_grid(self, visual: nn.Module) -> int:
-        return self.input_size(visual) // eva_patch(visual.trunk)
 
     def tail(self, visual: nn.Module, z: torch.Tensor) -> torch.Tensor:
         trunk = visual.trunk

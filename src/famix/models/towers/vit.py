@@ -203,7 +203,51 @@ def last_quarter(names: list[str]) -> list[str]:
     return blocks[-math.ceil(len(blocks) / 4) :]
 
 
-class ViTTower(Tower):
+class TokenTower(Tower):
+    """What every token tower (CLIP ViT, EVA02) shares: the style site is the patch embedding [B, W, H/P,
+    W/P] (signed: no ReLU); the dense maps are the tokens, class token dropped, at stride P, the low-level
+    one after block ceil(L/4) through a learned ``neck``; ``layer4`` trains the last quarter of the blocks;
+    inputs are padded to multiples of P. A family says its ``width`` W, ``patch`` P and ``depth`` L."""
+
+    style_site, style_relu = "patch_embed", False
+
+    def width(self, visual: nn.Module) -> int:
+        raise NotImplementedError
+
+    def patch(self, visual: nn.Module) -> int:
+        raise NotImplementedError
+
+    def depth(self, visual: nn.Module) -> int:
+        raise NotImplementedError
+
+    def last_stage(self, names: list[str]) -> list[str]:
+        return last_quarter(names)
+
+    def low_site(self, visual: nn.Module) -> str:
+        return f"block.{low_level_block(self.depth(visual))}"
+
+    def channels(self, visual: nn.Module) -> tuple[int, int]:
+        return self.width(visual), self.width(visual)
+
+    def neck(self, visual: nn.Module, output_stride: int) -> nn.Module:
+        return build_neck(self.width(visual), output_stride)
+
+    def dense(
+        self, visual: nn.Module, low: torch.Tensor, out: torch.Tensor, grid: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return tokens_to_map(low, grid), tokens_to_map(out, grid)
+
+    def pad_multiple(self, visual: nn.Module) -> int:
+        return self.patch(visual)
+
+    def style_channels(self, visual: nn.Module) -> int:
+        return self.width(visual)
+
+    def style_grid(self, visual: nn.Module) -> int:
+        return self.input_size(visual) // self.patch(visual)
+
+
+class ViTTower(TokenTower):
     """CLIP ViTs (open_clip ``VisionTransformer``: OpenAI's ViT-B/16, ViT-L/14, open_clip's LAION ones).
 
     See the module docstring: the style site is the patch embedding conv1(x) [B, W, H/P, W/P] before the
@@ -211,7 +255,7 @@ class ViTTower(Tower):
     / P (14 for 224-px ViT-B/16). Inputs are zero-padded to multiples of P.
     """
 
-    name, style_site, style_relu = "vit", "patch_embed", False
+    name = "vit"
 
     def accepts(self, visual: nn.Module) -> bool:
         return isinstance(visual, VisionTransformer)
@@ -231,32 +275,17 @@ class ViTTower(Tower):
     def unit_parameters(self, visual: nn.Module, name: str) -> list[nn.Parameter]:
         return vit_unit_parameters(visual, name)
 
-    def last_stage(self, names: list[str]) -> list[str]:
-        return last_quarter(names)
+    def width(self, visual: nn.Module) -> int:
+        return visual.conv1.out_channels
 
-    def low_site(self, visual: nn.Module) -> str:
-        return f"block.{low_level_block(len(visual.transformer.resblocks))}"
-
-    def channels(self, visual: nn.Module) -> tuple[int, int]:
-        return visual.conv1.out_channels, visual.conv1.out_channels
-
-    def neck(self, visual: nn.Module, output_stride: int) -> nn.Module:
-        return build_neck(visual.conv1.out_channels, output_stride)
-
-    def dense(self, visual, low, out, grid):
-        return tokens_to_map(low, grid), tokens_to_map(out, grid)
-
-    def pad_multiple(self, visual: nn.Module) -> int:
+    def patch(self, visual: nn.Module) -> int:
         return patch_size(visual)
+
+    def depth(self, visual: nn.Module) -> int:
+        return len(visual.transformer.resblocks)
 
     def style_features(self, visual: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return visual.conv1(x)  # [B, W, H/P, W/P]
-
-    def style_channels(self, visual: nn.Module) -> int:
-        return visual.conv1.out_channels
-
-    def style_grid(self, visual: nn.Module) -> int:
-        return self.input_size(visual) // patch_size(visual)
 
     def tail(self, visual: nn.Module, z: torch.Tensor) -> torch.Tensor:
         return vit_tail(visual, z)

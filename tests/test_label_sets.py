@@ -18,6 +18,7 @@ from famix.engine.checkpoint import load_checkpoint, load_segmenter
 from famix.engine.evaluate import confusion_matrix, group_confusion
 from famix.stages import mine, train
 from famix.style.bank import StyleBank
+from tests.pins import pins_for
 
 FIVE = {
     "ignore_index": 0,
@@ -202,19 +203,22 @@ def _tensors(d: dict) -> bytes:
 # What famix computed at commit e48879e (before label sets) for the run below, on the 2-core x86_64 CPU
 # machine: the bank's tensors and metadata (less the version), the checkpoint's weights and run record, and
 # the logits of one fixed input. The default path (no model.classes) must stay bit for bit the same.
-# Bit-exact results depend on the CPU kernels torch picks: one table per vector capability seen (the AVX2
-# one computed at commit b61993e, whose default path is e48879e's, on the 2-core AMD EPYC container).
+# Bit-exact results depend on the CPU kernels torch picks (tests/pins.py): one table per machine seen (the
+# AVX2 one computed at commit b61993e, whose default path is e48879e's, on the 2-core AMD EPYC container).
 PINNED = {
-    "AVX512": {"bank": "061c28ef5af39995", "state": "a47002785767267a", "record": "be52901de73fbb74",
-               "logits": "d2589f66e63d10f0"},
-    "AVX2": {"bank": "f62a2fe42ace452f", "state": "69bfba4d687e5f65", "record": "92d9ef085282a558",
-             "logits": "60ea4fc1e86597f5"},
+    ("AVX512", None): {
+        "bank": "061c28ef5af39995", "state": "a47002785767267a", "record": "be52901de73fbb74",
+        "logits": "d2589f66e63d10f0",
+    },
+    ("AVX2", "AuthenticAMD"): {
+        "bank": "f62a2fe42ace452f", "state": "69bfba4d687e5f65", "record": "92d9ef085282a558",
+        "logits": "60ea4fc1e86597f5",
+    },
 }  # fmt: skip
-CAPABILITY = torch.backends.cpu.get_cpu_capability()
 
 
-@pytest.mark.skipif(CAPABILITY not in PINNED, reason=f"no pins computed on a {CAPABILITY} CPU")
 def test_default_path_is_unchanged_bit_for_bit(tmp_path):
+    pinned = pins_for(PINNED)
     fast = ["data.val=[]", "data.train=synthetic:day:8:size=48", "data.crop=32", "mine.crop=32"]
     bank = tmp_path / "bank.safetensors"
     cfg = load_config(
@@ -246,5 +250,5 @@ def test_default_path_is_unchanged_bit_for_bit(tmp_path):
         "record": _h(json.dumps(ckpt["run"], sort_keys=True).encode()),
         "logits": _h(logits.numpy().tobytes()),
     }
-    assert got == PINNED[CAPABILITY]
+    assert got == pinned
     assert "label_set" not in b.metadata and "classes" not in ckpt["run"]["settings"]["model"]

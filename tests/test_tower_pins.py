@@ -16,24 +16,24 @@ from famix.models.clip import build_clip
 from famix.models.towers import style_features
 from famix.stages import mine, train
 from famix.style.bank import StyleBank
+from tests.pins import pins_for
 
-# Bit-exact results depend on the CPU kernels torch picks (its vector capability): one table per capability
-# seen, each computed at commit 871d05b (before the refactor) on that machine; others are skipped.
+# Bit-exact results depend on the CPU kernels torch picks (tests/pins.py): one table per machine seen, each
+# computed before the refactor on that machine (871d05b; the AVX2 one at b61993e); others skip.
 PINNED = {
-    "AVX512": {  # the 2-core x86_64 container of 2026-12-04
+    ("AVX512", None): {  # the 2-core x86_64 container of 2026-12-04
         "tiny": {"bank": "57e65dc8cdea4906", "state": "bdb1b1580bb261b0", "logits": "5511c9ca7593c08d",
                  "style_site": "c034eb9a0c05d578"},
         "tiny_vit": {"bank": "1817dc63190888ff", "state": "fa6e7337339ac9d3", "logits": "81cf2872eb266d5d",
                      "style_site": "27c93313b3cd7605"},
     },
-    "AVX2": {  # the 2-core AMD EPYC container of 2026-12-05
+    ("AVX2", "AuthenticAMD"): {  # the 2-core AMD EPYC container of 2026-12-05
         "tiny": {"bank": "436d521c0511480b", "state": "4a967d0e830d2220", "logits": "2f685d43a18b6c52",
                  "style_site": "c034eb9a0c05d578"},
         "tiny_vit": {"bank": "63473c7b9703a9be", "state": "f120ad6c592e83e0", "logits": "98c1207160e10f7f",
                      "style_site": "27c93313b3cd7605"},
     },
 }  # fmt: skip
-CAPABILITY = torch.backends.cpu.get_cpu_capability()
 
 
 def _h(data: bytes) -> str:
@@ -44,9 +44,9 @@ def _tensors(d: dict) -> bytes:
     return b"".join(k.encode() + v.contiguous().numpy().tobytes() for k, v in sorted(d.items()))
 
 
-@pytest.mark.skipif(CAPABILITY not in PINNED, reason=f"no pins computed on a {CAPABILITY} CPU")
 @pytest.mark.parametrize("preset", ["tiny", "tiny_vit"])
 def test_tower_computes_what_it_computed(preset, tmp_path):
+    pinned = pins_for(PINNED)[preset]
     fast = ["data.val=[]", "data.train=synthetic:day:8:size=64", "data.crop=48", "mine.crop=48"]
     bank = tmp_path / "bank.safetensors"
     run = [f"style.bank={bank}", "mine.steps=2", "mine.max_images=8", f"train.out={tmp_path / 'run'}"]
@@ -67,4 +67,4 @@ def test_tower_computes_what_it_computed(preset, tmp_path):
         "logits": _h(logits.numpy().tobytes()),
         "style_site": _h(features.numpy().tobytes()),
     }
-    assert got == PINNED[CAPABILITY][preset]
+    assert got == pinned

@@ -14,7 +14,8 @@ from famix.data.classes import LabelSet, LabelSetError, from_names, parse
 from famix.data.datasets import build_dataset
 from famix.engine.distributed import current, resolve_device
 from famix.engine.outputs import check_folder
-from famix.models.clip import OPENAI_NORMALIZATION, clip_normalization, weights_fingerprint
+from famix.models.build import normalization
+from famix.models.clip import OPENAI_NORMALIZATION, weights_fingerprint
 from famix.style.bank import StyleBank
 
 
@@ -76,7 +77,7 @@ def check_train_inputs(cfg: Config) -> None:
             )
         bank = StyleBank.load(cfg.style.bank)  # missing or unreadable: an error naming the file
         check_bank_classes(bank, labels, cfg.style.bank)
-        norm = clip_normalization(cfg.model.backbone, cfg.model.weights, cfg.model.mean, cfg.model.std)
+        norm = normalization(cfg.model)
         check_bank_normalization(bank, (norm.mean, norm.std), cfg.style.bank)
 
 

@@ -28,7 +28,8 @@ from famix.engine.distributed import DistInfo, barrier, current, require_session
 from famix.engine.runs import RunRecord
 from famix.engine.seeds import item_seed, sequence_seed
 from famix.engine.train import normalization_settings
-from famix.models.clip import build_clip, clip_normalization, weights_fingerprint
+from famix.models.build import normalization
+from famix.models.clip import build_clip, weights_fingerprint
 from famix.models.towers import style_channels, style_grid, tower
 from famix.progress import progress_bar
 from famix.style.bank import StyleBank
@@ -111,7 +112,7 @@ def mine_pass(
     clip = build_clip(cfg.model.backbone, cfg.model.weights, device=device, seed=seed).requires_grad_(False)
     visual, embed, pool = clip.visual, TextEmbedder(clip), style_grid(clip.visual)
     amp = amp_dtype(cfg.run.amp, device)
-    norm = clip_normalization(cfg.model.backbone, cfg.model.weights, cfg.model.mean, cfg.model.std)
+    norm = normalization(cfg.model)
     if bank is None:
         bank = StyleBank(list(cfg.model.class_names), style_channels(visual), metadata=dict(metadata))
     bank.check_compatible(style_channels(visual), cfg.model.class_names, out)

@@ -31,8 +31,8 @@ from famix.engine.runs import KEY, RunRecord, check_same, file_fingerprint
 from famix.engine.sampler import StreamSampler
 from famix.engine.seeds import mixer_seed, step_seed
 from famix.io import remove_stale_temps
-from famix.models.build import build_segmenter
-from famix.models.clip import OPENAI_NORMALIZATION, clip_normalization, weights_fingerprint
+from famix.models.build import build_segmenter, normalization
+from famix.models.clip import OPENAI_NORMALIZATION, weights_fingerprint
 from famix.progress import progress_bar
 from famix.style.bank import StyleBank
 from famix.style.mixing import LocalStyleMixer
@@ -47,14 +47,14 @@ def with_normalization(cfg: Config) -> Config:
     """``cfg`` with ``model.mean`` / ``model.std`` resolved (``models.clip.clip_normalization``: given values,
     an open_clip tag's, else OpenAI's): what a run's config.yaml and checkpoints store, so every later stage
     normalises its inputs as the model was trained."""
-    n = clip_normalization(cfg.model.backbone, cfg.model.weights, cfg.model.mean, cfg.model.std)
+    n = normalization(cfg.model)
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, mean=list(n.mean), std=list(n.std)))
 
 
 def normalization_settings(model: ModelConfig) -> dict:
     """A run record's entries for its input normalisation (resolved): none for OpenAI's, as in the records
     of famix before it knew others (they stay valid), else ``{"mean": [...], "std": [...]}``."""
-    n = clip_normalization(model.backbone, model.weights, model.mean, model.std)
+    n = normalization(model)
     return {} if (n.mean, n.std) == OPENAI_NORMALIZATION else {"mean": list(n.mean), "std": list(n.std)}
 
 

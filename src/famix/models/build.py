@@ -6,7 +6,7 @@ from typing import Protocol
 
 import torch
 
-from famix.models.clip import build_clip, clip_normalization
+from famix.models.clip import Normalization, build_clip, clip_normalization
 from famix.models.freeze import apply_freeze
 from famix.models.segmenter import Segmenter
 
@@ -26,6 +26,12 @@ class SegmenterSpec(Protocol):
     std: list[float] | None
 
 
+def normalization(cfg: SegmenterSpec) -> Normalization:
+    """The input normalisation of a ``ModelConfig``'s CLIP weights (``clip.clip_normalization``: the given
+    mean / std, an open_clip tag's, else OpenAI's)."""
+    return clip_normalization(cfg.backbone, cfg.weights, cfg.mean, cfg.std)
+
+
 def build_segmenter(cfg: SegmenterSpec, seed: int | None = 0) -> Segmenter:
     """Segmenter for a ``ModelConfig``: CLIP image tower (weights from ``cfg.weights``) + DeepLabv3+ head,
     frozen by ``cfg.freeze``, taking inputs normalised as the weights expect (``clip_normalization``: the
@@ -42,7 +48,7 @@ def build_segmenter(cfg: SegmenterSpec, seed: int | None = 0) -> Segmenter:
     ):  # the head's random init, reproducible without global side effects
         if seed is not None:
             torch.manual_seed(seed + 1)
-        norm = clip_normalization(cfg.backbone, cfg.weights, cfg.mean, cfg.std)
+        norm = normalization(cfg)
         model = Segmenter(clip.visual, cfg.num_classes, cfg.output_stride, cfg.dilation, norm.mean, norm.std)
     apply_freeze(model, cfg.freeze)
     return model

@@ -10,7 +10,7 @@ from famix.engine.checks import bank_normalization_entry, check_mine_inputs
 from famix.engine.distributed import current
 from famix.engine.mine import mine_pass, mine_record, mining_plan, source_set
 from famix.engine.runs import KEY, check_same
-from famix.models.clip import clip_normalization
+from famix.models.build import normalization
 from famix.style.bank import StyleBank
 
 REFUSAL = "Pass another style.bank, or move that file away"
@@ -34,7 +34,7 @@ def run(cfg: Config, progress: bool = True, say=print, fix: str = REFUSAL) -> St
     else:
         bank = None
     metadata = {KEY: record.to_dict(), "batches_done": 0, "famix_version": __version__}
-    norm = clip_normalization(cfg.model.backbone, cfg.model.weights, cfg.model.mean, cfg.model.std)
+    norm = normalization(cfg.model)
     metadata.update(bank_normalization_entry((norm.mean, norm.std)))  # what the styles saw
     if cfg.model.classes is not None:  # a bank of the 19 trainIds says nothing more, as before label sets
         metadata["label_set"] = cfg.model.label_set().to_dict()

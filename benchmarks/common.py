@@ -36,12 +36,15 @@ BACKBONES = (
 def output_stride(backbone: str, given: int | None) -> int:
     """The segmenter's output stride: ``given``, else 16 for a ResNet, and a token tower's patch size or a
     ConvNeXt's 32 (those towers' only stride: the sides their forward pads to)."""
-    from famix.models.clip import build_clip
+    from famix.models.clip import build_clip, get_clip_config
     from famix.models.towers import tower
 
     if given:
         return given
-    visual = build_clip(backbone).visual
+    vision = get_clip_config(backbone)["vision_cfg"]
+    if "timm_model_name" not in vision:  # open_clip's own towers: the config says it
+        return vision.get("patch_size") or 16
+    visual = build_clip(backbone).visual  # a timm trunk: its family knows
     family = tower(visual)
     return 16 if family.name == "resnet" else family.pad_multiple(visual)
 

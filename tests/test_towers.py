@@ -31,7 +31,6 @@ from famix.models.towers.eva import famix_tiny_eva
 from famix.style.bank import StyleBank
 from famix.style.pin import PinSGD, pin_optimize, split_patches
 from famix.style.stats import grid_edges, normalize_patches, patch_stats
-from tests.test_vit_style import pin_alone_sgd
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "famix" / "configs"
 STRIDE = {"tiny-eva": 8, "tiny-convnext": 32}  # each tiny tower's output stride (patch size; 32)
@@ -142,7 +141,9 @@ def test_identity_restyle_leaves_the_output_unchanged(name):
 def reference_tail(visual: nn.Module) -> nn.Module:
     """open_clip's own forward with everything up to the style site taken out (the reference tail)."""
     tail = copy.deepcopy(visual)
-    if tower(visual).name == "eva":
+    if tower(visual).name == "vit":
+        tail.conv1 = nn.Identity()
+    elif tower(visual).name == "eva":
         tail.trunk.patch_embed.proj = nn.Identity()
         tail.trunk.patch_embed.strict_img_size = False
         tail.trunk.patch_embed.patch_size = (1, 1)  # (its size checks only: the tail takes the token grid)
@@ -151,9 +152,29 @@ def reference_tail(visual: nn.Module) -> nn.Module:
     return tail
 
 
-@pytest.mark.parametrize("name", ["tiny-eva", "tiny-convnext"])
+def pin_alone_sgd(tail, patch, mu, sigma, text, pool, steps, lr, momentum, weight_decay):
+    """One patch [1, C, h, w] optimised on its own loss 1 - cos, SGD with momentum and weight decay written
+    out (torch's rule: g += wd * p; buf = g at the first step, else momentum * buf + g; p -= lr * buf), the
+    restyle without ReLU: sigma * patch + mu."""
+    params, bufs = [mu.clone(), sigma.clone()], [None, None]
+    for _ in range(steps):
+        m, s = (p.requires_grad_(True) for p in params)
+        z = F.adaptive_avg_pool2d(s[None, :, None, None] * patch + m[None, :, None, None], pool)
+        loss = 1 - F.cosine_similarity(tail(z), text[None])[0]
+        grads = torch.autograd.grad(loss, [m, s])
+        with torch.no_grad():
+            for k, (p, g) in enumerate(zip(params, grads, strict=True)):
+                g = g + weight_decay * p
+                bufs[k] = g if bufs[k] is None else momentum * bufs[k] + g
+                params[k] = p - lr * bufs[k]
+    return [p.detach() for p in params]
+
+
+@pytest.mark.parametrize("name", ["tiny-vit", "tiny-eva", "tiny-convnext"])
 @pytest.mark.parametrize("b,h,w,g", [(2, 14, 12, 3), (1, 9, 7, 2)])
 def test_pin_is_per_patch_and_matches_a_loop(name, b, h, w, g):
+    """pin_optimize on each signed-site tower (no ReLU, inferred from the tower) == each patch alone, through
+    open_clip's own forward, patches of several sizes pooled to the tail's grid."""
     visual = build_clip(name, seed=0).visual
     gen = torch.Generator().manual_seed(h * 10 + w)
     f = torch.randn(b, style_channels(visual), h, w, generator=gen) * 2 - 0.5  # signed, as both sites
@@ -163,9 +184,9 @@ def test_pin_is_per_patch_and_matches_a_loop(name, b, h, w, g):
     f_norm = normalize_patches(f, mu, sigma)
     text = F.normalize(torch.randn(b * g * g, 32, generator=gen), dim=-1)
     pool, sgd = style_grid(visual), PinSGD(3, 0.5, 0.9, 1e-4)
-    mu_s, sigma_s, _, order = pin_optimize(
-        visual, split_patches(f_norm, g), flat_mu, flat_sigma, text, pool, sgd
-    )
+    groups = split_patches(f_norm, g)
+    assert len({tuple(p.shape[2:]) for p, _ in groups}) > 1  # patches of several shapes
+    mu_s, sigma_s, _, order = pin_optimize(visual, groups, flat_mu, flat_sigma, text, pool, sgd)
     tail = reference_tail(visual)
     rows, cols = grid_edges(h, g), grid_edges(w, g)
     for k, p in enumerate(order.tolist()):
@@ -229,8 +250,12 @@ def test_paper_size_towers_build_and_run_at_a_non_square_size(name, stride, chan
     assert logits.shape == (1, 3, *hw) and torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("preset,name", [("tiny_eva", "eva"), ("tiny_convnext", "convnext")])
+@pytest.mark.parametrize(
+    "preset,name", [("tiny_vit", "vit"), ("tiny_eva", "eva"), ("tiny_convnext", "convnext")]
+)
 def test_cli_on_tiny_towers(tmp_path, preset, name):
+    """The real entry points end to end on each tiny tower: mine, train, eval, predict, export (checked
+    against the model) and adapt (the head fine-tuned, the backbone kept)."""
     config = str(CONFIGS / f"{preset}.yaml")
     bank, run = tmp_path / "bank.safetensors", tmp_path / "run"
     main(["mine", "-c", config, f"style.bank={bank}", "mine.max_images=8", "mine.steps=2"])
@@ -262,6 +287,8 @@ def test_cli_on_tiny_towers(tmp_path, preset, name):
     before = ckpt["model_state"]  # adapt fine-tunes the head only, from the run's weights
     assert all(torch.equal(adapted[k], v) for k, v in before.items() if k.startswith("backbone."))
     assert any(not torch.equal(adapted[k], v) for k, v in before.items() if k.startswith("classifier."))
+    if model.neck is not None:  # a token tower's neck is part of the head
+        assert any(not torch.equal(adapted[k], v) for k, v in before.items() if k.startswith("neck."))
 
 
 @pytest.mark.parametrize("preset", ["tiny_eva", "tiny_convnext"])
@@ -291,4 +318,4 @@ def test_paper_presets_fit_their_towers(preset, multiple):
     assert cfg.data.crop % multiple == 0 and cfg.mine.crop % multiple == 0
     assert cfg.model.weights in open_clip.list_pretrained_tags_by_model(cfg.model.backbone)
     table = open_clip.pretrained.get_pretrained_cfg(cfg.model.backbone, cfg.model.weights)
-    assert clip_normalization(cfg.model.backbone, cfg.model.weights)[:2] == (table["mean"], table["std"])
+    assert clip_normalization(cfg.model.backbone, cfg.model.weights) == (table["mean"], table["std"])

@@ -1,8 +1,8 @@
 """Style mining and mixing on CLIP ViT image towers: the style site (patch embeddings before the positional
-ones), the tail that embeds restyled maps (== open_clip's own forward), PIN without the ReLU (== one patch at
-a time, plain SGD written out), the ReLU-free restyle's identity, and `famix mine` writing a ViT-wide bank."""
+ones), the tail that embeds restyled maps (== open_clip's own forward), the ReLU-free restyle's identity, and
+`famix mine` writing a ViT-wide bank. PIN against a per-patch loop, for every signed-site tower, is in
+tests/test_towers.py."""
 
-import copy
 import json
 import os
 from pathlib import Path
@@ -27,8 +27,7 @@ from famix.stages.mine import run as mine
 from famix.style.bank import StyleBank
 from famix.style.mixing import LocalStyleMixer, mix_stats
 from famix.style.patch_mining import MiningSettings, mine_batches
-from famix.style.pin import PinSGD, pin_optimize, split_patches
-from famix.style.stats import affine_patches, grid_edges, normalize_patches, patch_stats, restyle
+from famix.style.stats import affine_patches, normalize_patches, patch_stats, restyle
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 TINY = str(Path(__file__).resolve().parents[1] / "src" / "famix" / "configs" / "tiny.yaml")
@@ -84,64 +83,6 @@ def test_towers_tell_resnets_from_vits(vit):
         style_features(nn.Linear(3, 3), x)
     with pytest.raises(ValueError, match="token grid"):
         style_tail(vit, torch.randn(1, style_channels(vit), 5, 5))
-
-
-def open_clip_tail(visual: nn.Module) -> nn.Module:
-    """The reference tail: open_clip's own ViT forward with the patch embedding (conv1) taken out."""
-    tail = copy.deepcopy(visual)
-    tail.conv1 = nn.Identity()
-    return tail
-
-
-def pin_alone_sgd(tail, patch, mu, sigma, text, pool, steps, lr, momentum, weight_decay):
-    """One patch [1, C, h, w] optimised on its own loss 1 - cos, SGD with momentum and weight decay written
-    out (torch's rule: g += wd * p; buf = g at the first step, else momentum * buf + g; p -= lr * buf), the
-    restyle without ReLU: sigma * patch + mu."""
-    params, bufs = [mu.clone(), sigma.clone()], [None, None]
-    for _ in range(steps):
-        m, s = (p.requires_grad_(True) for p in params)
-        z = F.adaptive_avg_pool2d(s[None, :, None, None] * patch + m[None, :, None, None], pool)
-        loss = 1 - F.cosine_similarity(tail(z), text[None])[0]
-        grads = torch.autograd.grad(loss, [m, s])
-        with torch.no_grad():
-            for k, (p, g) in enumerate(zip(params, grads, strict=True)):
-                g = g + weight_decay * p
-                bufs[k] = g if bufs[k] is None else momentum * bufs[k] + g
-                params[k] = p - lr * bufs[k]
-    return [p.detach() for p in params]
-
-
-@pytest.mark.parametrize("b,h,w,g", [(2, 14, 12, 3), (1, 13, 10, 3), (2, 9, 7, 2)])
-def test_vit_pin_is_per_patch_and_matches_a_loop_without_relu(vit, b, h, w, g):
-    """pin_optimize on a ViT (relu inferred from the tower: none) == each patch alone, patches of several
-    sizes pooled to the native token grid."""
-    gen = torch.Generator().manual_seed(h * 10 + w)
-    f = torch.randn(b, style_channels(vit), h, w, generator=gen) * 2 - 0.5  # signed, like patch embeddings
-    mu, sigma = patch_stats(f, g)
-    c = f.shape[1]
-    flat_mu, flat_sigma = (t.permute(0, 2, 3, 1).reshape(-1, c) for t in (mu, sigma))
-    f_norm = normalize_patches(f, mu, sigma)
-    text = F.normalize(torch.randn(b * g * g, 32, generator=gen), dim=-1)
-    pool, steps, lr, momentum, weight_decay = style_grid(vit), 3, 0.5, 0.9, 1e-4
-    groups = split_patches(f_norm, g)
-    assert len({tuple(p.shape[2:]) for p, _ in groups}) > 1  # patches of several shapes
-    mu_s, sigma_s, _, order = pin_optimize(
-        vit, groups, flat_mu, flat_sigma, text, pool, PinSGD(steps, lr, momentum, weight_decay)
-    )
-    tail = open_clip_tail(vit)
-    rows, cols = grid_edges(h, g), grid_edges(w, g)
-    for k, p in enumerate(order.tolist()):
-        bi, rest = divmod(p, g * g)
-        i, j = divmod(rest, g)
-        patch = f_norm[bi : bi + 1, :, rows[i] : rows[i + 1], cols[j] : cols[j + 1]]
-        m, s = pin_alone_sgd(
-            tail, patch, flat_mu[p], flat_sigma[p], text[p], pool, steps, lr, momentum, weight_decay
-        )
-        torch.testing.assert_close(mu_s[k], m, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(sigma_s[k], s, rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(mu_s, flat_mu[order])  # the styles did move
-    relu_mu, *_ = pin_optimize(vit, groups, flat_mu, flat_sigma, text, pool, PinSGD(steps, lr), relu=True)
-    assert not torch.allclose(relu_mu, mu_s)  # ... and a ReLU would have changed them
 
 
 def test_mining_a_vit_starts_from_the_patch_embedding_statistics(vit):

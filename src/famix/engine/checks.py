@@ -78,7 +78,7 @@ def check_train_inputs(cfg: Config) -> None:
         bank = StyleBank.load(cfg.style.bank)  # missing or unreadable: an error naming the file
         check_bank_classes(bank, labels, cfg.style.bank)
         norm = normalization(cfg.model)
-        check_bank_normalization(bank, (norm.mean, norm.std), cfg.style.bank)
+        check_bank_normalization(bank, norm, cfg.style.bank)
 
 
 def bank_label_set(bank: StyleBank) -> LabelSet:
@@ -100,11 +100,11 @@ def check_bank_classes(bank: StyleBank, labels: LabelSet, path) -> None:
         )
 
 
-def bank_normalization_entry(normalization) -> dict:
+def bank_normalization_entry(norm) -> dict:
     """What a bank's metadata says of the (mean, std) its styles were mined under: ``{"normalization":
     {"mean", "std"}}``, or nothing for OpenAI's, so banks mined as before stay byte for byte the same (and
     runs that read them resumable)."""
-    mean, std = (tuple(float(v) for v in part) for part in normalization)
+    mean, std = (tuple(float(v) for v in part) for part in norm)
     return (
         {}
         if (mean, std) == OPENAI_NORMALIZATION
@@ -121,11 +121,11 @@ def bank_normalization(bank: StyleBank) -> tuple[tuple[float, ...], tuple[float,
     return tuple(float(v) for v in stored["mean"]), tuple(float(v) for v in stored["std"])
 
 
-def check_bank_normalization(bank: StyleBank, normalization, path) -> None:
+def check_bank_normalization(bank: StyleBank, norm, path) -> None:
     """Refuse a bank mined under another input normalisation than the model's: its styles are statistics
     of features of differently normalised images."""
     theirs = bank_normalization(bank)
-    ours = tuple(tuple(float(v) for v in part) for part in normalization)
+    ours = tuple(tuple(float(v) for v in part) for part in norm)
     if theirs != ours:
         raise ValueError(
             f"style bank {path} was mined from images normalised with mean {list(theirs[0])}, std "

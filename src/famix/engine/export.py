@@ -2,12 +2,13 @@
 checked against the eager model before the file is written. Reading the files back (and running ONNX
 files for ``famix predict``) is ``engine/exported.py``.
 
-Every exported model has the contract of ``Segmenter.forward``: CLIP-normalised float32 images
-``[B, 3, H, W]`` (RGB in [0, 1], then ``(x - CLIP_MEAN) / CLIP_STD`` per channel) in, logits
-``[B, K, H, W]`` out (argmax over K = trainId). A fixed-size export takes ``[1, 3, H, W]`` only;
+Every exported model has the contract of ``Segmenter.forward``: normalised float32 images ``[B, 3, H, W]``
+(RGB in [0, 1], then ``(x - input_mean) / input_std`` per channel, the model's own values, in the metadata)
+in, logits ``[B, K, H, W]`` out (argmax over K = trainId). A fixed-size export takes ``[1, 3, H, W]`` only;
 ``dynamic=True`` takes any batch and any height and width of at least two output strides: any size for
-a ResNet (as the eager model), multiples of the patch size for a ViT, whose eager model zero-pads other
-sizes at the bottom and right and crops the logits back (callers do the same: ``pad_to_multiple``). The
+a ResNet (as the eager model), multiples of its pad size for a ViT / EVA (the patch size) or a ConvNeXt
+(32), whose eager model zero-pads other sizes at the bottom and right and crops the logits back (callers
+do the same: ``pad_to_multiple``). The
 file carries this in its metadata (ONNX ``metadata_props``; a ``famix.json`` extra file in ``.pt2`` and
 TorchScript archives).
 
@@ -29,10 +30,11 @@ from torch import nn
 
 from famix import __version__
 from famix.config import ModelConfig
-from famix.data.transforms import CLIP_MEAN, CLIP_STD, normalize
+from famix.data.transforms import normalize
 from famix.engine.exported import METADATA_FILE, import_onnx_tools, jit_quietly, load_exported, read_metadata
 from famix.engine.outputs import check_output_path, check_replaceable
 from famix.io import atomic_path, remove_stale_temps
+from famix.models.segmenter import Segmenter
 
 # Format name -> file name ending (the default output is the checkpoint's stem + this).
 FORMATS = {"onnx": ".onnx", "exported-program": ".pt2", "torchscript": ".torchscript.pt"}
@@ -95,8 +97,8 @@ def metadata(
     fmt: str,
     size: tuple[int, int],
     dynamic: bool,
-    pad: int = 1,
-    normalization: tuple[tuple[float, ...], tuple[float, ...]] = (CLIP_MEAN, CLIP_STD),
+    pad: int,
+    normalization: tuple[tuple[float, ...], tuple[float, ...]],
 ) -> dict:
     """What a user of the file needs to know, as strings (ONNX metadata_props are str -> str). ``pad``: the
     eager model zero-pads inputs to multiples of it (``Segmenter.pad_multiple``: a ViT's patch size, a
@@ -164,14 +166,14 @@ def compare(model: nn.Module, exported, inputs: list[torch.Tensor]) -> ExportChe
     return ExportCheck(diff, 100.0 * same / total, [tuple(x.shape) for x in inputs])
 
 
-def _takes_any_size(model: nn.Module, dynamic: bool) -> bool:
+def _takes_any_size(model: Segmenter, dynamic: bool) -> bool:
     # A ResNet runs any size as it is (convolutions, then resizes to the input's size), and torch.export
     # traces that for symbolic sizes. A ViT's forward pads to multiples of its patch size, a branch on the
     # size that torch.export cannot trace: its export takes multiples, and callers pad as it would.
-    return dynamic and getattr(model, "pad_multiple", 1) == 1
+    return dynamic and model.pad_multiple == 1
 
 
-def _export_program(model: nn.Module, example: torch.Tensor, multiple: int, dynamic: bool):
+def _export_program(model: Segmenter, example: torch.Tensor, multiple: int, dynamic: bool):
     dynamic_shapes = None
     if dynamic:
         from torch.export import Dim
@@ -223,7 +225,7 @@ def _check_format(fmt: str) -> None:
 
 
 def export_model(
-    model: nn.Module,
+    model: Segmenter,
     cfg: ModelConfig,
     out: str | Path,
     fmt: str,
@@ -247,8 +249,7 @@ def export_model(
     multiple = model.output_stride  # total downsampling: a ResNet's dilated strides, a ViT's patch size
     check_size(size, multiple, dynamic)
     inputs = check_inputs(size, multiple, dynamic, any_size=_takes_any_size(model, dynamic))
-    pad, norm = getattr(model, "pad_multiple", 1), getattr(model, "normalization", (CLIP_MEAN, CLIP_STD))
-    meta = metadata(cfg, multiple, fmt, size, dynamic, pad, norm)
+    meta = metadata(cfg, multiple, fmt, size, dynamic, model.pad_multiple, model.normalization)
     if record is not None:
         meta["run"] = json.dumps(record, sort_keys=True)
     remove_stale_temps(out)  # what a killed export left behind

@@ -162,7 +162,7 @@ def _mine_call(visual, embed, loader, own, cfg, settings, pool, amp, channels_la
     for batch in own:
         images, labels, _ = next(loader)  # no jitter: _ is the identity
         generator = torch.Generator().manual_seed(sequence_seed(cfg.run.seed, batch))
-        pending.append((normalize(images.to(device), norm.mean, norm.std), labels.to(device), generator))
+        pending.append((normalize(images.to(device), *norm), labels.to(device), generator))
     if not pending:
         return []
     try:

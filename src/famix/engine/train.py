@@ -55,7 +55,7 @@ def normalization_settings(model: ModelConfig) -> dict:
     """A run record's entries for its input normalisation (resolved): none for OpenAI's, as in the records
     of famix before it knew others (they stay valid), else ``{"mean": [...], "std": [...]}``."""
     n = normalization(model)
-    return {} if (n.mean, n.std) == OPENAI_NORMALIZATION else {"mean": list(n.mean), "std": list(n.std)}
+    return {} if n == OPENAI_NORMALIZATION else {"mean": list(n.mean), "std": list(n.std)}
 
 
 def train_record(cfg: Config, kind: str = "train", inputs: dict | None = None) -> RunRecord:

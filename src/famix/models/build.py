@@ -49,6 +49,6 @@ def build_segmenter(cfg: SegmenterSpec, seed: int | None = 0) -> Segmenter:
         if seed is not None:
             torch.manual_seed(seed + 1)
         norm = normalization(cfg)
-        model = Segmenter(clip.visual, cfg.num_classes, cfg.output_stride, cfg.dilation, norm.mean, norm.std)
+        model = Segmenter(clip.visual, cfg.num_classes, cfg.output_stride, cfg.dilation, norm)
     apply_freeze(model, cfg.freeze)
     return model

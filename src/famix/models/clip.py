@@ -234,19 +234,14 @@ def clip_preprocess_size(model: CLIP) -> int:
     return input_size(model.visual)
 
 
-OPENAI_NORMALIZATION = (tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD))
-
-
 class Normalization(NamedTuple):
-    """How a CLIP's weights expect images: ``(x - mean) / std`` per RGB channel of [0, 1] images; CLIP's
-    own resize (``interpolation``, ``resize_mode``: recorded, famix's loaders resize by the benchmarks'
-    protocols); ``source``: where the values came from, for messages."""
+    """How a CLIP's weights expect images: ``(x - mean) / std`` per RGB channel of [0, 1] images."""
 
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
-    resize_mode: str = "shortest"
-    source: str = "OpenAI's CLIP"
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+OPENAI_NORMALIZATION = Normalization(tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD))
 
 
 def clip_normalization(
@@ -258,34 +253,19 @@ def clip_normalization(
     1. ``mean`` / ``std`` given (``model.mean`` / ``model.std``): those;
     2. an open_clip pretrained tag: its pretrained config's (e.g. Inception's 0.5 / 0.5 for ViT-L-14
        ``laion2b_s32b_b82k``; OpenAI's where the entry names none), read from open_clip's table offline;
-    3. a model config carrying ``preprocess_cfg`` (open_clip's SigLIP-style JSONs): its values;
-    4. otherwise (a bare weights file, random weights): OpenAI's mean / std, the documented default.
+    3. otherwise (a bare weights file, random weights): OpenAI's mean / std, the documented default.
+
+    A tag's entry also names CLIP's resize (interpolation, resize mode); famix never resizes its inputs to
+    CLIP's resolution, so it has no use for them.
     """
     if mean is not None:
-        return Normalization(_floats(mean), _floats(std), source="model.mean / model.std")
-    if weights is not None and _is_tag(weights):
-        cfg = _pretrained_cfg(name, weights)
-        if cfg:
-            return Normalization(
-                _floats(cfg.get("mean", OPENAI_DATASET_MEAN)),
-                _floats(cfg.get("std", OPENAI_DATASET_STD)),
-                cfg.get("interpolation", "bicubic"),
-                cfg.get("resize_mode", "shortest"),
-                f"open_clip's pretrained config {name}/{weights}",
-            )
-    try:
-        pre = get_clip_config(name).get("preprocess_cfg") or {}
-    except (ValueError, FileNotFoundError):
-        pre = {}
-    if "mean" in pre and "std" in pre:
+        return Normalization(_floats(mean), _floats(std))
+    cfg = _pretrained_cfg(name, weights) if weights is not None and _is_tag(weights) else {}
+    if cfg:
         return Normalization(
-            _floats(pre["mean"]),
-            _floats(pre["std"]),
-            pre.get("interpolation", "bicubic"),
-            pre.get("resize_mode", "shortest"),
-            f"the preprocess_cfg of config {name}",
+            _floats(cfg.get("mean", OPENAI_DATASET_MEAN)), _floats(cfg.get("std", OPENAI_DATASET_STD))
         )
-    return Normalization(*OPENAI_NORMALIZATION)
+    return OPENAI_NORMALIZATION
 
 
 def _floats(values) -> tuple[float, ...]:

@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
+from famix.models.clip import OPENAI_NORMALIZATION, Normalization
 from famix.models.deeplab import DeepLabHeadV3Plus
 from famix.models.towers import tower
 from famix.models.towers.base import pad_to_multiple
@@ -37,8 +37,8 @@ class Segmenter(nn.Module):
     the logits back. Units whose parameters are all frozen run without autograd, and stay in eval mode
     (frozen BatchNorm statistics) whenever the model trains.
 
-    ``mean`` / ``std``: the per-channel normalisation of the tower's weights (OpenAI's by default); every
-    caller normalises [0, 1] images with them (``data.transforms.normalize``) before ``forward``.
+    ``normalization``: the (mean, std) per channel of the tower's weights (OpenAI's by default); every
+    caller normalises [0, 1] images with it (``engine.inference.model_input``) before ``forward``.
     """
 
     def __init__(
@@ -47,8 +47,7 @@ class Segmenter(nn.Module):
         num_classes: int,
         output_stride: int = 16,
         dilation: str = "official",
-        mean: Sequence[float] = OPENAI_DATASET_MEAN,
-        std: Sequence[float] = OPENAI_DATASET_STD,
+        normalization: tuple[Sequence[float], Sequence[float]] = OPENAI_NORMALIZATION,
     ):
         super().__init__()
         self.family = tower(visual)
@@ -58,12 +57,8 @@ class Segmenter(nn.Module):
         self.classifier = DeepLabHeadV3Plus(low, out, num_classes, output_stride)
         self.num_classes = num_classes
         self.output_stride = output_stride
-        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
-
-    @property
-    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """(mean, std) per RGB channel of [0, 1] images: what ``forward``'s inputs were normalised with."""
-        return self.mean, self.std
+        # (mean, std) per RGB channel of [0, 1] images: what ``forward``'s inputs are normalised with
+        self.normalization = Normalization(*(tuple(float(v) for v in part) for part in normalization))
 
     @property
     def pad_multiple(self) -> int:

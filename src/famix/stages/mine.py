@@ -35,7 +35,7 @@ def run(cfg: Config, progress: bool = True, say=print, fix: str = REFUSAL) -> St
         bank = None
     metadata = {KEY: record.to_dict(), "batches_done": 0, "famix_version": __version__}
     norm = normalization(cfg.model)
-    metadata.update(bank_normalization_entry((norm.mean, norm.std)))  # what the styles saw
+    metadata.update(bank_normalization_entry(norm))  # what the styles saw
     if cfg.model.classes is not None:  # a bank of the 19 trainIds says nothing more, as before label sets
         metadata["label_set"] = cfg.model.label_set().to_dict()
     return mine_pass(cfg, dataset, bank, metadata, progress)

@@ -37,6 +37,16 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
 
 
+def check_stride(output_stride: int, stride: int, what: str) -> None:
+    """Refuse a ``model.output_stride`` other than the only one a tower gives (``what``: e.g. "this ViT: its
+    output stride is its patch size"), saying the value to set."""
+    if output_stride != stride:
+        raise ValueError(
+            f"model.output_stride={output_stride} does not fit {what} {stride}; "
+            f"set model.output_stride={stride}"
+        )
+
+
 def trunk_kwargs(kwargs: dict) -> dict:
     """timm.create_model's keyword arguments for a registered tiny trunk, less those for its registry
     (``pretrained_cfg``, ``pretrained_cfg_overlay``, ``cache_dir``), which model classes do not take."""

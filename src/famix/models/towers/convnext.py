@@ -29,7 +29,7 @@ from timm.models import register_model
 from timm.models.convnext import ConvNeXt
 from torch import nn
 
-from famix.models.towers.base import Tower, Unit, trunk_kwargs
+from famix.models.towers.base import Tower, Unit, check_stride, trunk_kwargs
 
 STRIDE = 32  # the trunk's total downsampling, its only output stride
 
@@ -62,11 +62,7 @@ class ConvNextTower(Tower):
         trunk = visual.trunk
         if len(trunk.stages) != 4 or [f["reduction"] for f in trunk.feature_info] != [4, 8, 16, 32]:
             raise ValueError("famix takes ConvNeXt trunks with four stages at strides 4, 8, 16, 32")
-        if output_stride != STRIDE:
-            raise ValueError(
-                f"model.output_stride={output_stride} does not fit a ConvNeXt tower: famix runs it at its "
-                f"own output stride {STRIDE}; set model.output_stride={STRIDE}"
-            )
+        check_stride(output_stride, STRIDE, "a ConvNeXt tower: famix runs it at its own output stride")
         for module in (trunk.head, visual.head):  # the pooled CLIP projection: unused densely
             module.requires_grad_(False)
         return visual

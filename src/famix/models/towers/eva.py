@@ -43,7 +43,7 @@ from timm.models import register_model
 from timm.models.eva import Eva
 from torch import nn
 
-from famix.models.towers.base import Unit, trunk_kwargs
+from famix.models.towers.base import Unit, check_stride, trunk_kwargs
 from famix.models.towers.vit import TokenTower, neck_steps
 
 
@@ -118,11 +118,7 @@ class EvaTower(TokenTower):
                 "famix takes EVA trunks with an absolute position embedding and a class-token pool"
             )
         p = eva_patch(trunk)
-        if output_stride != p:
-            raise ValueError(
-                f"model.output_stride={output_stride} does not fit this EVA tower: its output stride is its "
-                f"patch size {p}; set model.output_stride={p}"
-            )
+        check_stride(output_stride, p, "this EVA tower: its output stride is its patch size")
         neck_steps(p)
         for module in (trunk.fc_norm, trunk.head, visual.head):  # the CLIP projection: unused densely
             module.requires_grad_(False)

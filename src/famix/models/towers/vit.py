@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
-from famix.models.towers.base import Tower, Unit
+from famix.models.towers.base import Tower, Unit, check_stride
 
 
 def patch_size(visual: VisionTransformer) -> int:
@@ -118,11 +118,7 @@ def prepare_vit(visual: nn.Module, output_stride: int) -> VisionTransformer:
     if not getattr(visual.transformer, "batch_first", False):
         raise ValueError("this open_clip's ViT runs sequence-first: famix needs a newer open_clip_torch")
     p = patch_size(visual)
-    if output_stride != p:
-        raise ValueError(
-            f"model.output_stride={output_stride} does not fit this ViT: its output stride is its patch "
-            f"size {p}; set model.output_stride={p}"
-        )
+    check_stride(output_stride, p, "this ViT: its output stride is its patch size")
     neck_steps(p)  # P < 4 fails here, before anything is built
     if visual.proj is not None:
         visual.proj.requires_grad_(False)  # the dense path never uses it (DDP would flag it unused)

@@ -21,7 +21,8 @@ def cpu_vendor() -> str | None:
 
 def pins_for(tables: dict[tuple[str, str | None], dict]) -> dict:
     """The pins recorded for this machine: ``tables`` maps (torch CPU capability, vendor or None for any)
-    to pins; no entry for this machine skips the calling test, naming it."""
+    to pins, the first entry that fits wins (a vendor's entry before a (capability, None) one); no entry for
+    this machine skips the calling test, naming it."""
     capability, vendor = torch.backends.cpu.get_cpu_capability(), cpu_vendor()
     for (cap, ven), pins in tables.items():
         if cap == capability and ven in (None, vendor):

@@ -206,6 +206,10 @@ def _tensors(d: dict) -> bytes:
 # Bit-exact results depend on the CPU kernels torch picks (tests/pins.py): one table per machine seen (the
 # AVX2 one computed at commit b61993e, whose default path is e48879e's, on the 2-core AMD EPYC container).
 PINNED = {
+    ("AVX512", "AuthenticAMD"): {  # the 2-core AMD EPYC container with avx512_bf16, at 03883ff
+        "bank": "b5c04be23cbcb153", "state": "6c1a88a7faa8cb04", "record": "9edf1b8d813c540b",
+        "logits": "dfb0df4e5614e6b6",
+    },
     ("AVX512", None): {
         "bank": "061c28ef5af39995", "state": "a47002785767267a", "record": "be52901de73fbb74",
         "logits": "d2589f66e63d10f0",

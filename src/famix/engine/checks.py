@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 from famix.config import Config, check_values
 from famix.data.classes import LabelSet, LabelSetError, from_names, parse
 from famix.data.datasets import build_dataset
+from famix.data.specs import parse_spec
 from famix.engine.distributed import current, resolve_device
 from famix.engine.outputs import check_folder
 from famix.models.build import normalization
@@ -27,7 +28,7 @@ def check_specs(specs: Sequence[str], option: str, labels: LabelSet | None = Non
     for spec in specs:
         if not isinstance(spec, str) or not spec.strip():
             raise ValueError(f"{option}: {spec!r} is not a dataset spec (NAME[:CONDITION]:ROOT[:SPLIT])")
-        name = spec.split(":")[0]
+        name = parse_spec(spec).written_name
         if "=" in name and "." in name.split("=")[0]:
             raise ValueError(
                 f"{option}: {spec!r} looks like a config override, not a dataset spec: put section.key=value "

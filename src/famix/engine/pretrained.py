@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 from famix import __version__
 from famix.config import ModelConfig, from_dict
+from famix.data.specs import parse_spec
 from famix.data.transforms import CLIP_MEAN, CLIP_STD
 from famix.engine import hub
 from famix.engine.runs import file_fingerprint
@@ -147,7 +148,7 @@ def model_card(name: str, ckpt: dict, evals: list[dict], bank: str | None) -> st
     index = [
         {
             "task": {"type": "image-segmentation"},
-            "dataset": {"name": spec, "type": spec.split(":")[0]},
+            "dataset": {"name": spec, "type": parse_spec(spec).written_name},
             "metrics": [{"type": "mean_iou", "value": round(miou, 2), "name": "mIoU (%)"}],
         }
         for spec, miou in results

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from famix.data.specs import parse_spec
 from famix.engine.inference import InferenceSettings
 
 PROTOCOLS = ("paper", "mmseg")
@@ -35,7 +36,6 @@ MMSEG_FIT = {  # dataset -> the (W, H) box of its test Resize
 MMSEG_WINDOW, MMSEG_STRIDE = 512, 341
 # spec options that turn a loader's own test-time resizing off (mmseg resizes by its own rule)
 MMSEG_OPTIONS = {"mapillary": "size=none", "gta5": "center_crop=none"}
-_ALIASES = {"bdd": "bdd100k", "gtav": "gta5"}
 
 
 def check(protocol: str, tta: InferenceSettings) -> None:
@@ -58,11 +58,9 @@ def resolve(protocol: str, spec: str, tta: InferenceSettings) -> tuple[str, Infe
     check(protocol, tta)
     if protocol == "paper":
         return spec, tta
-    name = spec.split(":")[0].lower()
-    name = _ALIASES.get(name, name)
-    option = MMSEG_OPTIONS.get(name)
-    key = option.split("=")[0] + "=" if option else None
-    if option and not any(part.startswith(key) for part in spec.split(":")[1:]):
+    parsed = parse_spec(spec)
+    name, option = parsed.name, MMSEG_OPTIONS.get(parsed.name)
+    if option and parsed.option(option.split("=")[0]) is None:
         spec = f"{spec}:{option}"
     settings = dataclasses.replace(tta, fit=MMSEG_FIT.get(name), window=MMSEG_WINDOW, stride=MMSEG_STRIDE)
     return spec, settings

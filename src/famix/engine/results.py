@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from famix.data.labels import CLASS_NAMES
+from famix.data.specs import parse_spec
 from famix.engine.evaluate import EvalResult
 from famix.io import atomic_write
 
@@ -66,16 +67,16 @@ def format_table(
 
 # The paper's result columns (method.md section 7), in its order.
 PAPER_COLUMNS = ("C", "B", "M", "S", "ACDC night", "snow", "rain", "fog")
-_PAPER_NAMES = {"cityscapes": "C", "bdd": "B", "bdd100k": "B", "mapillary": "M", "synthia": "S"}
+_PAPER_NAMES = {"cityscapes": "C", "bdd100k": "B", "mapillary": "M", "synthia": "S"}  # aliases resolved
 _ACDC_CONDITIONS = {"night": "ACDC night", "snow": "snow", "rain": "rain", "fog": "fog"}
 
 
 def paper_column(spec: str) -> str | None:
     """The paper column of a dataset spec (``cityscapes:ROOT`` -> C, ``acdc:night:ROOT`` -> ACDC night)."""
-    name, *rest = spec.lower().split(":")
-    if name == "acdc":
-        return _ACDC_CONDITIONS.get(rest[0]) if rest else None
-    return _PAPER_NAMES.get(name)
+    parsed = parse_spec(spec)
+    if parsed.name == "acdc":
+        return _ACDC_CONDITIONS.get((parsed.condition or "").lower())
+    return _PAPER_NAMES.get(parsed.name)
 
 
 def format_paper_table(results: dict[str, EvalResult], name: str = "mIoU") -> str:
@@ -139,11 +140,11 @@ def default_results_path(
     never overwrite it. Long names are shortened with a hash of the full list."""
 
     def slug(spec: str) -> str:  # the spec without its folder paths: cityscapes:data/cs:val -> cityscapes-val
-        fields = [Path(f).stem if f.endswith(".txt") else f for f in spec.split(":")]
+        parsed = parse_spec(spec)
         kept = [
-            f
-            for f, raw in zip(fields, spec.split(":"), strict=True)
-            if "/" not in raw or raw.endswith(".txt")
+            Path(f).stem if f.endswith(".txt") else f
+            for f in (parsed.written_name, *parsed.fields)
+            if "/" not in f or f.endswith(".txt")
         ]
         return re.sub(r"[^A-Za-z0-9=]+", "-", "-".join(kept)).strip("-")
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from famix.data.entry import DatasetEntry
-from famix.data.folder import Scan, Source, collect, parse_fields, parse_mismatch, require_dir, scan_pairs
+from famix.data.folder import Scan, Source, collect, require_dir, scan_pairs
 from famix.data.paired import PairedDataset, screen_sizes
+from famix.data.specs import parse_fields, parse_mismatch
 
 LAYOUT = """  ROOT/images/{train,val}/<id>.jpg + ROOT/labels/{train,val}/<id>.png                 (FAMix)
   or ROOT/images/10k/{train,val}/<id>.jpg + ROOT/labels/sem_seg/masks/{train,val}/<id>.png   (official)

@@ -25,20 +25,11 @@ from famix.data.classes import LabelSet
 from famix.data.classes import load as load_label_set
 from famix.data.datasets import dataset_entries, dataset_entry
 from famix.data.entry import DatasetEntry
-from famix.data.folder import (
-    DatasetError,
-    MissingDataError,
-    Pair,
-    Scan,
-    SpecFields,
-    is_list_file,
-    parse_fields,
-    parse_mismatch,
-    select,
-)
+from famix.data.folder import DatasetError, MissingDataError, Pair, Scan, is_list_file, select
 from famix.data.labels import ENCODINGS
 from famix.data.paired import SKIPPED, nothing_left, screen_pairs
 from famix.data.readers import read_image, read_raw_label
+from famix.data.specs import SpecFields, parse_fields, parse_mismatch, parse_spec
 from famix.progress import progress_bar
 
 SHOWN = 10  # file names listed per category in the report
@@ -165,8 +156,9 @@ def _problems(label: str, entry: dict, key: str, what: str) -> list[str]:
 
 
 def _resolve(name_or_spec: str, root: str | Path | None) -> tuple[DatasetEntry, SpecFields]:
-    name, *rest = name_or_spec.split(":")
-    entry = dataset_entry(name)
+    spec = parse_spec(name_or_spec)
+    name, rest = spec.written_name, list(spec.fields)
+    entry = dataset_entry(spec.name)
     if entry is None or entry.scan is None:
         checkable = ", ".join(n for n, e in dataset_entries().items() if e.scan is not None)
         raise ValueError(

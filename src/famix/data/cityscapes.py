@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from famix.data.entry import DatasetEntry
-from famix.data.folder import Scan, Source, collect, parse_fields, parse_mismatch, require_dir, scan_pairs
+from famix.data.folder import Scan, Source, collect, require_dir, scan_pairs
 from famix.data.paired import PairedDataset, screen_sizes
+from famix.data.specs import parse_fields, parse_mismatch
 
 LAYOUT = """  ROOT/leftImg8bit/{train,val,test}/<city>/<city>_<seq>_<frame>_leftImg8bit.png
   ROOT/gtFine/{train,val,test}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png

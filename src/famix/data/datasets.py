@@ -27,8 +27,8 @@ from torch.utils.data import Dataset
 from famix.data import acdc, bdd, cityscapes, custom, gta5, mapillary, synthia
 from famix.data.classes import LabelSet
 from famix.data.entry import DatasetEntry
+from famix.data.specs import ALIASES, dataset_name, parse_spec
 
-ALIASES = {"bdd": "bdd100k", "gtav": "gta5"}
 ENTRY_POINTS = "famix.datasets"  # the entry-point group of datasets from installed packages
 # The benchmark loaders by spec name: each module's ENTRY (build, help text, and what it does on disk).
 DATASETS: dict[str, DatasetEntry] = {
@@ -56,7 +56,7 @@ def dataset_entry(name: str) -> DatasetEntry | None:
     """The entry of dataset ``name`` (aliases resolved), None if there is none: the table (famix's
     datasets, :func:`register_dataset`), then the ``famix.datasets`` entry points of installed packages
     (loaded on first use and kept in the table)."""
-    name = ALIASES.get(name.lower(), name.lower())
+    name = dataset_name(name)
     if name not in DATASETS:
         point = next((p for p in entry_points(group=ENTRY_POINTS) if p.name.lower() == name), None)
         if point is not None:
@@ -86,12 +86,12 @@ def build_dataset(spec: str, labels: LabelSet | None = None) -> Dataset:
     """Build a dataset from a spec such as ``cityscapes:/data/cityscapes:val``,
     ``acdc:night:/data/acdc:val``, ``gta5:/data/gta5:/lists/gtav_split_train.txt`` or
     ``folder:/data/mine:train``, whose labels are the classes of ``labels`` (None: the 19 trainIds)."""
-    name, *rest = spec.split(":")
-    entry = dataset_entry(name)
+    parsed = parse_spec(spec)
+    entry, rest = dataset_entry(parsed.name), list(parsed.fields)
     if entry is None:
         known = ", ".join(dataset_entries())
         raise ValueError(
-            f"unknown dataset {name.lower()!r} in {spec!r}: known datasets are {known} (`famix datasets` "
+            f"unknown dataset {parsed.name!r} in {spec!r}: known datasets are {known} (`famix datasets` "
             "shows their specs and folder layouts; other packages add datasets as "
             f"{ENTRY_POINTS!r} entry points)"
         )

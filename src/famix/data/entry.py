@@ -11,7 +11,8 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from famix.data.folder import Scan, Source, parse_size
+from famix.data.folder import Scan, Source
+from famix.data.specs import parse_size
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""Shared machinery of the benchmark loaders: errors, folder checks, image/label pairing, split lists
-and spec parsing. Dataset modules describe their layout; this module finds and pairs the files.
+"""Shared machinery of the benchmark loaders: errors, folder checks, image/label pairing and split lists.
+Dataset modules describe their layout; this module finds and pairs the files.
 """
 
 from __future__ import annotations
@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-
-MISMATCH_MODES = ("skip", "error", "resize")
 
 
 class DatasetError(ValueError):
@@ -203,58 +201,6 @@ def select(scan: Scan, list_path: Path, source: Source, image_suffixes: tuple[st
             f"download is complete, or remove those lines.\n{source.hint()}"
         )
     return chosen
-
-
-# ----------------------------------------------------------------------------- spec parsing
-
-
-@dataclass
-class SpecFields:
-    """The fields of ``NAME[:CONDITION]:ROOT[:SPLIT][:KEY=VALUE...]`` after the name."""
-
-    root: Path
-    split: str | None = None
-    condition: str | None = None
-    options: dict[str, str] = field(default_factory=dict)
-
-
-def parse_fields(parts: list[str], usage: str, with_condition: bool, options: tuple[str, ...]) -> SpecFields:
-    """Split the spec fields after the name into condition, root, split and ``key=value`` options."""
-    opts, positional = {}, []
-    for part in parts:
-        if "=" in part and "/" not in part.split("=", 1)[0]:
-            key, value = part.split("=", 1)
-            if key not in options:
-                raise ValueError(f"unknown option {key!r}; {usage} accepts: {', '.join(options) or 'none'}")
-            opts[key] = value
-        else:
-            positional.append(part)
-    condition = positional.pop(0) if with_condition and positional else None
-    if not positional or not positional[0] or len(positional) > 2:
-        raise ValueError(f"bad dataset spec fields {':'.join(parts)!r}; expected {usage}")
-    split = positional[1] if len(positional) > 1 and positional[1] else None
-    return SpecFields(Path(positional[0]).expanduser(), split, condition, opts)
-
-
-def parse_size(value: str | None, option: str) -> tuple[int, int] | None:
-    """``HxW`` (or one number N for NxN) -> (H, W); ``none``/``0``/``off`` -> None."""
-    if value is None or value.lower() in ("none", "0", "off", ""):
-        return None
-    try:
-        dims = [int(v) for v in value.lower().split("x")]
-    except ValueError:
-        dims = []
-    if len(dims) == 1:
-        dims = dims * 2
-    if len(dims) != 2 or min(dims) <= 0:
-        raise ValueError(f"option {option}={value!r}: expected HxW (e.g. 1046x1914), N, or none")
-    return dims[0], dims[1]
-
-
-def parse_mismatch(value: str) -> str:
-    if value not in MISMATCH_MODES:
-        raise ValueError(f"option mismatch={value!r}: expected one of {', '.join(MISMATCH_MODES)}")
-    return value
 
 
 def collect(

@@ -12,19 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from famix.data.entry import DatasetEntry
-from famix.data.folder import (
-    MissingDataError,
-    Scan,
-    Source,
-    collect,
-    is_list_file,
-    parse_fields,
-    parse_mismatch,
-    parse_size,
-    require_dir,
-    scan_pairs,
-)
+from famix.data.folder import MissingDataError, Scan, Source, collect, is_list_file, require_dir, scan_pairs
 from famix.data.paired import PairedDataset, screen_sizes
+from famix.data.specs import parse_fields, parse_mismatch, parse_size
 from famix.data.transforms import center_crop_pad
 
 LAYOUT = """  ROOT/images/NNNNN.png   (RGB, mostly 1914x1052)

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from famix.config import Config, check_values
+from famix.data.specs import parse_spec
 from famix.engine.checks import check_specs
 from famix.engine.distributed import current, resolve_device
 from famix.engine.evaluate import EvalResult
@@ -83,11 +84,10 @@ def under_root(spec: str, root: str | None) -> str:
     ``gta5:/d/gta5:train``); specs without a ``data/`` root are kept."""
     if root is None:
         return spec
-    fields = spec.split(":")
-    i = 2 if fields[0].lower() == "acdc" else 1
-    if len(fields) > i and fields[i].startswith("data/"):
-        fields[i] = str(Path(root) / fields[i][len("data/") :])
-    return ":".join(fields)
+    parsed = parse_spec(spec)
+    if parsed.root is None or not parsed.root.startswith("data/"):
+        return spec
+    return parsed.with_root(str(Path(root) / parsed.root[len("data/") :])).text
 
 
 def make_plan(
@@ -211,10 +211,9 @@ def run(plan: Plan, progress: bool = True) -> dict:
 
 
 def _split(spec: str) -> str | None:
-    """A spec's split field (the last field that is not KEY=VALUE and not a path), lower-cased."""
-    name, *rest = spec.split(":")
-    fields = [f for f in rest[1 if name.lower() == "acdc" else 0 :] if "=" not in f]
-    return fields[-1].lower() if len(fields) > 1 and "/" not in fields[-1] else None
+    """A spec's split field when it is a split name (not a split-list path), lower-cased."""
+    split = parse_spec(spec).split
+    return split.lower() if split is not None and "/" not in split else None
 
 
 def column_names(specs: list[str]) -> dict[str, str]:
@@ -224,7 +223,7 @@ def column_names(specs: list[str]) -> dict[str, str]:
     for spec in specs:
         name = paper_column(spec)
         split = _split(spec)
-        paper_split = PAPER_SPLITS.get(spec.split(":")[0].lower(), "val")
+        paper_split = PAPER_SPLITS.get(parse_spec(spec).name, "val")
         if name is not None and split is not None and split != paper_split:
             name = f"{name} ({split})"
         names[spec] = name or spec
@@ -246,7 +245,7 @@ def summarise(
 
     The paper's numbers are shown only for its own (source, backbone) rows; a target with no labelled pixel
     (mIoU None for every seed) is reported as such and left out of the means."""
-    source = cfg.data.train.split(":")[0].lower()
+    source = parse_spec(cfg.data.train).name
     # the paper's numbers are of the 19 classes: none under another label set
     paper = PAPER.get((source, cfg.model.backbone), {}) if cfg.model.classes is None else {}
     specs = list(next(iter(runs.values())))

@@ -25,7 +25,7 @@ import torch
 
 from common import base_parser, count_flops, peak_memory_bytes, report, setup, time_iterations
 from famix.data.labels import CLASS_NAMES, IGNORE_INDEX
-from famix.engine.mine import CUDA_PIN_CROPS
+from famix.stages.mine import CUDA_PIN_CROPS
 from famix.models.clip import build_clip
 from famix.models.towers import style_channels, style_grid, style_tail, tower
 from famix.style.patch_mining import RECIPE_LR, MiningSettings, mine_batches
@@ -53,7 +53,7 @@ def main() -> None:
     cuda = device.type == "cuda"
     channels_last = cuda if args.channels_last is None else args.channels_last
     crops = args.pin_crops or (CUDA_PIN_CROPS if cuda else args.batch)
-    per_call = max(1, crops // args.batch)  # batches per PIN call, as famix.engine.mine.pin_batches
+    per_call = max(1, crops // args.batch)  # batches per PIN call, as famix.stages.mine.pin_batches
     settings = MiningSettings(
         grid=args.grid,
         steps=args.steps,

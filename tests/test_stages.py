@@ -9,6 +9,7 @@ import pytest
 from famix.config import load_config
 from famix.data.labels import CLASS_NAMES
 from famix.engine.inference import InferenceSettings
+from famix.engine.runs import State, Status
 from famix.stages import adapt, evaluate, mine, train
 
 TINY = "tiny"
@@ -37,9 +38,8 @@ def test_mine_stage_owns_its_bank(tmp_path):
     with pytest.raises(FileExistsError, match=r"mine.momentum: 0.9 -> 0.5\. Pass another style.bank"):
         mine.run(cfg("mine.momentum=0.5"), progress=False)
     assert stamps(tmp_path) == before
-    assert mine.status(cfg()) == "done" and mine.status(cfg("mine.max_images=8")).startswith(
-        "resumes after 1"
-    )
+    assert mine.status(cfg()) == Status(State.DONE)
+    assert mine.status(cfg("mine.max_images=8")) == Status(State.RESUME, "after 1 of 2 batches")
 
 
 def test_train_stage_owns_its_run_folder(tmp_path):
@@ -69,7 +69,7 @@ def test_train_stage_owns_its_run_folder(tmp_path):
     ):
         train.run(cfg("data.train=synthetic:day:9:size=48"))
     assert stamps(out) == before
-    assert train.status(cfg()) == "done"
+    assert train.status(cfg()) == Status(State.DONE)
     half = tmp_path / "half"
 
     def stopped(*extra):
@@ -78,7 +78,8 @@ def test_train_stage_owns_its_run_folder(tmp_path):
         )
 
     train.run(stopped("train.stop_after=2"))
-    assert train.status(stopped()) == "resumes at step 2" and train.run(stopped())["step"] == 3
+    assert train.status(stopped()) == Status(State.RESUME, "at step 2") and train.run(stopped())["step"] == 3
+    assert str(train.status(stopped())) == "done" and str(Status(State.RESUME, "at step 2")) == "resumes at step 2"
 
 
 def test_train_run_identity_is_the_bank_content_not_its_path(tmp_path):

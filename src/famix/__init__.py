@@ -11,7 +11,7 @@ and ``famix.adapt`` run the stages; ``famix.save_pretrained`` and ``famix.push``
 imported on first use, so ``import famix`` stays light.
 """
 
-__version__ = "0.1.0"
+from famix.version import __version__
 
 _CONFIG = ("Config", "load_config")
 _API = ("Segmenter", "load", "save_pretrained", "push", "mine", "train", "evaluate", "adapt")
@@ -19,7 +19,7 @@ __all__ = ["__version__", *_CONFIG, *_API]
 
 
 def __getattr__(name: str):
-    # the submodules import famix only for __version__: importing them here, on first use, is no cycle
+    # loaded on first use, so that `import famix` imports no torch
     import importlib
 
     if name in _CONFIG:

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from famix.config import Config, save_config
 from famix.demo.report import bank_table, chart, prediction_grid, report
+from famix.engine.runs import State
 from famix.io import atomic_write
 from famix.models.clip import packaged_weights
 from famix.stages import evaluate, mine, train
@@ -155,7 +156,7 @@ def _mine_banks(cfg: Config, variants: list[str]) -> tuple[dict[str, str], dict[
             c.mine.steps = 0  # the control: each patch's own statistics, no language
         if kind == "fine":
             c.mine.grid, c.mine.per_class, c.mine.max_images = 6, 4, 3 * cfg.mine.max_images
-        finished = mine.status(c, FIX) == "done"
+        finished = mine.status(c, FIX).done
         if finished:
             _say(f"{kind} styles: reusing the finished bank {c.style.bank}")
         else:
@@ -172,10 +173,10 @@ def train_and_evaluate(cfg: Config, name: str, domains: list[str], n_eval: int) 
     holding another run is refused) and evaluate it on every domain (``famix eval``, cached)."""
     run, seed, iterations = Path(cfg.train.out), cfg.run.seed, cfg.train.iterations
     state = train.status(cfg, FIX)
-    if state == "done":
+    if state.done:
         _say(f"seed {seed}: {name}: reusing the finished run in {run}")
-    elif not state.startswith("refused"):
-        resume = f", {state}" if state.startswith("resumes") else ""
+    elif not state.refused:
+        resume = f", {state}" if state.state is State.RESUME else ""
         _say(f"seed {seed}: training {name} ({iterations} iterations{resume})")
     train.run(cfg, say=lambda _: None, fix=FIX)
     return evaluate_run(run / "latest.pt", name, seed, domains, n_eval)

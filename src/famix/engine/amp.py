@@ -16,6 +16,13 @@ def amp_dtype(name: str, device: torch.device) -> torch.dtype | None:
     return AMP_DTYPES[name] if device.type == "cuda" else None
 
 
+def precision(name: str, device: torch.device) -> tuple[str, torch.dtype | None]:
+    """(the name a run records, the autocast dtype) of ``run.amp=name`` on ``device``: the name is "off"
+    where autocast does not apply (the CPU), so that records say what was computed."""
+    dtype = amp_dtype(name, device)
+    return (name if dtype is not None else "off"), dtype
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """``torch.autocast`` on ``device`` with ``dtype``, or a no-op context when it is None."""
     if dtype is None:

@@ -15,16 +15,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from famix import __version__
 from famix.config import ModelConfig
 from famix.data.classes import LabelSet, LabelSetError
 from famix.data.classes import load as load_label_set
 from famix.engine import hub
+from famix.engine.amp import precision
 from famix.engine.exported import ARCHIVE_NAMES, archive_format, read_metadata
 from famix.engine.pretrained import model_config, read_folder, resolve
 from famix.io import atomic_write
 from famix.models.build import build_segmenter
 from famix.models.segmenter import Segmenter
+from famix.version import __version__
 
 
 def save_checkpoint(path: str | Path, **content) -> Path:
@@ -132,6 +133,12 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
 def checkpoint_amp(ckpt: dict) -> str:
     """The autocast a checkpoint was trained (and validated) with, ``run.amp``; bf16 for official files."""
     return ckpt.get("config", {}).get("run", {}).get("amp") or "bf16"
+
+
+def checkpoint_precision(given: str | None, ckpt: dict, device) -> tuple[str, torch.dtype | None]:
+    """One precision per checkpoint: (the autocast name used, its dtype) of ``given`` (``--amp``), else the
+    checkpoint's own ``run.amp`` (``engine.amp.precision``: "off" where autocast does not apply)."""
+    return precision(given or checkpoint_amp(ckpt), device)
 
 
 def checkpoint_label_set(model_cfg: ModelConfig, classes: str | None, checkpoint) -> LabelSet:

@@ -28,13 +28,13 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from famix import __version__
 from famix.config import ModelConfig
 from famix.data.transforms import normalize
 from famix.engine.exported import METADATA_FILE, import_onnx_tools, jit_quietly, load_exported, read_metadata
 from famix.engine.outputs import check_output_path, check_replaceable
 from famix.io import atomic_path, remove_stale_temps
 from famix.models.segmenter import Segmenter
+from famix.version import __version__
 
 # Format name -> file name ending (the default output is the checkpoint's stem + this).
 FORMATS = {"onnx": ".onnx", "exported-program": ".pt2", "torchscript": ".torchscript.pt"}

@@ -22,13 +22,13 @@ from pathlib import Path
 import yaml
 from safetensors.torch import load_file
 
-from famix import __version__
 from famix.config import ModelConfig, from_dict
 from famix.data.specs import parse_spec
 from famix.data.transforms import CLIP_MEAN, CLIP_STD
 from famix.engine import hub
 from famix.engine.runs import file_fingerprint
 from famix.io import atomic_write, save_safetensors
+from famix.version import __version__
 
 FORMAT = "famix-pretrained"
 WEIGHTS, CONFIG, CARD, BANK = "model.safetensors", "config.json", "README.md", "bank.safetensors"

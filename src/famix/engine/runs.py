@@ -9,18 +9,24 @@ a cached JSON result. Every stage asks the same three questions of it:
 - :func:`check_same`: resume the artifact, or refuse it, naming every changed key;
 - "is it finished": each artifact says so itself (a checkpoint's step, a bank's batch count);
 - :func:`cached`: a JSON result keyed by the record that decides it (several keys share one file).
+
+What a stage would do with its artifact is a :class:`Status` value (new, resume, done or refused, with a
+detail), never a sentence for callers to parse.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from famix.config import flatten
+from famix.config import ModelConfig, flatten
 from famix.io import atomic_write
+from famix.models.build import normalization
+from famix.models.clip import OPENAI_NORMALIZATION
 
 KEY = "run"  # where a record lives in a checkpoint dict, a bank's metadata and a cache entry
 
@@ -52,6 +58,44 @@ class RunRecord:
         return [
             f"{k}: {old.get(k, unset)!r} -> {new.get(k, unset)!r}" for k in keys if old.get(k) != new.get(k)
         ]
+
+
+class State(enum.Enum):
+    """What a stage would do with its artifact."""
+
+    NEW = "to do"  # nothing there yet
+    RESUME = "resumes"  # an interrupted run of the same record: go on from it
+    DONE = "done"  # a finished run of the same record: return its result
+    REFUSED = "refused"  # another run's artifact (or an unreadable one): refuse
+
+
+@dataclass(frozen=True)
+class Status:
+    """A stage's status: its :class:`State` and a detail (where a resume starts, why it is refused)."""
+
+    state: State
+    detail: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.state is State.DONE
+
+    @property
+    def refused(self) -> bool:
+        return self.state is State.REFUSED
+
+    def __str__(self) -> str:
+        """For people: "to do", "resumes at step 40", "done", "refused: <why>"."""
+        if self.state is State.REFUSED:
+            return f"refused: {self.detail}"
+        return f"{self.state.value} {self.detail}".strip()
+
+
+def normalization_settings(model: ModelConfig) -> dict:
+    """A run record's entries for its input normalisation (resolved): none for OpenAI's, as in the records
+    of famix before it knew others (they stay valid), else ``{"mean": [...], "std": [...]}``."""
+    n = normalization(model)
+    return {} if n == OPENAI_NORMALIZATION else {"mean": list(n.mean), "std": list(n.std)}
 
 
 def check_same(record: RunRecord, stored: dict | None, where: str | Path, fix: str) -> None:

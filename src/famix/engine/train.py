@@ -1,6 +1,6 @@
-"""FAMix training (method.md section 5) with DDP, AMP, exact resume and validation: the loop that
-``famix train`` and ``famix adapt`` (head fine-tuning) share. Which run a folder holds, and whether it is
-finished, is decided by its run record (:func:`train_record`, :mod:`famix.engine.runs`)."""
+"""FAMix training (method.md section 5) with DDP, AMP, exact resume and validation: the loop and step that
+``famix train`` runs (and ``famix adapt``'s head fine-tuning through it; the benchmarks time its step).
+Which run a folder holds, and whether it is finished, is the stage's (:mod:`famix.stages.train`)."""
 
 from __future__ import annotations
 
@@ -15,32 +15,27 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from famix.config import RESUMABLE_KEYS, Config, ModelConfig, save_config
+from famix.config import Config, save_config
 from famix.data.classes import LabelSet
 from famix.data.datasets import SeededTransform, build_dataset
 from famix.data.labels import IGNORE_INDEX
 from famix.data.transforms import color_jitter, normalize, source_transform
 from famix.engine.amp import amp_dtype, autocast
-from famix.engine.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from famix.engine.checkpoint import load_model_state, save_checkpoint
 from famix.engine.checks import check_bank_classes, check_bank_normalization
 from famix.engine.distributed import barrier, current, require_session, resolve_device
 from famix.engine.evaluate import evaluate_specs
 from famix.engine.inference import InferenceSettings
 from famix.engine.loss import SegmentationLoss
-from famix.engine.runs import KEY, RunRecord, check_same, file_fingerprint
+from famix.engine.runs import KEY, RunRecord
 from famix.engine.sampler import StreamSampler
 from famix.engine.seeds import mixer_seed, step_seed
 from famix.io import remove_stale_temps
 from famix.models.build import build_segmenter, normalization
-from famix.models.clip import OPENAI_NORMALIZATION, weights_fingerprint
+from famix.models.clip import OPENAI_NORMALIZATION
 from famix.progress import progress_bar
 from famix.style.bank import StyleBank
 from famix.style.mixing import LocalStyleMixer
-
-# The config sections that decide what training computes (mining settings live in the bank file).
-TRAIN_SECTIONS = ("model", "data", "style", "train", "run")
-# Paths whose files are run inputs: recorded by content (a fingerprint), not by name.
-INPUT_PATHS = ("model.weights", "style.bank")
 
 
 def with_normalization(cfg: Config) -> Config:
@@ -49,50 +44,6 @@ def with_normalization(cfg: Config) -> Config:
     normalises its inputs as the model was trained."""
     n = normalization(cfg.model)
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, mean=list(n.mean), std=list(n.std)))
-
-
-def normalization_settings(model: ModelConfig) -> dict:
-    """A run record's entries for its input normalisation (resolved): none for OpenAI's, as in the records
-    of famix before it knew others (they stay valid), else ``{"mean": [...], "std": [...]}``."""
-    n = normalization(model)
-    return {} if n == OPENAI_NORMALIZATION else {"mean": list(n.mean), "std": list(n.std)}
-
-
-def train_record(cfg: Config, kind: str = "train", inputs: dict | None = None) -> RunRecord:
-    """What decides a training run's result: the ``TRAIN_SECTIONS`` less ``config.RESUMABLE_KEYS`` and the
-    input paths, the autocast actually used, and the CLIP weights' and style bank's fingerprints (plus
-    ``inputs``, e.g. the checkpoint a fine-tuning starts from)."""
-    full = cfg.to_dict()
-    skip = RESUMABLE_KEYS | set(INPUT_PATHS)
-    settings = {s: {k: v for k, v in full[s].items() if f"{s}.{k}" not in skip} for s in TRAIN_SECTIONS}
-    if cfg.model.classes is None:  # no label set: the record of the 19 trainIds, as before label sets
-        del settings["model"]["classes"]
-    del settings["model"]["mean"], settings["model"]["std"]
-    settings["model"].update(normalization_settings(cfg.model))
-    amp = amp_dtype(cfg.run.amp, resolve_device(cfg.run.device, current()))
-    settings["run"]["amp"] = cfg.run.amp if amp is not None else "off"
-    uses_bank = cfg.style.mix in ("famix", "augment") and cfg.style.bank
-    files = {
-        "clip weights": weights_fingerprint(cfg.model.weights),
-        "bank": file_fingerprint(cfg.style.bank) if uses_bank and Path(cfg.style.bank).is_file() else None,
-    }
-    return RunRecord(kind, settings, {**files, **(inputs or {})})
-
-
-def open_run(out: Path, record: RunRecord, fix: str) -> dict | None:
-    """The run folder's ``latest.pt`` if it holds this run (to resume from, or finished), None for a new run;
-    a checkpoint of another run is refused, naming every changed key (``fix``: what to do instead)."""
-    latest = out / "latest.pt"
-    if not latest.is_file():
-        return None
-    ckpt = load_checkpoint(latest)
-    check_same(record, ckpt.get(KEY), latest, fix)
-    return ckpt
-
-
-def finished(ckpt: dict | None, cfg: Config) -> bool:
-    """Whether a run's ``latest.pt`` (:func:`open_run`; None: nothing yet) reached ``train.iterations``."""
-    return ckpt is not None and ckpt["cur_itrs"] >= cfg.train.iterations
 
 
 def build_optimizer(model, cfg: Config):
@@ -139,9 +90,9 @@ def build_mixer(cfg: Config, model, device) -> LocalStyleMixer | None:
 
 
 def train(cfg: Config, record: RunRecord, resume: dict | None = None, init_state: dict | None = None) -> dict:
-    """Train (or go on from ``resume``, the run's ``latest.pt`` from :func:`open_run`) and return the final
-    metrics. ``record`` (:func:`train_record`) is stored in every checkpoint; ``init_state``: weights to
-    start from instead of ``cfg.model``'s (e.g. a trained segmenter that ``famix adapt`` fine-tunes).
+    """Train (or go on from ``resume``, the run's ``latest.pt``: ``stages.train.open_run``) and return the
+    final metrics. ``record`` (``stages.train.train_record``) is stored in every checkpoint; ``init_state``:
+    weights to start from instead of ``cfg.model``'s (a trained segmenter that ``famix adapt`` fine-tunes).
     Under torchrun, call it inside ``distributed.session()``.
     """
     info = current()

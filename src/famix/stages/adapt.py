@@ -36,16 +36,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
-from famix import __version__
 from famix.config import (
     Config,
     DataConfig,
@@ -64,17 +61,18 @@ from famix.engine.checkpoint import load_checkpoint, load_segmenter, model_confi
 from famix.engine.checks import bank_normalization_entry, check_specs
 from famix.engine.distributed import resolve_device, single_process
 from famix.engine.inference import model_input
+from famix.engine.mine import MiningPlan, mine_pass, plan_images
 from famix.engine.outputs import check_folder
 from famix.engine.runs import KEY, RunRecord, check_same
-from famix.engine.seeds import item_seed
-from famix.engine.train import finished, open_run, train, train_record
 from famix.models.clip import build_clip, weights_fingerprint
 from famix.models.towers import style_grid
-from famix.progress import progress_bar
+from famix.stages import train
 from famix.style.bank import StyleBank
 from famix.style.image_pin import PODA_BATCH, PODA_LR, RECIPES, check_description, image_pin
+from famix.style.patch_mining import MinedStyles
 from famix.style.pin import PIN_LR, PIN_STEPS, PIN_WEIGHT_DECAY
 from famix.style.prompts import TextEmbedder
+from famix.version import __version__
 
 
 @dataclass(frozen=True)
@@ -265,7 +263,7 @@ def run(
         bank = Path(cfg.style.bank)
         if bank.is_file():
             check_same(record, StyleBank.load(bank).metadata.get(KEY), bank, REFUSAL)
-            open_run(Path(cfg.train.out), train_record(cfg, kind="adapt", inputs=inputs), REFUSAL)
+            train.open_run(Path(cfg.train.out), train.train_record(cfg, kind="adapt", inputs=inputs), REFUSAL)
     written = {}
     for target, cfg, record in zip(targets, cfgs, records, strict=True):
         _mine_target(model, clip, embed, cfg, record, s, progress, say)
@@ -330,7 +328,8 @@ def _styles_record(cfg: Config, target: str, s: AdaptSettings, backbone: str, in
 def _mine_target(
     model, clip, embed, cfg: Config, record: RunRecord, s: AdaptSettings, progress: bool, say
 ) -> None:
-    """Write ``cfg.style.bank``: one image-level style per source crop, all under "ignore".
+    """Write ``cfg.style.bank``: one image-level style per source crop, all under "ignore", by the shared
+    mining pass (``engine.mine.mine_pass``) with image-level PIN as its step.
 
     The bank is saved every ``s.save_every`` batches with the number of batches done: an interrupted pass
     resumes after them (each crop's style depends only on the crop, so the bank is the same as one pass's);
@@ -338,14 +337,19 @@ def _mine_target(
     path = Path(cfg.style.bank)
     source = build_dataset(cfg.data.train, cfg.model.label_set())
     dataset = SeededTransform(source, train_transform(cfg.data.crop, jitter=0, hflip=0))
-    total, size = min(len(dataset), s.images or len(dataset)), pin_batch(s, cfg)
-    batches = math.ceil(total / size)
+    size = pin_batch(s, cfg)
+    plan = MiningPlan(
+        images=plan_images(len(dataset), s.images),
+        batch_size=size,
+        seed=cfg.run.seed,
+        save_every=s.save_every,
+        workers=cfg.data.workers,
+    )
     target = record.settings["target"]
     if path.is_file():
         bank = StyleBank.load(path)
         check_same(record, bank.metadata.get(KEY), path, REFUSAL)
     else:
-        names = cfg.model.class_names
         metadata = {
             KEY: record.to_dict(),
             "description": target,
@@ -355,44 +359,41 @@ def _mine_target(
         }
         if cfg.model.classes is not None:  # the fine-tuning checks that the bank is of its classes
             metadata["label_set"] = cfg.model.label_set().to_dict()
-        bank = StyleBank(list(names), model.low_channels, metadata=metadata)
-    start = bank.metadata["batches_done"]
-    if start >= batches:
+        bank = StyleBank(list(cfg.model.class_names), model.low_channels, metadata=metadata)
+    if bank.metadata["batches_done"] >= plan.batches:
         say(f"famix adapt: {path} holds the styles of {target!r}, finished ({len(bank)}): nothing to mine")
         return
+    step = _image_step(model, clip, embed([target])[0], s, size)
+    mine_pass(dataset, bank, path, plan, step, f"mine {target!r}", progress)
+
+
+def _image_step(model, clip, text: torch.Tensor, s: AdaptSettings, size: int):
+    """The mining step of a target (``engine.mine.Step``): each batch's crops through the segmenter's own
+    style-map layers, one image-level PIN toward ``text`` [D] per batch, every style under "ignore"."""
     device = next(model.parameters()).device
-    text = embed([target])[0]  # [D]
     pool = style_grid(clip.visual)
-    items = [(i, item_seed(cfg.run.seed, i)) for i in range(start * size, total)]
-    loader = DataLoader(dataset, batch_size=size, sampler=items, num_workers=cfg.data.workers)
-    bar = progress_bar(total=batches, initial=start, desc=f"mine {target!r}", disable=not progress)
-    for done, (images, _, _) in enumerate(loader, start=start + 1):
-        with torch.no_grad():
-            f = model.style_features(model_input(model, images.to(device)))  # [B, C, h, w]
-        styles = image_pin(
-            clip.visual, f, text, pool, s.steps, pin_lr(s), weight_decay=s.weight_decay, recipe=s.recipe,
-            batch=size,
-        )  # fmt: skip
-        ignore = torch.full((len(images),), IGNORE_INDEX)
-        bank.add(styles.mu, styles.sigma, ignore, IGNORE_INDEX)
-        bank.metadata["batches_done"] = done
-        bank.metadata["images"] = min(done * size, total)
-        if done % s.save_every == 0 or done == batches:
-            bank.save(path)
-        bar.update(1)
-        bar.set_postfix(cos=f"{styles.cos.mean().item():.3f}")
-    bar.close()
+
+    def step(batches: list) -> list[MinedStyles]:
+        mined = []
+        for _, images, _ in batches:
+            with torch.no_grad():
+                f = model.style_features(model_input(model, images.to(device)))  # [B, C, h, w]
+            styles = image_pin(
+                clip.visual, f, text, pool, s.steps, pin_lr(s), weight_decay=s.weight_decay, recipe=s.recipe,
+                batch=size,
+            )  # fmt: skip
+            ignore = torch.full((len(images),), IGNORE_INDEX)
+            mined.append(MinedStyles(styles.mu.cpu(), styles.sigma.cpu(), ignore, styles.cos.cpu()))
+        return mined
+
+    return step
 
 
 def _fine_tune(ckpt: dict, cfg: Config, inputs: dict, say) -> Path:
     """Fine-tune the head of the checkpoint's segmenter (``ckpt``, read once) on source crops restyled by
-    ``cfg.style``: the training loop of ``famix train`` started from its weights, into ``<run>/latest.pt``
-    (resumed when it holds the same run, returned when finished, refused when it holds another)."""
-    out = Path(cfg.train.out)
-    record = train_record(cfg, kind="adapt", inputs=inputs)
-    latest = open_run(out, record, REFUSAL)
-    if finished(latest, cfg):
-        say(f"famix adapt: {out} holds this adapted model, finished at step {latest['cur_itrs']}")
-    else:
-        train(cfg, record, resume=latest, init_state=ckpt["model_state"])
-    return out / "latest.pt"
+    ``cfg.style``: ``famix train``'s stage started from its weights, into ``<run>/latest.pt`` (resumed when it
+    holds the same run, returned when finished, refused when it holds another)."""
+    train.run(
+        cfg, say, REFUSAL, kind="adapt", inputs=inputs, init_state=ckpt["model_state"], name="famix adapt"
+    )
+    return Path(cfg.train.out) / "latest.pt"

@@ -140,7 +140,7 @@ def check_plan(plan: Plan) -> None:
     states = [mine.status(plan.cfg, FIX)]
     if Path(plan.cfg.style.bank).is_file():  # the seeds' records depend on the bank's content
         states += [train.status(plan.run_cfg(seed), TRAIN_FIX) for seed in plan.seeds]
-    refused = [state.removeprefix("refused: ") for state in states if state.startswith("refused: ")]
+    refused = [state.detail for state in states if state.refused]
     if refused:
         raise FileExistsError(" ".join(refused))
 

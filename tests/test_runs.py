@@ -74,7 +74,7 @@ def test_file_fingerprint_is_the_content(tmp_path):
 
 def test_a_training_record_holds_the_result_keys_only(tmp_path):
     from famix.config import load_config
-    from famix.engine.train import train_record
+    from famix.stages.train import train_record
 
     base = train_record(load_config("tiny", ["style.mix=none"]))
     neutral = ["train.log_interval=1", "train.val_interval=3", "train.ckpt_interval=2", "data.workers=2",

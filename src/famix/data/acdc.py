@@ -13,8 +13,8 @@ from functools import partial
 from pathlib import Path
 
 from famix.data.entry import DatasetEntry, SizeFilter
-from famix.data.folder import Scan, Source, collect, require_dir, scan_pairs
 from famix.data.paired import PairedDataset, screen_sizes
+from famix.data.scan import Scan, Source, collect, require_dir, scan_pairs
 from famix.data.specs import parse_fields, parse_mismatch
 
 LAYOUT = """  ROOT/rgb_anon/<cond>/{train,val}/<seq>/<frame>_rgb_anon.png

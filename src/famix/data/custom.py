@@ -21,10 +21,11 @@ from PIL import Image
 
 from famix.data.classes import LabelSet, from_names
 from famix.data.entry import DatasetEntry
-from famix.data.folder import DatasetError, Pair, Scan, Source, collect, require_dir, scan_pairs
+from famix.data.errors import DatasetError
 from famix.data.labels import CLASS_NAMES
 from famix.data.paired import PairedDataset, screen_sizes
 from famix.data.readers import _READ_ERRORS, _corrupt, read_image
+from famix.data.scan import Pair, Scan, Source, collect, require_dir, scan_pairs
 from famix.data.specs import parse_fields, parse_mismatch
 
 LAYOUT = """  ROOT/images/[SPLIT/][sub-folders/]<stem>.png|jpg|jpeg|webp

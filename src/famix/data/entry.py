@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from famix.data.folder import Scan, Source
+from famix.data.scan import Scan, Source
 from famix.data.specs import parse_size
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from famix.data.entry import DatasetEntry
-from famix.data.folder import MissingDataError, Scan, Source, collect, is_list_file, require_dir, scan_pairs
+from famix.data.errors import MissingDataError
 from famix.data.paired import PairedDataset, screen_sizes
+from famix.data.scan import Scan, Source, collect, is_list_file, require_dir, scan_pairs
 from famix.data.specs import parse_fields, parse_mismatch, parse_size
 from famix.data.transforms import center_crop_pad
 

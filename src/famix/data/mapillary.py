@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from famix.data.entry import DatasetEntry
-from famix.data.folder import Scan, Source, collect, require_dir, scan_pairs
 from famix.data.paired import PairedDataset, screen_sizes
+from famix.data.scan import Scan, Source, collect, require_dir, scan_pairs
 from famix.data.specs import parse_fields, parse_mismatch, parse_size
 from famix.data.transforms import center_crop_pad, compose, resize_height
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from famix.data.folder import DatasetError, MissingDataError
+from famix.data.errors import DatasetError, MissingDataError
 from famix.data.labels import ENCODINGS
 
 _READ_ERRORS = (

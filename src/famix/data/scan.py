@@ -1,5 +1,6 @@
-"""Shared machinery of the benchmark loaders: errors, folder checks, image/label pairing and split lists.
-Dataset modules describe their layout; this module finds and pairs the files.
+"""A dataset's files on disk: where it comes from (:class:`Source`, named in every error), folder checks,
+image/label pairing (:class:`Pair`, :class:`Scan`, :func:`scan_pairs`), split lists, and the pairs of one
+split (:func:`collect`). Dataset modules describe their layout; this module finds and pairs the files.
 """
 
 from __future__ import annotations
@@ -8,13 +9,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-class DatasetError(ValueError):
-    """A dataset on disk does not match what famix expects; the message says what to fix."""
-
-
-class MissingDataError(DatasetError, FileNotFoundError):
-    """A dataset folder, file or split list is missing."""
+from famix.data.errors import DatasetError, MissingDataError
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from famix.data.entry import DatasetEntry
-from famix.data.folder import MissingDataError, Scan, Source, collect, is_list_file, require_dir, scan_pairs
+from famix.data.errors import MissingDataError
 from famix.data.paired import PairedDataset, screen_sizes
+from famix.data.scan import Scan, Source, collect, is_list_file, require_dir, scan_pairs
 from famix.data.specs import parse_fields, parse_mismatch
 
 LAYOUT = """  ROOT/RGB/{train,val}/NNNNNNN.png          (7-digit names, RGB)

@@ -24,7 +24,7 @@ from importlib.metadata import EntryPoint, entry_points
 import torch
 from torch.utils.data import Dataset
 
-from famix.data import acdc, bdd, cityscapes, custom, gta5, mapillary, synthia
+from famix.data import acdc, bdd, cityscapes, folder, gta5, mapillary, synthia
 from famix.data.classes import LabelSet
 from famix.data.entry import DatasetEntry
 from famix.data.specs import ALIASES, dataset_name, parse_spec
@@ -32,7 +32,7 @@ from famix.data.specs import ALIASES, dataset_name, parse_spec
 ENTRY_POINTS = "famix.datasets"  # the entry-point group of datasets from installed packages
 # The benchmark loaders by spec name: each module's ENTRY (build, help text, and what it does on disk).
 DATASETS: dict[str, DatasetEntry] = {
-    m.ENTRY.source.name: m.ENTRY for m in (gta5, synthia, cityscapes, bdd, mapillary, acdc, custom)
+    m.ENTRY.source.name: m.ENTRY for m in (gta5, synthia, cityscapes, bdd, mapillary, acdc, folder)
 }
 
 

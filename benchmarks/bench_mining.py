@@ -25,9 +25,9 @@ import torch
 
 from common import base_parser, count_flops, peak_memory_bytes, report, setup, time_iterations
 from famix.data.labels import CLASS_NAMES, IGNORE_INDEX
-from famix.stages.mine import CUDA_PIN_CROPS
 from famix.models.clip import build_clip
 from famix.models.towers import style_channels, style_grid, style_tail, tower
+from famix.stages.mine import CUDA_PIN_CROPS
 from famix.style.patch_mining import RECIPE_LR, MiningSettings, mine_batches
 from famix.style.vocabulary import DEFAULT_STYLE_WORDS
 

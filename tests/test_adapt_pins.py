@@ -29,15 +29,19 @@ def _tensors(d: dict) -> bytes:
 # Computed at commit 03883ff (before the move) on each machine (tests/pins.py); both recipes.
 PINNED = {
     ("AVX512", "AuthenticAMD"): {  # the 2-core AMD EPYC container with avx512_bf16 of 2026-12-05
-        "poda bank": "513d8713994cbb1f", "poda state": "ab6788b9c7676d37", "poda record": "a534aa4bb78f0915",
-        "famix bank": "7846dbd5b67df44c", "famix state": "52a1ef4010f25ed3", "famix record": "062321df404586d9",
+        "poda bank": "513d8713994cbb1f", "poda state": "ab6788b9c7676d37",
+        "poda record": "a534aa4bb78f0915", "famix bank": "7846dbd5b67df44c",
+        "famix state": "52a1ef4010f25ed3", "famix record": "062321df404586d9",
     },
 }  # fmt: skip
 
 
 def _stable(record: dict) -> dict:
     # the checkpoint's and bank's fingerprints hash files whose zip entries name the test's temporary folder
-    return {**record, "inputs": {k: v for k, v in record["inputs"].items() if k not in ("checkpoint", "bank")}}
+    return {
+        **record,
+        "inputs": {k: v for k, v in record["inputs"].items() if k not in ("checkpoint", "bank")},
+    }
 
 
 def _adapt_hashes(checkpoint, out, recipe: str) -> dict:

@@ -16,11 +16,12 @@ from PIL import Image
 from famix.cli import main
 from famix.config import ModelConfig
 from famix.data.transforms import CLIP_MEAN, CLIP_STD, normalize
-from famix.engine import export
 from famix.engine.checkpoint import load_segmenter
-from famix.engine.export import ATOL, check_size, compare, export_model, parse_size
 from famix.engine.exported import METADATA_FILE, OnnxSegmenter, load_exported, read_metadata
 from famix.models.build import build_segmenter
+from famix.settings import ATOL, ExportSettings, parse_size
+from famix.stages import export
+from famix.stages.export import check_size, compare, export_model
 
 # float32 reorderings only: the tiny model's measured max abs logit difference is ~4e-8 (ONNX Runtime)
 # and 0 (torch.export, TorchScript); every argmax agrees.
@@ -95,7 +96,7 @@ def test_onnx_fixed_size(eager, tmp_path):
     _onnx_tools()
     model, cfg = eager
     out = tmp_path / "fixed.onnx"
-    check = export_model(model, cfg, out, "onnx", (32, 48))
+    check = export_model(model, cfg, out, ExportSettings("onnx", (32, 48)))
     _assert_close(check)
     assert check.shapes == [(1, 3, 32, 48)] * 2 and _no_temp_files(tmp_path)
     onnx_model = load_exported(out, "onnx")
@@ -110,7 +111,7 @@ def test_onnx_fixed_size(eager, tmp_path):
 def test_exported_program_round_trip(eager, tmp_path, dynamic):
     model, cfg = eager
     out = tmp_path / "model.pt2"
-    check = export_model(model, cfg, out, "exported-program", (32, 48), dynamic=dynamic)
+    check = export_model(model, cfg, out, ExportSettings("exported-program", (32, 48), dynamic=dynamic))
     _assert_close(check, 3 if dynamic else 2)  # dynamic: a size that is no multiple of the stride too
     assert len(set(check.shapes)) == (3 if dynamic else 1)
     extra = {METADATA_FILE: ""}
@@ -127,7 +128,7 @@ def test_exported_program_round_trip(eager, tmp_path, dynamic):
 def test_torchscript_round_trip(eager, tmp_path):
     model, cfg = eager
     out = tmp_path / "model.torchscript.pt"
-    check = export_model(model, cfg, out, "torchscript", (32, 48), dynamic=True)
+    check = export_model(model, cfg, out, ExportSettings("torchscript", (32, 48), dynamic=True))
     _assert_close(check, 3)
     extra = {METADATA_FILE: ""}
     torch.jit.load(out, _extra_files=extra)
@@ -161,7 +162,9 @@ def test_refusal_past_tolerance_writes_nothing(eager, tmp_path, monkeypatch, cha
     with pytest.raises(
         ValueError, match=f"does not match the checkpoint's model: .*{message}.*nothing written"
     ):
-        export_model(model, cfg, tmp_path / "model.pt2", "exported-program", (32, 32), atol=atol)
+        export_model(
+            model, cfg, tmp_path / "model.pt2", ExportSettings("exported-program", (32, 32), atol=atol)
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -289,7 +292,7 @@ def test_onnx_vit_pads_other_sizes_as_the_eager_model(vit, tmp_path):
     # trace that branch, so the file takes multiples and OnnxSegmenter pads as the eager model would.
     _onnx_tools()
     model, cfg = vit
-    check = export_model(model, cfg, tmp_path / "vit.onnx", "onnx", (16, 24), dynamic=True)
+    check = export_model(model, cfg, tmp_path / "vit.onnx", ExportSettings("onnx", (16, 24), dynamic=True))
     _assert_close(check)  # no third, non-multiple input: the graph itself takes multiples only
     onnx_model = OnnxSegmenter(tmp_path / "vit.onnx")
     meta = onnx_model.metadata
@@ -298,7 +301,7 @@ def test_onnx_vit_pads_other_sizes_as_the_eager_model(vit, tmp_path):
     g = torch.Generator().manual_seed(4)
     inputs = [normalize(torch.rand(s, generator=g)) for s in [(1, 3, 37, 50), (2, 3, 17, 23), (1, 3, 16, 16)]]
     _assert_close(compare(model, onnx_model, inputs), 3)
-    export_model(model, cfg, tmp_path / "fixed.onnx", "onnx", (40, 56))
+    export_model(model, cfg, tmp_path / "fixed.onnx", ExportSettings("onnx", (40, 56)))
     fixed = OnnxSegmenter(tmp_path / "fixed.onnx")
     _assert_close(compare(model, fixed, inputs[:1]), 1)  # 37x50 pads to the file's 40x56
     with pytest.raises(ValueError, match="takes 40x56 images only, got 30x50"):

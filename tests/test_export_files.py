@@ -14,8 +14,9 @@ from PIL import Image
 from famix.cli import main
 from famix.engine import checkpoint as checkpoint_module
 from famix.engine.checkpoint import load_checkpoint, load_segmenter
-from famix.engine.export import export_model
 from famix.engine.exported import archive_format, read_metadata
+from famix.settings import ExportSettings
+from famix.stages.export import export_model
 
 
 def _fails(argv, capsys) -> str:
@@ -116,8 +117,8 @@ def test_missing_folders_are_created(checkpoint, tmp_path):
 def test_exported_models_are_refused_as_checkpoints(checkpoint, tmp_path, capsys):
     model, cfg = load_segmenter(checkpoint)
     ts, pt2 = tmp_path / "model.pt", tmp_path / "model.pt2"  # a TorchScript file may well end in .pt
-    export_model(model, cfg, ts, "torchscript", (32, 32))
-    export_model(model, cfg, pt2, "exported-program", (32, 32))
+    export_model(model, cfg, ts, ExportSettings("torchscript", (32, 32)))
+    export_model(model, cfg, pt2, ExportSettings("exported-program", (32, 32)))
     assert archive_format(ts) == "torchscript" and archive_format(pt2) == "exported-program"
     assert archive_format(checkpoint) is None  # a torch.save zip is neither
     for path, name, loader in [

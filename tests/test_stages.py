@@ -10,6 +10,7 @@ from famix.config import load_config
 from famix.data.labels import CLASS_NAMES
 from famix.engine.inference import InferenceSettings
 from famix.engine.runs import State, Status
+from famix.settings import ExportSettings
 from famix.stages import adapt, evaluate, mine, train
 
 TINY = "tiny"
@@ -79,7 +80,10 @@ def test_train_stage_owns_its_run_folder(tmp_path):
 
     train.run(stopped("train.stop_after=2"))
     assert train.status(stopped()) == Status(State.RESUME, "at step 2") and train.run(stopped())["step"] == 3
-    assert str(train.status(stopped())) == "done" and str(Status(State.RESUME, "at step 2")) == "resumes at step 2"
+    assert (
+        str(train.status(stopped())) == "done"
+        and str(Status(State.RESUME, "at step 2")) == "resumes at step 2"
+    )
 
 
 def test_train_run_identity_is_the_bank_content_not_its_path(tmp_path):
@@ -185,12 +189,17 @@ def test_export_stage_writes_nothing_the_second_time(checkpoint, tmp_path):
     from famix.stages import export
 
     out, said = tmp_path / "model.torchscript.pt", []
-    written, check = export.run(checkpoint, "torchscript", "32x32", out=out)
+    written, check = export.run(checkpoint, ExportSettings("torchscript", "32x32"), out=out)
     assert written == out and check is not None
     before = stamps(tmp_path)
-    assert export.run(checkpoint, "torchscript", "32x32", out=out, say=said.append) == (out, None)
+    assert export.run(checkpoint, ExportSettings("torchscript", "32x32"), out=out, say=said.append) == (
+        out,
+        None,
+    )
     assert stamps(tmp_path) == before and "nothing to do" in said[0]
-    _, check = export.run(checkpoint, "torchscript", "32x48", out=out)  # another size: exported again
+    _, check = export.run(
+        checkpoint, ExportSettings("torchscript", "32x48"), out=out
+    )  # another size: exported again
     assert check is not None and check.shapes[0][-2:] == (32, 48)
 
 

@@ -19,12 +19,13 @@ from famix.cli import main
 from famix.config import ModelConfig
 from famix.engine.checkpoint import load_model_state, load_segmenter, save_checkpoint
 from famix.engine.convert import infer_model_config
-from famix.engine.export import compare, export_model
 from famix.engine.exported import load_exported
 from famix.models.build import build_segmenter
 from famix.models.clip import build_clip, get_clip_config
 from famix.models.segmenter import Segmenter
 from famix.models.towers.vit import embed_tokens, interpolate_pos_embed, neck_steps, tokens_to_map
+from famix.settings import ExportSettings
+from famix.stages.export import compare, export_model
 
 PATCH = 8  # tiny-vit's
 
@@ -278,7 +279,9 @@ def test_onnx_export_matches_eager(vit_checkpoint, tmp_path):
         pytest.importorskip(name)
     model, cfg = load_segmenter(vit_checkpoint)
     out = tmp_path / "vit.onnx"
-    check = export_model(model, cfg, out, "onnx", (32, 48))  # a 4x6 grid: the embedding is resized
+    check = export_model(
+        model, cfg, out, ExportSettings("onnx", (32, 48))
+    )  # a 4x6 grid: the embedding is resized
     assert check.max_abs_diff <= 1e-5 and check.agreement == 100.0
     onnx_model = load_exported(out, "onnx")
     assert onnx_model.metadata["output_stride"] == "8" and onnx_model.metadata["backbone"] == "tiny-vit"

@@ -97,18 +97,13 @@ def cmd_predict(args) -> None:
 
 
 def cmd_export(args) -> None:
+    from famix.settings import ExportSettings
     from famix.stages import export
 
-    out, check = export.run(
-        args.checkpoint,
-        args.format,
-        args.size,
-        dynamic=args.dynamic,
-        out=args.out,
-        atol=args.atol,
-        min_agreement=args.min_agreement,
-        force=args.force,
+    settings = ExportSettings(
+        args.format, args.size, args.dynamic, args.atol, args.min_agreement, force=args.force
     )
+    out, check = export.run(args.checkpoint, settings, out=args.out)
     if check is not None:
         print(f"checked against the checkpoint's model: {check.describe()}")
         print(f"wrote {out}")

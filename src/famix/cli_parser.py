@@ -48,7 +48,7 @@ ADAPT_HELP = {
 
 
 def _adapt_options(parser: argparse.ArgumentParser) -> None:
-    from famix.stages.adapt import AdaptSettings
+    from famix.settings import AdaptSettings
 
     for f in fields(AdaptSettings):
         kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
@@ -179,7 +179,7 @@ def _add_eval_predict(sub) -> None:
 
 
 def _add_export(sub) -> None:
-    from famix.engine.export import ATOL, FORMATS, MIN_AGREEMENT
+    from famix.settings import ATOL, FORMATS, MIN_AGREEMENT
 
     x = sub.add_parser(
         "export", help="export a checkpoint's segmenter (ONNX, torch.export, TorchScript), checked"

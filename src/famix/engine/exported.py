@@ -1,6 +1,6 @@
 """Files written by ``famix export``, read back: which kind of archive a file is, the famix metadata it
 carries, and the exported model as a callable, :class:`OnnxSegmenter` for ONNX files (run by ONNX
-Runtime; what ``famix predict`` uses). Writing them is ``engine/export.py``.
+Runtime; what ``famix predict`` uses). Writing them is ``stages/export.py``.
 
 The contract of every exported model is that of ``Segmenter.forward``: CLIP-normalised float32 images
 ``[B, 3, H, W]`` in, logits ``[B, K, H, W]`` out; the sizes a file takes are in its metadata

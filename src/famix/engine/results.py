@@ -15,6 +15,7 @@ from famix.data.labels import CLASS_NAMES
 from famix.data.specs import parse_spec
 from famix.engine.evaluate import EvalResult
 from famix.io import atomic_write
+from famix.paper import PAPER_COLUMNS
 
 
 def mean_std(values: Sequence[float | None], digits: int = 2, sign: bool = False) -> str:
@@ -65,8 +66,6 @@ def format_table(
     return "\n".join(lines)
 
 
-# The paper's result columns (method.md section 7), in its order.
-PAPER_COLUMNS = ("C", "B", "M", "S", "ACDC night", "snow", "rain", "fog")
 _PAPER_NAMES = {"cityscapes": "C", "bdd100k": "B", "mapillary": "M", "synthia": "S"}  # aliases resolved
 _ACDC_CONDITIONS = {"night": "ACDC night", "snow": "snow", "rain": "rain", "fog": "fog"}
 

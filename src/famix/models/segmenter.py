@@ -125,7 +125,7 @@ class Segmenter(nn.Module):
         """x: [B, 3, H, W] -> {"low": [B, C_low, ~H/4, ~W/4], "out": [B, C_out, H/OS, W/OS]}; ``restyle``
         applies to the style map (see the class docstring). Sides must be multiples of ``pad_multiple``
         (``forward`` pads them)."""
-        # (not while TorchScript traces: exported models take multiples only, see engine/export.py)
+        # (not while TorchScript traces: exported models take multiples only, see stages/export.py)
         m = self.pad_multiple
         if m > 1 and not torch.jit.is_tracing() and (x.shape[-2] % m or x.shape[-1] % m):
             raise ValueError(

@@ -38,7 +38,6 @@ import dataclasses
 import hashlib
 import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -66,73 +65,14 @@ from famix.engine.outputs import check_folder
 from famix.engine.runs import KEY, RunRecord, check_same
 from famix.models.clip import build_clip, weights_fingerprint
 from famix.models.towers import style_grid
+from famix.paper import PIN_LR, PODA_BATCH, PODA_FINE_TUNE, PODA_LR, PODA_OPTIMIZER
+from famix.settings import AdaptSettings
 from famix.stages import train
 from famix.style.bank import StyleBank
-from famix.style.image_pin import PODA_BATCH, PODA_LR, RECIPES, check_description, image_pin
+from famix.style.image_pin import check_description, image_pin
 from famix.style.patch_mining import MinedStyles
-from famix.style.pin import PIN_LR, PIN_STEPS, PIN_WEIGHT_DECAY
 from famix.style.prompts import TextEmbedder
 from famix.version import __version__
-
-
-@dataclass(frozen=True)
-class AdaptSettings:
-    """What an adaptation computes, besides the target and the checkpoint (None: the checkpoint's value).
-
-    iterations: head fine-tuning steps; lr: the head's SGD lr (poly schedule); steps, pin_lr:
-    image-level PIN (``famix.style.image_pin``); images: source crops mined (None: the whole source set, as
-    PODA); crop, batch_size: source crops (None: the checkpoint's data.crop / data.batch_size).
-    """
-
-    recipe: str = "poda"  # poda: the official PIN_aug.py + main.py; famix: ours (batch-independent PIN)
-    iterations: int = 2000
-    lr: float = 0.01
-    steps: int = PIN_STEPS
-    pin_lr: float | None = None  # None: the recipe's (poda 1 on the batch-mean loss, famix 0.1 per image)
-    pin_batch: int | None = None  # poda: images per PIN batch (None: 16); famix: the fine-tuning batch
-    weight_decay: float = PIN_WEIGHT_DECAY  # of the PIN SGD
-    images: int | None = None
-    crop: int | None = None
-    batch_size: int | None = None
-    seed: int = 0
-    amp: str | None = None  # fine-tuning autocast on CUDA (None: poda off = fp32, famix bf16); PIN is fp32
-    # what does not change the result: where and how often
-    device: str = "auto"
-    workers: int = 0
-    ckpt_interval: int = 500
-    save_every: int = 10  # mining: batches between saves of the partial bank
-
-    def __post_init__(self) -> None:
-        if self.recipe not in RECIPES:
-            raise ValueError(f"famix adapt --recipe={self.recipe!r}: choose one of {', '.join(RECIPES)}")
-        names = (
-            "iterations",
-            "ckpt_interval",
-            "steps",
-            "save_every",
-            "images",
-            "crop",
-            "batch_size",
-            "pin_batch",
-        )
-        for name in names:
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"famix adapt --{name.replace('_', '-')}={value}: give a number >= 1")
-        if self.weight_decay < 0:
-            raise ValueError(f"famix adapt --weight-decay={self.weight_decay}: give a number >= 0")
-        for name in ("lr", "pin_lr"):
-            if getattr(self, name) is not None and not getattr(self, name) > 0:
-                raise ValueError(
-                    f"famix adapt --{name.replace('_', '-')}={getattr(self, name)}: give a number > 0"
-                )
-        if self.amp not in (None, "bf16", "fp16", "off"):
-            raise ValueError(f"famix adapt --amp={self.amp!r}: choose bf16, fp16 or off")
-
-
-# PODA's main.py fine-tuning (--batch_size 8 --lr 0.01 --total_itrs 2000, crop 768, no data_aug, plain
-# cross-entropy, fp32, poly 0.9 to 1e-6, SGD momentum 0.9, weight decay 1e-4), whatever the source run used
-PODA_FINE_TUNE = {"crop": 768, "batch_size": 8, "jitter": 0.0, "hflip": 0.0, "label_smoothing": 0.0}
 
 
 def pin_lr(s: AdaptSettings) -> float:
@@ -202,17 +142,7 @@ def fine_tune_config(
             ckpt_interval=s.ckpt_interval,
             channels_last=resolve_device(s.device).type == "cuda",
             compile=None,
-            **(
-                {
-                    "label_smoothing": 0.0,
-                    "momentum": 0.9,
-                    "weight_decay": 1e-4,
-                    "poly_power": 0.9,
-                    "min_lr": 1e-6,
-                }
-                if poda
-                else {}
-            ),
+            **(PODA_OPTIMIZER if poda else {}),
         ),
         run=RunConfig(seed=s.seed, device=s.device, amp=s.amp or ("off" if poda else "bf16")),
     )

@@ -28,30 +28,11 @@ from famix.engine.checks import check_specs
 from famix.engine.distributed import current, resolve_device
 from famix.engine.evaluate import EvalResult
 from famix.engine.outputs import check_folder
-from famix.engine.results import PAPER_COLUMNS, mean_std, paper_column
+from famix.engine.results import mean_std, paper_column
 from famix.io import atomic_write
+from famix.paper import PAPER, PAPER_SPLITS, PAPER_TARGETS
 from famix.stages import evaluate, mine, train
 
-# The paper's targets under a data root (the splits its protocol evaluates on; README "Real use").
-PAPER_TARGETS = (
-    "cityscapes:{root}/cityscapes:val",
-    "bdd100k:{root}/bdd100k:val",
-    "mapillary:{root}/mapillary:validation",
-    "synthia:{root}/synthia:val",
-    "acdc:night:{root}/acdc:val",
-    "acdc:snow:{root}/acdc:val",
-    "acdc:rain:{root}/acdc:val",
-    "acdc:fog:{root}/acdc:val",
-)
-# The split each paper column is evaluated on (a target on another split is a column of its own).
-PAPER_SPLITS = {"mapillary": "validation"}
-# Reported mIoU (%), RN50 / RN101 + DeepLabv3+ trained on GTA5, mean of 3 runs (method.md section 7).
-PAPER = {
-    ("gta5", "RN50"): dict(
-        zip(PAPER_COLUMNS, (48.15, 45.61, 52.11, 34.23, 14.96, 37.09, 38.66, 40.25), strict=True)
-    ),
-    ("gta5", "RN101"): {"C": 49.47, "B": 46.40, "M": 51.97},
-}
 # Issue 9's target rates on one H100/H200, used for --dry-run's estimate until measured (docs/benchmarks.md).
 RATES = {"train images/s": 210.0, "eval images/s": 170.0, "mine styles/s": 70.0}
 

@@ -27,7 +27,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from famix.models.towers import style_relu, style_tail, tower
-from famix.style.pin import PIN_LR, PIN_MOMENTUM, PIN_STEPS, PIN_WEIGHT_DECAY, PinSGD, pin_optimize
+from famix.paper import (
+    PIN_LR,
+    PIN_MOMENTUM,
+    PIN_STEPS,
+    PIN_WEIGHT_DECAY,
+    PODA_BATCH,
+    PODA_EPS,
+    PODA_LR,
+    RECIPES,
+)
+from famix.style.pin import PinSGD, pin_optimize
 from famix.style.stats import patch_stats
 
 
@@ -45,12 +55,6 @@ def image_stats(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     computes the same statistics at training time): f [B, C, H, W] -> mu, sigma [B, C] (fp32)."""
     mu, sigma = patch_stats(f, 1)  # [B, C, 1, 1]
     return mu.flatten(1), sigma.flatten(1)
-
-
-RECIPES = ("poda", "famix")
-PODA_BATCH = 16  # PIN_aug.py's --batch_size
-PODA_LR = 1.0
-PODA_EPS = 1e-5  # calc_mean_std's eps, added to the (unbiased) variance
 
 
 def poda_stats(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,11 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from famix.models.towers import style_relu, style_tail
+from famix.paper import PIN_LR, PIN_MOMENTUM, PIN_STEPS, PIN_WEIGHT_DECAY
 from famix.style.stats import grid_edges
 
 # fp16 only: the first loss scale of each batch's PIN (torch's default); overflowing steps halve it
-# PIN's SGD (method.md section 3): steps, lr per patch (or image), momentum, weight decay; one place
-PIN_STEPS, PIN_LR, PIN_MOMENTUM, PIN_WEIGHT_DECAY = 100, 0.1, 0.9, 1e-4
 FP16_INIT_SCALE = 2.0**16
 # cuda_graph: eager SGD steps before one is captured (momentum buffers created, cuDNN warmed up)
 GRAPH_WARMUP = 3

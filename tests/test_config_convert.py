@@ -9,7 +9,7 @@ import torch
 from famix.cli import main
 from famix.config import Config, load_config, save_config
 from famix.engine.checkpoint import load_checkpoint, save_checkpoint
-from famix.engine.convert import convert_bank, convert_checkpoint, convert_clip
+from famix.stages.convert import convert_bank, convert_checkpoint, convert_clip
 from famix.models.clip import build_clip, load_clip_state_dict
 from famix.style.bank import StyleBank
 
@@ -152,7 +152,7 @@ def test_convert_never_replaces_a_file_it_did_not_write(tmp_path, capsys):
 
 
 def test_convert_checkpoint_and_clip_refuse_other_files_before_any_work(tmp_path, capsys):
-    from famix.engine.convert import run
+    from famix.stages.convert import run
 
     latest = tmp_path / "latest.pt"  # a training run's resumable checkpoint
     save_checkpoint(latest, model_state={"w": torch.ones(1)}, optimizer_state={}, cur_itrs=7, best_score=1.0)
@@ -185,7 +185,7 @@ def test_convert_checkpoint_and_clip_refuse_other_files_before_any_work(tmp_path
 
 
 def test_convert_removes_what_a_killed_conversion_left(tmp_path):
-    from famix.engine.convert import run
+    from famix.stages.convert import run
 
     stale = tmp_path / ".b.safetensors.x1y2z3.tmp"
     stale.write_bytes(b"half a bank")

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from famix.config import load_config
-from famix.data.labels import CLASS_NAMES
+from famix.data.trainids import CLASS_NAMES
 from famix.engine.inference import InferenceSettings
-from famix.engine.runs import State, Status
+from famix.engine.runs import State, Status, file_fingerprint
 from famix.settings import ExportSettings
 from famix.stages import adapt, evaluate, mine, train
 
@@ -232,3 +232,33 @@ def test_adapt_refuses_another_runs_target_folder_before_any_target(checkpoint, 
     with pytest.raises(FileExistsError, match=r"target: 'night' -> 'fog'"):
         adapt.run(checkpoint, ["snow", "fog"], source, tmp_path, settings=SETTINGS, progress=False)
     assert not (tmp_path / "snow").exists()  # refused before the first target was mined
+
+
+def test_convert_records_its_run_in_the_file_it_writes(tmp_path):
+    import json
+
+    import torch
+    from safetensors import safe_open
+
+    from famix.models.clip import build_clip
+    from famix.stages import convert
+
+    torch.save(build_clip("tiny-rn", seed=3).state_dict(), tmp_path / "w.pt")
+    dst, said = tmp_path / "w.safetensors", []
+    convert.run("clip", tmp_path / "w.pt", dst)
+    with safe_open(str(dst), "pt") as f:
+        stored = json.loads(f.metadata()["run"])
+    assert stored == {
+        "kind": "convert",
+        "settings": {"kind": "clip"},
+        "inputs": {"source": file_fingerprint(tmp_path / "w.pt")},
+    }
+    before = stamps(tmp_path)
+    assert convert.run("clip", tmp_path / "w.pt", dst, say=said.append) == dst
+    assert stamps(tmp_path) == before and said == [
+        f"famix convert: {dst} holds this conversion of {tmp_path / 'w.pt'} already: nothing to do"
+    ]
+    torch.save(build_clip("tiny-rn", seed=4).state_dict(), tmp_path / "w.pt")  # another source: again
+    said.clear()
+    convert.run("clip", tmp_path / "w.pt", dst, say=said.append)
+    assert said == [] and stamps(tmp_path) != before

@@ -18,7 +18,7 @@ from PIL import Image
 from famix.cli import main
 from famix.config import ModelConfig
 from famix.engine.checkpoint import load_model_state, load_segmenter, save_checkpoint
-from famix.engine.convert import infer_model_config
+from famix.stages.convert import infer_model_config
 from famix.engine.exported import load_exported
 from famix.models.build import build_segmenter
 from famix.models.clip import build_clip, get_clip_config

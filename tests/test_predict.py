@@ -1,4 +1,4 @@
-"""Tests for famix.engine.predict: image listing/loading, overlay and predict_paths outputs."""
+"""Tests for famix.stages.predict: image listing/loading, overlay and predict_paths outputs."""
 
 from __future__ import annotations
 
@@ -8,19 +8,19 @@ import torch
 from PIL import Image
 
 from famix.data import readers
-from famix.data.labels import colorize
 from famix.data.readers import read_image
+from famix.data.trainids import colorize
 from famix.data.transforms import normalize
-from famix.engine import predict
 from famix.engine.inference import InferenceSettings
-from famix.engine.predict import (
+from famix.engine.visualize import overlay
+from famix.stages import predict
+from famix.stages.predict import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
     list_images,
     output_stems,
     predict_paths,
 )
-from famix.engine.visualize import overlay
 
 
 def _write_png(path, h, w, seed):

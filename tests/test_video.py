@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from famix.engine.predict import predict_ids, predict_paths
+from famix.engine.inference import predict_ids
 from famix.engine.video import segment_video
+from famix.stages.predict import predict_paths
 
 ROAD = np.array([128, 64, 128])  # Cityscapes colour of trainId 0
 

@@ -18,14 +18,12 @@ import numpy as np
 import torch
 
 from famix.config import Config, ModelConfig
-from famix.data.classes import LabelSet
+from famix.data.label_sets import LabelSet
 from famix.data.readers import as_rgb
-from famix.engine.amp import amp_dtype
-from famix.engine.checkpoint import checkpoint_amp, load_checkpoint, load_segmenter
+from famix.engine.checkpoint import checkpoint_precision, load_checkpoint, load_segmenter
 from famix.engine.distributed import resolve_device
 from famix.engine.evaluate import EvalResult, evaluate_specs
-from famix.engine.inference import InferenceSettings, eval_mode, model_input, predict_logits
-from famix.engine.predict import predict_ids
+from famix.engine.inference import InferenceSettings, eval_mode, model_input, predict_ids, predict_logits
 from famix.engine.protocols import resolve as resolve_protocol
 from famix.stages import adapt as adapt_stage
 from famix.stages import evaluate as evaluate_stage
@@ -82,7 +80,7 @@ class Segmenter:
             raise ValueError(f"predict: batch_size={batch_size}: give a number >= 1")
         scale, ensemble, window, stride, flip, scales = tta_args
         tta = InferenceSettings(scale, ensemble, window, stride, flip, tuple(scales) if scales else None)
-        dtype = amp_dtype(amp or checkpoint_amp(self.checkpoint), self.device)
+        _, dtype = checkpoint_precision(amp, self.checkpoint, self.device)
         tensors = [as_rgb(x, "the image" if single else f"image {i}") for i, x in enumerate(items)]
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, t in enumerate(tensors):
@@ -219,7 +217,7 @@ def evaluate(
     is, a checkpoint / folder / Hub id through ``famix eval`` (cached beside it)."""
     tta = InferenceSettings(scale, ensemble, window, stride, flip, tuple(scales) if scales else None)
     if isinstance(model, Segmenter):
-        dtype = amp_dtype(amp or checkpoint_amp(model.checkpoint), model.device)
+        _, dtype = checkpoint_precision(amp, model.checkpoint, model.device)
         results = {}
         for spec in specs:  # each dataset with its protocol's settings
             built, settings = resolve_protocol(protocol, spec, tta)

@@ -9,6 +9,7 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -211,3 +212,19 @@ def predict_logits(
         for term in terms[1:]:
             total = total + run(*term).float()
         return total / len(terms)
+
+
+def predict_ids(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    device: str | torch.device = "cpu",
+    tta: InferenceSettings = PLAIN,
+    amp_dtype: torch.dtype | None = None,
+) -> np.ndarray:
+    """trainIds uint8 [B, H, W] (numpy) of uint8 RGB ``images`` [B, 3, H, W] with test-time settings ``tta``.
+
+    Call it under ``eval_mode(model)`` and ``torch.inference_mode()``.
+    """
+    x = model_input(model, images.to(device))  # [B, 3, H, W] float
+    logits = predict_logits(model, x, tta, amp_dtype=amp_dtype)  # [B, K, H, W]
+    return logits.argmax(1).to(torch.uint8).cpu().numpy()

@@ -9,13 +9,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from famix.config import ModelConfig
-from famix.data.classes import LabelSet
-from famix.data.classes import load as load_label_set
+from famix.data.label_sets import LabelSet
+from famix.data.label_sets import load as load_label_set
 from famix.engine import pretrained
-from famix.engine.amp import amp_dtype
 from famix.engine.checkpoint import (
-    checkpoint_amp,
     checkpoint_label_set,
+    checkpoint_precision,
     load_checkpoint,
     load_segmenter,
     model_config,
@@ -72,9 +71,7 @@ def _record(
 def precision(s: EvalSettings, ckpt: dict, device) -> tuple[str, object]:
     """(the autocast name used, its dtype): ``--amp``, else the checkpoint's ``run.amp``; "off" where
     autocast does not apply (the CPU)."""
-    name = s.amp or checkpoint_amp(ckpt)
-    dtype = amp_dtype(name, device)
-    return (name if dtype is not None else "off"), dtype
+    return checkpoint_precision(s.amp, ckpt, device)
 
 
 def label_sets(checkpoint, model_cfg: ModelConfig, s: EvalSettings) -> tuple[LabelSet, LabelSet | None]:

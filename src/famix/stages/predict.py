@@ -1,4 +1,5 @@
-"""``famix predict``: segment images and videos (files, folders, globs) with a checkpoint or an ONNX file.
+"""``famix predict``: segment images and videos (files, folders, globs) with a checkpoint or an ONNX file,
+and write index / colour / overlay PNGs (colours of the model's label set) and videos.
 
 What was written is recorded in ``<out>/predict-runs.json``, keyed by what decides it (the model file's and
 every input's content, the test-time settings, the outputs asked for): the same command again finds its
@@ -6,25 +7,202 @@ files and writes nothing."""
 
 from __future__ import annotations
 
+import functools
+import glob
+import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from famix.data.labels import CLASS_NAMES
+import numpy as np
+import torch
+from PIL import Image
+
+from famix.data.label_sets import LabelSet, from_names, parse
+from famix.data.readers import image_size, read_image
+from famix.data.trainids import CLASS_NAMES
 from famix.engine import pretrained, servers
-from famix.engine.amp import amp_dtype
+from famix.engine.amp import precision
+from famix.engine.checkpoint import checkpoint_amp, load_checkpoint, load_segmenter
 from famix.engine.distributed import resolve_device, single_process
-from famix.engine.inference import PLAIN, InferenceSettings
+from famix.engine.exported import OnnxSegmenter
+from famix.engine.inference import PLAIN, InferenceSettings, eval_mode, predict_ids
 from famix.engine.outputs import check_folder
-from famix.engine.predict import (
-    IMAGE_EXTENSIONS,
-    VIDEO_EXTENSIONS,
-    is_video,
-    list_images,
-    load_model,
-    predict_paths,
-)
 from famix.engine.runs import RunRecord, cached, file_fingerprint
-from famix.engine.visualize import DEFAULT_OUTPUTS
+from famix.engine.video import import_av, segment_video
+from famix.engine.visualize import DEFAULT_OUTPUTS, OUTPUT_KINDS, VIDEO_OUTPUTS, render
+from famix.io import atomic_write
+from famix.progress import progress_bar
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+
+
+def is_video(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a video file (by its extension, :data:`VIDEO_EXTENSIONS`)."""
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def list_images(
+    inputs: Sequence[str | os.PathLike], extensions: Sequence[str] = IMAGE_EXTENSIONS
+) -> list[Path]:
+    """Expand files, folders (recursively, sorted) and glob patterns into a de-duplicated file list.
+
+    Explicitly named files are kept whatever their extension; folder and glob matches are filtered
+    by ``extensions`` (lower case; pass ``IMAGE_EXTENSIONS + VIDEO_EXTENSIONS`` to include videos).
+    An input that yields nothing raises FileNotFoundError naming it.
+    """
+    extensions = tuple(extensions)
+
+    def wanted(q: Path) -> bool:
+        return q.is_file() and q.suffix.lower() in extensions
+
+    found: dict[Path, None] = {}  # ordered set
+    for inp in inputs:
+        p = Path(inp)
+        if p.is_file():
+            matches = [p]
+        elif p.is_dir():
+            matches = sorted(q for q in p.rglob("*") if wanted(q))
+        else:
+            matches = [q for q in map(Path, sorted(glob.glob(str(inp), recursive=True))) if wanted(q)]
+        if not matches:
+            raise FileNotFoundError(
+                f"nothing found for input {str(inp)!r} (expected a file, a folder or a glob matching "
+                f"{'/'.join(e[1:] for e in extensions)} files)"
+            )
+        found.update(dict.fromkeys(matches))
+    return list(found)
+
+
+def _save_png_atomic(array: np.ndarray, dst: Path) -> None:
+    # Readers (and a crash) never see half a file.
+    dst.parent.mkdir(parents=True, exist_ok=True)  # a server layout's sub-folders
+    atomic_write(dst, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+
+
+def output_stems(paths: Sequence[Path]) -> list[str]:
+    """The name each input's outputs start with: its stem, unique among ``paths``.
+
+    Inputs sharing a stem keep their extension in the name (``a.png``, ``a.jpg`` -> ``a_png``, ``a_jpg``);
+    the same file name in different folders is numbered in input order (``a_png``, ``a_png_2``).
+    """
+    by_stem: dict[str, int] = {}
+    for p in paths:
+        by_stem[p.stem] = by_stem.get(p.stem, 0) + 1
+    seen: dict[str, int] = {}
+    stems = []
+    for p in paths:
+        name = p.stem if by_stem[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower() or 'noext'}"
+        seen[name] = seen.get(name, 0) + 1
+        stems.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return stems
+
+
+def load_model(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, LabelSet, str]:
+    """The model ``famix predict`` runs, read once: (a checkpoint's segmenter, or an ``.onnx`` file from
+    ``famix export`` run by ONNX Runtime (:class:`famix.engine.exported.OnnxSegmenter`; needs
+    ``famix[export]``); its label set (the colours of the outputs); the autocast it was trained with
+    (``run.amp``; "off" for ONNX files, which compute in their own float32)).
+
+    An ONNX model goes through the same :func:`predict_logits`, so ``--scale``/``--ensemble``/``--window``
+    work wherever the sizes they produce fit the file (e.g. a fixed 512x512 file runs ``--window 512`` on
+    images at least that large); sizes that do not fit raise ValueError naming the sizes it takes. An ONNX
+    file's label set is in its metadata (files from before label sets: that of their class names).
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        model = OnnxSegmenter(path, device)
+        meta = model.metadata
+        if "label_set" in meta:
+            labels = parse(json.loads(meta["label_set"]), f"the label set in {path}'s metadata")
+        else:
+            labels = from_names(json.loads(meta["class_names"]) if "class_names" in meta else CLASS_NAMES)
+        return model, labels, "off"
+    if path.suffix.lower() == ".pt2" or path.name.endswith(".torchscript.pt"):
+        raise ValueError(
+            f"{path} is an exported program / TorchScript file: famix predict takes a checkpoint or an .onnx "
+            "file (load .pt2 with torch.export.load, TorchScript with torch.jit.load)"
+        )
+    ckpt = load_checkpoint(path)
+    model, cfg = load_segmenter(ckpt, device=device)
+    return model, cfg.label_set(), checkpoint_amp(ckpt)
+
+
+def _size_batches(paths: Sequence[Path], batch_size: int) -> list[list[int]]:
+    # Indices into ``paths``: same-size images (in input order) chunked so each chunk stacks into one batch.
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, path in enumerate(paths):
+        groups.setdefault(image_size(path), []).append(i)  # from the header: nothing decoded yet
+    return [g[j : j + batch_size] for g in groups.values() for j in range(0, len(g), batch_size)]
+
+
+def predict_paths(
+    model: torch.nn.Module,
+    paths: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    tta: InferenceSettings = PLAIN,
+    outputs: Sequence[str] = DEFAULT_OUTPUTS,
+    amp_dtype: torch.dtype | None = None,
+    progress: bool = True,
+    batch_size: int = 1,
+    video_output: str = "overlay",
+    labels: LabelSet | None = None,
+    destinations: Sequence[Path] | None = None,
+) -> list[Path]:
+    """Segment every image and video in ``paths`` and write the results to ``out_dir``.
+
+    Images: ``<stem>_trainid.png`` (uint8 class indices), ``<stem>_color.png`` (the colours of ``labels``,
+    the model's label set; default the 19 Cityscapes classes') and
+    ``<stem>_overlay.png`` as selected by ``outputs`` (``<stem>``: see :func:`output_stems`). Images of
+    equal size are segmented ``batch_size`` at a time; sizes may differ between images. Videos
+    (:data:`VIDEO_EXTENSIONS`, needs PyAV): ``<stem>_<video_output>.mp4``, see
+    :func:`famix.engine.video.segment_video`. ``destinations``: one file per input (images only) for the
+    one kind in ``outputs`` instead (a test server's layout, ``engine.servers``). Returns the written paths
+    in input order.
+    """
+    unknown = set(outputs) - set(OUTPUT_KINDS)
+    if unknown:
+        raise ValueError(f"unknown outputs {sorted(unknown)}; choose from {OUTPUT_KINDS}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if video_output not in VIDEO_OUTPUTS:
+        raise ValueError(f"unknown video_output {video_output!r}; choose from {VIDEO_OUTPUTS}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [Path(p) for p in paths]
+    stems = output_stems(paths)
+    images = [i for i, p in enumerate(paths) if not is_video(p)]
+    videos = [i for i, p in enumerate(paths) if is_video(p)]
+    if videos:
+        import_av()  # a missing PyAV fails before the images are done, not after
+    segment = functools.partial(predict_ids, model, device=device, tta=tta, amp_dtype=amp_dtype)
+    labels = labels or from_names(CLASS_NAMES)
+    draw = functools.partial(render, colours=labels.palette(), num_classes=len(labels))
+    written: dict[int, list[Path]] = {}  # input index -> its outputs
+    with eval_mode(model), torch.inference_mode():
+        bar = progress_bar(total=len(images), desc="predict", disable=not progress or not images)
+        for chunk in _size_batches([paths[i] for i in images], batch_size):
+            chunk = [images[j] for j in chunk]
+            batch = torch.stack([read_image(paths[i]) for i in chunk])  # [B, 3, H, W] uint8
+            for i, image, ids in zip(chunk, batch, segment(batch), strict=True):
+                written[i] = (
+                    [Path(destinations[i])]
+                    if destinations
+                    else [out / f"{stems[i]}_{kind}.png" for kind in outputs]
+                )
+                for kind, dst in zip(outputs, written[i], strict=True):
+                    _save_png_atomic(draw(kind, image, ids), dst)
+            bar.update(len(chunk))
+        bar.close()
+        for i in videos:
+            dst = out / f"{stems[i]}_{video_output}.mp4"
+            written[i] = [segment_video(paths[i], dst, segment, video_output, batch_size, progress, draw)]
+    return [p for i in range(len(paths)) for p in written[i]]
+
 
 RECORD = "predict-runs.json"
 
@@ -67,13 +245,13 @@ def run(
             f"{'--server ' + server if server else '--outputs labelid'} writes Cityscapes ids, but the model "
             f"predicts {labels.describe()}: it needs a model of the 19 Cityscapes classes"
         )
-    amp = amp or trained_amp  # one precision per checkpoint (ONNX files compute in their own float32)
-    dtype = amp_dtype(amp, dev)
+    # one precision per checkpoint (ONNX files compute in their own float32)
+    amp_name, dtype = precision(amp or trained_amp, dev)
     record = RunRecord(
         "predict",
         {
             "tta": tta.record(),
-            "amp": amp if dtype is not None else "off",
+            "amp": amp_name,
             "outputs": list(outputs),
             "video_output": video_output,
             **({"server": server} if server else {}),

@@ -30,7 +30,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_loader import write_fake_gta5  # noqa: E402
 from famix.config import Config  # noqa: E402
-from famix.data.labels import CLASS_NAMES  # noqa: E402
+from famix.data.trainids import CLASS_NAMES  # noqa: E402
 from famix.engine.checkpoint import load_segmenter  # noqa: E402
 from famix.engine.distributed import resolve_device  # noqa: E402
 from famix.engine.evaluate import evaluate_specs  # noqa: E402

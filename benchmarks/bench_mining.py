@@ -24,7 +24,7 @@ import statistics
 import torch
 
 from common import base_parser, count_flops, peak_memory_bytes, report, setup, time_iterations
-from famix.data.labels import CLASS_NAMES, IGNORE_INDEX
+from famix.data.trainids import CLASS_NAMES, IGNORE_INDEX
 from famix.models.clip import build_clip
 from famix.models.towers import style_channels, style_grid, style_tail, tower
 from famix.stages.mine import CUDA_PIN_CROPS

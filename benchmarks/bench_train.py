@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from common import base_parser, output_stride, report, setup, time_iterations
 from famix.config import Config, ModelConfig
-from famix.data.labels import IGNORE_INDEX
+from famix.data.trainids import IGNORE_INDEX
 from famix.data.transforms import jitter_params
 from famix.engine.loss import SegmentationLoss
 from famix.engine.train import build_mixer, build_optimizer, prepare_images, train_step

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from famix.config import load_config
-from famix.data import classes
-from famix.data.labels import CLASS_NAMES, palette
+from famix.data import label_sets
+from famix.data.trainids import CLASS_NAMES, palette
 from famix.engine.checkpoint import load_checkpoint, load_segmenter
 from famix.engine.evaluate import confusion_matrix, group_confusion
 from famix.stages import mine, train
@@ -33,11 +33,11 @@ FIVE = {
 
 
 def test_parse_fills_defaults_and_round_trips():
-    ls = classes.parse(FIVE, "test")
+    ls = label_sets.parse(FIVE, "test")
     assert ls.names == ["road", "vehicle", "sky", "tree", "person"]
     assert ls.prompts == ["road", "car or truck", "sky", "tree", "person"]
     assert [c.ids for c in ls.classes] == [(7, 8), (26, 27, 28), (300,), (3,), (24,)]
-    assert ls.ignore_index == 0 and classes.parse(ls.to_dict(), "again") == ls
+    assert ls.ignore_index == 0 and label_sets.parse(ls.to_dict(), "again") == ls
     colours = ls.colors()  # given colours kept, the others distinct defaults
     assert colours[0].tolist() == [128, 64, 128] and colours[4].tolist() == [220, 20, 60]
     assert len({tuple(c) for c in colours.tolist()}) == 5
@@ -45,17 +45,17 @@ def test_parse_fills_defaults_and_round_trips():
 
 
 def test_default_label_set_is_the_19_trainids():
-    ls = classes.from_names(CLASS_NAMES)
+    ls = label_sets.from_names(CLASS_NAMES)
     assert ls.is_identity() and ls.names == list(CLASS_NAMES)
     assert np.array_equal(ls.palette(), palette())
-    assert not classes.parse(FIVE, "t").is_identity()
-    assert classes.from_names(["a", "b"]).colors().tolist() != palette()[:2].tolist()
+    assert not label_sets.parse(FIVE, "t").is_identity()
+    assert label_sets.from_names(["a", "b"]).colors().tolist() != palette()[:2].tolist()
 
 
 @pytest.mark.parametrize("shape", [(5, 7), (1, 33), (16, 24)])
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int64])
 def test_map_ids_matches_a_loop(shape, dtype):
-    ls = classes.parse(FIVE, "t")
+    ls = label_sets.parse(FIVE, "t")
     rng = np.random.default_rng(sum(shape))
     top = 256 if dtype == np.uint8 else 400
     raw = rng.integers(0, top, shape).astype(dtype)
@@ -75,7 +75,7 @@ def test_map_ids_matches_a_loop(shape, dtype):
 
 @pytest.mark.parametrize("shape", [(4, 6), (9, 3), (1, 1)])
 def test_map_colors_matches_a_loop(shape):
-    ls = classes.parse(
+    ls = label_sets.parse(
         {
             "ignore_color": [0, 0, 0],
             "classes": [
@@ -126,18 +126,18 @@ def test_group_confusion_matches_a_loop(k, g):
 
 
 def test_cityscapes_categories_ship_and_group_the_19_classes():
-    ls = classes.load("cityscapes_categories")
+    ls = label_sets.load("cityscapes_categories")
     assert ls.names == ["flat", "construction", "object", "nature", "sky", "human", "vehicle"]
     lut = ls.group_lut(19)
     names = dict(zip(CLASS_NAMES, lut.tolist(), strict=True))
     assert names["road"] == names["sidewalk"] == 0 and names["bicycle"] == names["car"] == 6
     assert names["person"] == names["rider"] == 5 and names["traffic sign"] == 2
     with pytest.raises(
-        classes.LabelSetError, match=r"class .object. groups ids \[5, 6, 7\], but the model has 5 classes"
+        label_sets.LabelSetError, match=r"class .object. groups ids \[5, 6, 7\], but the model has 5 classes"
     ):
         ls.group_lut(5)
-    partial = classes.parse({"classes": [{"name": "a", "ids": [0, 1]}]}, "t")
-    with pytest.raises(classes.LabelSetError, match=r"class\(es\) \[2\] are in no group"):
+    partial = label_sets.parse({"classes": [{"name": "a", "ids": [0, 1]}]}, "t")
+    with pytest.raises(label_sets.LabelSetError, match=r"class\(es\) \[2\] are in no group"):
         partial.group_lut(3)
 
 
@@ -164,20 +164,20 @@ def test_cityscapes_categories_ship_and_group_the_19_classes():
     ],
 )
 def test_bad_label_sets_are_refused_by_name(data, message):
-    with pytest.raises(classes.LabelSetError, match=message):
-        classes.parse(data, "label set my.yaml")
-    with pytest.raises(classes.LabelSetError, match="label set my.yaml"):
-        classes.parse(data, "label set my.yaml")
+    with pytest.raises(label_sets.LabelSetError, match=message):
+        label_sets.parse(data, "label set my.yaml")
+    with pytest.raises(label_sets.LabelSetError, match="label set my.yaml"):
+        label_sets.parse(data, "label set my.yaml")
 
 
 def test_label_set_files_and_config_key(tmp_path):
     path = tmp_path / "five.yaml"
     path.write_text(json.dumps(FIVE))  # JSON is YAML
     cfg = load_config("tiny", [f"model.classes={path}"])
-    assert cfg.model.num_classes == 5 and cfg.model.class_names == classes.parse(FIVE, "t").names
+    assert cfg.model.num_classes == 5 and cfg.model.class_names == label_sets.parse(FIVE, "t").names
     assert (
-        cfg.model.label_set() == classes.parse(FIVE, "t")
-        and cfg.model.classes == classes.parse(FIVE, "t").to_dict()
+        cfg.model.label_set() == label_sets.parse(FIVE, "t")
+        and cfg.model.classes == label_sets.parse(FIVE, "t").to_dict()
     )
     assert load_config("tiny", [f"model.classes={path}", "model.num_classes=5"]).model.num_classes == 5
     with pytest.raises(ValueError, match=r"model.num_classes=19 contradicts model.classes \(5 classes"):

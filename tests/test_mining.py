@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from open_clip.modified_resnet import AttentionPool2d
 
 from famix.config import load_config
-from famix.data.labels import IGNORE_INDEX
+from famix.data.trainids import IGNORE_INDEX
 from famix.models.clip import build_clip
 from famix.models.towers.resnet import pooled_embedding, resnet_tail
 from famix.stages.mine import CUDA_PIN_CROPS, pin_batches

@@ -18,8 +18,8 @@ from PIL import Image
 
 from famix.cli import main
 from famix.config import load_config
-from famix.data.classes import load as load_label_set
 from famix.data.datasets import build_dataset
+from famix.data.label_sets import load as load_label_set
 from famix.engine.checkpoint import load_checkpoint
 from famix.stages import mine
 from famix.style.bank import StyleBank
@@ -469,7 +469,7 @@ def test_eval_classes_gives_an_official_checkpoint_its_ids(tmp_path, checkpoint)
     --classes: the same confusion as the Cityscapes loader's own labelId map on the same files."""
     import shutil
 
-    from famix.data.labels import CLASS_NAMES
+    from famix.data.trainids import CLASS_NAMES
 
     fake.cityscapes(tmp_path / "cs", {"val": {"lindau": 2}})
     for image in (tmp_path / "cs" / "leftImg8bit").rglob("*_leftImg8bit.png"):

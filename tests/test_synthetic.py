@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from famix.data.labels import IGNORE_INDEX, NUM_CLASSES, TRAIN_ID
+from famix.data.trainids import IGNORE_INDEX, NUM_CLASSES, TRAIN_ID
 from famix.world.synthetic import (
     DOMAINS,
     SHIFTED_DOMAINS,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from famix.data.labels import CLASS_NAMES
+from famix.data.trainids import CLASS_NAMES
 from famix.data.transforms import normalize
 from famix.world.captions import (
     KINDS,

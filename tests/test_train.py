@@ -89,7 +89,7 @@ def test_cli_mine_train_eval_predict(tmp_path, capsys):
 
 
 def test_bank_with_wrong_channel_count_is_a_clear_error(tmp_path, capsys):
-    from famix.data.labels import CLASS_NAMES
+    from famix.data.trainids import CLASS_NAMES
     from famix.style.bank import StyleBank
 
     bad = StyleBank(list(CLASS_NAMES), 256, metadata={"backbone": "RN50"})
@@ -243,7 +243,7 @@ def test_run_files_follow_the_umask(tmp_path):
 def test_build_mixer_reads_a_real_bank_file(tmp_path):
     """build_mixer loads the bank file into the mixer, and an augment step gives each patch the style of
     its dominant class from that file."""
-    from famix.data.labels import CLASS_NAMES
+    from famix.data.trainids import CLASS_NAMES
     from famix.engine.train import build_mixer
     from famix.models.build import build_segmenter
     from famix.style.bank import StyleBank

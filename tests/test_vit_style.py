@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from famix.config import load_config
-from famix.data.labels import IGNORE_INDEX
+from famix.data.trainids import IGNORE_INDEX
 from famix.models.clip import build_clip
 from famix.models.towers import (
     style_channels,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from famix.data import classes as label_sets
-from famix.data.labels import CLASS_NAMES
+from famix.data import label_sets
+from famix.data.trainids import CLASS_NAMES
 from famix.style.vocabulary import DEFAULT_STYLE_WORDS
 
 

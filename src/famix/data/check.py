@@ -21,16 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-from famix.data.classes import LabelSet
-from famix.data.classes import load as load_label_set
 from famix.data.datasets import dataset_entries, dataset_entry
 from famix.data.entry import DatasetEntry
 from famix.data.errors import DatasetError, MissingDataError
-from famix.data.labels import ENCODINGS
+from famix.data.label_sets import LabelSet
+from famix.data.label_sets import load as load_label_set
 from famix.data.paired import SKIPPED, nothing_left, screen_pairs
 from famix.data.readers import read_image, read_raw_label
 from famix.data.scan import Pair, Scan, is_list_file, select
 from famix.data.specs import SpecFields, parse_fields, parse_mismatch, parse_spec
+from famix.data.trainids import ENCODINGS
 from famix.progress import progress_bar
 
 SHOWN = 10  # file names listed per category in the report

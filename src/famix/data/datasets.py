@@ -2,7 +2,7 @@
 wrapper.
 
 Every dataset yields (image uint8 [3, H, W], label [H, W] of class indices with 255 = ignore; uint8 for the
-benchmark datasets). The classes are those of a label set (``famix.data.classes``): a benchmark dataset's
+benchmark datasets). The classes are those of a label set (``famix.data.label_sets``): a benchmark dataset's
 trainIds are relabelled through its ``ids`` (the default set, the 19 trainIds, leaves them as they are);
 ``folder:`` datasets read their label files through it.
 SPLIT is a split name (``train``, ``val``) or the path of a split-list file (containing ``/`` or
@@ -25,8 +25,8 @@ import torch
 from torch.utils.data import Dataset
 
 from famix.data import acdc, bdd, cityscapes, folder, gta5, mapillary, synthia
-from famix.data.classes import LabelSet
 from famix.data.entry import DatasetEntry
+from famix.data.label_sets import LabelSet
 from famix.data.specs import ALIASES, dataset_name, parse_spec
 
 ENTRY_POINTS = "famix.datasets"  # the entry-point group of datasets from installed packages

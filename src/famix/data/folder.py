@@ -1,5 +1,5 @@
 """Your own data: ``folder:ROOT[:SPLIT][:KEY=VALUE...]``, images and label PNGs paired by relative path and
-stem, the labels read through the model's label set (``famix.data.classes``; the spec does not repeat it).
+stem, the labels read through the model's label set (``famix.data.label_sets``; the spec does not repeat it).
 
 Options: ``images=SUBDIR`` and ``labels=SUBDIR`` (default ``images``, ``labels``), ``suffix=S`` (label stems
 end in S, e.g. ``_gtFine_labelIds``), ``encoding=index|rgb`` (index: a grey/palette PNG's values are raw
@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from famix.data.classes import LabelSet, from_names
 from famix.data.entry import DatasetEntry
 from famix.data.errors import DatasetError
-from famix.data.labels import CLASS_NAMES
+from famix.data.label_sets import LabelSet, from_names
 from famix.data.paired import PairedDataset, screen_sizes
 from famix.data.readers import _READ_ERRORS, _corrupt, read_image
 from famix.data.scan import Pair, Scan, Source, collect, require_dir, scan_pairs
 from famix.data.specs import parse_fields, parse_mismatch
+from famix.data.trainids import CLASS_NAMES
 
 LAYOUT = """  ROOT/images/[SPLIT/][sub-folders/]<stem>.png|jpg|jpeg|webp
   ROOT/labels/[SPLIT/][sub-folders/]<stem>[SUFFIX].png   (paired by relative path and stem)

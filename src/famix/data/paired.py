@@ -17,9 +17,9 @@ from torch.utils.data import Dataset
 
 from famix.data.entry import SizeFilter
 from famix.data.errors import DatasetError
-from famix.data.labels import to_train_ids
 from famix.data.readers import image_size, read_image, read_raw_label
 from famix.data.scan import Pair
+from famix.data.trainids import to_train_ids
 from famix.data.transforms import EvalTransform
 
 

@@ -16,7 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from famix.data.errors import DatasetError, MissingDataError
-from famix.data.labels import ENCODINGS
+from famix.data.trainids import ENCODINGS
 
 _READ_ERRORS = (
     OSError,

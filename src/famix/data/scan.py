@@ -27,7 +27,7 @@ class Source:
 @dataclass(frozen=True)
 class Pair:
     """One image and its label; ``key`` is the name split lists refer to (e.g. ``00001``,
-    ``frankfurt_000000_000294``); ``encoding`` names the label map (``labels.ENCODINGS``)."""
+    ``frankfurt_000000_000294``); ``encoding`` names the label map (``trainids.ENCODINGS``)."""
 
     key: str
     image: Path

@@ -11,7 +11,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN as CLIP_MEAN
 from open_clip.constants import OPENAI_DATASET_STD as CLIP_STD
 from PIL import Image
 
-from famix.data.labels import IGNORE_INDEX
+from famix.data.trainids import IGNORE_INDEX
 
 # (image uint8 [H, W, 3], trainIds uint8 [H, W]) -> same, applied before conversion to tensors.
 EvalTransform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]

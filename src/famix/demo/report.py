@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from famix.data.labels import colorize
+from famix.data.trainids import colorize
 from famix.engine.inference import model_input
 from famix.engine.results import mean_std
 from famix.io import atomic_write

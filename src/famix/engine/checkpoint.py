@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from famix.config import ModelConfig
-from famix.data.classes import LabelSet, LabelSetError
-from famix.data.classes import load as load_label_set
+from famix.data.label_sets import LabelSet, LabelSetError
+from famix.data.label_sets import load as load_label_set
 from famix.engine import hub
 from famix.engine.amp import precision
 from famix.engine.exported import ARCHIVE_NAMES, archive_format, read_metadata

@@ -10,8 +10,8 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from famix.config import Config, check_values
-from famix.data.classes import LabelSet, LabelSetError, from_names, parse
 from famix.data.datasets import build_dataset
+from famix.data.label_sets import LabelSet, LabelSetError, from_names, parse
 from famix.data.specs import parse_spec
 from famix.engine.distributed import current, resolve_device
 from famix.engine.outputs import check_folder

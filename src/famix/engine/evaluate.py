@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
-from famix.data.classes import LabelSet
 from famix.data.datasets import build_dataset
+from famix.data.label_sets import LabelSet
 from famix.engine.inference import PLAIN, InferenceSettings, eval_mode, model_input, predict_logits
 from famix.progress import progress_bar
 

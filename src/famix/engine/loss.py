@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from famix.data.labels import IGNORE_INDEX
+from famix.data.trainids import IGNORE_INDEX
 
 
 class SegmentationLoss(nn.Module):

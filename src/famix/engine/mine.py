@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from famix.data.labels import IGNORE_INDEX
+from famix.data.trainids import IGNORE_INDEX
 from famix.engine.distributed import DistInfo, barrier, current, require_session
 from famix.engine.seeds import item_seed
 from famix.progress import progress_bar

@@ -11,8 +11,8 @@ import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from famix.data.labels import CLASS_NAMES
 from famix.data.specs import parse_spec
+from famix.data.trainids import CLASS_NAMES
 from famix.engine.evaluate import EvalResult
 from famix.io import atomic_write
 from famix.paper import PAPER_COLUMNS

@@ -16,9 +16,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from famix.config import Config, save_config
-from famix.data.classes import LabelSet
 from famix.data.datasets import SeededTransform, build_dataset
-from famix.data.labels import IGNORE_INDEX
+from famix.data.label_sets import LabelSet
+from famix.data.trainids import IGNORE_INDEX
 from famix.data.transforms import color_jitter, normalize, source_transform
 from famix.engine.amp import amp_dtype, autocast
 from famix.engine.checkpoint import load_model_state, save_checkpoint

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from famix.data.labels import NUM_CLASSES, palette, train_id_to_label_id
+from famix.data.trainids import NUM_CLASSES, palette, train_id_to_label_id
 
 OUTPUT_KINDS = ("trainid", "color", "overlay", "labelid")  # labelid: Cityscapes labelIds (19-class models)
 DEFAULT_OUTPUTS = ("trainid", "color", "overlay")

@@ -53,7 +53,7 @@ from famix.config import (
     from_dict,
 )
 from famix.data.datasets import SeededTransform, build_dataset
-from famix.data.labels import IGNORE_INDEX
+from famix.data.trainids import IGNORE_INDEX
 from famix.data.transforms import train_transform
 from famix.engine import pretrained
 from famix.engine.checkpoint import load_checkpoint, load_segmenter, model_config

@@ -17,7 +17,7 @@ import torch
 
 from famix.config import RESUMABLE_KEYS, Config, MineConfig
 from famix.data.datasets import SeededTransform, build_dataset
-from famix.data.labels import IGNORE_INDEX
+from famix.data.trainids import IGNORE_INDEX
 from famix.data.transforms import normalize, train_transform
 from famix.engine.amp import precision
 from famix.engine.checks import bank_normalization_entry, check_mine_inputs

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from famix.data.labels import TRAIN_ID
+from famix.data.trainids import TRAIN_ID
 
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE = (
     TRAIN_ID[n] for n in ("road", "sidewalk", "building", "wall", "fence", "pole")

@@ -16,7 +16,7 @@ import open_clip
 import torch
 from torchvision.ops import roi_align
 
-from famix.data.labels import TRAIN_ID
+from famix.data.trainids import TRAIN_ID
 from famix.data.transforms import normalize
 from famix.progress import progress_bar
 from famix.world.synthetic import DOMAINS, render

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from famix.data.labels import IGNORE_INDEX
+from famix.data.trainids import IGNORE_INDEX
 from famix.world.canvas import (
     _CARS,
     _FENCES,

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from famix.data.labels import CLASS_NAMES, IGNORE_INDEX, palette
+from famix.data.trainids import CLASS_NAMES, IGNORE_INDEX, palette
 
 MAX_CLASSES = 255  # class indices are label values 0-254; 255 is ignore
 MAX_ID = 65535  # raw ids: up to 16-bit label PNGs

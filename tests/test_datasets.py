@@ -3,6 +3,7 @@
 import subprocess
 import sys
 from importlib.metadata import EntryPoint
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from PIL import Image
 
 from famix.data import datasets
 from famix.data.datasets import ENTRY_POINTS, build_dataset, describe_datasets
+from famix.data.entry import DatasetEntry
 from famix.data.specs import ALIASES, WITH_CONDITION, parse_fields, parse_spec
 from famix.data.transforms import source_transform
 from tests import fake_datasets as fake
@@ -222,11 +224,8 @@ def test_parse_spec_names_aliases_conditions_options_and_errors():
     """One parser for the spec grammar: the name lower-cased with aliases resolved, the parts as loaders
     read them (options anywhere, a ``/`` before ``=`` makes a path), the spec rebuilt with another root."""
     spec = parse_spec("GTAV:/data/gta5:val:center_crop=none")
-    assert (spec.name, spec.written_name, spec.fields) == (
-        "gta5",
-        "GTAV",
-        ("/data/gta5", "val", "center_crop=none"),
-    )
+    assert (spec.name, spec.written_name) == ("gta5", "GTAV")
+    assert spec.fields == ("/data/gta5", "val", "center_crop=none")
     assert (spec.condition, spec.root, spec.split) == (None, "/data/gta5", "val")
     assert spec.option("center_crop") == "none" and spec.option("mismatch") is None
     assert parse_spec("bdd:/b").name == "bdd100k" and parse_spec("Cityscapes:/c").name == "cityscapes"
@@ -237,28 +236,25 @@ def test_parse_spec_names_aliases_conditions_options_and_errors():
     assert acdc.with_root("/d/acdc").text == "acdc:fog_size=none:night:/d/acdc:val:mismatch=skip:fog_size=1x1"
     path = parse_spec("folder:data/a=b:list.txt")  # '/' before '=': a path, not an option
     assert (path.root, path.split, path.options) == ("data/a=b", "list.txt", {})
-    assert (
-        parse_spec("gta5:/g:").split,
-        parse_spec("gta5").root,
-        parse_spec("gta5").with_root("/r").text,
-    ) == (
-        None,
-        None,
-        "gta5",
-    )
+    assert parse_spec("gta5:/g:").split is None  # an empty split is none, as the loaders read it
+    bare = parse_spec("gta5")
+    assert (bare.fields, bare.root, bare.with_root("/r").text) == ((), None, "gta5")
     # the datasets with a CONDITION field are those whose entries list conditions
     assert {n for n, e in datasets.dataset_entries().items() if e.conditions} == WITH_CONDITION
     with pytest.raises(TypeError, match="a dataset spec is a string"):
         parse_spec(None)
     fields = parse_fields(["night", "/a", "val", "fog_size=none"], "USAGE", True, ("fog_size", "mismatch"))
-    assert (fields.condition, str(fields.root), fields.split, fields.options) == (
-        "night",
-        "/a",
-        "val",
-        {"fog_size": "none"},
-    )
+    assert (fields.condition, fields.root, fields.split) == ("night", Path("/a"), "val")
+    assert fields.options == {"fog_size": "none"}
     with pytest.raises(ValueError, match=r"unknown option 'colour'; USAGE accepts: mismatch"):
         parse_fields(["/a", "colour=1"], "USAGE", False, ("mismatch",))
     for bad in (["/a", "val", "extra"], [""], ["night"]):
         with pytest.raises(ValueError, match="bad dataset spec fields .*; expected USAGE"):
             parse_fields(bad, "USAGE", bad == ["night"], ())
+
+
+def test_dataset_entries_are_built_by_keyword():
+    with pytest.raises(TypeError):
+        DatasetEntry(build_dataset, "usage", "layout")
+    entry = DatasetEntry(build=build_dataset, usage="usage", layout="layout")
+    assert (entry.usage, entry.scan, entry.options) == ("usage", None, ("mismatch",))

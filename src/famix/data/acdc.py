@@ -68,5 +68,14 @@ def build(parts: list[str]) -> PairedDataset:
 
 
 ENTRY = DatasetEntry(
-    build, USAGE, LAYOUT, SOURCE, scan, SPLITS, CONDITIONS, IMAGE_SUFFIXES, OPTIONS, size_filter=SIZE_FILTER
+    build=build,
+    usage=USAGE,
+    layout=LAYOUT,
+    source=SOURCE,
+    scan=scan,
+    splits=SPLITS,
+    conditions=CONDITIONS,
+    image_suffixes=IMAGE_SUFFIXES,
+    options=OPTIONS,
+    size_filter=SIZE_FILTER,
 )

@@ -53,4 +53,12 @@ def build(parts: list[str]) -> PairedDataset:
     return PairedDataset("cityscapes", kept, mismatch, skipped=skipped)
 
 
-ENTRY = DatasetEntry(build, USAGE, LAYOUT, SOURCE, scan, SPLITS, image_suffixes=IMAGE_SUFFIXES)
+ENTRY = DatasetEntry(
+    build=build,
+    usage=USAGE,
+    layout=LAYOUT,
+    source=SOURCE,
+    scan=scan,
+    splits=SPLITS,
+    image_suffixes=IMAGE_SUFFIXES,
+)

@@ -38,9 +38,9 @@ class SizeFilter:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DatasetEntry:
-    """One name in the dataset table.
+    """One name in the dataset table, built by keyword (``DatasetEntry(build=..., usage=..., layout=...)``).
 
     ``build(fields after the name)`` -> a dataset; ``usage`` and ``layout`` are its help text. The other
     fields describe a dataset on disk (``scan`` is None for one that is not, e.g. ``synthetic:``), each the

@@ -163,11 +163,11 @@ def unknown_values(pair: Pair, options: Mapping[str, str], labels: LabelSet | No
 
 
 ENTRY = DatasetEntry(
-    build,
-    USAGE,
-    LAYOUT,
-    SOURCE,
-    Layout().scan,
+    build=build,
+    usage=USAGE,
+    layout=LAYOUT,
+    source=SOURCE,
+    scan=Layout().scan,
     image_suffixes=IMAGE_SUFFIXES,
     options=OPTIONS,
     takes_labels=True,

@@ -81,12 +81,12 @@ def build(parts: list[str]) -> PairedDataset:
 
 
 ENTRY = DatasetEntry(
-    build,
-    USAGE,
-    LAYOUT,
-    SOURCE,
-    scan,
-    SPLITS,
+    build=build,
+    usage=USAGE,
+    layout=LAYOUT,
+    source=SOURCE,
+    scan=scan,
+    splits=SPLITS,
     image_suffixes=IMAGE_SUFFIXES,
     options=OPTIONS,
     mismatch=MISMATCH_DEFAULT,

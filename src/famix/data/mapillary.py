@@ -61,5 +61,12 @@ def build(parts: list[str]) -> PairedDataset:
 
 
 ENTRY = DatasetEntry(
-    build, USAGE, LAYOUT, SOURCE, scan, SPLITS, image_suffixes=IMAGE_SUFFIXES, options=OPTIONS
+    build=build,
+    usage=USAGE,
+    layout=LAYOUT,
+    source=SOURCE,
+    scan=scan,
+    splits=SPLITS,
+    image_suffixes=IMAGE_SUFFIXES,
+    options=OPTIONS,
 )

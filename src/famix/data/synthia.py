@@ -82,5 +82,12 @@ def build(parts: list[str]) -> PairedDataset:
 
 
 ENTRY = DatasetEntry(
-    build, USAGE, LAYOUT, SOURCE, scan, SPLITS, image_suffixes=IMAGE_SUFFIXES, split_list=split_list
+    build=build,
+    usage=USAGE,
+    layout=LAYOUT,
+    source=SOURCE,
+    scan=scan,
+    splits=SPLITS,
+    image_suffixes=IMAGE_SUFFIXES,
+    split_list=split_list,
 )

@@ -145,4 +145,5 @@ LAYOUT = (
     f"  source domain: {SOURCE_DOMAIN}; held-out shifts: {', '.join(SHIFTED_DOMAINS)};\n"
     f"  mining-word styles: {', '.join(MINING_DOMAINS)}; all domains: {', '.join(DOMAINS)}"
 )
-ENTRY = DatasetEntry(build_synthetic, USAGE, LAYOUT)  # the famix.datasets entry point "synthetic"
+# the famix.datasets entry point "synthetic"
+ENTRY = DatasetEntry(build=build_synthetic, usage=USAGE, layout=LAYOUT)

@@ -9,8 +9,8 @@ import torch
 from famix.cli import main
 from famix.config import Config, load_config, save_config
 from famix.engine.checkpoint import load_checkpoint, save_checkpoint
-from famix.stages.convert import convert_bank, convert_checkpoint, convert_clip
 from famix.models.clip import build_clip, load_clip_state_dict
+from famix.stages.convert import convert_bank, convert_checkpoint, convert_clip
 from famix.style.bank import StyleBank
 
 

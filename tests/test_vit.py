@@ -18,13 +18,13 @@ from PIL import Image
 from famix.cli import main
 from famix.config import ModelConfig
 from famix.engine.checkpoint import load_model_state, load_segmenter, save_checkpoint
-from famix.stages.convert import infer_model_config
 from famix.engine.exported import load_exported
 from famix.models.build import build_segmenter
 from famix.models.clip import build_clip, get_clip_config
 from famix.models.segmenter import Segmenter
 from famix.models.towers.vit import embed_tokens, interpolate_pos_embed, neck_steps, tokens_to_map
 from famix.settings import ExportSettings
+from famix.stages.convert import infer_model_config
 from famix.stages.export import compare, export_model
 
 PATCH = 8  # tiny-vit's

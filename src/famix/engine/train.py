@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from famix.config import Config, save_config
 from famix.data.datasets import SeededTransform, build_dataset
 from famix.data.label_sets import LabelSet
+from famix.data.specs import parse_spec
 from famix.data.trainids import IGNORE_INDEX
 from famix.data.transforms import color_jitter, normalize, source_transform
 from famix.engine.amp import amp_dtype, autocast
@@ -207,7 +208,7 @@ def make_source_dataset(
     augmented (image, label)."""
     # The augmentation recipe depends on the source (SYNTHIA differs), named by the spec's first field.
     source = build_dataset(spec, labels)
-    return SeededTransform(source, source_transform(spec.split(":")[0], crop, jitter, hflip))
+    return SeededTransform(source, source_transform(parse_spec(spec).name, crop, jitter, hflip))
 
 
 def make_train_loader(cfg: Config, info, start: int) -> DataLoader:

@@ -183,7 +183,7 @@ def status(cfg: Config, fix: str = REFUSAL) -> Status:
     try:
         bank = StyleBank.load(path)
         check_same(mine_record(cfg), bank.metadata.get(KEY), path, fix)
-        batches = mining_plan(cfg, source_set(cfg)).batches
+        batches = mining_plan(cfg, source_set(cfg), torch.device("cpu")).batches  # the count: any device
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         return Status(State.REFUSED, str(e).splitlines()[0])
     done = bank.metadata.get("batches_done", 0)

@@ -15,10 +15,11 @@ from PIL import Image
 
 from famix.cli import main
 from famix.config import ModelConfig
-from famix.data.transforms import CLIP_MEAN, CLIP_STD, normalize
+from famix.data.transforms import normalize
 from famix.engine.checkpoint import load_segmenter
 from famix.engine.exported import METADATA_FILE, OnnxSegmenter, load_exported, read_metadata
 from famix.models.build import build_segmenter
+from famix.normalization import OPENAI_NORMALIZATION
 from famix.settings import ATOL, ExportSettings, parse_size
 from famix.stages import export
 from famix.stages.export import check_size, compare, export_model
@@ -79,8 +80,8 @@ def test_onnx_dynamic_export_via_cli(onnx_dynamic, eager, checkpoint):
     onnx_model = OnnxSegmenter(path)
     meta = onnx_model.metadata
     assert json.loads(meta["class_names"]) == list(cfg.class_names) and meta["dynamic"] == "true"
-    assert json.loads(meta["input_mean"]) == list(CLIP_MEAN)
-    assert json.loads(meta["input_std"]) == list(CLIP_STD)
+    assert json.loads(meta["input_mean"]) == list(OPENAI_NORMALIZATION.mean)
+    assert json.loads(meta["input_std"]) == list(OPENAI_NORMALIZATION.std)
     assert meta["famix_version"] and "[B, 3, H, W]" in meta["input"] and meta["size_multiple"] == "1"
     assert meta["min_size"] == "32" and meta["pad_to_multiple"] == "1" and meta["output_stride"] == "16"
     # Sizes and batches other than those checked at export time, square and not, multiples and not.

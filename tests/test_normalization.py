@@ -2,7 +2,11 @@
 pretrained table for a tag (no download), given as model.mean / model.std, OpenAI's otherwise; carried into
 the run's config, the bank, the checkpoint, the segmenter and the export, and used by every stage."""
 
+import inspect
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +19,12 @@ from PIL import Image
 
 from famix.cli import main
 from famix.config import ModelConfig, load_config
+from famix.data.transforms import normalize
 from famix.engine.checkpoint import load_checkpoint, load_segmenter
 from famix.engine.exported import read_metadata
 from famix.models.build import build_segmenter
 from famix.models.clip import build_clip, clip_normalization
+from famix.normalization import OPENAI_NORMALIZATION
 from famix.style.bank import StyleBank
 from tests.cli_errors import one_line
 
@@ -46,6 +52,20 @@ def test_where_the_values_come_from(tmp_path):
     assert clip_normalization("tiny-vit", None) == OPENAI
     given = clip_normalization("ViT-L-14", TAG, [0.1, 0.2, 0.3], [0.4, 0.5, 0.6])  # explicit beats the tag
     assert given == ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+
+
+def test_openai_default_has_one_home_equal_to_open_clips():
+    """famix.normalization writes OpenAI's mean / std (importing open_clip.constants would import torch):
+    they are open_clip's, exactly, and every default reads them from there."""
+    assert OPENAI_NORMALIZATION == OPENAI
+    assert OPENAI_NORMALIZATION.mean == tuple(OPENAI_DATASET_MEAN)
+    assert OPENAI_NORMALIZATION.std == tuple(OPENAI_DATASET_STD)
+    assert inspect.signature(normalize).parameters["mean"].default is OPENAI_NORMALIZATION.mean
+    assert inspect.signature(normalize).parameters["std"].default is OPENAI_NORMALIZATION.std
+    code = "import sys, famix.normalization; print('torch' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 @pytest.fixture

@@ -7,18 +7,19 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from open_clip.constants import OPENAI_DATASET_MEAN as CLIP_MEAN
-from open_clip.constants import OPENAI_DATASET_STD as CLIP_STD
 from PIL import Image
 
 from famix.data.trainids import IGNORE_INDEX
+from famix.normalization import OPENAI_NORMALIZATION
 
 # (image uint8 [H, W, 3], trainIds uint8 [H, W]) -> same, applied before conversion to tensors.
 EvalTransform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def normalize(
-    image: torch.Tensor, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
+    image: torch.Tensor,
+    mean: Sequence[float] = OPENAI_NORMALIZATION.mean,
+    std: Sequence[float] = OPENAI_NORMALIZATION.std,
 ) -> torch.Tensor:
     """uint8 (or float in [0, 1]) [..., 3, H, W] -> float32 [..., 3, H, W] normalised per RGB channel with
     ``mean`` / ``std`` (the CLIP weights' own: OpenAI's by default; a segmenter's ``normalization``)."""

@@ -16,7 +16,8 @@ from famix.data.specs import parse_spec
 from famix.engine.distributed import current, resolve_device
 from famix.engine.outputs import check_folder
 from famix.models.build import normalization
-from famix.models.clip import OPENAI_NORMALIZATION, weights_fingerprint
+from famix.models.clip import weights_fingerprint
+from famix.normalization import OPENAI_NORMALIZATION
 from famix.style.bank import StyleBank
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from famix.data.transforms import CLIP_MEAN, CLIP_STD
 from famix.models.towers.base import pad_to_multiple
+from famix.normalization import OPENAI_NORMALIZATION
 
 METADATA_FILE = "famix.json"  # the metadata's name inside .pt2 / TorchScript archives
 INSTALL_HINT = 'pip install "famix[export]"'
@@ -148,7 +148,10 @@ class OnnxSegmenter(nn.Module):
         # the (mean, std) the model was trained with; every file famix wrote names them
         self.normalization = tuple(
             tuple(json.loads(self.metadata[k])) if k in self.metadata else default
-            for k, default in (("input_mean", CLIP_MEAN), ("input_std", CLIP_STD))
+            for k, default in (
+                ("input_mean", OPENAI_NORMALIZATION.mean),
+                ("input_std", OPENAI_NORMALIZATION.std),
+            )
         )
 
     def _check(self, x: torch.Tensor, given: tuple[int, int]) -> None:

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from famix.data.transforms import CLIP_MEAN, CLIP_STD, normalize
+from famix.data.transforms import normalize
 from famix.engine.amp import autocast
+from famix.normalization import OPENAI_NORMALIZATION
 
 MAX_SCALE = 8.0  # larger test-time scales are typos (8x a 2048x1024 image is 134 Mpx)
 
@@ -23,7 +24,7 @@ def model_input(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """uint8 (or [0, 1] float) images [B, 3, H, W] -> the float32 input of ``model``: normalised with the
     model's own ``normalization`` (a ``Segmenter``'s, from its weights; an ONNX file's, from its metadata);
     a bare network without one gets OpenAI's CLIP mean / std."""
-    return normalize(images, *getattr(model, "normalization", (CLIP_MEAN, CLIP_STD)))
+    return normalize(images, *getattr(model, "normalization", OPENAI_NORMALIZATION))
 
 
 @dataclass(frozen=True)

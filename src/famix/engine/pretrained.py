@@ -24,10 +24,10 @@ from safetensors.torch import load_file
 
 from famix.config import ModelConfig, from_dict
 from famix.data.specs import parse_spec
-from famix.data.transforms import CLIP_MEAN, CLIP_STD
 from famix.engine import hub
 from famix.engine.runs import file_fingerprint
 from famix.io import atomic_write, save_safetensors
+from famix.normalization import OPENAI_NORMALIZATION
 from famix.version import __version__
 
 FORMAT = "famix-pretrained"
@@ -56,7 +56,9 @@ def model_config(ckpt: dict) -> ModelConfig:
     stored = ckpt.get("config", {}).get("model")
     cfg = from_dict(stored, ModelConfig, "model.") if stored else ModelConfig()
     if cfg.mean is None:
-        cfg = dataclasses.replace(cfg, mean=list(CLIP_MEAN), std=list(CLIP_STD))
+        cfg = dataclasses.replace(
+            cfg, mean=list(OPENAI_NORMALIZATION.mean), std=list(OPENAI_NORMALIZATION.std)
+        )
     return cfg
 
 

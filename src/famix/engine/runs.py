@@ -26,7 +26,7 @@ from pathlib import Path
 from famix.config import ModelConfig, flatten
 from famix.io import atomic_write
 from famix.models.build import normalization
-from famix.models.clip import OPENAI_NORMALIZATION
+from famix.normalization import OPENAI_NORMALIZATION
 
 KEY = "run"  # where a record lives in a checkpoint dict, a bank's metadata and a cache entry
 

@@ -33,7 +33,7 @@ from famix.engine.sampler import StreamSampler
 from famix.engine.seeds import mixer_seed, step_seed
 from famix.io import remove_stale_temps
 from famix.models.build import build_segmenter, normalization
-from famix.models.clip import OPENAI_NORMALIZATION
+from famix.normalization import OPENAI_NORMALIZATION
 from famix.progress import progress_bar
 from famix.style.bank import StyleBank
 from famix.style.mixing import LocalStyleMixer

@@ -6,9 +6,10 @@ from typing import Protocol
 
 import torch
 
-from famix.models.clip import Normalization, build_clip, clip_normalization
+from famix.models.clip import build_clip, clip_normalization
 from famix.models.freeze import apply_freeze
 from famix.models.segmenter import Segmenter
+from famix.normalization import Normalization
 
 
 class SegmenterSpec(Protocol):

@@ -10,14 +10,13 @@ import os
 import zipfile
 from importlib import resources
 from pathlib import Path
-from typing import NamedTuple
 
 import open_clip
 import torch
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import CLIP, CustomTextCLIP
 
 from famix.models.towers import input_size
+from famix.normalization import OPENAI_NORMALIZATION, Normalization
 
 _RESNETS = ("RN50", "RN101", "RN50x4")
 _VITS = ("ViT-B-16", "ViT-L-14")
@@ -234,16 +233,6 @@ def clip_preprocess_size(model: CLIP) -> int:
     return input_size(model.visual)
 
 
-class Normalization(NamedTuple):
-    """How a CLIP's weights expect images: ``(x - mean) / std`` per RGB channel of [0, 1] images."""
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-
-OPENAI_NORMALIZATION = Normalization(tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD))
-
-
 def clip_normalization(
     name: str, weights: str | None, mean: list[float] | None = None, std: list[float] | None = None
 ) -> Normalization:
@@ -263,7 +252,8 @@ def clip_normalization(
     cfg = _pretrained_cfg(name, weights) if weights is not None and _is_tag(weights) else {}
     if cfg:
         return Normalization(
-            _floats(cfg.get("mean", OPENAI_DATASET_MEAN)), _floats(cfg.get("std", OPENAI_DATASET_STD))
+            _floats(cfg.get("mean", OPENAI_NORMALIZATION.mean)),
+            _floats(cfg.get("std", OPENAI_NORMALIZATION.std)),
         )
     return OPENAI_NORMALIZATION
 

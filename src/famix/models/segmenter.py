@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from famix.models.clip import OPENAI_NORMALIZATION, Normalization
 from famix.models.deeplab import DeepLabHeadV3Plus
 from famix.models.towers import tower
 from famix.models.towers.base import pad_to_multiple
+from famix.normalization import OPENAI_NORMALIZATION, Normalization
 
 Restyle = Callable[[torch.Tensor], torch.Tensor]
 

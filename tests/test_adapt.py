@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from famix.cli import main
 from famix.engine.checkpoint import load_checkpoint, load_segmenter
-from famix.engine.runs import file_fingerprint
+from famix.io import file_fingerprint
 from famix.models.clip import build_clip
 from famix.stages import adapt as adapt_engine
 from famix.style.bank import IGNORE_KEY, StyleBank

@@ -14,7 +14,7 @@ from famix.demo.adaptation import CONTROL, START, run_adapt_demo
 from famix.demo.report import GROUPS, adapt_report, bank_table, labelled_grid, report
 from famix.demo.run import ABLATION, BASELINE, DEFAULT_VARIANTS, FAMIX, run_demo, run_folder
 from famix.engine.checkpoint import load_checkpoint
-from famix.engine.runs import file_fingerprint
+from famix.io import file_fingerprint
 from famix.stages import evaluate as evaluate_stage
 from famix.stages import train as train_stage
 from famix.style.bank import StyleBank

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from famix.engine.runs import RunRecord, cached, check_same, file_fingerprint
+from famix.engine.runs import RunRecord, cached, check_same
 
 
 def record(**changes):
@@ -62,14 +62,6 @@ def test_cached_results_are_keyed_by_the_record(tmp_path):
     assert sorted(e["run"]["settings"]["train"]["lr"] for e in entries.values()) == [0.1, 0.5]
     assert cached(tmp_path / "other.json", record(), compute(5.0), write=False) == {"miou": 5.0}
     assert not (tmp_path / "other.json").exists()
-
-
-def test_file_fingerprint_is_the_content(tmp_path):
-    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
-    a.write_bytes(b"styles")
-    b.write_bytes(b"styles")
-    assert file_fingerprint(a) == file_fingerprint(b) != file_fingerprint(__file__)
-    assert file_fingerprint(None) is None
 
 
 def test_a_training_record_holds_the_result_keys_only(tmp_path):

@@ -9,7 +9,8 @@ import pytest
 from famix.config import load_config
 from famix.data.trainids import CLASS_NAMES
 from famix.engine.inference import InferenceSettings
-from famix.engine.runs import State, Status, file_fingerprint
+from famix.engine.runs import State, Status
+from famix.io import file_fingerprint
 from famix.settings import ExportSettings
 from famix.stages import adapt, evaluate, mine, train
 

@@ -1,10 +1,12 @@
 """Safe file writing: every file famix writes for a user appears whole or not at all, with the permissions
 the user's umask gives new files (as ``open()`` would), never the 0600 of a private temporary file; and
-safetensors files are byte-reproducible (the same tensors and metadata give the same bytes)."""
+safetensors files are byte-reproducible (the same tensors and metadata give the same bytes). And the one
+way famix identifies a file by its content: :func:`file_fingerprint`."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -15,6 +17,18 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+
+def file_fingerprint(path: str | os.PathLike | None) -> str | None:
+    """``"sha256:<16 hex>"`` of a file's bytes (None for None): identifies a file (CLIP weights, a bank, a
+    checkpoint) by content, so moving or renaming it does not change a run's identity; rewriting it does."""
+    if path is None:
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return f"sha256:{h.hexdigest()[:16]}"
 
 
 def _umask() -> int:

@@ -25,8 +25,7 @@ from safetensors.torch import load_file
 from famix.config import ModelConfig, from_dict
 from famix.data.specs import parse_spec
 from famix.engine import hub
-from famix.engine.runs import file_fingerprint
-from famix.io import atomic_write, save_safetensors
+from famix.io import atomic_write, file_fingerprint, save_safetensors
 from famix.normalization import OPENAI_NORMALIZATION
 from famix.version import __version__
 

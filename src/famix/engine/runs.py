@@ -34,7 +34,8 @@ KEY = "run"  # where a record lives in a checkpoint dict, a bank's metadata and 
 @dataclass(frozen=True)
 class RunRecord:
     """What decides a run's result. ``settings``: ``{section: {key: value}}``; ``inputs``: ``{name:
-    fingerprint}`` of the files it reads (``models.clip.weights_fingerprint``: a file's hash or a tag)."""
+    fingerprint}`` of the files it reads (``io.file_fingerprint``, the CLIP weights' by
+    ``models.clip.weights_fingerprint``: a file's hash or a tag)."""
 
     kind: str
     settings: dict = field(default_factory=dict)
@@ -143,15 +144,3 @@ def cached(
     text = json.dumps(entries, indent=1, sort_keys=True)
     atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
     return result
-
-
-def file_fingerprint(path: str | Path | None) -> str | None:
-    """``"sha256:<16 hex>"`` of a file's bytes (None for None): identifies a bank or a checkpoint by content,
-    so moving or renaming it does not change a run's identity, and rewriting it does."""
-    if path is None:
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return f"sha256:{h.hexdigest()[:16]}"

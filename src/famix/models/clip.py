@@ -4,7 +4,6 @@ construction, weight loading from local files or open_clip tags, and each weight
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import zipfile
@@ -15,6 +14,7 @@ import open_clip
 import torch
 from open_clip.model import CLIP, CustomTextCLIP
 
+from famix.io import file_fingerprint
 from famix.models.towers import input_size
 from famix.normalization import OPENAI_NORMALIZATION, Normalization
 
@@ -221,11 +221,7 @@ def weights_fingerprint(path: str | None) -> str:
         return path
     if not os.path.isfile(path):
         raise _missing(path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return f"sha256:{h.hexdigest()[:16]}"
+    return file_fingerprint(path)
 
 
 def clip_preprocess_size(model: CLIP) -> int:

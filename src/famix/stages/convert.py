@@ -20,8 +20,8 @@ from famix.engine.checkpoint import load_checkpoint, load_model_state, save_chec
 from famix.engine.distributed import single_process
 from famix.engine.exported import archive_format
 from famix.engine.outputs import check_output_path, check_replaceable
-from famix.engine.runs import KEY, RunRecord, file_fingerprint
-from famix.io import remove_stale_temps, save_safetensors
+from famix.engine.runs import KEY, RunRecord
+from famix.io import file_fingerprint, remove_stale_temps, save_safetensors
 from famix.models.build import build_segmenter
 from famix.models.clip import load_clip_state_dict
 from famix.style.bank import IGNORE_KEY, StyleBank

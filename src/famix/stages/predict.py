@@ -28,10 +28,10 @@ from famix.engine.distributed import resolve_device, single_process
 from famix.engine.exported import OnnxSegmenter
 from famix.engine.inference import PLAIN, InferenceSettings, eval_mode, predict_ids
 from famix.engine.outputs import check_folder
-from famix.engine.runs import RunRecord, cached, file_fingerprint
+from famix.engine.runs import RunRecord, cached
 from famix.engine.video import import_av, segment_video
 from famix.engine.visualize import DEFAULT_OUTPUTS, OUTPUT_KINDS, VIDEO_OUTPUTS, render
-from famix.io import atomic_write
+from famix.io import atomic_write, file_fingerprint
 from famix.progress import progress_bar
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")

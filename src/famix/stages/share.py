@@ -11,7 +11,7 @@ from pathlib import Path
 from famix.engine import hub, pretrained
 from famix.engine.checkpoint import load_checkpoint
 from famix.engine.distributed import single_process
-from famix.engine.runs import file_fingerprint
+from famix.io import file_fingerprint
 
 OWN_BANK = "auto"  # --bank without a path: the bank the checkpoint's config names
 

@@ -19,10 +19,10 @@ from famix.engine.runs import (
     State,
     Status,
     check_same,
-    file_fingerprint,
     normalization_settings,
 )
 from famix.engine.train import train
+from famix.io import file_fingerprint
 from famix.models.clip import weights_fingerprint
 
 REFUSAL = "Pass another train.out, or move that folder away"

@@ -25,7 +25,7 @@ from famix.engine.exported import load_exported
 from famix.models.build import build_segmenter
 from famix.models.clip import build_clip, clip_normalization
 from famix.models.freeze import FREEZE_PRESETS
-from famix.models.segmenter import Segmenter
+from famix.models.segmenter import SegmentationNetwork
 from famix.models.towers import style_channels, style_features, style_grid, style_relu, style_tail, tower
 from famix.models.towers.eva import famix_tiny_eva
 from famix.style.bank import StyleBank
@@ -40,7 +40,7 @@ def images(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-def segmenter(name: str, **kwargs) -> Segmenter:
+def segmenter(name: str, **kwargs) -> SegmentationNetwork:
     cfg = ModelConfig(backbone=name, output_stride=STRIDE[name], num_classes=5, class_names=list("abcde"))
     return build_segmenter(ModelConfig(**{**vars(cfg), **kwargs}), seed=0)
 
@@ -59,7 +59,7 @@ def captured(module: nn.Module, run) -> torch.Tensor:
 
 def test_eva_dense_features_equal_the_trunk_at_the_native_size():
     visual = build_clip("tiny-eva", seed=0).visual
-    model = Segmenter(copy.deepcopy(visual), 5, 8).eval()
+    model = SegmentationNetwork(copy.deepcopy(visual), 5, 8).eval()
     x = images(2, 3, 32, 32, seed=1)
     trunk = visual.trunk
     low_block = math.ceil(len(trunk.blocks) / 4) - 1
@@ -88,7 +88,7 @@ def test_eva_positions_at_other_sizes_equal_timm_dynamic_size_eva(hw, rope):
     reference = famix_tiny_eva(dynamic_img_size=True, num_classes=32, global_pool="token", **kind).eval()
     reference.load_state_dict(visual.trunk.state_dict())
     assert (visual.trunk.rope is None) != rope
-    model = Segmenter(visual, 5, 8).eval()
+    model = SegmentationNetwork(visual, 5, 8).eval()
     x = images(2, 3, *hw, seed=hw[0] + hw[1])
     with torch.no_grad():
         ours = model.features(x)["out"].flatten(2).transpose(1, 2)
@@ -98,7 +98,7 @@ def test_eva_positions_at_other_sizes_equal_timm_dynamic_size_eva(hw, rope):
 
 def test_convnext_dense_features_equal_the_trunk():
     visual = build_clip("tiny-convnext", seed=0).visual
-    model = Segmenter(copy.deepcopy(visual), 5, 32).eval()
+    model = SegmentationNetwork(copy.deepcopy(visual), 5, 32).eval()
     x = images(2, 3, 64, 96, seed=2)
     with torch.no_grad():
         first, last = visual.trunk.forward_intermediates(x, indices=[0, 3], intermediates_only=True)

@@ -21,7 +21,7 @@ from famix.engine.checkpoint import load_model_state, load_segmenter, save_check
 from famix.engine.exported import load_exported
 from famix.models.build import build_segmenter
 from famix.models.clip import build_clip, get_clip_config
-from famix.models.segmenter import Segmenter
+from famix.models.segmenter import SegmentationNetwork
 from famix.models.towers.vit import embed_tokens, interpolate_pos_embed, neck_steps, tokens_to_map
 from famix.settings import ExportSettings
 from famix.stages.convert import infer_model_config
@@ -50,7 +50,7 @@ def open_clip_tokens(visual, x: torch.Tensor) -> torch.Tensor:
         visual.output_tokens = False
 
 
-def dense_tokens(model: Segmenter, x: torch.Tensor) -> torch.Tensor:
+def dense_tokens(model: SegmentationNetwork, x: torch.Tensor) -> torch.Tensor:
     """The segmenter's "out" map as tokens [B, h * w, W]."""
     with torch.no_grad():
         return model.features(x)["out"].flatten(2).transpose(1, 2)
@@ -58,7 +58,7 @@ def dense_tokens(model: Segmenter, x: torch.Tensor) -> torch.Tensor:
 
 def test_dense_tokens_equal_open_clip_at_the_native_size():
     visual = build_clip("tiny-vit", seed=0).visual
-    model = Segmenter(visual, 5, PATCH).eval()  # the same module, used in place
+    model = SegmentationNetwork(visual, 5, PATCH).eval()  # the same module, used in place
     size = visual.image_size[0]
     x = images(2, 3, size, size)
     tokens = dense_tokens(model, x)
@@ -71,7 +71,7 @@ def test_dense_tokens_at_another_size_equal_open_clip_built_for_it(hw):
     """Against open_clip's VisionTransformer built with image_size=hw, given the resized embedding."""
     clip = build_clip("tiny-vit", seed=0)
     state = clip.visual.state_dict()
-    model = Segmenter(clip.visual, 5, PATCH).eval()
+    model = SegmentationNetwork(clip.visual, 5, PATCH).eval()
     cfg = get_clip_config("tiny-vit")
     cfg["vision_cfg"]["image_size"] = list(hw)
     other = CLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"], quick_gelu=cfg["quick_gelu"]).visual
@@ -170,7 +170,7 @@ def test_restyle_with_the_maps_own_statistics_is_the_identity():
         torch.testing.assert_close(model(x, restyle=own_statistics), plain, rtol=1e-5, atol=1e-5)
 
 
-def expected_trainable(model: Segmenter, preset: str) -> set[str]:
+def expected_trainable(model: SegmentationNetwork, preset: str) -> set[str]:
     """Backbone parameter names ``preset`` trains, from the tower's block count L."""
     layers = len(model.backbone.transformer.resblocks)
     blocks = {

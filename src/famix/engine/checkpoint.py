@@ -24,7 +24,7 @@ from famix.engine.exported import ARCHIVE_NAMES, archive_format, read_metadata
 from famix.engine.pretrained import model_config, read_folder, resolve
 from famix.io import atomic_write
 from famix.models.build import build_segmenter
-from famix.models.segmenter import Segmenter
+from famix.models.segmenter import SegmentationNetwork
 from famix.version import __version__
 
 
@@ -161,7 +161,7 @@ def checkpoint_label_set(model_cfg: ModelConfig, classes: str | None, checkpoint
 
 def load_segmenter(
     checkpoint: str | Path | dict, model_cfg: ModelConfig | None = None, device: torch.device | str = "cpu"
-) -> tuple[Segmenter, ModelConfig]:
+) -> tuple[SegmentationNetwork, ModelConfig]:
     """Build the segmenter a checkpoint was trained as, load its weights, return it in eval mode.
 
     famix checkpoints carry their config; official FAMix ``.pth`` files do not, so ``model_cfg`` (defaults:

@@ -2,8 +2,8 @@
 carries, and the exported model as a callable, :class:`OnnxSegmenter` for ONNX files (run by ONNX
 Runtime; what ``famix predict`` uses). Writing them is ``stages/export.py``.
 
-The contract of every exported model is that of ``Segmenter.forward``: CLIP-normalised float32 images
-``[B, 3, H, W]`` in, logits ``[B, K, H, W]`` out; the sizes a file takes are in its metadata
+The contract of every exported model is that of ``SegmentationNetwork.forward``: CLIP-normalised float32
+images ``[B, 3, H, W]`` in, logits ``[B, K, H, W]`` out; the sizes a file takes are in its metadata
 (``size_multiple``, ``min_size``, and ``pad_to_multiple`` for ViTs, which zero-pad other sizes as the
 eager model does).
 """
@@ -117,9 +117,9 @@ class OnnxSegmenter(nn.Module):
     normalised images [B, 3, H, W] (a torch tensor on any device) -> logits [B, K, H, W] on that device.
 
     A ViT file (metadata ``pad_to_multiple`` P > 1) gets inputs zero-padded at the bottom and right to
-    multiples of P and its logits cropped back, as ``Segmenter.forward`` does. Sizes the file cannot take
-    raise ValueError saying which it takes. A fixed-batch file is run one chunk of its batch at a time.
-    Autocast does not apply: ONNX Runtime computes in the file's float32.
+    multiples of P and its logits cropped back, as ``SegmentationNetwork.forward`` does. Sizes the file
+    cannot take raise ValueError saying which it takes. A fixed-batch file is run one chunk of its batch at
+    a time. Autocast does not apply: ONNX Runtime computes in the file's float32.
     """
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu"):

@@ -22,8 +22,8 @@ MAX_SCALE = 8.0  # larger test-time scales are typos (8x a 2048x1024 image is 13
 
 def model_input(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """uint8 (or [0, 1] float) images [B, 3, H, W] -> the float32 input of ``model``: normalised with the
-    model's own ``normalization`` (a ``Segmenter``'s, from its weights; an ONNX file's, from its metadata);
-    a bare network without one gets OpenAI's CLIP mean / std."""
+    model's own ``normalization`` (a ``SegmentationNetwork``'s, from its weights; an ONNX file's, from its
+    metadata); a bare network without one gets OpenAI's CLIP mean / std."""
     return normalize(images, *getattr(model, "normalization", OPENAI_NORMALIZATION))
 
 

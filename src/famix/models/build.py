@@ -1,4 +1,4 @@
-"""One way in: a config -> a Segmenter (and the CLIP model used for mining)."""
+"""One way in: a config -> a SegmentationNetwork (and the CLIP model used for mining)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from famix.models.clip import build_clip, clip_normalization
 from famix.models.freeze import apply_freeze
-from famix.models.segmenter import Segmenter
+from famix.models.segmenter import SegmentationNetwork
 from famix.normalization import Normalization
 
 
@@ -33,11 +33,11 @@ def normalization(cfg: SegmenterSpec) -> Normalization:
     return clip_normalization(cfg.backbone, cfg.weights, cfg.mean, cfg.std)
 
 
-def build_segmenter(cfg: SegmenterSpec, seed: int | None = 0) -> Segmenter:
-    """Segmenter for a ``ModelConfig``: CLIP image tower (weights from ``cfg.weights``) + DeepLabv3+ head,
-    frozen by ``cfg.freeze``, taking inputs normalised as the weights expect (``clip_normalization``: the
-    config's mean / std, an open_clip tag's, else OpenAI's). ``seed`` makes random initialisation
-    reproducible."""
+def build_segmenter(cfg: SegmenterSpec, seed: int | None = 0) -> SegmentationNetwork:
+    """The SegmentationNetwork for a ``ModelConfig``: CLIP image tower (weights from ``cfg.weights``) +
+    DeepLabv3+ head, frozen by ``cfg.freeze``, taking inputs normalised as the weights expect
+    (``clip_normalization``: the config's mean / std, an open_clip tag's, else OpenAI's). ``seed`` makes
+    random initialisation reproducible."""
     if len(cfg.class_names) != cfg.num_classes:
         raise ValueError(
             f"model.class_names lists {len(cfg.class_names)} names for num_classes="
@@ -50,6 +50,6 @@ def build_segmenter(cfg: SegmenterSpec, seed: int | None = 0) -> Segmenter:
         if seed is not None:
             torch.manual_seed(seed + 1)
         norm = normalization(cfg)
-        model = Segmenter(clip.visual, cfg.num_classes, cfg.output_stride, cfg.dilation, norm)
+        model = SegmentationNetwork(clip.visual, cfg.num_classes, cfg.output_stride, cfg.dilation, norm)
     apply_freeze(model, cfg.freeze)
     return model

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from famix.models.segmenter import Segmenter
+from famix.models.segmenter import SegmentationNetwork
 from famix.models.towers.base import Tower
 
 # preset -> what of the backbone stays trainable (the head, and a token tower's neck, always train; the
@@ -20,7 +20,7 @@ FREEZE_PRESETS = {
 
 
 def trainable_units(units: list[str], preset: str, family: Tower) -> set[str]:
-    """The units (``Segmenter.units`` names of a tower of ``family``) that ``preset`` trains."""
+    """The units (``SegmentationNetwork.units`` names of a tower of ``family``) that ``preset`` trains."""
     if preset not in FREEZE_PRESETS:
         raise ValueError(f"unknown freeze preset {preset!r}; choose one of: {', '.join(FREEZE_PRESETS)}")
     return {
@@ -31,10 +31,10 @@ def trainable_units(units: list[str], preset: str, family: Tower) -> set[str]:
     }[preset]
 
 
-def apply_freeze(model: Segmenter, preset: str) -> None:
+def apply_freeze(model: SegmentationNetwork, preset: str) -> None:
     """Set ``requires_grad`` on the backbone according to ``preset`` (see ``FREEZE_PRESETS``).
 
-    Frozen units are also put in eval mode by ``Segmenter.train`` for the whole run.
+    Frozen units are also put in eval mode by ``SegmentationNetwork.train`` for the whole run.
     """
     trainable = trainable_units(model.family.unit_names(model.backbone), preset, model.family)
     for p in model.backbone.parameters():

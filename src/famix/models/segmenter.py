@@ -17,7 +17,7 @@ from famix.normalization import OPENAI_NORMALIZATION, Normalization
 Restyle = Callable[[torch.Tensor], torch.Tensor]
 
 
-class Segmenter(nn.Module):
+class SegmentationNetwork(nn.Module):
     """``backbone`` (a CLIP image tower) and ``classifier`` (DeepLabv3+), named as in official FAMix
     checkpoints; token towers (ViT, EVA) add ``neck``, the learned upsampler of their low-level map (always
     trained). ``family`` is the tower's family (``models.towers.base.Tower``), which says how to use it.
@@ -113,7 +113,7 @@ class Segmenter(nn.Module):
             if not any(p.requires_grad for p in self.unit_parameters(name))
         ]
 
-    def train(self, mode: bool = True) -> Segmenter:
+    def train(self, mode: bool = True) -> SegmentationNetwork:
         super().train(mode)
         if mode:
             for name in self.frozen_units():

@@ -2,14 +2,14 @@
 checked against the eager model before the file is written. Reading the files back (and running ONNX
 files for ``famix predict``) is ``engine/exported.py``; the settings are ``famix.settings.ExportSettings``.
 
-Every exported model has the contract of ``Segmenter.forward``: normalised float32 images ``[B, 3, H, W]``
-(RGB in [0, 1], then ``(x - input_mean) / input_std`` per channel, the model's own values, in the metadata)
-in, logits ``[B, K, H, W]`` out (argmax over K = the class). A fixed-size export takes ``[1, 3, H, W]``
-only; ``dynamic`` takes any batch and any height and width of at least two output strides: any size for
-a ResNet (as the eager model), multiples of its pad size for a ViT / EVA (the patch size) or a ConvNeXt
-(32), whose eager model zero-pads other sizes at the bottom and right and crops the logits back (callers
-do the same: ``pad_to_multiple``). The file carries this in its metadata (ONNX ``metadata_props``; a
-``famix.json`` extra file in ``.pt2`` and TorchScript archives), and the export's run record (the
+Every exported model has the contract of ``SegmentationNetwork.forward``: normalised float32 images
+``[B, 3, H, W]`` (RGB in [0, 1], then ``(x - input_mean) / input_std`` per channel, the model's own values,
+in the metadata) in, logits ``[B, K, H, W]`` out (argmax over K = the class). A fixed-size export takes
+``[1, 3, H, W]`` only; ``dynamic`` takes any batch and any height and width of at least two output strides:
+any size for a ResNet (as the eager model), multiples of its pad size for a ViT / EVA (the patch size) or a
+ConvNeXt (32), whose eager model zero-pads other sizes at the bottom and right and crops the logits back
+(callers do the same: ``pad_to_multiple``). The file carries this in its metadata (ONNX ``metadata_props``;
+a ``famix.json`` extra file in ``.pt2`` and TorchScript archives), and the export's run record (the
 checkpoint's content, format, size, tolerances): the same export again finds it and writes nothing.
 
 famix replaces an existing output only if it is a file of the same format written by ``famix export``
@@ -36,7 +36,7 @@ from famix.engine.exported import METADATA_FILE, import_onnx_tools, jit_quietly,
 from famix.engine.outputs import check_output_path, check_replaceable
 from famix.engine.runs import KEY, RunRecord
 from famix.io import atomic_path, remove_stale_temps
-from famix.models.segmenter import Segmenter
+from famix.models.segmenter import SegmentationNetwork
 from famix.settings import FORMATS, ExportSettings
 from famix.version import __version__
 
@@ -89,8 +89,8 @@ def metadata(
     normalization: tuple[tuple[float, ...], tuple[float, ...]],
 ) -> dict:
     """What a user of the file needs to know, as strings (ONNX metadata_props are str -> str). ``pad``: the
-    eager model zero-pads inputs to multiples of it (``Segmenter.pad_multiple``: a ViT's patch size, a
-    ConvNeXt's 32), so a dynamic export takes multiples of it only;
+    eager model zero-pads inputs to multiples of it (``SegmentationNetwork.pad_multiple``: a ViT's patch
+    size, a ConvNeXt's 32), so a dynamic export takes multiples of it only;
     ``normalization``: the model's (mean, std)."""
     least = 2 * output_stride if dynamic else None
     multiple = pad if dynamic else 1
@@ -154,14 +154,14 @@ def compare(model: nn.Module, exported, inputs: list[torch.Tensor]) -> ExportChe
     return ExportCheck(diff, 100.0 * same / total, [tuple(x.shape) for x in inputs])
 
 
-def _takes_any_size(model: Segmenter, dynamic: bool) -> bool:
+def _takes_any_size(model: SegmentationNetwork, dynamic: bool) -> bool:
     # A ResNet runs any size as it is (convolutions, then resizes to the input's size), and torch.export
     # traces that for symbolic sizes. A ViT's forward pads to multiples of its patch size, a branch on the
     # size that torch.export cannot trace: its export takes multiples, and callers pad as it would.
     return dynamic and model.pad_multiple == 1
 
 
-def _export_program(model: Segmenter, example: torch.Tensor, multiple: int, dynamic: bool):
+def _export_program(model: SegmentationNetwork, example: torch.Tensor, multiple: int, dynamic: bool):
     dynamic_shapes = None
     if dynamic:
         from torch.export import Dim
@@ -211,7 +211,11 @@ def _check_tools(fmt: str) -> None:
 
 
 def export_model(
-    model: Segmenter, cfg: ModelConfig, out: str | Path, settings: ExportSettings, record: dict | None = None
+    model: SegmentationNetwork,
+    cfg: ModelConfig,
+    out: str | Path,
+    settings: ExportSettings,
+    record: dict | None = None,
 ) -> ExportCheck:
     """Export the eval-mode segmenter ``model`` (on the CPU) to ``out`` as ``settings`` say, checked first.
     ``record``: the export's run record, kept in the file's metadata (key ``run``, JSON).

@@ -83,7 +83,7 @@ def main() -> None:
         cfg.train.out, cfg.train.iterations = str(tmp / "run"), args.iters
         cfg.train.log_interval, cfg.train.val_interval = 1, args.iters
         cfg.run.device = args.device
-        channels = build_segmenter(cfg.model).low_channels
+        channels = build_segmenter(cfg.model).style_channels
         bank = StyleBank(list(CLASS_NAMES), channels)
         g = torch.Generator().manual_seed(0)
         bank.add(torch.randn(190, channels, generator=g), torch.rand(190, channels, generator=g) + 0.5,

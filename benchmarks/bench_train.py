@@ -85,7 +85,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:  # the mixer reads its bank from a file, as in training
         if args.mix in ("famix", "augment"):
             cfg.style.bank = str(Path(tmp) / "bank.safetensors")
-            bank = random_bank(cfg.model.class_names, model.low_channels, args.styles_per_class)
+            bank = random_bank(cfg.model.class_names, model.style_channels, args.styles_per_class)
             bank.save(cfg.style.bank)
         mixer = build_mixer(cfg, model, device)
     if mixer is not None:

@@ -33,7 +33,7 @@ def world(tmp_path_factory, checkpoint):
     run.mkdir()
     (run / "latest.pt").write_bytes(checkpoint.read_bytes())
     (run / "best.pt").write_bytes(checkpoint.read_bytes())
-    channels = build_segmenter(ModelConfig(backbone="tiny-rn"), seed=0).low_channels
+    channels = build_segmenter(ModelConfig(backbone="tiny-rn"), seed=0).style_channels
     adapt_bank = StyleBank(
         list(ModelConfig().class_names), channels, metadata={"run": {"kind": "adapt-styles"}}
     )

@@ -147,7 +147,7 @@ def test_restyle_hook_feeds_both_the_head_and_layer2():
 
     model = build_segmenter(ModelConfig(backbone="tiny-rn", num_classes=5, class_names=list("abcde"))).eval()
     x = torch.randn(2, 3, 40, 56, generator=torch.Generator().manual_seed(0))
-    shift = torch.linspace(0.5, 2.0, model.low_channels).view(1, -1, 1, 1)
+    shift = torch.linspace(0.5, 2.0, model.style_channels).view(1, -1, 1, 1)
     calls = []
 
     def restyle(f):
@@ -162,7 +162,7 @@ def test_restyle_hook_feeds_both_the_head_and_layer2():
         calls.clear()
         out = model(x, restyle=restyle)
         plain = model(x)
-    assert len(calls) == 1 and calls[0][1] == model.low_channels  # once, on layer1's output
+    assert len(calls) == 1 and calls[0][1] == model.style_channels  # once, on layer1's output
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(out, plain, atol=1e-3)  # the restyle changed the result
     with torch.no_grad():  # restyling only the head's input (or only layer2's) would not match

@@ -251,7 +251,7 @@ def test_build_mixer_reads_a_real_bank_file(tmp_path):
 
     cfg = tiny_cfg(tmp_path / "r", f"style.bank={tmp_path / 'b.safetensors'}", "style.mix=augment")
     model = build_segmenter(cfg.model)
-    c = model.low_channels
+    c = model.style_channels
     g = torch.Generator().manual_seed(0)
     # mu far above sigma: the ReLU of the restyle never clips, so the patch stats are the style exactly
     styles = {0: (torch.rand(1, c, generator=g) + 10, 0.1 * torch.rand(1, c, generator=g) + 0.1)}

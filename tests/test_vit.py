@@ -119,7 +119,7 @@ def test_restyle_applies_to_the_patch_embeddings_and_feeds_both_branches():
     model = build_segmenter(vit_cfg()).eval()
     v = model.backbone
     x = images(2, 3, 48, 40, seed=3)
-    scale = torch.linspace(-1.5, 1.0, model.low_channels).view(1, -1, 1, 1)
+    scale = torch.linspace(-1.5, 1.0, model.style_channels).view(1, -1, 1, 1)
     calls = []
 
     def restyle(f):
@@ -141,7 +141,8 @@ def test_restyle_applies_to_the_patch_embeddings_and_feeds_both_branches():
         got = model(x, restyle=restyle)
         feats, plain = model.features(x, restyle), model.features(x)
     assert len(calls) == 2 and torch.equal(calls[0], model.style_features(x))  # once per call
-    assert feats["low"].shape == (2, model.low_channels, 12, 10) and feats["out"].shape[-2:] == (6, 5)
+    low_channels, _ = model.family.channels(v)  # the head's low-level input (the neck's output)
+    assert feats["low"].shape == (2, low_channels, 12, 10) and feats["out"].shape[-2:] == (6, 5)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     for key in ("low", "out"):
         assert not torch.allclose(feats[key], plain[key], atol=1e-3), key

@@ -73,7 +73,7 @@ def build_mixer(cfg: Config, model, device) -> LocalStyleMixer | None:
                 "or choose style.mix=mixstyle|none"
             )
         bank = StyleBank.load(s.bank)
-        bank.check_compatible(model.low_channels, cfg.model.class_names, s.bank)
+        bank.check_compatible(model.style_channels, cfg.model.class_names, s.bank)
         check_bank_classes(bank, cfg.model.label_set(), s.bank)
         check_bank_normalization(bank, model.normalization, s.bank)
         made_by = bank.metadata.get(KEY, {}).get("kind")

@@ -66,7 +66,7 @@ class SegmentationNetwork(nn.Module):
         return self.family.pad_multiple(self.backbone)
 
     @property
-    def low_channels(self) -> int:
+    def style_channels(self) -> int:
         """Channels of the style map (ResNet layer1's, a ViT's width...): what style banks must match."""
         return self.family.style_channels(self.backbone)
 

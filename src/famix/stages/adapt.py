@@ -289,7 +289,7 @@ def _mine_target(
         }
         if cfg.model.classes is not None:  # the fine-tuning checks that the bank is of its classes
             metadata["label_set"] = cfg.model.label_set().to_dict()
-        bank = StyleBank(list(cfg.model.class_names), model.low_channels, metadata=metadata)
+        bank = StyleBank(list(cfg.model.class_names), model.style_channels, metadata=metadata)
     if bank.metadata["batches_done"] >= plan.batches:
         say(f"famix adapt: {path} holds the styles of {target!r}, finished ({len(bank)}): nothing to mine")
         return

@@ -21,8 +21,9 @@ import torch
 
 from common import base_parser, output_stride, report, setup, time_iterations
 from famix.config import ModelConfig
-from famix.engine.inference import InferenceSettings, eval_mode, predict_logits
+from famix.engine.inference import eval_mode, predict_logits
 from famix.models.build import build_segmenter
+from famix.settings import InferenceSettings
 
 
 def main() -> None:

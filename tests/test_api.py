@@ -16,6 +16,7 @@ from PIL import Image
 import famix
 from famix.cli import main
 from famix.engine import hub
+from famix.settings import InferenceSettings
 from famix.world.synthetic import render
 from tests.cli_errors import one_line
 
@@ -258,3 +259,36 @@ def test_save_includes_the_bank_the_model_was_trained_with(tmp_path):
     with pytest.raises(SystemExit):
         main(["save", str(out / "latest.pt"), str(tmp_path / "s2"), "--bank", str(other)])
     assert not (tmp_path / "s2").exists()
+
+
+def test_test_time_settings_are_one_value(trained):
+    checkpoint, images = trained
+    model = famix.load(checkpoint, device="cpu")
+    tta = InferenceSettings(scale=0.5, flip=True)
+    assert np.array_equal(model.predict(images[0], tta=tta), model.predict(images[0], scale=0.5, flip=True))
+    assert torch.equal(
+        model.predict_logits(images[0], tta=tta), model.predict_logits(images[0], scale=0.5, flip=True)
+    )
+    with pytest.raises(TypeError, match="not both"):
+        model.predict(images[0], tta=tta, scale=0.5)
+    with pytest.raises(TypeError, match=r"unknown test-time option\(s\) \['scael'\]"):
+        model.predict(images[0], scael=0.5)
+
+
+def test_evaluate_of_a_loaded_model_goes_through_the_stage(trained):
+    checkpoint, _ = trained
+    model = famix.load(checkpoint, device="cpu")
+    spec = "synthetic:day:4:7:size=48"
+    by_path = famix.evaluate(checkpoint, [spec], progress=False)[spec]
+    loaded = famix.evaluate(model, [spec], progress=False)[spec]
+    assert loaded.miou == by_path.miou and loaded.per_class_iou == by_path.per_class_iou
+    cache = checkpoint.with_name(f"{checkpoint.stem}.eval-cache.json")
+    entries = json.loads(cache.read_text())
+    ours = [e for e in entries.values() if e["run"]["inputs"]["checkpoint"].startswith("state-sha256:")]
+    assert len(ours) == 1 and ours[0]["result"]["miou"] == loaded.miou
+    with pytest.raises((FileNotFoundError, ValueError), match="nowhere"):  # checked before any work
+        famix.evaluate(model, ["cityscapes:/nowhere/cityscapes:val"], progress=False)
+    with torch.no_grad():  # a changed model is another run: evaluated anew, its own entry
+        model.network.classifier.classifier[-1].bias.add_(torch.arange(19.0))
+    changed = famix.evaluate(model, [spec], progress=False)[spec]
+    assert len(json.loads(cache.read_text())) == len(entries) + 1 and changed.miou != loaded.miou

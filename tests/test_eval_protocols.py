@@ -18,7 +18,7 @@ from famix.cli import main
 from famix.data.datasets import build_dataset
 from famix.data.transforms import normalize
 from famix.engine.checkpoint import load_segmenter
-from famix.engine.inference import InferenceSettings
+from famix.settings import EvalSettings, InferenceSettings
 from famix.stages import evaluate
 from tests import fake_datasets as fake
 from tests.cli_errors import one_line
@@ -221,10 +221,10 @@ def test_one_precision_per_checkpoint(tmp_path, capsys):
     )
     ckpt = {"config": {"run": {"amp": "fp16"}}}
     cuda = torch.device("cuda")
-    assert evaluate.precision(evaluate.EvalSettings(), ckpt, cuda) == ("fp16", torch.float16)
-    assert evaluate.precision(evaluate.EvalSettings(amp="bf16"), ckpt, cuda) == ("bf16", torch.bfloat16)
-    assert evaluate.precision(evaluate.EvalSettings(), ckpt, torch.device("cpu")) == ("off", None)
-    assert evaluate.precision(evaluate.EvalSettings(), {}, cuda)[0] == "bf16"  # official files: bf16
+    assert evaluate.precision(EvalSettings(), ckpt, cuda) == ("fp16", torch.float16)
+    assert evaluate.precision(EvalSettings(amp="bf16"), ckpt, cuda) == ("bf16", torch.bfloat16)
+    assert evaluate.precision(EvalSettings(), ckpt, torch.device("cpu")) == ("off", None)
+    assert evaluate.precision(EvalSettings(), {}, cuda)[0] == "bf16"  # official files: bf16
 
 
 def test_flip_runs_on_a_fixed_size_onnx_file(checkpoint, tmp_path):
@@ -272,6 +272,10 @@ def test_bad_test_time_options(checkpoint, tmp_path, capsys):
     err = one_line(capsys, "predict", ckpt, other, "--out", tmp_path / "o", "--server", "cityscapes")
     assert "photo.png is not a Cityscapes image" in err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.png"))
+    err = one_line(
+        capsys, "predict", ckpt, image, "--out", tmp_path / "o", "--server", "acdc", "--outputs", "color"
+    )
+    assert "--server acdc writes the server's own files (one per image), so --outputs is not used" in err
 
 
 def test_validation_takes_the_test_time_settings(tmp_path):

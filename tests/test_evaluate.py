@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from famix.engine.evaluate import EvalResult, confusion_matrix, evaluate, evaluate_specs, iou_from_confusion
-from famix.engine.inference import InferenceSettings, predict_logits, sliding_logits, window_starts
+from famix.engine.inference import predict_logits, sliding_logits, window_starts
 from famix.engine.results import format_paper_table, format_table, paper_column, write_results
+from famix.settings import InferenceSettings
 
 
 def _cm_oracle(pred, label, k):

@@ -11,8 +11,8 @@ from famix.data import readers
 from famix.data.readers import read_image
 from famix.data.trainids import colorize
 from famix.data.transforms import normalize
-from famix.engine.inference import InferenceSettings
 from famix.engine.visualize import overlay
+from famix.settings import InferenceSettings, PredictSettings
 from famix.stages import predict
 from famix.stages.predict import (
     IMAGE_EXTENSIONS,
@@ -93,7 +93,13 @@ def test_predict_reads_images_as_the_datasets_do(tmp_path):
         assert torch.equal(image, expected), path.name
     torch.manual_seed(0)
     model = torch.nn.Conv2d(3, 19, 1)
-    written = predict_paths(model, paths, tmp_path / "out", outputs=["trainid"], batch_size=4, progress=False)
+    written = predict_paths(
+        model,
+        paths,
+        tmp_path / "out",
+        PredictSettings(device="cpu", outputs=["trainid"], batch_size=4),
+        progress=False,
+    )
     for path, dst in zip(paths, written, strict=True):
         with torch.no_grad():
             expected = model(normalize(pil_rgb(path))[None])[0].argmax(0).numpy()
@@ -130,7 +136,7 @@ def test_predict_paths(tmp_path):
     for i, (p, (h, w)) in enumerate(zip(paths, sizes.values(), strict=True)):
         _write_png(p, h, w, i)
     out_dir = tmp_path / "out" / "nested"
-    written = predict_paths(model, paths, out_dir, progress=False)
+    written = predict_paths(model, paths, out_dir, PredictSettings(device="cpu"), progress=False)
     assert len(written) == 6 and all(p.parent == out_dir for p in written)
     assert not [p for p in out_dir.iterdir() if p.name.startswith(".")]  # no temp files left behind
     for p, (stem, (h, w)) in zip(paths, sizes.items(), strict=True):
@@ -154,7 +160,13 @@ def test_predict_paths_batches_equal_sizes(tmp_path):
     for i, (h, w) in enumerate(sizes):
         _write_png(tmp_path / f"im{i}.png", h, w, i)
         paths.append(tmp_path / f"im{i}.png")
-    written = predict_paths(model, paths, tmp_path / "out", outputs=["trainid"], batch_size=2, progress=False)
+    written = predict_paths(
+        model,
+        paths,
+        tmp_path / "out",
+        PredictSettings(device="cpu", outputs=["trainid"], batch_size=2),
+        progress=False,
+    )
     assert written == [tmp_path / "out" / f"im{i}_trainid.png" for i in range(5)]  # input order kept
     assert sorted(batch_sizes) == [1, 2, 2]  # (8, 10): 2 + 1 images, (6, 6): 2 images
     for p, dst in zip(paths, written, strict=True):
@@ -166,23 +178,34 @@ def test_predict_paths_batches_equal_sizes(tmp_path):
 def test_predict_paths_window_and_errors(tmp_path):
     model = torch.nn.Conv2d(3, 19, 1)  # pointwise: sliding windows give the full-image result
     _write_png(tmp_path / "a.png", 11, 23, 0)
-    full = predict_paths(model, [tmp_path / "a.png"], tmp_path / "full", outputs=["trainid"], progress=False)
+    full = predict_paths(
+        model,
+        [tmp_path / "a.png"],
+        tmp_path / "full",
+        PredictSettings(device="cpu", outputs=["trainid"]),
+        progress=False,
+    )
     tiled = predict_paths(
         model,
         [tmp_path / "a.png"],
         tmp_path / "tiled",
-        outputs=["trainid"],
-        tta=InferenceSettings(window=8, stride=5),
+        PredictSettings(device="cpu", outputs=["trainid"], tta=InferenceSettings(window=8, stride=5)),
         progress=False,
     )
     np.testing.assert_array_equal(np.asarray(Image.open(full[0])), np.asarray(Image.open(tiled[0])))
     with pytest.raises(ValueError, match="batch_size"):
-        predict_paths(model, [tmp_path / "a.png"], tmp_path / "x", batch_size=0)
+        predict_paths(
+            model, [tmp_path / "a.png"], tmp_path / "x", PredictSettings(device="cpu", batch_size=0)
+        )
     with pytest.raises(ValueError, match="video_output"):
-        predict_paths(model, [tmp_path / "a.png"], tmp_path / "x", video_output="trainid")
+        predict_paths(
+            model, [tmp_path / "a.png"], tmp_path / "x", PredictSettings(device="cpu", video_output="trainid")
+        )
     (tmp_path / "bad.png").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="bad.png"):
-        predict_paths(model, [tmp_path / "bad.png"], tmp_path / "x", progress=False)
+        predict_paths(
+            model, [tmp_path / "bad.png"], tmp_path / "x", PredictSettings(device="cpu"), progress=False
+        )
 
 
 def test_output_names_keep_the_extension_when_stems_collide(tmp_path):
@@ -194,7 +217,11 @@ def test_output_names_keep_the_extension_when_stems_collide(tmp_path):
         arr = np.random.default_rng(i).integers(0, 256, (6, 8, 3), dtype=np.uint8)
         Image.fromarray(arr).save(tmp_path / n, quality=95)
     written = predict_paths(
-        model, [tmp_path / "a.png", tmp_path / "a.jpg"], tmp_path / "o", outputs=["trainid"], progress=False
+        model,
+        [tmp_path / "a.png", tmp_path / "a.jpg"],
+        tmp_path / "o",
+        PredictSettings(device="cpu", outputs=["trainid"]),
+        progress=False,
     )
     assert [p.name for p in written] == ["a_png_trainid.png", "a_jpg_trainid.png"]
     for src, dst in zip(["a.png", "a.jpg"], written, strict=True):

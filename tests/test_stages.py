@@ -8,10 +8,9 @@ import pytest
 
 from famix.config import load_config
 from famix.data.trainids import CLASS_NAMES
-from famix.engine.inference import InferenceSettings
 from famix.engine.runs import State, Status
 from famix.io import file_fingerprint
-from famix.settings import ExportSettings
+from famix.settings import EvalSettings, ExportSettings, InferenceSettings, PredictSettings
 from famix.stages import adapt, evaluate, mine, train
 
 TINY = "tiny"
@@ -112,16 +111,16 @@ def test_train_run_identity_is_the_bank_content_not_its_path(tmp_path):
 
 def test_evaluate_stage_caches_each_spec_by_what_decides_it(checkpoint, monkeypatch):
     specs, said = ["synthetic:day:2:5:size=32", "synthetic:fog:2:5:size=32"], []
-    settings = evaluate.EvalSettings(amp="off", device="cpu", batch_size=1)
+    settings = EvalSettings(amp="off", device="cpu", batch_size=1)
     first, names = evaluate.run(checkpoint, specs, settings, progress=False)
     computed = []
     real = evaluate.evaluate_specs
     monkeypatch.setattr(evaluate, "evaluate_specs", lambda *a, **k: computed.append(a[1]) or real(*a, **k))
-    neutral = evaluate.EvalSettings(amp="off", device="cpu", batch_size=2, workers=0)
+    neutral = EvalSettings(amp="off", device="cpu", batch_size=2, workers=0)
     again, _ = evaluate.run(checkpoint, specs, neutral, progress=False, say=said.append)
     assert computed == [] and again == first and len(said) == 3 and "reusing the cached result" in said[0]
     assert said[-1] == "protocol paper: full resolution (FAMix's protocol); test time: plain; precision: off"
-    scaled = evaluate.EvalSettings(InferenceSettings(scale=0.5), amp="off", device="cpu")
+    scaled = EvalSettings(InferenceSettings(scale=0.5), amp="off", device="cpu")
     evaluate.run(checkpoint, specs[:1], scaled, progress=False)
     assert computed == [specs[:1]]  # another test-time setting: its own result, not the cached one
     assert evaluate.is_cached(checkpoint, specs[0], scaled) and not evaluate.is_cached(
@@ -166,23 +165,21 @@ def test_predict_stage_writes_nothing_the_second_time(checkpoint, tmp_path):
     image = tmp_path / "street.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(image)
     out, said = tmp_path / "out", []
-    first = predict.run(checkpoint, [str(image)], out, device="cpu", progress=False)
+    cpu = PredictSettings(device="cpu")
+    first = predict.run(checkpoint, [str(image)], out, cpu, progress=False)
     before = stamps(out)
     assert (
         predict.run(
-            checkpoint, [str(image)], out, device="cpu", batch_size=2, progress=False, say=said.append
+            checkpoint, [str(image)], out, PredictSettings(device="cpu", batch_size=2), False, said.append
         )
         == first
     )
     assert stamps(out) == before and "nothing to do" in said[0]
     first[0].unlink()  # a file of the run is gone: predicted again
-    assert (
-        predict.run(checkpoint, [str(image)], out, device="cpu", progress=False) == first
-        and first[0].is_file()
-    )
+    assert predict.run(checkpoint, [str(image)], out, cpu, progress=False) == first and first[0].is_file()
     Image.fromarray(np.zeros((32, 48, 3), dtype=np.uint8)).save(image)  # another picture under the same name
     said.clear()
-    predict.run(checkpoint, [str(image)], out, device="cpu", progress=False, say=said.append)
+    predict.run(checkpoint, [str(image)], out, cpu, progress=False, say=said.append)
     assert said == []
 
 

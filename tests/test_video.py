@@ -13,6 +13,7 @@ from PIL import Image
 
 from famix.engine.inference import predict_ids
 from famix.engine.video import segment_video
+from famix.settings import PredictSettings
 from famix.stages.predict import predict_paths
 
 ROAD = np.array([128, 64, 128])  # Cityscapes colour of trainId 0
@@ -62,7 +63,7 @@ def test_predict_paths_video_keeps_frame_count_and_rate(av, tmp_path):
     model = torch.nn.Conv2d(3, 19, 3, padding=1)
     model.register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
     out = tmp_path / "out"
-    written = predict_paths(model, [src], out, batch_size=5, progress=False)
+    written = predict_paths(model, [src], out, PredictSettings(device="cpu", batch_size=5), progress=False)
     assert written == [out / "clip_overlay.mp4"]
     assert [p.name for p in out.iterdir()] == ["clip_overlay.mp4"]  # no temporary file left
     assert batches == [5, 5, 2]
@@ -110,7 +111,13 @@ def test_missing_pyav_says_how_to_install(monkeypatch, tmp_path):
     image = tmp_path / "a.png"
     Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(image)
     with pytest.raises(ImportError, match=r'pip install "famix\[video\]"'):
-        predict_paths(_road_model(), [image, tmp_path / "clip.mp4"], tmp_path / "out", progress=False)
+        predict_paths(
+            _road_model(),
+            [image, tmp_path / "clip.mp4"],
+            tmp_path / "out",
+            PredictSettings(device="cpu"),
+            progress=False,
+        )
     assert not list((tmp_path / "out").iterdir())  # failed before segmenting the images
     with pytest.raises(ImportError, match=r'pip install "famix\[video\]"'):
         segment_video(tmp_path / "clip.mp4", tmp_path / "o.mp4", lambda x: x, progress=False)

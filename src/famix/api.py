@@ -10,6 +10,7 @@ The command line is a thin layer over the same stages (:mod:`famix.stages`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,9 +23,9 @@ from famix.data.label_sets import LabelSet
 from famix.data.readers import as_rgb
 from famix.engine.checkpoint import checkpoint_precision, load_checkpoint, load_segmenter
 from famix.engine.distributed import resolve_device
-from famix.engine.evaluate import EvalResult, evaluate_specs
-from famix.engine.inference import InferenceSettings, eval_mode, model_input, predict_ids, predict_logits
-from famix.engine.protocols import resolve as resolve_protocol
+from famix.engine.evaluate import EvalResult
+from famix.engine.inference import eval_mode, model_input, predict_ids, predict_logits
+from famix.settings import EvalSettings, InferenceSettings
 from famix.stages import adapt as adapt_stage
 from famix.stages import evaluate as evaluate_stage
 from famix.stages import mine as mine_stage
@@ -66,10 +67,10 @@ class Segmenter:
         self.network.to(self.device)
         return self
 
-    def _batches(self, images, tta_args: tuple, amp: str | None, batch_size: int):
+    def _batches(self, images, amp: str | None, batch_size: int):
         """(whether one image was given, [(input indices, uint8 batch [B, 3, H, W] on the CPU)] of equal
-        sizes, ``batch_size`` at most, the input count, the settings, the autocast dtype): every input is
-        checked before the first batch is segmented."""
+        sizes, ``batch_size`` at most, the input count, the autocast dtype): every input is checked before
+        the first batch is segmented."""
         single = not isinstance(images, list | tuple) and not (
             isinstance(images, np.ndarray | torch.Tensor) and images.ndim == 4
         )
@@ -78,8 +79,6 @@ class Segmenter:
             raise ValueError("predict: give at least one image")
         if batch_size < 1:
             raise ValueError(f"predict: batch_size={batch_size}: give a number >= 1")
-        scale, ensemble, window, stride, flip, scales = tta_args
-        tta = InferenceSettings(scale, ensemble, window, stride, flip, tuple(scales) if scales else None)
         _, dtype = checkpoint_precision(amp, self.checkpoint, self.device)
         tensors = [as_rgb(x, "the image" if single else f"image {i}") for i, x in enumerate(items)]
         by_size: dict[tuple[int, int], list[int]] = {}
@@ -87,27 +86,24 @@ class Segmenter:
             by_size.setdefault(tuple(t.shape[1:]), []).append(i)
         chunks = [g[j : j + batch_size] for g in by_size.values() for j in range(0, len(g), batch_size)]
         batches = [(c, torch.stack([tensors[i] for i in c])) for c in chunks]
-        return single, batches, len(tensors), tta, dtype
+        return single, batches, len(tensors), dtype
 
     def predict(
         self,
         images,
-        scale: float | None = None,
-        ensemble: bool = False,
-        window: int | None = None,
-        stride: int | None = None,
         amp: str | None = None,
         batch_size: int = 4,
-        flip: bool = False,
-        scales: Sequence[float] | None = None,
+        tta: InferenceSettings | None = None,
+        **options,
     ) -> np.ndarray | list[np.ndarray]:
         """Class-index maps (uint8 [H, W] at each input's size) of one image or a list, with the test-time
-        settings of ``famix predict`` (``scale``, ``ensemble``, ``scales``, ``flip``, sliding
-        ``window``/``stride``, autocast ``amp`` on CUDA, default the checkpoint's ``run.amp``); images of
-        one size are segmented ``batch_size`` at a time, one host copy per batch (``famix predict``'s
-        path)."""
-        args = (scale, ensemble, window, stride, flip, scales)
-        single, batches, n, tta, dtype = self._batches(images, args, amp, batch_size)
+        settings of ``famix predict``: ``tta``, or its fields as keywords (:func:`inference_settings`:
+        ``scale``, ``ensemble``, ``scales``, ``flip``, sliding ``window`` / ``stride``); autocast ``amp`` on
+        CUDA
+        (default the checkpoint's ``run.amp``); images of one size are segmented ``batch_size`` at a time,
+        one host copy per batch (``famix predict``'s path)."""
+        tta = inference_settings(tta, options)
+        single, batches, n, dtype = self._batches(images, amp, batch_size)
         out: list = [None] * n
         with eval_mode(self.network), torch.inference_mode():
             for chunk, batch in batches:
@@ -119,18 +115,14 @@ class Segmenter:
     def predict_logits(
         self,
         images,
-        scale: float | None = None,
-        ensemble: bool = False,
-        window: int | None = None,
-        stride: int | None = None,
         amp: str | None = None,
         batch_size: int = 4,
-        flip: bool = False,
-        scales: Sequence[float] | None = None,
+        tta: InferenceSettings | None = None,
+        **options,
     ) -> torch.Tensor | list[torch.Tensor]:
         """:meth:`predict`'s logits: float [K, H, W] on the CPU per image."""
-        args = (scale, ensemble, window, stride, flip, scales)
-        single, batches, n, tta, dtype = self._batches(images, args, amp, batch_size)
+        tta = inference_settings(tta, options)
+        single, batches, n, dtype = self._batches(images, amp, batch_size)
         out: list = [None] * n
         with eval_mode(self.network), torch.inference_mode():
             for chunk, batch in batches:
@@ -201,34 +193,50 @@ def train(cfg: Config) -> dict:
 def evaluate(
     model: Segmenter | str | os.PathLike,
     specs: Sequence[str],
-    scale: float | None = None,
-    ensemble: bool = False,
-    window: int | None = None,
-    stride: int | None = None,
     amp: str | None = None,
     batch_size: int = 4,
     workers: int = 0,
     progress: bool = True,
-    flip: bool = False,
-    scales: Sequence[float] | None = None,
     protocol: str = "paper",
+    tta: InferenceSettings | None = None,
+    **options,
 ) -> dict[str, EvalResult]:
-    """The (m)IoU (%) of a model on dataset specs, ``{spec: EvalResult}``: a loaded :class:`Segmenter` as it
-    is, a checkpoint / folder / Hub id through ``famix eval`` (cached beside it)."""
-    tta = InferenceSettings(scale, ensemble, window, stride, flip, tuple(scales) if scales else None)
+    """The (m)IoU (%) of a model on dataset specs, ``{spec: EvalResult}``, through ``famix eval``'s stage
+    (the same input checks; results cached beside the checkpoint): a checkpoint / folder / Hub id, or a loaded
+    :class:`Segmenter` as it is now (cached beside the file it was loaded from, keyed by its weights'
+    content, so a changed model is evaluated anew). ``tta``, or its fields as keywords:
+    :func:`inference_settings`."""
+    settings = EvalSettings(
+        tta=inference_settings(tta, options),
+        amp=amp,
+        batch_size=batch_size,
+        workers=workers,
+        protocol=protocol,
+    )
+    quiet = lambda _: None  # noqa: E731
     if isinstance(model, Segmenter):
-        _, dtype = checkpoint_precision(amp, model.checkpoint, model.device)
-        results = {}
-        for spec in specs:  # each dataset with its protocol's settings
-            built, settings = resolve_protocol(protocol, spec, tta)
-            one = evaluate_specs(
-                model.network, [built], model.num_classes, model.device, settings, dtype, batch_size, workers,
-                progress, labels=model.labels,
-            )  # fmt: skip
-            results[spec] = one[built]
-        return results
-    settings = evaluate_stage.EvalSettings(tta, amp, "auto", batch_size, workers, protocol=protocol)
-    return evaluate_stage.run(model, list(specs), settings, progress=progress, say=lambda _: None)[0]
+        settings = dataclasses.replace(settings, device=str(model.device))
+        return evaluate_stage.run_loaded(
+            model.network, model.checkpoint, model.source, list(specs), settings, progress, quiet
+        )[0]
+    return evaluate_stage.run(model, list(specs), settings, progress=progress, say=quiet)[0]
+
+
+def inference_settings(
+    tta: InferenceSettings | None = None, options: dict | None = None
+) -> InferenceSettings:
+    """The test-time settings of a call: ``tta``, or an :class:`~famix.settings.InferenceSettings` of the
+    keywords ``options`` (its fields: scale, ensemble, window, stride, flip, scales), not both."""
+    options = options or {}
+    if tta is not None and options:
+        raise TypeError(f"give tta or its fields ({', '.join(sorted(options))}), not both")
+    if tta is not None:
+        return tta
+    fields = {f.name for f in dataclasses.fields(InferenceSettings)} - {"fit"}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise TypeError(f"unknown test-time option(s) {unknown}: choose from {sorted(fields)}")
+    return InferenceSettings(**options)
 
 
 def adapt(

@@ -46,7 +46,7 @@ def cmd_train(args) -> None:
 
 
 def _tta(args):
-    from famix.engine.inference import InferenceSettings
+    from famix.settings import InferenceSettings
 
     scales = tuple(args.scales) if args.scales else None
     # reproduce's evaluation takes --flip / --scales only (its protocols set the rest)
@@ -56,19 +56,25 @@ def _tta(args):
     return InferenceSettings(scale, bool(ensemble), window, stride, args.flip, scales)
 
 
+def _given(args, *names: str) -> dict:
+    """The options among ``names`` given on the command line (the rest keep their settings' defaults)."""
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
 def cmd_eval(args) -> None:
     from famix.engine.results import format_paper_table, format_table
+    from famix.settings import EvalSettings
     from famix.stages import evaluate
 
-    settings = evaluate.EvalSettings(
-        _tta(args),
-        args.amp,
-        args.device,
-        args.batch_size,
-        args.workers,
-        args.classes,
-        args.group,
-        args.protocol,
+    settings = EvalSettings(
+        tta=_tta(args),
+        amp=args.amp,
+        device=args.device,
+        workers=args.workers,
+        classes=args.classes,
+        group=args.group,
+        protocol=args.protocol,
+        **_given(args, "batch_size"),
     )
     with _session(args.device) as info:  # under torchrun each rank evaluates its share of every dataset
         results, names = evaluate.run(args.checkpoint, args.data, settings, report=args.json or "auto")
@@ -79,20 +85,22 @@ def cmd_eval(args) -> None:
 
 
 def cmd_predict(args) -> None:
+    from famix.settings import PredictSettings
     from famix.stages import predict
 
-    written = predict.run(
-        args.checkpoint,
-        args.inputs,
-        args.out,
-        _tta(args),
-        args.outputs,
-        args.device,
-        args.amp,
-        args.batch_size,
-        args.video_output,
+    if args.server is not None and args.outputs is not None:
+        raise ValueError(
+            f"--server {args.server} writes the server's own files (one per image), so --outputs is not "
+            "used: drop --outputs, or --server"
+        )
+    settings = PredictSettings(
+        tta=_tta(args),
+        amp=args.amp,
+        device=args.device,
         server=args.server,
+        **_given(args, "outputs", "video_output", "batch_size"),
     )
+    written = predict.run(args.checkpoint, args.inputs, args.out, settings)
     print(f"{len(written)} prediction files in {args.out}")
 
 

@@ -117,6 +117,8 @@ def _tta_options(parser) -> None:
 
 
 def _add_eval_predict(sub) -> None:
+    from famix.settings import DEFAULT_OUTPUTS, OUTPUT_KINDS, VIDEO_OUTPUTS, EvalSettings, PredictSettings
+
     e = sub.add_parser("eval", help="evaluate a checkpoint on one or more datasets")
     e.add_argument("checkpoint")
     e.add_argument(
@@ -142,7 +144,9 @@ def _add_eval_predict(sub) -> None:
     )
     e.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data-loader processes")
     e.add_argument(
-        "--batch-size", type=int, default=4, help="images per batch (images of other sizes: their own batch)"
+        "--batch-size",
+        type=int,
+        help=f"images per batch (images of other sizes: their own batch; default {EvalSettings.batch_size})",
     )
 
     pr = sub.add_parser("predict", help="segment images and videos (files, folders, globs)")
@@ -154,17 +158,22 @@ def _add_eval_predict(sub) -> None:
     pr.add_argument(
         "--outputs",
         nargs="+",
-        default=["trainid", "color", "overlay"],
-        help="for images: trainid color overlay labelid",
+        help=f"for images: {' '.join(OUTPUT_KINDS)} (default: {' '.join(DEFAULT_OUTPUTS)})",
     )
-    pr.add_argument("--video-output", default="overlay", choices=["overlay", "color"], help="for videos")
+    pr.add_argument(
+        "--video-output",
+        choices=VIDEO_OUTPUTS,
+        help=f"for videos (default: {PredictSettings.video_output})",
+    )
     pr.add_argument(
         "--server",
         choices=["cityscapes", "acdc"],
         help="write a test server's submission layout (cityscapes: labelIds; acdc: labelTrainIds/), to zip",
     )
     pr.add_argument(
-        "--batch-size", type=int, default=4, help="images of one size (or video frames) per batch"
+        "--batch-size",
+        type=int,
+        help=f"images of one size (or video frames) per batch (default {PredictSettings.batch_size})",
     )
     for s in (e, pr):
         s.add_argument("--scale", type=float, default=None, help="test-time input scale, e.g. 0.5")

@@ -1,11 +1,13 @@
-"""The typed settings of the verbs that take options rather than a config file (export, adapt): one value
-each, built once by the CLI or the Python API and passed whole to the stage. Torch-free, so that the
-command-line parser reads their choices and defaults without importing torch (``famix --help``)."""
+"""The typed settings of the verbs that take options rather than a config file (evaluate, predict, export,
+adapt) and the test-time settings they share: one value each, built once by the CLI or the Python API and
+passed whole to the stage. Torch-free, so that the command-line parser reads their choices and defaults
+without importing torch (``famix --help``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from famix.paper import (
     PIN_STEPS,
@@ -14,6 +16,146 @@ from famix.paper import (
     PODA_ITERATIONS,
     RECIPES,
 )
+
+MAX_SCALE = 8.0  # larger test-time scales are typos (8x a 2048x1024 image is 134 Mpx)
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How logits are computed at test time.
+
+    ``scale`` s resizes the input (0.5 = half resolution; None = as is), ``ensemble`` averages the logits
+    at scale 1 and s (the paper's two-scale case of ``scales``), ``scales`` averages over several input
+    scales, ``flip`` adds each input flipped left-right (its logits flipped back), ``window`` segments each
+    (scaled) input in overlapping ``window``-pixel tiles ``stride`` apart (default 2/3 of the window).
+    ``fit`` = (W, H) first resizes the input to fit that box, keeping its aspect ratio, as
+    mmsegmentation's ``Resize(scale=(W, H), keep_ratio=True)`` (``--protocol mmseg``). Logits are resized
+    to the label's (the input's) size before they are averaged; the average is in float32.
+    """
+
+    scale: float | None = None
+    ensemble: bool = False
+    window: int | None = None
+    stride: int | None = None
+    flip: bool = False
+    scales: tuple[float, ...] | None = None
+    fit: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.scale is not None and not 0 < self.scale <= MAX_SCALE:
+            raise ValueError(f"--scale must be a factor in (0, {MAX_SCALE:g}], got {self.scale}")
+        if self.scales is not None:
+            object.__setattr__(self, "scales", tuple(float(v) for v in self.scales))
+            bad = [v for v in self.scales if not 0 < v <= MAX_SCALE]
+            if not self.scales or bad:
+                raise ValueError(
+                    f"--scales must be factors in (0, {MAX_SCALE:g}], e.g. --scales 0.75 1 1.25; got "
+                    f"{' '.join(f'{v:g}' for v in self.scales) or 'none'}"
+                )
+            if self.scale is not None or self.ensemble:
+                raise ValueError(
+                    "--scales replaces --scale/--ensemble: give the scales once, e.g. --scales 1 0.5"
+                )
+        if self.ensemble and self.scale is None:
+            raise ValueError("--ensemble averages scale 1 and --scale: give --scale too (or use --scales)")
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"--window must be a positive number of pixels, got {self.window}")
+        if self.stride is not None and (self.window is None or not 1 <= self.stride <= self.window):
+            # A stride longer than the window would leave unpredicted gaps between tiles.
+            raise ValueError(f"--stride must be in [1, --window] and needs --window, got {self.stride}")
+        if self.fit is not None and (len(self.fit) != 2 or min(self.fit) < 1):
+            raise ValueError(f"fit must be a (width, height) box of positive sizes, got {self.fit}")
+
+    def factors(self) -> list[float]:
+        """The input scales whose logits are averaged (before ``fit``'s resize factor)."""
+        if self.scales is not None:
+            return list(self.scales)
+        s = 1.0 if self.scale is None else float(self.scale)
+        return [1.0, s] if self.ensemble and s != 1.0 else [s]
+
+    def input_size(self, h: int, w: int, s: float) -> tuple[int, int]:
+        """The size the model sees for an (h, w) input at scale ``s``: ``fit``'s box first (mmseg's rule:
+        factor min(long side / long edge, short side / short edge), sizes int(x * f + 0.5)), then ``s``."""
+        if self.fit is not None:
+            f = min(max(self.fit) / max(h, w), min(self.fit) / min(h, w))
+            h, w = int(h * f + 0.5), int(w * f + 0.5)
+        return max(1, round(h * s)), max(1, round(w * s))
+
+    def record(self) -> dict:
+        """The settings as a run record: the fields added later (flip, scales, fit) only when set, so the
+        records (and cached results) of earlier famix versions still match."""
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items() if k not in ("flip", "scales", "fit") or v not in (False, None)}
+
+    def describe(self) -> str:
+        """A short name for file names: "" for the plain setting, else e.g. "s0.5e-w1024", "ms0.75,1-f"."""
+        parts = []
+        if self.fit is not None:
+            parts.append(f"fit{self.fit[0]}x{self.fit[1]}")
+        if self.scales is not None:
+            parts.append("ms" + ",".join(f"{v:g}" for v in self.scales))
+        elif self.scale not in (None, 1.0):
+            parts.append(f"s{self.scale:g}" + ("e" if self.ensemble else ""))
+        if self.window is not None:
+            parts.append(f"w{self.window}" + (f"s{self.stride}" if self.stride else ""))
+        if self.flip:
+            parts.append("f")
+        return "-".join(parts)
+
+
+PLAIN = InferenceSettings()  # the model on the image as it is
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How to evaluate. ``tta``, the autocast and the label sets decide the result; device, batch size,
+    workers do not. ``classes``: the label set (file or shipped name) the checkpoint must have (a
+    checkpoint that stores none, e.g. an official one, takes its ids and colours when the names agree);
+    ``group``: a label set whose ``ids`` are the checkpoint's class indices, to report merged classes.
+    ``protocol``: ``paper`` or ``mmseg`` (:mod:`famix.engine.protocols`); ``amp`` None: the checkpoint's."""
+
+    tta: InferenceSettings = field(default=PLAIN)
+    amp: str | None = None  # None: the checkpoint's run.amp (one precision per checkpoint)
+    device: str = "auto"
+    batch_size: int = 4
+    workers: int = 0
+    classes: str | None = None
+    group: str | None = None
+    protocol: str = "paper"  # engine.protocols: the test-time settings per dataset
+
+
+# famix predict's outputs: image kinds (labelid: Cityscapes labelIds, 19-class models only) and video kinds
+OUTPUT_KINDS = ("trainid", "color", "overlay", "labelid")
+DEFAULT_OUTPUTS = ("trainid", "color", "overlay")
+VIDEO_OUTPUTS = ("overlay", "color")
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """How ``famix predict`` segments and what it writes. ``tta`` and the autocast decide the predictions
+    (``amp`` None: the checkpoint's run.amp); ``outputs``: the image files per input (:data:`OUTPUT_KINDS`),
+    ``video_output``: a video's kind (:data:`VIDEO_OUTPUTS`), ``server``: a test server's submission layout
+    instead (cityscapes, acdc; one file per image); device and batch size (images of one size, or video
+    frames, per batch) change only the speed."""
+
+    tta: InferenceSettings = field(default=PLAIN)
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS
+    video_output: str = "overlay"
+    server: str | None = None
+    amp: str | None = None
+    device: str = "auto"
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "outputs", tuple(self.outputs))
+        unknown = sorted(set(self.outputs) - set(OUTPUT_KINDS))
+        if unknown:
+            raise ValueError(f"unknown outputs {unknown}; choose from {OUTPUT_KINDS}")
+        if self.video_output not in VIDEO_OUTPUTS:
+            raise ValueError(f"unknown video_output {self.video_output!r}; choose from {VIDEO_OUTPUTS}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
 
 # Export format name -> file name ending (the default output is the checkpoint's stem + this).
 FORMATS = {"onnx": ".onnx", "exported-program": ".pt2", "torchscript": ".torchscript.pt"}

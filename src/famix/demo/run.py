@@ -20,6 +20,7 @@ from famix.demo.report import bank_table, chart, prediction_grid, report
 from famix.engine.runs import State
 from famix.io import atomic_write
 from famix.models.clip import packaged_weights
+from famix.settings import EvalSettings
 from famix.stages import evaluate, mine, train
 from famix.world import MINING_DOMAINS, SHIFTED_DOMAINS, SOURCE_DOMAIN
 
@@ -58,7 +59,7 @@ BASELINE, FAMIX, LANGUAGE_FREE = "F/-/-", "F/A/M (FAMix)", "F/-/M"
 FINE_GRID = "F/A/M, fine-grid bank"
 FIX = "Pass another --out, or move that folder away"  # what a refused run folder asks of the demo's user
 # The demo's evaluation: the CPU, float32, 16 scenes a batch
-EVAL = evaluate.EvalSettings(amp="off", device="cpu", batch_size=16)
+EVAL = EvalSettings(amp="off", device="cpu", batch_size=16)
 
 
 def _say(message: str) -> None:

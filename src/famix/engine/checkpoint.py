@@ -9,6 +9,8 @@ Layout (a superset of official FAMix ``.pth`` files, so either loads): ``model_s
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import zipfile
 from pathlib import Path
 
@@ -133,6 +135,18 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
 def checkpoint_amp(ckpt: dict) -> str:
     """The autocast a checkpoint was trained (and validated) with, ``run.amp``; bf16 for official files."""
     return ckpt.get("config", {}).get("run", {}).get("amp") or "bf16"
+
+
+def state_fingerprint(state: dict[str, torch.Tensor], config: dict) -> str:
+    """``"state-sha256:<16 hex>"`` of weights in memory (each tensor's name, dtype, shape and bytes, in name
+    order) and the config they are built with: identifies a model that has no file (a loaded, perhaps changed,
+    one) as ``engine.runs.file_fingerprint`` identifies a checkpoint file."""
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for name in sorted(state):
+        t = state[name].detach().cpu()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())  # 0-dim tensors too
+    return f"state-sha256:{h.hexdigest()[:16]}"
 
 
 def checkpoint_precision(given: str | None, ckpt: dict, device) -> tuple[str, torch.dtype | None]:

@@ -17,7 +17,6 @@ from famix.engine.distributed import current, resolve_device
 from famix.engine.outputs import check_folder
 from famix.models.build import normalization
 from famix.models.clip import weights_fingerprint
-from famix.normalization import OPENAI_NORMALIZATION
 from famix.style.bank import StyleBank
 
 
@@ -102,31 +101,10 @@ def check_bank_classes(bank: StyleBank, labels: LabelSet, path) -> None:
         )
 
 
-def bank_normalization_entry(norm) -> dict:
-    """What a bank's metadata says of the (mean, std) its styles were mined under: ``{"normalization":
-    {"mean", "std"}}``, or nothing for OpenAI's, so banks mined as before stay byte for byte the same (and
-    runs that read them resumable)."""
-    mean, std = (tuple(float(v) for v in part) for part in norm)
-    return (
-        {}
-        if (mean, std) == OPENAI_NORMALIZATION
-        else {"normalization": {"mean": list(mean), "std": list(std)}}
-    )
-
-
-def bank_normalization(bank: StyleBank) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The (mean, std) a bank's styles were mined under: its metadata's, else OpenAI's (banks mined with it,
-    and banks of earlier famix and the official code, which normalised with it)."""
-    stored = bank.metadata.get("normalization")
-    if stored is None:
-        return OPENAI_NORMALIZATION
-    return tuple(float(v) for v in stored["mean"]), tuple(float(v) for v in stored["std"])
-
-
 def check_bank_normalization(bank: StyleBank, norm, path) -> None:
     """Refuse a bank mined under another input normalisation than the model's: its styles are statistics
     of features of differently normalised images."""
-    theirs = bank_normalization(bank)
+    theirs = bank.normalization
     ours = tuple(tuple(float(v) for v in part) for part in norm)
     if theirs != ours:
         raise ValueError(

@@ -17,8 +17,9 @@ from torch.utils.data import DataLoader, Subset
 
 from famix.data.datasets import build_dataset
 from famix.data.label_sets import LabelSet
-from famix.engine.inference import PLAIN, InferenceSettings, eval_mode, model_input, predict_logits
+from famix.engine.inference import eval_mode, model_input, predict_logits
 from famix.progress import progress_bar
+from famix.settings import PLAIN, InferenceSettings
 
 
 def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -5,9 +5,7 @@ mode and under autocast. Evaluation, prediction, video and the demo all come thr
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,8 +14,7 @@ import torch.nn.functional as F
 from famix.data.transforms import normalize
 from famix.engine.amp import autocast
 from famix.normalization import OPENAI_NORMALIZATION
-
-MAX_SCALE = 8.0  # larger test-time scales are typos (8x a 2048x1024 image is 134 Mpx)
+from famix.settings import PLAIN, InferenceSettings
 
 
 def model_input(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -25,92 +22,6 @@ def model_input(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     model's own ``normalization`` (a ``SegmentationNetwork``'s, from its weights; an ONNX file's, from its
     metadata); a bare network without one gets OpenAI's CLIP mean / std."""
     return normalize(images, *getattr(model, "normalization", OPENAI_NORMALIZATION))
-
-
-@dataclass(frozen=True)
-class InferenceSettings:
-    """How logits are computed at test time.
-
-    ``scale`` s resizes the input (0.5 = half resolution; None = as is), ``ensemble`` averages the logits
-    at scale 1 and s (the paper's two-scale case of ``scales``), ``scales`` averages over several input
-    scales, ``flip`` adds each input flipped left-right (its logits flipped back), ``window`` segments each
-    (scaled) input in overlapping ``window``-pixel tiles ``stride`` apart (default 2/3 of the window).
-    ``fit`` = (W, H) first resizes the input to fit that box, keeping its aspect ratio, as
-    mmsegmentation's ``Resize(scale=(W, H), keep_ratio=True)`` (``--protocol mmseg``). Logits are resized
-    to the label's (the input's) size before they are averaged; the average is in float32.
-    """
-
-    scale: float | None = None
-    ensemble: bool = False
-    window: int | None = None
-    stride: int | None = None
-    flip: bool = False
-    scales: tuple[float, ...] | None = None
-    fit: tuple[int, int] | None = None
-
-    def __post_init__(self) -> None:
-        if self.scale is not None and not 0 < self.scale <= MAX_SCALE:
-            raise ValueError(f"--scale must be a factor in (0, {MAX_SCALE:g}], got {self.scale}")
-        if self.scales is not None:
-            object.__setattr__(self, "scales", tuple(float(v) for v in self.scales))
-            bad = [v for v in self.scales if not 0 < v <= MAX_SCALE]
-            if not self.scales or bad:
-                raise ValueError(
-                    f"--scales must be factors in (0, {MAX_SCALE:g}], e.g. --scales 0.75 1 1.25; got "
-                    f"{' '.join(f'{v:g}' for v in self.scales) or 'none'}"
-                )
-            if self.scale is not None or self.ensemble:
-                raise ValueError(
-                    "--scales replaces --scale/--ensemble: give the scales once, e.g. --scales 1 0.5"
-                )
-        if self.ensemble and self.scale is None:
-            raise ValueError("--ensemble averages scale 1 and --scale: give --scale too (or use --scales)")
-        if self.window is not None and self.window < 1:
-            raise ValueError(f"--window must be a positive number of pixels, got {self.window}")
-        if self.stride is not None and (self.window is None or not 1 <= self.stride <= self.window):
-            # A stride longer than the window would leave unpredicted gaps between tiles.
-            raise ValueError(f"--stride must be in [1, --window] and needs --window, got {self.stride}")
-        if self.fit is not None and (len(self.fit) != 2 or min(self.fit) < 1):
-            raise ValueError(f"fit must be a (width, height) box of positive sizes, got {self.fit}")
-
-    def factors(self) -> list[float]:
-        """The input scales whose logits are averaged (before ``fit``'s resize factor)."""
-        if self.scales is not None:
-            return list(self.scales)
-        s = 1.0 if self.scale is None else float(self.scale)
-        return [1.0, s] if self.ensemble and s != 1.0 else [s]
-
-    def input_size(self, h: int, w: int, s: float) -> tuple[int, int]:
-        """The size the model sees for an (h, w) input at scale ``s``: ``fit``'s box first (mmseg's rule:
-        factor min(long side / long edge, short side / short edge), sizes int(x * f + 0.5)), then ``s``."""
-        if self.fit is not None:
-            f = min(max(self.fit) / max(h, w), min(self.fit) / min(h, w))
-            h, w = int(h * f + 0.5), int(w * f + 0.5)
-        return max(1, round(h * s)), max(1, round(w * s))
-
-    def record(self) -> dict:
-        """The settings as a run record: the fields added later (flip, scales, fit) only when set, so the
-        records (and cached results) of earlier famix versions still match."""
-        d = dataclasses.asdict(self)
-        return {k: v for k, v in d.items() if k not in ("flip", "scales", "fit") or v not in (False, None)}
-
-    def describe(self) -> str:
-        """A short name for file names: "" for the plain setting, else e.g. "s0.5e-w1024", "ms0.75,1-f"."""
-        parts = []
-        if self.fit is not None:
-            parts.append(f"fit{self.fit[0]}x{self.fit[1]}")
-        if self.scales is not None:
-            parts.append("ms" + ",".join(f"{v:g}" for v in self.scales))
-        elif self.scale not in (None, 1.0):
-            parts.append(f"s{self.scale:g}" + ("e" if self.ensemble else ""))
-        if self.window is not None:
-            parts.append(f"w{self.window}" + (f"s{self.stride}" if self.stride else ""))
-        if self.flip:
-            parts.append("f")
-        return "-".join(parts)
-
-
-PLAIN = InferenceSettings()  # the model on the image as it is
 
 
 @contextlib.contextmanager

@@ -64,7 +64,7 @@ def mine_pass(
     info = current()
     require_session(info, "mining")
     size, batches = plan.batch_size, plan.batches
-    start = bank.metadata.get("batches_done", 0)
+    start = bank.batches_done
     # this rank's share: batch b goes to rank b % world, whatever the start, so a resume may use another world
     share = range(info.rank, batches, info.world_size)
     todo = [b for b in share if b >= start]
@@ -86,8 +86,7 @@ def mine_pass(
         if info.main:
             for _, styles in sorted((p for part in mined_here for p in part), key=lambda p: p[0]):
                 bank.add(styles.mu, styles.sigma, styles.classes, IGNORE_INDEX)
-            bank.metadata["batches_done"] = last
-            bank.metadata["images"] = min(last * size, plan.images)
+            bank.mark_progress(last, min(last * size, plan.images))
             if last // plan.save_every > first // plan.save_every:  # passed a multiple of save_every
                 bank.save(path)
         if mined:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 
 from famix.data.specs import parse_spec
-from famix.engine.inference import InferenceSettings
+from famix.settings import InferenceSettings
 
 PROTOCOLS = ("paper", "mmseg")
 MMSEG_FIT = {  # dataset -> the (W, H) box of its test Resize

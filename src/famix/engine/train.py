@@ -26,7 +26,6 @@ from famix.engine.checkpoint import load_model_state, save_checkpoint
 from famix.engine.checks import check_bank_classes, check_bank_normalization
 from famix.engine.distributed import barrier, current, require_session, resolve_device
 from famix.engine.evaluate import evaluate_specs
-from famix.engine.inference import InferenceSettings
 from famix.engine.loss import SegmentationLoss
 from famix.engine.runs import KEY, RunRecord
 from famix.engine.sampler import StreamSampler
@@ -35,6 +34,7 @@ from famix.io import remove_stale_temps
 from famix.models.build import build_segmenter, normalization
 from famix.normalization import OPENAI_NORMALIZATION
 from famix.progress import progress_bar
+from famix.settings import InferenceSettings
 from famix.style.bank import StyleBank
 from famix.style.mixing import LocalStyleMixer
 
@@ -76,7 +76,7 @@ def build_mixer(cfg: Config, model, device) -> LocalStyleMixer | None:
         bank.check_compatible(model.style_channels, cfg.model.class_names, s.bank)
         check_bank_classes(bank, cfg.model.label_set(), s.bank)
         check_bank_normalization(bank, model.normalization, s.bank)
-        made_by = bank.metadata.get(KEY, {}).get("kind")
+        made_by = (bank.record or {}).get("kind")
         if s.mix == "famix" and made_by == "adapt-styles":
             raise ValueError(
                 f"style bank {s.bank} holds `famix adapt`'s image-level styles of one target, not per-class "

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from famix.engine.visualize import VIDEO_OUTPUTS, render
+from famix.engine.visualize import render
 from famix.io import atomic_path
 from famix.progress import progress_bar
+from famix.settings import VIDEO_OUTPUTS
 
 # Output container by file extension; all three take H.264 / MPEG-4 part 2 video.
 CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}

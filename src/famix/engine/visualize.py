@@ -7,10 +7,7 @@ import numpy as np
 import torch
 
 from famix.data.trainids import NUM_CLASSES, palette, train_id_to_label_id
-
-OUTPUT_KINDS = ("trainid", "color", "overlay", "labelid")  # labelid: Cityscapes labelIds (19-class models)
-DEFAULT_OUTPUTS = ("trainid", "color", "overlay")
-VIDEO_OUTPUTS = ("overlay", "color")
+from famix.settings import OUTPUT_KINDS
 
 
 def overlay(

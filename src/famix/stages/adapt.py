@@ -57,12 +57,12 @@ from famix.data.trainids import IGNORE_INDEX
 from famix.data.transforms import train_transform
 from famix.engine import pretrained
 from famix.engine.checkpoint import load_checkpoint, load_segmenter, model_config
-from famix.engine.checks import bank_normalization_entry, check_specs
+from famix.engine.checks import check_specs
 from famix.engine.distributed import resolve_device, single_process
 from famix.engine.inference import model_input
 from famix.engine.mine import MiningPlan, mine_pass, plan_images
 from famix.engine.outputs import check_folder
-from famix.engine.runs import KEY, RunRecord, check_same
+from famix.engine.runs import RunRecord, check_same
 from famix.models.clip import build_clip, weights_fingerprint
 from famix.models.towers import style_grid
 from famix.paper import PIN_LR, PODA_BATCH, PODA_FINE_TUNE, PODA_LR, PODA_OPTIMIZER
@@ -192,7 +192,7 @@ def run(
     for cfg, record in zip(cfgs, records, strict=True):  # another run's files: refused before any target
         bank = Path(cfg.style.bank)
         if bank.is_file():
-            check_same(record, StyleBank.load(bank).metadata.get(KEY), bank, REFUSAL)
+            check_same(record, StyleBank.load(bank).record, bank, REFUSAL)
             train.open_run(Path(cfg.train.out), train.train_record(cfg, kind="adapt", inputs=inputs), REFUSAL)
     written = {}
     for target, cfg, record in zip(targets, cfgs, records, strict=True):
@@ -278,19 +278,13 @@ def _mine_target(
     target = record.settings["target"]
     if path.is_file():
         bank = StyleBank.load(path)
-        check_same(record, bank.metadata.get(KEY), path, REFUSAL)
+        check_same(record, bank.record, path, REFUSAL)
     else:
-        metadata = {
-            KEY: record.to_dict(),
-            "description": target,
-            "batches_done": 0,
-            "famix_version": __version__,
-            **bank_normalization_entry(model.normalization),
-        }
-        if cfg.model.classes is not None:  # the fine-tuning checks that the bank is of its classes
-            metadata["label_set"] = cfg.model.label_set().to_dict()
+        # the fine-tuning checks that the bank is of its classes
+        labels = cfg.model.label_set().to_dict() if cfg.model.classes is not None else None
+        metadata = StyleBank.provenance(record.to_dict(), __version__, model.normalization, labels, target)
         bank = StyleBank(list(cfg.model.class_names), model.style_channels, metadata=metadata)
-    if bank.metadata["batches_done"] >= plan.batches:
+    if bank.batches_done >= plan.batches:
         say(f"famix adapt: {path} holds the styles of {target!r}, finished ({len(bank)}): nothing to mine")
         return
     step = _image_step(model, clip, embed([target])[0], s, size)

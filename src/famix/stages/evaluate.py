@@ -5,7 +5,7 @@ IoUs per group of its classes (e.g. Cityscapes' 7 categories of a 19-class model
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from famix.config import ModelConfig
@@ -18,34 +18,17 @@ from famix.engine.checkpoint import (
     load_checkpoint,
     load_segmenter,
     model_config,
+    state_fingerprint,
 )
 from famix.engine.checks import check_specs
 from famix.engine.distributed import current, require_session, resolve_device
 from famix.engine.evaluate import EvalResult, evaluate_specs
-from famix.engine.inference import PLAIN, InferenceSettings
 from famix.engine.outputs import check_output_path
 from famix.engine.protocols import describe as describe_protocol
 from famix.engine.protocols import resolve as resolve_protocol
 from famix.engine.results import default_results_path, write_results
 from famix.engine.runs import RunRecord, cached, lookup
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """How to evaluate. ``tta``, the autocast and the label sets decide the result; device, batch size,
-    workers do not. ``classes``: the label set (file or shipped name) the checkpoint must have (a
-    checkpoint that stores none, e.g. an official one, takes its ids and colours when the names agree);
-    ``group``: a label set whose ``ids`` are the checkpoint's class indices, to report merged classes.
-    ``protocol``: ``paper`` or ``mmseg`` (:mod:`famix.engine.protocols`); ``amp`` None: the checkpoint's."""
-
-    tta: InferenceSettings = field(default=PLAIN)
-    amp: str | None = None  # None: the checkpoint's run.amp (one precision per checkpoint)
-    device: str = "auto"
-    batch_size: int = 4
-    workers: int = 0
-    classes: str | None = None
-    group: str | None = None
-    protocol: str = "paper"  # engine.protocols: the test-time settings per dataset
+from famix.settings import EvalSettings, InferenceSettings
 
 
 def cache_path(checkpoint: str | Path) -> Path:
@@ -116,31 +99,72 @@ def run(
     cached results ("auto": beside the checkpoint, None: no cache); a spec already evaluated with the same
     record returns at once.
     ``report``: also write the results file there ("auto": beside the checkpoint, named by the data)."""
+    ckpt = load_checkpoint(checkpoint)  # read once
+    source = Source(str(checkpoint), pretrained.fingerprint(checkpoint), pretrained.base_path(checkpoint))
+    return _evaluate(ckpt, source, None, specs, settings or EvalSettings(), cache, progress, say, report)
+
+
+def run_loaded(
+    network,
+    ckpt: dict,
+    where: str | Path | None,
+    specs: list[str],
+    settings: EvalSettings | None = None,
+    progress: bool = True,
+    say=print,
+) -> tuple[dict[str, EvalResult], list[str]]:
+    """:func:`run` of a model already in memory (``famix.evaluate`` of a loaded model): ``network`` with the
+    checkpoint dict it came from (``ckpt``: its config and record; the weights are the network's own, as
+    they are now). The same input checks; results cached beside ``where`` (the file or folder it was loaded
+    from; None: not cached), keyed by the weights' content."""
+    state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+    name = str(where) if where is not None else "the loaded model"
+    base = pretrained.base_path(where) if where is not None else None
+    source = Source(name, state_fingerprint(state, ckpt.get("config", {})), base)
+    cache = "auto" if base is not None else None
     s = settings or EvalSettings()
+    return _evaluate({**ckpt, "model_state": state}, source, network, specs, s, cache, progress, say, None)
+
+
+@dataclass(frozen=True)
+class Source:
+    """What is evaluated, for the record and the files: its name in messages, its content's fingerprint, and
+    the path results are kept beside (None: nowhere)."""
+
+    name: str
+    fingerprint: str
+    base: Path | None
+
+
+def _evaluate(
+    ckpt: dict, source: Source, network, specs: list[str], s: EvalSettings, cache, progress: bool, say, report
+) -> tuple[dict[str, EvalResult], list[str]]:
+    """The evaluation of :func:`run` and :func:`run_loaded`: ``network`` None builds it from ``ckpt``."""
     if not specs:
         raise ValueError("give at least one dataset spec to evaluate on (--data SPEC [SPEC ...])")
-    ckpt = load_checkpoint(checkpoint)  # read once
-    labels, group = label_sets(checkpoint, model_config(ckpt), s)
+    labels, group = label_sets(source.name, model_config(ckpt), s)
     views = {spec: resolve_protocol(s.protocol, spec, s.tta) for spec in specs}  # spec -> (built spec, tta)
     check_specs([built for built, _ in views.values()], "--data", labels)
     if report == "auto":
         named = [Path(s.group).stem] if s.group else []
         named += [s.protocol] if s.protocol != "paper" else []
-        report = default_results_path(pretrained.base_path(checkpoint), specs, s.tta, "-".join(named) or None)
+        report = default_results_path(source.base, specs, s.tta, "-".join(named) or None)
     if report is not None:
         check_output_path(report, "--json")
     info = current()
     require_session(info, "evaluation")
     device = resolve_device(s.device, info)
-    model, cfg = load_segmenter(ckpt, device=device)
+    if network is None:
+        model, cfg = load_segmenter(ckpt, device=device)
+    else:
+        model, cfg = network.to(device), model_config(ckpt)
     amp_name, amp = precision(s, ckpt, device)
-    fingerprint = pretrained.fingerprint(checkpoint)
-    path = cache_path(checkpoint) if cache == "auto" else cache
+    path = (cache_path(source.base) if source.base is not None else None) if cache == "auto" else cache
     results = {}
     given = _given(s, labels, group)
     for spec in specs:
         built, tta = views[spec]
-        record = _record(spec, tta, amp_name, fingerprint, given, s.protocol)
+        record = _record(spec, tta, amp_name, source.fingerprint, given, s.protocol)
 
         def compute(built=built, tta=tta):
             one = evaluate_specs(
@@ -157,7 +181,7 @@ def run(
     names = (group or labels).names
     if report is not None and info.main:
         extra = {
-            "checkpoint": str(checkpoint),
+            "checkpoint": source.name,
             "test_time": asdict(s.tta),
             "protocol": s.protocol,
             "protocol_settings": {spec: asdict(tta) for spec, (_, tta) in views.items()},

@@ -20,10 +20,10 @@ from famix.data.datasets import SeededTransform, build_dataset
 from famix.data.trainids import IGNORE_INDEX
 from famix.data.transforms import normalize, train_transform
 from famix.engine.amp import precision
-from famix.engine.checks import bank_normalization_entry, check_mine_inputs
+from famix.engine.checks import check_mine_inputs
 from famix.engine.distributed import current, resolve_device
 from famix.engine.mine import MiningPlan, mine_pass, plan_images
-from famix.engine.runs import KEY, RunRecord, State, Status, check_same, normalization_settings
+from famix.engine.runs import RunRecord, State, Status, check_same, normalization_settings
 from famix.engine.seeds import sequence_seed
 from famix.models.build import normalization
 from famix.models.clip import build_clip, weights_fingerprint
@@ -156,8 +156,8 @@ def run(cfg: Config, progress: bool = True, say=print, fix: str = REFUSAL) -> St
     plan = mining_plan(cfg, dataset, device)
     if path.is_file():
         bank = StyleBank.load(path)
-        check_same(record, bank.metadata.get(KEY), path, fix)
-        if bank.metadata.get("batches_done", 0) >= plan.batches:
+        check_same(record, bank.record, path, fix)
+        if bank.batches_done >= plan.batches:
             if current().main:
                 say(f"famix mine: {path} holds this bank, finished ({len(bank)} styles): nothing to do")
             return bank
@@ -165,10 +165,9 @@ def run(cfg: Config, progress: bool = True, say=print, fix: str = REFUSAL) -> St
         bank = None
     step, channels = patch_step(cfg, device)
     if bank is None:
-        metadata = {KEY: record.to_dict(), "batches_done": 0, "famix_version": __version__}
-        metadata.update(bank_normalization_entry(normalization(cfg.model)))  # what the styles saw
-        if cfg.model.classes is not None:  # a bank of the 19 trainIds says nothing more, as before label sets
-            metadata["label_set"] = cfg.model.label_set().to_dict()
+        # a bank of the 19 trainIds stores no label set, as before label sets
+        labels = cfg.model.label_set().to_dict() if cfg.model.classes is not None else None
+        metadata = StyleBank.provenance(record.to_dict(), __version__, normalization(cfg.model), labels)
         bank = StyleBank(list(cfg.model.class_names), channels, metadata=metadata)
     bank.check_compatible(channels, cfg.model.class_names, path)
     return mine_pass(dataset, bank, path, plan, step, "mine", progress)
@@ -182,11 +181,11 @@ def status(cfg: Config, fix: str = REFUSAL) -> Status:
         return Status(State.NEW)
     try:
         bank = StyleBank.load(path)
-        check_same(mine_record(cfg), bank.metadata.get(KEY), path, fix)
+        check_same(mine_record(cfg), bank.record, path, fix)
         batches = mining_plan(cfg, source_set(cfg), torch.device("cpu")).batches  # the count: any device
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         return Status(State.REFUSED, str(e).splitlines()[0])
-    done = bank.metadata.get("batches_done", 0)
+    done = bank.batches_done
     if done >= batches:
         return Status(State.DONE)
     return Status(State.RESUME, f"after {done} of {batches} batches")

@@ -7,6 +7,7 @@ files and writes nothing."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import glob
 import json
@@ -26,14 +27,17 @@ from famix.engine.amp import precision
 from famix.engine.checkpoint import checkpoint_amp, load_checkpoint, load_segmenter
 from famix.engine.distributed import resolve_device, single_process
 from famix.engine.exported import OnnxSegmenter
-from famix.engine.inference import PLAIN, InferenceSettings, eval_mode, predict_ids
+from famix.engine.inference import eval_mode, predict_ids
 from famix.engine.outputs import check_folder
 from famix.engine.runs import RunRecord, cached
 from famix.engine.video import import_av, segment_video
-from famix.engine.visualize import DEFAULT_OUTPUTS, OUTPUT_KINDS, VIDEO_OUTPUTS, render
+from famix.engine.visualize import render
 from famix.io import atomic_write, file_fingerprint
 from famix.progress import progress_bar
+from famix.settings import PredictSettings
 
+DEFAULT = PredictSettings()
+CPU = PredictSettings(device="cpu")  # predict_paths' default: a model on the CPU
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
@@ -143,17 +147,15 @@ def predict_paths(
     model: torch.nn.Module,
     paths: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
-    device: str | torch.device = "cpu",
-    tta: InferenceSettings = PLAIN,
-    outputs: Sequence[str] = DEFAULT_OUTPUTS,
+    settings: PredictSettings = CPU,
     amp_dtype: torch.dtype | None = None,
-    progress: bool = True,
-    batch_size: int = 1,
-    video_output: str = "overlay",
     labels: LabelSet | None = None,
     destinations: Sequence[Path] | None = None,
+    progress: bool = True,
 ) -> list[Path]:
-    """Segment every image and video in ``paths`` and write the results to ``out_dir``.
+    """Segment every image and video in ``paths`` as ``settings`` say (its ``tta``, ``outputs``,
+    ``video_output``, ``batch_size`` and ``device``; ``amp_dtype``: the autocast resolved from its ``amp``)
+    and write the results to ``out_dir``.
 
     Images: ``<stem>_trainid.png`` (uint8 class indices), ``<stem>_color.png`` (the colours of ``labels``,
     the model's label set; default the 19 Cityscapes classes') and
@@ -164,13 +166,8 @@ def predict_paths(
     one kind in ``outputs`` instead (a test server's layout, ``engine.servers``). Returns the written paths
     in input order.
     """
-    unknown = set(outputs) - set(OUTPUT_KINDS)
-    if unknown:
-        raise ValueError(f"unknown outputs {sorted(unknown)}; choose from {OUTPUT_KINDS}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if video_output not in VIDEO_OUTPUTS:
-        raise ValueError(f"unknown video_output {video_output!r}; choose from {VIDEO_OUTPUTS}")
+    s, device = settings, resolve_device(settings.device)
+    outputs, batch_size, video_output = s.outputs, s.batch_size, s.video_output
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [Path(p) for p in paths]
@@ -179,7 +176,7 @@ def predict_paths(
     videos = [i for i, p in enumerate(paths) if is_video(p)]
     if videos:
         import_av()  # a missing PyAV fails before the images are done, not after
-    segment = functools.partial(predict_ids, model, device=device, tta=tta, amp_dtype=amp_dtype)
+    segment = functools.partial(predict_ids, model, device=device, tta=s.tta, amp_dtype=amp_dtype)
     labels = labels or from_names(CLASS_NAMES)
     draw = functools.partial(render, colours=labels.palette(), num_classes=len(labels))
     written: dict[int, list[Path]] = {}  # input index -> its outputs
@@ -211,22 +208,18 @@ def run(
     checkpoint: str | Path,
     inputs: Sequence[str],
     out: str | Path,
-    tta: InferenceSettings = PLAIN,
-    outputs: Sequence[str] = DEFAULT_OUTPUTS,
-    device: str = "auto",
-    amp: str | None = None,
-    batch_size: int = 4,
-    video_output: str = "overlay",
+    settings: PredictSettings = DEFAULT,
     progress: bool = True,
     say=print,
-    server: str | None = None,
 ) -> list[Path]:
-    """Segment every image and video ``inputs`` name into ``out``; returns the files written. The inputs
-    and the model are checked before the first image is segmented; a finished prediction with the same
-    record (and its files still there) returns at once. ``server``: write the submission layout of that
-    test server instead (``engine.servers``: cityscapes, acdc; one file per image)."""
+    """Segment every image and video ``inputs`` name into ``out`` as ``settings`` say; returns the files
+    written. The inputs and the model are checked before the first image is segmented; a finished prediction
+    with the same record (and its files still there) returns at once. ``settings.server``: write the
+    submission layout of that test server instead (``engine.servers``: cityscapes, acdc; one file per
+    image)."""
     single_process("famix predict", "every rank would write the same files")
-    dev = resolve_device(device)
+    s, server = settings, settings.server
+    dev = resolve_device(s.device)
     check_folder(out, "--out")
     paths = list_images(inputs, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
     model, labels, trained_amp = load_model(checkpoint, dev)  # labels: the colours of the outputs
@@ -237,23 +230,23 @@ def run(
                 f"{next(p for p in paths if is_video(p))} is a video"
             )
         destinations = servers.destinations(server, paths, Path(out))
-        outputs = [servers.KINDS[server]]
+        s = dataclasses.replace(s, outputs=(servers.KINDS[server],))
     else:
         destinations = None
-    if ("labelid" in outputs or server is not None) and labels.names != list(CLASS_NAMES):
+    if ("labelid" in s.outputs or server is not None) and labels.names != list(CLASS_NAMES):
         raise ValueError(
             f"{'--server ' + server if server else '--outputs labelid'} writes Cityscapes ids, but the model "
             f"predicts {labels.describe()}: it needs a model of the 19 Cityscapes classes"
         )
     # one precision per checkpoint (ONNX files compute in their own float32)
-    amp_name, dtype = precision(amp or trained_amp, dev)
+    amp_name, dtype = precision(s.amp or trained_amp, dev)
     record = RunRecord(
         "predict",
         {
-            "tta": tta.record(),
+            "tta": s.tta.record(),
             "amp": amp_name,
-            "outputs": list(outputs),
-            "video_output": video_output,
+            "outputs": list(s.outputs),
+            "video_output": s.video_output,
             **({"server": server} if server else {}),
         },
         {
@@ -263,10 +256,7 @@ def run(
     )
 
     def predict() -> dict:
-        written = predict_paths(
-            model, paths, out, dev, tta, tuple(outputs), dtype, progress, batch_size, video_output, labels,
-            destinations,
-        )  # fmt: skip
+        written = predict_paths(model, paths, out, s, dtype, labels, destinations, progress)
         return {"written": [str(p) for p in written]}
 
     def present(result: dict) -> bool:

@@ -31,6 +31,7 @@ from famix.engine.outputs import check_folder
 from famix.engine.results import mean_std, paper_column
 from famix.io import atomic_write
 from famix.paper import PAPER, PAPER_SPLITS, PAPER_TARGETS
+from famix.settings import EvalSettings
 from famix.stages import evaluate, mine, train
 
 # Issue 9's target rates on one H100/H200, used for --dry-run's estimate until measured (docs/benchmarks.md).
@@ -39,7 +40,7 @@ RATES = {"train images/s": 210.0, "eval images/s": 170.0, "mine styles/s": 70.0}
 
 # The evaluation of every seed: the checkpoint's precision, one image per batch (sizes differ per dataset),
 # the paper's protocol unless --protocol / --flip / --scales say otherwise.
-EVAL = evaluate.EvalSettings(batch_size=1)
+EVAL = EvalSettings(batch_size=1)
 
 
 @dataclass
@@ -50,9 +51,7 @@ class Plan:
     seeds: list[int]
     targets: list[str]
     out: Path
-    eval: evaluate.EvalSettings = dataclasses.field(
-        default_factory=lambda: EVAL
-    )  # how each seed is evaluated
+    eval: EvalSettings = dataclasses.field(default_factory=lambda: EVAL)  # how each seed is evaluated
 
     def run_cfg(self, seed: int) -> Config:
         cfg = copy.deepcopy(self.cfg)
@@ -79,7 +78,7 @@ def make_plan(
     targets: list[str] | None,
     bank: str | None = None,
     say=print,
-    evaluation: evaluate.EvalSettings = EVAL,
+    evaluation: EvalSettings = EVAL,
 ) -> Plan:
     """The plan of a reproduction into ``out``: ``seeds`` runs from ``run.seed`` on, ``targets`` (default:
     the paper's columns under ``data_root``); the bank is ``bank`` (default ``<out>/bank.safetensors``)."""
@@ -219,9 +218,7 @@ def column_names(specs: list[str]) -> dict[str, str]:
     return names
 
 
-def summarise(
-    runs: dict[int, dict[str, EvalResult]], cfg: Config, evaluation: evaluate.EvalSettings = EVAL
-) -> dict:
+def summarise(runs: dict[int, dict[str, EvalResult]], cfg: Config, evaluation: EvalSettings = EVAL) -> dict:
     """Per column: the seeds' mIoU (%), mean +/- std, the paper's number, the difference; a markdown table.
 
     The paper's numbers are shown only for its own (source, backbone) rows; a target with no labelled pixel

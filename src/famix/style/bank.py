@@ -11,8 +11,10 @@ import torch
 from safetensors import safe_open
 
 from famix.io import save_safetensors
+from famix.normalization import OPENAI_NORMALIZATION
 
 IGNORE_KEY = "ignore"
+RUN = "run"  # the metadata key of the run record (engine.runs.KEY)
 
 
 class PackedBank(NamedTuple):
@@ -33,7 +35,19 @@ class StyleBank:
     """Styles grouped by class: ``styles[name] = (mu [N, C], sigma [N, C])`` for each class name in
     ``class_names`` (trainId order) plus ``"ignore"`` for ignore-dominant patches.
 
-    ``metadata`` records how the bank was made (backbone, weights fingerprint, grid, vocabulary...).
+    ``metadata`` records how the bank was made; the bank owns its schema (JSON values, each optional, absent
+    in banks of earlier famix and converted official ones):
+
+    - ``run``: the run record that made it (``engine.runs``: what decides its styles; :attr:`record`);
+    - ``batches_done``, ``images``: how far its pass got (:attr:`batches_done`, :meth:`mark_progress`);
+    - ``famix_version``; ``description``: ``famix adapt``'s target words; ``source``: a converted bank's
+      origin;
+    - ``label_set``: the label set it was mined for (absent: its class names alone);
+    - ``normalization``: ``{"mean", "std"}`` of the images it was mined from (absent: OpenAI's;
+      :attr:`normalization`).
+
+    :meth:`provenance` writes them, in the order every famix bank has had them (the header's bytes depend
+    on it, and a bank's fingerprint on its bytes).
     """
 
     class_names: list[str]
@@ -112,9 +126,54 @@ class StyleBank:
             bank.styles[name] = (value, sigma) if kind == "mu" else (mu, value)
         return bank
 
+    @staticmethod
+    def provenance(
+        record: dict,
+        version: str,
+        normalization: tuple | None = None,
+        label_set: dict | None = None,
+        description: str | None = None,
+    ) -> dict:
+        """The metadata of a new bank: its run ``record``, no batch done yet, the famix ``version``, the
+        ``normalization`` (mean, std) of its images unless OpenAI's, the ``label_set`` (dict) if given, and
+        ``famix adapt``'s target ``description``."""
+        meta = {RUN: record, **({"description": description} if description is not None else {})}
+        meta.update(batches_done=0, famix_version=version)
+        if normalization is not None:
+            mean, std = (tuple(float(v) for v in part) for part in normalization)
+            if (mean, std) != OPENAI_NORMALIZATION:
+                meta["normalization"] = {"mean": list(mean), "std": list(std)}
+        if label_set is not None:
+            meta["label_set"] = label_set
+        return meta
+
+    @property
+    def record(self) -> dict | None:
+        """The run record that made this bank (None: a bank of earlier famix, or a converted one)."""
+        return self.metadata.get(RUN)
+
+    @property
+    def batches_done(self) -> int:
+        """The source batches this bank holds the styles of (a pass resumes after them)."""
+        return self.metadata.get("batches_done", 0)
+
+    def mark_progress(self, batches_done: int, images: int) -> None:
+        """Record how far the pass that fills this bank got: ``batches_done`` batches, ``images`` crops."""
+        self.metadata["batches_done"] = batches_done
+        self.metadata["images"] = images
+
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The (mean, std) its styles were mined under: the metadata's, else OpenAI's (banks mined with it,
+        and banks of earlier famix and the official code, which normalised with it)."""
+        stored = self.metadata.get("normalization")
+        if stored is None:
+            return OPENAI_NORMALIZATION
+        return tuple(float(v) for v in stored["mean"]), tuple(float(v) for v in stored["std"])
+
     def _backbone(self) -> str:
         # famix banks keep their settings in a run record; converted official ones at the top level
-        model = self.metadata.get("run", {}).get("settings", {}).get("model") or self.metadata.get("model")
+        model = (self.record or {}).get("settings", {}).get("model") or self.metadata.get("model")
         return model.get("backbone", "?") if isinstance(model, dict) else self.metadata.get("backbone", "?")
 
     def check_compatible(

@@ -26,8 +26,16 @@ from famix.models.build import build_segmenter
 from famix.models.clip import build_clip, clip_normalization
 from famix.models.freeze import FREEZE_PRESETS
 from famix.models.segmenter import SegmentationNetwork
-from famix.models.towers import style_channels, style_features, style_grid, style_relu, style_tail, tower
-from famix.models.towers.eva import famix_tiny_eva
+from famix.models.towers import (
+    TINY_TRUNK_PREFIX,
+    style_channels,
+    style_features,
+    style_grid,
+    style_relu,
+    style_tail,
+    tower,
+)
+from famix.models.towers.tiny import famix_tiny_eva
 from famix.style.bank import StyleBank
 from famix.style.pin import PinSGD, pin_optimize, split_patches
 from famix.style.stats import grid_edges, normalize_patches, patch_stats
@@ -305,6 +313,27 @@ def test_torchrun_trains_a_tower_with_style_mixing(tmp_path, preset):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert load_checkpoint(tmp_path / "run" / "latest.pt")["cur_itrs"] == 2
+
+
+def test_tiny_trunks_are_registered_only_to_build_a_config_naming_one():
+    """famix's production modules leave timm's registry alone; building tiny-eva / tiny-convnext (their
+    configs name famix_tiny_eva / famix_tiny_convnext) registers both trunks, from towers/tiny.py."""
+    code = (
+        "import timm\n"
+        "import famix.models.build, famix.models.towers, famix.stages.train, famix.stages.mine, famix.cli\n"
+        "print(timm.list_models('famix_tiny_*'))\n"
+        "from famix.models.clip import build_clip\n"
+        "build_clip('tiny-rn', seed=0)\n"
+        "print(timm.list_models('famix_tiny_*'))\n"
+        "assert build_clip('tiny-convnext', seed=0).visual.trunk.__class__.__name__ == 'ConvNeXt'\n"
+        "print(timm.list_models('famix_tiny_*'))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(CONFIGS.parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.splitlines() == ["[]", "[]", "['famix_tiny_convnext', 'famix_tiny_eva']"], out.stderr
+    for name in ("eva", "convnext"):  # the packaged configs name them, under the prefix build_clip checks
+        trunk = json.loads((CONFIGS.parent / "assets" / f"tiny-{name}.json").read_text())["vision_cfg"]
+        assert trunk["timm_model_name"] == f"{TINY_TRUNK_PREFIX}{name}"
 
 
 @pytest.mark.parametrize(

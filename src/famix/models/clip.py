@@ -15,7 +15,7 @@ import torch
 from open_clip.model import CLIP, CustomTextCLIP
 
 from famix.io import file_fingerprint
-from famix.models.towers import input_size
+from famix.models.towers import TINY_TRUNK_PREFIX, input_size
 from famix.normalization import OPENAI_NORMALIZATION, Normalization
 
 _RESNETS = ("RN50", "RN101", "RN50x4")
@@ -37,7 +37,7 @@ for _name in _VITS:
     CLIP_CONFIGS[f"{_name}-quickgelu"] = open_clip.get_model_config(f"{_name}-quickgelu")
 for _name in (*_EVAS, *_CONVNEXTS):
     CLIP_CONFIGS[_name] = open_clip.get_model_config(_name)
-# small configs for tests and smoke runs (tiny-eva and tiny-convnext: timm trunks registered by models.towers)
+# small configs for tests and smoke runs (tiny-eva and tiny-convnext: timm trunks of models.towers.tiny)
 for _name in ("tiny-rn", "tiny-clip", "tiny-vit", "tiny-vit-clip", "tiny-eva", "tiny-convnext"):
     CLIP_CONFIGS[_name] = json.loads(resources.files("famix").joinpath(f"assets/{_name}.json").read_text())
 _REAL = (*_RESNETS, *(f"{n}-quickgelu" for n in _VITS), *_VITS, *_EVAS, *_CONVNEXTS)  # what errors suggest
@@ -197,6 +197,8 @@ def build_clip(
     kwargs = {k: cfg[k] for k in ("embed_dim", "vision_cfg", "text_cfg")}
     kwargs["quick_gelu"] = cfg.get("quick_gelu", False)
     if "timm_model_name" in kwargs["vision_cfg"]:
+        if kwargs["vision_cfg"]["timm_model_name"].startswith(TINY_TRUNK_PREFIX):
+            from famix.models.towers import tiny  # noqa: F401  (registers famix's tiny trunks with timm)
         kwargs["vision_cfg"] = {**kwargs["vision_cfg"], "timm_drop_path": 0.0}
     cls = CustomTextCLIP if cfg.get("custom_text") else CLIP
     if seed is None:

@@ -27,6 +27,8 @@ from famix.models.towers.resnet import ResNetTower
 from famix.models.towers.vit import ViTTower
 
 FAMILIES: tuple[Tower, ...] = (ResNetTower(), ViTTower(), EvaTower(), ConvNextTower())
+# timm names of famix's tiny test trunks (``towers.tiny``, imported only to build a config naming one)
+TINY_TRUNK_PREFIX = "famix_tiny_"
 
 
 def tower(visual: nn.Module) -> Tower:

@@ -47,14 +47,6 @@ def check_stride(output_stride: int, stride: int, what: str) -> None:
         )
 
 
-def trunk_kwargs(kwargs: dict) -> dict:
-    """timm.create_model's keyword arguments for a registered tiny trunk, less those for its registry
-    (``pretrained_cfg``, ``pretrained_cfg_overlay``, ``cache_dir``), which model classes do not take."""
-    return {
-        k: v for k, v in kwargs.items() if k not in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
-    }
-
-
 class Tower:
     """A family of CLIP image towers; see the module docstring. Subclasses set the class attributes and
     implement the methods that raise ``NotImplementedError``."""

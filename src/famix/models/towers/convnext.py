@@ -25,11 +25,10 @@ import functools
 
 import torch
 from open_clip.timm_model import TimmModel
-from timm.models import register_model
 from timm.models.convnext import ConvNeXt
 from torch import nn
 
-from famix.models.towers.base import Tower, Unit, check_stride, trunk_kwargs
+from famix.models.towers.base import Tower, Unit, check_stride
 
 STRIDE = 32  # the trunk's total downsampling, its only output stride
 
@@ -116,14 +115,3 @@ class ConvNextTower(Tower):
         for stage in trunk.stages[1:]:
             z = stage(z)
         return visual.head(trunk.forward_head(trunk.norm_pre(z)))  # [N, D]
-
-
-@register_model
-def famix_tiny_convnext(pretrained: bool = False, **kwargs) -> ConvNeXt:
-    """A tiny ConvNeXt trunk for tests and smoke runs (random weights only): depths 1, 1, 2, 2, widths 16,
-    24, 32, 48."""
-    if pretrained:
-        raise ValueError("famix_tiny_convnext has no pretrained weights")
-    model = ConvNeXt(**{"depths": (1, 1, 2, 2), "dims": (16, 24, 32, 48), **trunk_kwargs(kwargs)})
-    model.default_cfg = model.pretrained_cfg = {}
-    return model

@@ -39,11 +39,10 @@ import torch
 from open_clip.timm_model import TimmModel
 from timm.layers import resample_abs_pos_embed
 from timm.layers.pos_embed_sincos import RotaryEmbeddingCat, build_rotary_pos_embed
-from timm.models import register_model
 from timm.models.eva import Eva
 from torch import nn
 
-from famix.models.towers.base import Unit, check_stride, trunk_kwargs
+from famix.models.towers.base import Unit, check_stride
 from famix.models.towers.vit import TokenTower, neck_steps
 
 
@@ -176,18 +175,3 @@ class EvaTower(TokenTower):
         for i in range(len(trunk.blocks)):
             x = _block(trunk, i, table, x)
         return visual.head(trunk.forward_head(x))  # [N, D]
-
-
-@register_model
-def famix_tiny_eva(pretrained: bool = False, **kwargs) -> Eva:
-    """A tiny EVA02-style trunk for tests and smoke runs (random weights only): 32-px images, 8-px patches,
-    width 32, 4 blocks; EVA02's SwiGLU, sub-LayerNorms and RoPE with a 4 x 4 reference grid."""
-    if pretrained:
-        raise ValueError("famix_tiny_eva has no pretrained weights")
-    args = dict(
-        img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=4, qkv_fused=False, mlp_ratio=4 * 2 / 3,
-        swiglu_mlp=True, scale_mlp=True, scale_attn_inner=True, use_rot_pos_emb=True, ref_feat_shape=(4, 4),
-    )  # fmt: skip
-    model = Eva(**{**args, **trunk_kwargs(kwargs)})
-    model.default_cfg = model.pretrained_cfg = {}
-    return model

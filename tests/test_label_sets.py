@@ -176,7 +176,7 @@ def test_label_set_files_and_config_key(tmp_path):
     cfg = load_config("tiny", [f"model.classes={path}"])
     assert cfg.model.num_classes == 5 and cfg.model.class_names == label_sets.parse(FIVE, "t").names
     assert (
-        cfg.model.label_set() == label_sets.parse(FIVE, "t")
+        cfg.model.labels == label_sets.parse(FIVE, "t")
         and cfg.model.classes == label_sets.parse(FIVE, "t").to_dict()
     )
     assert load_config("tiny", [f"model.classes={path}", "model.num_classes=5"]).model.num_classes == 5
@@ -189,7 +189,7 @@ def test_label_set_files_and_config_key(tmp_path):
         load_config("tiny", [f"model.classes={tmp_path / 'bad.yaml'}"])
     assert load_config("tiny", ["model.classes=cityscapes_categories"]).model.num_classes == 7
     default = load_config("tiny")
-    assert default.model.classes is None and default.model.label_set().is_identity()
+    assert default.model.classes is None and default.model.labels.is_identity()
 
 
 def _h(data: bytes) -> str:

@@ -244,7 +244,7 @@ def test_benchmark_data_under_a_label_set(tmp_path):
     categories = load_label_set("cityscapes_categories")
     grouped = build_dataset(f"cityscapes:{tmp_path / 'cs'}:val", categories)
     assert (
-        build_dataset(f"cityscapes:{tmp_path / 'cs'}:val", load_config().model.label_set()).__class__
+        build_dataset(f"cityscapes:{tmp_path / 'cs'}:val", load_config().model.labels).__class__
         is plain.__class__
     )
     spec = categories.to_dict()

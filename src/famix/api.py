@@ -48,7 +48,7 @@ class Segmenter:
         source: str | os.PathLike | None = None,
     ):
         self.network, self.config, self.device, self.source = network, config, device, source
-        self.labels: LabelSet = config.label_set()
+        self.labels: LabelSet = config.labels
         self.checkpoint = checkpoint  # what save_pretrained writes: weights, config, run record
 
     @property

@@ -38,11 +38,12 @@ class ModelConfig:
     mean: list[float] | None = None
     std: list[float] | None = None
 
-    def label_set(self) -> label_sets.LabelSet:
-        """The classes this model predicts: ``classes``, else the label set of ``class_names`` alone."""
-        if self.classes is not None:
-            return label_sets.parse(self.classes, "config model.classes")
-        return label_sets.from_names(self.class_names)
+    @property
+    def labels(self) -> label_sets.LabelSet:
+        """The classes this model predicts, one value (``data.label_sets.model_labels``): ``classes``, else
+        the label set of ``class_names`` alone; ``classes``, ``num_classes`` and ``class_names`` are its
+        stored form, checked for agreement there."""
+        return label_sets.model_labels(self.classes, self.class_names, self.num_classes)
 
 
 @dataclass
@@ -188,11 +189,7 @@ def check_values(cfg: Config) -> None:
     for key in ("train.lr", "mine.momentum", "style.beta"):
         if not flat[key] > 0:
             raise ValueError(f"config {key}={flat[key]}: give a number > 0")
-    if len(cfg.model.class_names) != cfg.model.num_classes:
-        raise ValueError(
-            f"config model.class_names has {len(cfg.model.class_names)} names but model.num_classes="
-            f"{cfg.model.num_classes}: give one name per class"
-        )
+    cfg.model.labels  # noqa: B018 (the class count, names and label set agree: refused there otherwise)
     mean, std = cfg.model.mean, cfg.model.std
     if (mean is None) != (std is None):
         raise ValueError("config model.mean / model.std: give both (3 numbers each, RGB), or neither")
@@ -202,11 +199,6 @@ def check_values(cfg: Config) -> None:
                 f"config model.{key}={values}: give 3 numbers, one per RGB channel of [0, 1] images"
                 + (", each > 0" if key == "std" else "")
             )
-    if cfg.model.classes is not None and cfg.model.label_set().names != cfg.model.class_names:
-        raise ValueError(
-            f"config model.class_names {cfg.model.class_names} are not the names of model.classes "
-            f"({cfg.model.label_set().describe()}): the label set gives them; drop model.class_names"
-        )
 
 
 def resolve_classes(data: dict) -> dict:

@@ -21,7 +21,9 @@ trainIds (ids = index, Cityscapes colours), which maps every benchmark dataset t
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
+import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -229,6 +231,31 @@ def _default_palette() -> np.ndarray:
             c >>= 3
         out[i] = (r, g, b)
     return out[1:]
+
+
+def model_labels(classes: dict | None, class_names, num_classes: int) -> LabelSet:
+    """The one label set a model predicts, from the three fields a model config stores (its serialised form,
+    kept as they are in checkpoints and run records): ``classes`` (a label set's content) or, without one,
+    the label set of ``class_names``. The three must agree: a disagreement is refused here, the one place
+    that checks it. Parsed once per content (label sets are immutable, so callers share it)."""
+    key = json.dumps(classes, sort_keys=True) if classes is not None else None
+    return _model_labels(key, tuple(class_names), num_classes)
+
+
+@functools.lru_cache(maxsize=32)
+def _model_labels(classes: str | None, names: tuple[str, ...], num_classes: int) -> LabelSet:
+    if len(names) != num_classes:
+        raise ValueError(
+            f"config model.class_names has {len(names)} names but model.num_classes={num_classes}: give one "
+            "name per class"
+        )
+    labels = parse(json.loads(classes), "config model.classes") if classes is not None else from_names(names)
+    if labels.names != list(names):
+        raise ValueError(
+            f"config model.class_names {list(names)} are not the names of model.classes "
+            f"({labels.describe()}): the label set gives them; drop model.class_names"
+        )
+    return labels
 
 
 def from_names(names: list[str] | tuple[str, ...]) -> LabelSet:

@@ -159,7 +159,7 @@ def checkpoint_label_set(model_cfg: ModelConfig, classes: str | None, checkpoint
     """The label set a checkpoint's model predicts, or the file ``classes`` (``--classes``) where it agrees:
     the same classes, or, for a checkpoint storing none (official files, models configured by class names),
     the same names (the file then supplies the ids the data are read through, and the colours)."""
-    own = model_cfg.label_set()
+    own = model_cfg.labels
     if classes is None:
         return own
     given = load_label_set(classes)

@@ -65,7 +65,7 @@ def check_train_inputs(cfg: Config) -> None:
     check_values(cfg)
     resolve_device(cfg.run.device, current())
     check_folder(cfg.train.out, "train.out")
-    labels = cfg.model.label_set()
+    labels = cfg.model.labels
     source = check_specs([cfg.data.train], "data.train", labels)[cfg.data.train]
     check_specs(cfg.data.val, "data.val", labels)
     warn_crop(source, cfg.data.crop, "data.crop")
@@ -122,6 +122,6 @@ def check_mine_inputs(cfg: Config) -> None:
     if not cfg.style.bank:
         raise ValueError("set style.bank=PATH: the style bank `famix mine` writes (and `famix train` reads)")
     check_folder(Path(cfg.style.bank).parent, "style.bank")
-    source = check_specs([cfg.data.train], "data.train", cfg.model.label_set())[cfg.data.train]
+    source = check_specs([cfg.data.train], "data.train", cfg.model.labels)[cfg.data.train]
     warn_crop(source, cfg.mine.crop, "mine.crop")
     weights_fingerprint(cfg.model.weights)

@@ -143,7 +143,7 @@ def model_card(name: str, ckpt: dict, evals: list[dict], bank: str | None) -> st
     """The README.md of a saved model: the Hub's metadata block, then what it is and how to use it."""
     cfg = ckpt.get("config", {})
     model = from_dict(cfg.get("model", {}), ModelConfig, "model.")
-    labels = model.label_set()
+    labels = model.labels
     data, style, train = cfg.get("data", {}), cfg.get("style", {}), cfg.get("train", {})
     results = [(spec, r.get("miou")) for e in evals for spec, r in e["datasets"].items()]
     index = [
@@ -230,7 +230,7 @@ def write_folder(
     meta = {
         "famix": {"format": FORMAT, "version": __version__},
         "config": ckpt.get("config") or {"model": vars(model)},
-        "label_set": model.label_set().to_dict(),
+        "label_set": model.labels.to_dict(),
         "normalization": {"input": "RGB in [0, 1]", "mean": model.mean, "std": model.std},
         "run": ckpt.get("run"),
         "steps": int(ckpt.get("cur_itrs", 0)),

@@ -73,8 +73,8 @@ def build_mixer(cfg: Config, model, device) -> LocalStyleMixer | None:
                 "or choose style.mix=mixstyle|none"
             )
         bank = StyleBank.load(s.bank)
-        bank.check_compatible(model.style_channels, cfg.model.class_names, s.bank)
-        check_bank_classes(bank, cfg.model.label_set(), s.bank)
+        bank.check_compatible(model.style_channels, cfg.model.labels.names, s.bank)
+        check_bank_classes(bank, cfg.model.labels, s.bank)
         check_bank_normalization(bank, model.normalization, s.bank)
         made_by = (bank.record or {}).get("kind")
         if s.mix == "famix" and made_by == "adapt-styles":
@@ -86,7 +86,7 @@ def build_mixer(cfg: Config, model, device) -> LocalStyleMixer | None:
         packed = bank.packed(device)
     generator = torch.Generator(device=device)
     return LocalStyleMixer(
-        s.mix, s.grid, s.beta, cfg.model.num_classes, packed, generator, IGNORE_INDEX, model.style_relu
+        s.mix, s.grid, s.beta, len(cfg.model.labels), packed, generator, IGNORE_INDEX, model.style_relu
     )
 
 
@@ -213,7 +213,7 @@ def make_source_dataset(
 
 def make_train_loader(cfg: Config, info, start: int) -> DataLoader:
     d = cfg.data
-    dataset = make_source_dataset(d.train, d.crop, d.jitter, d.hflip, cfg.model.label_set())
+    dataset = make_source_dataset(d.train, d.crop, d.jitter, d.hflip, cfg.model.labels)
     sampler = StreamSampler(
         len(dataset), d.batch_size, cfg.run.seed, info.rank, info.world_size, start, cfg.train.iterations
     )
@@ -238,7 +238,7 @@ def validate(cfg: Config, model, device, amp, info, logger, step: int) -> float 
         results = evaluate_specs(
             model,
             cfg.data.val,
-            cfg.model.num_classes,
+            len(cfg.model.labels),
             device,
             tta=tta,
             amp_dtype=amp,
@@ -246,7 +246,7 @@ def validate(cfg: Config, model, device, amp, info, logger, step: int) -> float 
             workers=cfg.data.workers,
             progress=False,
             reduce=False,
-            labels=cfg.model.label_set(),
+            labels=cfg.model.labels,
         )
         scores = {spec: r.miou for spec, r in results.items()}
         score = sum(scores.values()) / len(scores)

@@ -6,6 +6,7 @@ from typing import Protocol
 
 import torch
 
+from famix.data.label_sets import model_labels
 from famix.models.clip import build_clip, clip_normalization
 from famix.models.freeze import apply_freeze
 from famix.models.segmenter import SegmentationNetwork
@@ -18,6 +19,7 @@ class SegmenterSpec(Protocol):
 
     backbone: str
     weights: str | None
+    classes: dict | None
     num_classes: int
     class_names: list[str]
     output_stride: int
@@ -38,11 +40,7 @@ def build_segmenter(cfg: SegmenterSpec, seed: int | None = 0) -> SegmentationNet
     DeepLabv3+ head, frozen by ``cfg.freeze``, taking inputs normalised as the weights expect
     (``clip_normalization``: the config's mean / std, an open_clip tag's, else OpenAI's). ``seed`` makes
     random initialisation reproducible."""
-    if len(cfg.class_names) != cfg.num_classes:
-        raise ValueError(
-            f"model.class_names lists {len(cfg.class_names)} names for num_classes="
-            f"{cfg.num_classes}: make them agree"
-        )
+    labels = model_labels(cfg.classes, cfg.class_names, cfg.num_classes)  # the three agree, or refused there
     clip = build_clip(cfg.backbone, cfg.weights, seed=seed)
     with torch.random.fork_rng(
         devices=[]
@@ -50,6 +48,6 @@ def build_segmenter(cfg: SegmenterSpec, seed: int | None = 0) -> SegmentationNet
         if seed is not None:
             torch.manual_seed(seed + 1)
         norm = normalization(cfg)
-        model = SegmentationNetwork(clip.visual, cfg.num_classes, cfg.output_stride, cfg.dilation, norm)
+        model = SegmentationNetwork(clip.visual, len(labels), cfg.output_stride, cfg.dilation, norm)
     apply_freeze(model, cfg.freeze)
     return model

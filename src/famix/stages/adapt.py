@@ -169,7 +169,7 @@ def run(
     if len(set(folders)) != len(folders):
         raise ValueError(f"target descriptions {targets} share run folder names {folders}: make them differ")
     ckpt = load_checkpoint(checkpoint)  # read once
-    check_specs([source_spec], "--data", model_config(ckpt).label_set())
+    check_specs([source_spec], "--data", model_config(ckpt).labels)
     check_folder(out, "--out")
     device = resolve_device(s.device)
     model, model_cfg = load_segmenter(ckpt, device=device)
@@ -208,7 +208,7 @@ def control(
     config, steps, crops, seed) with no restyling, into ``run``; resumed or returned like any run."""
     single_process("famix adapt", "every rank would mine the same banks")
     ckpt = load_checkpoint(checkpoint)
-    check_specs([source_spec], "--data", model_config(ckpt).label_set())
+    check_specs([source_spec], "--data", model_config(ckpt).labels)
     check_folder(run, "run")
     cfg = fine_tune_config(ckpt.get("config", {}), source_spec, Path(run), settings, mix="none")
     return _fine_tune(ckpt, cfg, {"checkpoint": pretrained.fingerprint(checkpoint)}, say)
@@ -265,7 +265,7 @@ def _mine_target(
     resumes after them (each crop's style depends only on the crop, so the bank is the same as one pass's);
     a finished bank with the same record is kept, one with another record refused."""
     path = Path(cfg.style.bank)
-    source = build_dataset(cfg.data.train, cfg.model.label_set())
+    source = build_dataset(cfg.data.train, cfg.model.labels)
     dataset = SeededTransform(source, train_transform(cfg.data.crop, jitter=0, hflip=0))
     size = pin_batch(s, cfg)
     plan = MiningPlan(
@@ -281,9 +281,9 @@ def _mine_target(
         check_same(record, bank.record, path, REFUSAL)
     else:
         # the fine-tuning checks that the bank is of its classes
-        labels = cfg.model.label_set().to_dict() if cfg.model.classes is not None else None
+        labels = cfg.model.labels.to_dict() if cfg.model.classes is not None else None
         metadata = StyleBank.provenance(record.to_dict(), __version__, model.normalization, labels, target)
-        bank = StyleBank(list(cfg.model.class_names), model.style_channels, metadata=metadata)
+        bank = StyleBank(cfg.model.labels.names, model.style_channels, metadata=metadata)
     if bank.batches_done >= plan.batches:
         say(f"famix adapt: {path} holds the styles of {target!r}, finished ({len(bank)}): nothing to mine")
         return

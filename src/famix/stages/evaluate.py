@@ -63,7 +63,7 @@ def label_sets(checkpoint, model_cfg: ModelConfig, s: EvalSettings) -> tuple[Lab
     labels = checkpoint_label_set(model_cfg, s.classes, checkpoint)
     group = load_label_set(s.group) if s.group else None
     if group is not None:
-        group.group_lut(model_cfg.num_classes, f"--group {s.group}")
+        group.group_lut(len(model_cfg.labels), f"--group {s.group}")
     return labels, group
 
 
@@ -154,10 +154,7 @@ def _evaluate(
     info = current()
     require_session(info, "evaluation")
     device = resolve_device(s.device, info)
-    if network is None:
-        model, cfg = load_segmenter(ckpt, device=device)
-    else:
-        model, cfg = network.to(device), model_config(ckpt)
+    model = load_segmenter(ckpt, device=device)[0] if network is None else network.to(device)
     amp_name, amp = precision(s, ckpt, device)
     path = (cache_path(source.base) if source.base is not None else None) if cache == "auto" else cache
     results = {}
@@ -168,7 +165,7 @@ def _evaluate(
 
         def compute(built=built, tta=tta):
             one = evaluate_specs(
-                model, [built], cfg.num_classes, device, tta, amp, s.batch_size, s.workers, progress,
+                model, [built], len(labels), device, tta, amp, s.batch_size, s.workers, progress,
                 labels=labels, group=group,
             )  # fmt: skip
             return one[built].to_dict()

@@ -110,9 +110,9 @@ def metadata(
         "input_mean": json.dumps([float(v) for v in mean]),
         "input_std": json.dumps([float(v) for v in std]),
         "output": "logits: float32 [B, K, H, W], K = num_classes; argmax over K: the class (label_set)",
-        "num_classes": str(cfg.num_classes),
-        "class_names": json.dumps(list(cfg.class_names)),
-        "label_set": json.dumps(cfg.label_set().to_dict()),  # names, colours, ids, prompts of the classes
+        "num_classes": str(len(cfg.labels)),
+        "class_names": json.dumps(cfg.labels.names),
+        "label_set": json.dumps(cfg.labels.to_dict()),  # names, colours, ids, prompts of the classes
         "backbone": cfg.backbone,
         "output_stride": str(output_stride),
         "dynamic": json.dumps(dynamic),

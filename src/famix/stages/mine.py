@@ -55,7 +55,7 @@ def mine_record(cfg: Config) -> RunRecord:
         {
             "model": {
                 "backbone": cfg.model.backbone,
-                "class_names": list(cfg.model.class_names),
+                "class_names": cfg.model.labels.names,
                 **({"classes": cfg.model.classes} if cfg.model.classes is not None else {}),
                 **normalization_settings(cfg.model),
             },
@@ -75,7 +75,7 @@ def mine_record(cfg: Config) -> RunRecord:
 
 def source_set(cfg: Config) -> SeededTransform:
     """The crops mining reads: ``data.train`` at ``mine.crop``, no jitter, no flip."""
-    source = build_dataset(cfg.data.train, cfg.model.label_set())
+    source = build_dataset(cfg.data.train, cfg.model.labels)
     return SeededTransform(source, train_transform(cfg.mine.crop, jitter=0, hflip=0))
 
 
@@ -131,7 +131,7 @@ def patch_step(cfg: Config, device: torch.device):
         ]
         try:
             mined = mine_batches(
-                visual, embed, pending, cfg.model.label_set().prompts, settings, pool, IGNORE_INDEX, amp,
+                visual, embed, pending, cfg.model.labels.prompts, settings, pool, IGNORE_INDEX, amp,
                 channels_last, m.cuda_graph,
             )  # fmt: skip
         except torch.OutOfMemoryError as error:
@@ -166,10 +166,10 @@ def run(cfg: Config, progress: bool = True, say=print, fix: str = REFUSAL) -> St
     step, channels = patch_step(cfg, device)
     if bank is None:
         # a bank of the 19 trainIds stores no label set, as before label sets
-        labels = cfg.model.label_set().to_dict() if cfg.model.classes is not None else None
+        labels = cfg.model.labels.to_dict() if cfg.model.classes is not None else None
         metadata = StyleBank.provenance(record.to_dict(), __version__, normalization(cfg.model), labels)
-        bank = StyleBank(list(cfg.model.class_names), channels, metadata=metadata)
-    bank.check_compatible(channels, cfg.model.class_names, path)
+        bank = StyleBank(cfg.model.labels.names, channels, metadata=metadata)
+    bank.check_compatible(channels, cfg.model.labels.names, path)
     return mine_pass(dataset, bank, path, plan, step, "mine", progress)
 
 

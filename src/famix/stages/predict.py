@@ -132,7 +132,7 @@ def load_model(
         )
     ckpt = load_checkpoint(path)
     model, cfg = load_segmenter(ckpt, device=device)
-    return model, cfg.label_set(), checkpoint_amp(ckpt)
+    return model, cfg.labels, checkpoint_amp(ckpt)
 
 
 def _size_batches(paths: Sequence[Path], batch_size: int) -> list[list[int]]:

@@ -109,7 +109,7 @@ def check_plan(plan: Plan) -> None:
     check_values(plan.cfg)
     check_folder(plan.out, "--out")
     check_folder(Path(plan.cfg.style.bank).parent, "--bank")
-    labels = plan.cfg.model.label_set()
+    labels = plan.cfg.model.labels
     check_specs([plan.cfg.data.train], "data.train", labels)
     check_specs(plan.cfg.data.val, "data.val", labels)
     # each target as its evaluation will build it (the protocol may add a loader option)
@@ -146,7 +146,7 @@ def dry_run(plan: Plan) -> tuple[str, bool]:
     ):
         for spec in specs:
             try:
-                state = f"ok ({len(check_specs([spec], option, c.model.label_set())[spec])} images)"
+                state = f"ok ({len(check_specs([spec], option, c.model.labels)[spec])} images)"
             except (ValueError, FileNotFoundError) as e:
                 state, ok = f"PROBLEM: {str(e).splitlines()[0]}", False
             lines.append(f"  {spec}: {state}")
@@ -235,7 +235,7 @@ def summarise(runs: dict[int, dict[str, EvalResult]], cfg: Config, evaluation: E
         measured = [v for v in values if not math.isnan(v)]
         per_class = [statistics.mean(v) if (v := [r[spec].per_class_iou[k] for r in runs.values() if
                      r[spec].per_class_iou[k] is not None]) else None
-                     for k in range(len(cfg.model.class_names))]  # fmt: skip
+                     for k in range(len(cfg.model.labels))]  # fmt: skip
         mean = statistics.mean(measured) if measured else None
         reported = paper.get(name)
         columns[name] = {
@@ -245,7 +245,7 @@ def summarise(runs: dict[int, dict[str, EvalResult]], cfg: Config, evaluation: E
             "std": statistics.stdev(measured) if len(measured) > 1 else 0.0 if measured else None,
             "paper": reported,
             "difference": None if reported is None or mean is None else mean - reported,
-            "per_class_iou": dict(zip(cfg.model.class_names, per_class, strict=True)),
+            "per_class_iou": dict(zip(cfg.model.labels.names, per_class, strict=True)),
             **({} if measured else {"note": "no labelled pixel: nothing to score"}),
         }
     order = list(columns)

@@ -5,6 +5,7 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import open_clip
 import pytest
 import safetensors.torch
 import torch
@@ -16,6 +17,7 @@ from famix.models.clip import (
     load_clip_state_dict,
     weights_fingerprint,
 )
+from famix.models.towers import FAMILIES
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +33,24 @@ def image():
 def _features(model, x):
     with torch.no_grad():
         return model.visual(x)
+
+
+def test_each_family_owns_its_open_clip_names():
+    """CLIP_CONFIGS offers exactly the tower families' open_clip names (``Tower.clip_names``), each built
+    from the config its family names (OpenAI's QuickGELU for a ResNet name), plus the tiny test configs."""
+    offered = [name for family in FAMILIES for name in family.clip_names]
+    tiny = ["tiny-rn", "tiny-clip", "tiny-vit", "tiny-vit-clip", "tiny-eva", "tiny-convnext"]
+    assert list(CLIP_CONFIGS) == offered + tiny
+    assert [f.name for f in FAMILIES if "RN50" in f.clip_names] == ["resnet"]
+    assert [f.name for f in FAMILIES if "ViT-L-14-quickgelu" in f.clip_names] == ["vit"]
+    assert [f.name for f in FAMILIES if "EVA02-L-14" in f.clip_names] == ["eva"]
+    assert [f.name for f in FAMILIES if "convnext_large_d_320" in f.clip_names] == ["convnext"]
+    for family in FAMILIES:
+        for name in family.clip_names:
+            assert CLIP_CONFIGS[name] == open_clip.get_model_config(family.clip_config(name)), name
+    for name in ("RN50", "RN101", "RN50x4", "ViT-B-16-quickgelu"):
+        assert CLIP_CONFIGS[name]["quick_gelu"] is True, name
+    assert CLIP_CONFIGS["ViT-B-16"].get("quick_gelu", False) is False
 
 
 def test_configs_and_seed(ref):

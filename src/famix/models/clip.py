@@ -15,32 +15,20 @@ import torch
 from open_clip.model import CLIP, CustomTextCLIP
 
 from famix.io import file_fingerprint
-from famix.models.towers import TINY_TRUNK_PREFIX, input_size
+from famix.models.towers import FAMILIES, TINY_TRUNK_PREFIX, input_size
 from famix.normalization import OPENAI_NORMALIZATION, Normalization
 
-_RESNETS = ("RN50", "RN101", "RN50x4")
-_VITS = ("ViT-B-16", "ViT-L-14")
-# open_clip towers with timm trunks (``models.towers.eva`` / ``convnext``), under open_clip's own names
-_EVAS = ("EVA02-B-16", "EVA02-L-14", "EVA02-L-14-336", "EVA02-E-14", "EVA02-E-14-plus")
-_CONVNEXTS = (
-    "convnext_base_w",
-    "convnext_base_w_320",
-    "convnext_large_d",
-    "convnext_large_d_320",
-    "convnext_xxlarge",
-)
-# OpenAI's CLIPs were trained with QuickGELU, so the "-quickgelu" configs are the faithful ones for their
-# weights (the ResNet names mean those; the plain ViT names are open_clip's GELU configs, for other weights).
-CLIP_CONFIGS: dict[str, dict] = {name: open_clip.get_model_config(f"{name}-quickgelu") for name in _RESNETS}
-for _name in _VITS:
-    CLIP_CONFIGS[_name] = open_clip.get_model_config(_name)
-    CLIP_CONFIGS[f"{_name}-quickgelu"] = open_clip.get_model_config(f"{_name}-quickgelu")
-for _name in (*_EVAS, *_CONVNEXTS):
-    CLIP_CONFIGS[_name] = open_clip.get_model_config(_name)
+# The open_clip names each tower family offers (``Tower.clip_names``), with the config each builds
+# (``Tower.clip_config``: a ResNet name means its QuickGELU config, OpenAI's).
+CLIP_CONFIGS: dict[str, dict] = {
+    name: open_clip.get_model_config(family.clip_config(name))
+    for family in FAMILIES
+    for name in family.clip_names
+}
+_REAL = tuple(CLIP_CONFIGS)  # what errors suggest
 # small configs for tests and smoke runs (tiny-eva and tiny-convnext: timm trunks of models.towers.tiny)
 for _name in ("tiny-rn", "tiny-clip", "tiny-vit", "tiny-vit-clip", "tiny-eva", "tiny-convnext"):
     CLIP_CONFIGS[_name] = json.loads(resources.files("famix").joinpath(f"assets/{_name}.json").read_text())
-_REAL = (*_RESNETS, *(f"{n}-quickgelu" for n in _VITS), *_VITS, *_EVAS, *_CONVNEXTS)  # what errors suggest
 
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 # Non-parameter entries that TorchScript archives carry next to the weights: OpenAI's scalars, and open_clip's

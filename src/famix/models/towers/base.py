@@ -14,7 +14,9 @@ and asks the family how to use it:
 - freezing: ``unit_modules`` / ``unit_parameters`` and ``last_stage`` (the counterpart of ResNet's layer4,
   what the ``layer4`` freeze preset trains; ``last-block`` trains the last unit);
 - input rules: ``pad_multiple`` (sides the forward zero-pads to; 1 = any size) and ``input_size`` (the
-  square resolution CLIP was trained at).
+  square resolution CLIP was trained at);
+- names: ``clip_names``, the open_clip model names of the family famix offers (``model.backbone=``), and
+  ``clip_config``, the open_clip config each builds (``models.clip.CLIP_CONFIGS`` reads both).
 
 Adding a family is one module with one subclass, listed in ``famix.models.towers.FAMILIES``.
 """
@@ -52,9 +54,16 @@ class Tower:
     implement the methods that raise ``NotImplementedError``."""
 
     name: str = ""  # the family's name, as configs and docs say it
+    # The open_clip model names of this family famix offers (``model.backbone=``); ``models.clip`` builds
+    # its configs from every family's (``clip_config``).
+    clip_names: tuple[str, ...] = ()
     style_site: str = ""  # the unit whose output is the style map
     style_relu: bool = False  # whether restyled style maps take a ReLU (a site that leaves one)
     channels_last: bool = False  # whether CUDA runs it in NHWC (cuDNN's fast convolutions)
+
+    def clip_config(self, name: str) -> str:
+        """The open_clip config that ``name`` (one of ``clip_names``) builds: by default its own."""
+        return name
 
     def accepts(self, visual: nn.Module) -> bool:
         """True when ``visual`` is a tower of this family."""

@@ -50,6 +50,13 @@ class ConvNextTower(Tower):
     """ConvNeXt-CLIP towers; see the module docstring."""
 
     name, style_site, style_relu = "convnext", "stage.0", False
+    clip_names = (
+        "convnext_base_w",
+        "convnext_base_w_320",
+        "convnext_large_d",
+        "convnext_large_d_320",
+        "convnext_xxlarge",
+    )
 
     def accepts(self, visual: nn.Module) -> bool:
         return isinstance(visual, TimmModel) and isinstance(visual.trunk, ConvNeXt)

@@ -98,6 +98,7 @@ class EvaTower(TokenTower):
     """EVA02-CLIP towers; see the module docstring."""
 
     name = "eva"
+    clip_names = ("EVA02-B-16", "EVA02-L-14", "EVA02-L-14-336", "EVA02-E-14", "EVA02-E-14-plus")
 
     def accepts(self, visual: nn.Module) -> bool:
         return isinstance(visual, TimmModel) and isinstance(visual.trunk, Eva)

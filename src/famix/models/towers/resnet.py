@@ -138,6 +138,12 @@ class ResNetTower(Tower):
     """
 
     name, style_site, style_relu, channels_last = "resnet", "layer1", True, True
+    clip_names = ("RN50", "RN101", "RN50x4")
+
+    def clip_config(self, name: str) -> str:
+        # OpenAI's CLIPs were trained with QuickGELU: a ResNet name means its "-quickgelu" config, the
+        # faithful one for OpenAI's weights.
+        return f"{name}-quickgelu"
 
     def accepts(self, visual: nn.Module) -> bool:
         return hasattr(visual, "attnpool") and hasattr(visual, "layer1")

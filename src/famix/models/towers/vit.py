@@ -252,6 +252,9 @@ class ViTTower(TokenTower):
     """
 
     name = "vit"
+    # The plain names are open_clip's GELU configs (for other weights); the "-quickgelu" ones are faithful to
+    # OpenAI's weights, trained with QuickGELU.
+    clip_names = ("ViT-B-16", "ViT-B-16-quickgelu", "ViT-L-14", "ViT-L-14-quickgelu")
 
     def accepts(self, visual: nn.Module) -> bool:
         return isinstance(visual, VisionTransformer)

@@ -79,6 +79,9 @@ def test_reproduce_table_resume_and_refusal(data_root, tmp_path, monkeypatch, ca
         assert len(col["seeds"]) == 2 and col["mean"] == pytest.approx(sum(col["seeds"]) / 2)
         assert col["paper"] is None and col["difference"] is None  # tiny-rn has no row in the paper
         assert set(col["per_class_iou"]) >= {"road", "bicycle"}
+    # the table's precision is the one every seed's evaluation used and recorded (the CPU: autocast off)
+    caches = [json.loads((out / f"seed{s}" / "latest.eval-cache.json").read_text()) for s in (0, 1)]
+    assert {e["run"]["settings"]["amp"] for c in caches for e in c.values()} == {result["amp"]} == {"off"}
     table = (out / "results.md").read_text()
     assert "| paper" not in table and "difference" not in table
     assert table.strip() in printed

@@ -23,6 +23,14 @@ def precision(name: str, device: torch.device) -> tuple[str, torch.dtype | None]
     return (name if dtype is not None else "off"), dtype
 
 
+def trained_precision(
+    given: str | None, trained: str, device: torch.device
+) -> tuple[str, torch.dtype | None]:
+    """One precision per trained model: :func:`precision` of ``given`` (``--amp``), else of ``trained``, the
+    ``run.amp`` the model was trained (and validated) with."""
+    return precision(given or trained, device)
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """``torch.autocast`` on ``device`` with ``dtype``, or a no-op context when it is None."""
     if dtype is None:

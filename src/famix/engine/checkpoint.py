@@ -21,7 +21,7 @@ from famix.config import ModelConfig
 from famix.data.label_sets import LabelSet, LabelSetError
 from famix.data.label_sets import load as load_label_set
 from famix.engine import hub
-from famix.engine.amp import precision
+from famix.engine.amp import trained_precision
 from famix.engine.exported import ARCHIVE_NAMES, archive_format, read_metadata
 from famix.engine.pretrained import model_config, read_folder, resolve
 from famix.io import atomic_write
@@ -151,8 +151,8 @@ def state_fingerprint(state: dict[str, torch.Tensor], config: dict) -> str:
 
 def checkpoint_precision(given: str | None, ckpt: dict, device) -> tuple[str, torch.dtype | None]:
     """One precision per checkpoint: (the autocast name used, its dtype) of ``given`` (``--amp``), else the
-    checkpoint's own ``run.amp`` (``engine.amp.precision``: "off" where autocast does not apply)."""
-    return precision(given or checkpoint_amp(ckpt), device)
+    checkpoint's own ``run.amp`` (``engine.amp.trained_precision``: "off" where autocast does not apply)."""
+    return trained_precision(given, checkpoint_amp(ckpt), device)
 
 
 def checkpoint_label_set(model_cfg: ModelConfig, classes: str | None, checkpoint) -> LabelSet:

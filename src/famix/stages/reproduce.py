@@ -24,6 +24,7 @@ import yaml
 
 from famix.config import Config, check_values
 from famix.data.specs import parse_spec
+from famix.engine.amp import trained_precision
 from famix.engine.checks import check_specs
 from famix.engine.distributed import current, resolve_device
 from famix.engine.evaluate import EvalResult
@@ -183,7 +184,8 @@ def run(plan: Plan, progress: bool = True) -> dict:
         )
     result = summarise(runs, plan.cfg, plan.eval)
     device = resolve_device(plan.cfg.run.device, info)
-    result["amp"] = evaluate.precision(plan.eval, {"config": plan.cfg.to_dict()}, device)[0]
+    # the seeds' evaluations' precision: --amp, else the run.amp every seed was trained with (plan.cfg's)
+    result["amp"] = trained_precision(plan.eval.amp, plan.cfg.run.amp, device)[0]
     if info.main:
         atomic_write(plan.out / "results.md", lambda p: p.write_text(result["table"] + "\n"))
         atomic_write(plan.out / "results.json", lambda p: p.write_text(json.dumps(result, indent=1)))

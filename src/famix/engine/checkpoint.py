@@ -140,7 +140,7 @@ def checkpoint_amp(ckpt: dict) -> str:
 def state_fingerprint(state: dict[str, torch.Tensor], config: dict) -> str:
     """``"state-sha256:<16 hex>"`` of weights in memory (each tensor's name, dtype, shape and bytes, in name
     order) and the config they are built with: identifies a model that has no file (a loaded, perhaps changed,
-    one) as ``engine.runs.file_fingerprint`` identifies a checkpoint file."""
+    one) as ``io.file_fingerprint`` identifies a checkpoint file."""
     h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for name in sorted(state):
         t = state[name].detach().cpu()

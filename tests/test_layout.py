@@ -39,6 +39,8 @@ ONE_IMPORTER = {
     "famix.engine.video": "video decoding and encoding through PyAV: a concept of its own, keeps predict's "
     "stage one screen long",
     "famix.engine.servers": "the test servers' submission layouts: a concept of its own (issue 19)",
+    "famix.engine.protocols": "the evaluation protocols (paper, mmseg: each dataset's test-time settings): a "
+    "concept of its own; eval's stage applies them (reproduce through it)",
 }
 
 

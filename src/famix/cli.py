@@ -11,6 +11,7 @@ import traceback
 from dataclasses import fields
 
 from famix.cli_parser import build_parser
+from famix.engine.interrupt import Interrupted
 
 
 def _config(args):
@@ -245,3 +246,9 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(2)
         print(f"famix {args.command}: error: {_one_line(e)}", file=sys.stderr)
         sys.exit(2)
+    except (Interrupted, KeyboardInterrupt) as e:  # Ctrl-C / SIGTERM: what was saved, and how to go on
+        if args.traceback:
+            traceback.print_exc()
+        said = _one_line(e) if isinstance(e, Interrupted) else "stopped before anything resumable was saved"
+        print(f"famix {args.command}: interrupted: {said}", file=sys.stderr)
+        sys.exit(130)

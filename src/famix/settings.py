@@ -231,7 +231,7 @@ class AdaptSettings:
     # what does not change the result: where and how often
     device: str = "auto"
     workers: int = 0
-    ckpt_interval: int = 500
+    ckpt_interval: int = 100  # a stop by a signal saves anyway; a kill -9 loses at most this many steps
     save_every: int = 10  # mining: batches between saves of the partial bank
 
     def __post_init__(self) -> None:

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from famix.data.trainids import IGNORE_INDEX
 from famix.engine.distributed import DistInfo, barrier, current, require_session
+from famix.engine.interrupt import Interrupted, any_rank, stop_requests
 from famix.engine.seeds import item_seed
 from famix.progress import progress_bar
 from famix.style.bank import StyleBank
@@ -77,21 +78,31 @@ def mine_pass(
     # a round: per_call batches per rank, one step call each; rank 0 appends the round in batch order and
     # saves at round ends, so batches_done stays a batch count (and the bank that of one process)
     per_round = plan.per_call * info.world_size
-    for first in range(start, batches, per_round):
-        last = min(first + per_round, batches)
-        own = [b for b in todo if first <= b < last]
-        mined = step([(b, *next(loader)[:2]) for b in own]) if own else []
-        bar.update(len(own))
-        mined_here = _gather_on_main(list(zip(own, mined, strict=True)), info)  # rank 0: every rank's
-        if info.main:
-            for _, styles in sorted((p for part in mined_here for p in part), key=lambda p: p[0]):
-                bank.add(styles.mu, styles.sigma, styles.classes, IGNORE_INDEX)
-            bank.mark_progress(last, min(last * size, plan.images))
-            if last // plan.save_every > first // plan.save_every:  # passed a multiple of save_every
-                bank.save(path)
-        if mined:
-            cos = torch.cat([s.cos for s in mined]).mean().item()
-            bar.set_postfix(**({"styles": len(bank)} if info.main else {}), cos=f"{cos:.3f}")
+    with stop_requests() as asked:  # Ctrl-C / SIGTERM: stop at a round's end, the bank saved
+        for first in range(start, batches, per_round):
+            last = min(first + per_round, batches)
+            own = [b for b in todo if first <= b < last]
+            mined = step([(b, *next(loader)[:2]) for b in own]) if own else []
+            bar.update(len(own))
+            mined_here = _gather_on_main(list(zip(own, mined, strict=True)), info)  # rank 0: every rank's
+            if info.main:
+                for _, styles in sorted((p for part in mined_here for p in part), key=lambda p: p[0]):
+                    bank.add(styles.mu, styles.sigma, styles.classes, IGNORE_INDEX)
+                bank.mark_progress(last, min(last * size, plan.images))
+                if last // plan.save_every > first // plan.save_every:  # passed a multiple of save_every
+                    bank.save(path)
+            if mined:
+                cos = torch.cat([s.cos for s in mined]).mean().item()
+                bar.set_postfix(**({"styles": len(bank)} if info.main else {}), cos=f"{cos:.3f}")
+            if last < batches and any_rank(asked()):
+                bar.close()
+                if info.main:
+                    bank.save(path)
+                barrier()
+                raise Interrupted(
+                    f"stopped after {last} of {batches} batches; {path} holds them: run the same command "
+                    "to resume"
+                )
     bar.close()
     if info.main:
         bank.save(path)

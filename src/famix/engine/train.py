@@ -26,6 +26,7 @@ from famix.engine.checkpoint import load_model_state, save_checkpoint
 from famix.engine.checks import check_bank_classes, check_bank_normalization
 from famix.engine.distributed import barrier, current, require_session, resolve_device
 from famix.engine.evaluate import evaluate_specs
+from famix.engine.interrupt import Interrupted, any_rank, stop_requests
 from famix.engine.loss import SegmentationLoss
 from famix.engine.runs import KEY, RunRecord
 from famix.engine.sampler import StreamSampler
@@ -138,40 +139,60 @@ def train(cfg: Config, record: RunRecord, resume: dict | None = None, init_state
     parts = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)  # saved in checkpoints
     model.train()
     bar = progress_bar(total=t.iterations, initial=start, desc="train", disable=not info.main)
-    running, tick, last_log = torch.zeros((), device=device), time.perf_counter(), start
     last = min(t.iterations, t.stop_after or t.iterations)
-    for step, (images, labels, jitter) in zip(range(start + 1, last + 1), loader, strict=False):
-        images = images.to(device, non_blocking=True)
-        images = prepare_images(images, jitter, t.channels_last, model.normalization)  # [B, 3, H, W]
-        labels = labels.to(device, non_blocking=True).long()  # [B, H, W]
-        torch.manual_seed(step_seed(cfg.run.seed, step, info.rank))
-        if mixer is not None:
-            mixer.generator.manual_seed(mixer_seed(cfg.run.seed, step, info.rank))
-        running += train_step(net, mixer, images, labels, optimizer, scaler, amp, criterion)
-        scheduler.step()
-        bar.update(1)
-        validate_now = step % t.val_interval == 0 or step == last
-        if step % t.log_interval == 0 or validate_now:
-            mean_loss = running.item() / (step - last_log)
-            running.zero_()
-            if not math.isfinite(mean_loss):
-                raise FloatingPointError(
-                    f"non-finite training loss near step {step}; stopped without saving, the last good "
-                    f"checkpoint ({out / 'latest.pt'}) is kept. Lower train.lr or set run.amp=off, "
-                    "then resume."
+    running, tick, last_log = torch.zeros((), device=device), time.perf_counter(), start
+    with stop_requests() as asked:  # Ctrl-C / SIGTERM: stop at a step's end, saved
+        for step, (images, labels, jitter) in zip(range(start + 1, last + 1), loader, strict=False):
+            images = images.to(device, non_blocking=True)
+            images = prepare_images(images, jitter, t.channels_last, model.normalization)  # [B, 3, H, W]
+            labels = labels.to(device, non_blocking=True).long()  # [B, H, W]
+            torch.manual_seed(step_seed(cfg.run.seed, step, info.rank))
+            if mixer is not None:
+                mixer.generator.manual_seed(mixer_seed(cfg.run.seed, step, info.rank))
+            running += train_step(net, mixer, images, labels, optimizer, scaler, amp, criterion)
+            scheduler.step()
+            bar.update(1)
+            validate_now = step % t.val_interval == 0 or step == last
+            if step % t.log_interval == 0 or validate_now:
+                mean_loss = running.item() / (step - last_log)
+                running.zero_()
+                if not math.isfinite(mean_loss):
+                    raise FloatingPointError(f"non-finite training loss near step {step}; {_kept(out)}")
+                now = time.perf_counter()
+                logger.log(
+                    step=step, loss=mean_loss, lr=scheduler.get_last_lr()[0], seconds=round(now - tick, 3)
                 )
-            now = time.perf_counter()
-            logger.log(step=step, loss=mean_loss, lr=scheduler.get_last_lr()[0], seconds=round(now - tick, 3))
-            tick, last_log = now, step
-            bar.set_postfix(loss=f"{mean_loss:.3f}")
-        score = None  # mIoU % at a validation step; -1 when there is nothing to validate on
-        if validate_now:
-            score = validate(cfg, model, device, amp, info, logger, step) if cfg.data.val else -1.0
-        if validate_now or step % t.ckpt_interval == 0:
-            best = save_checkpoints(cfg, parts, step, best, score, info, record)
+                tick, last_log = now, step
+                bar.set_postfix(loss=f"{mean_loss:.3f}")
+            score = None  # mIoU % at a validation step; -1 when there is nothing to validate on
+            if validate_now:
+                score = validate(cfg, model, device, amp, info, logger, step) if cfg.data.val else -1.0
+            saved = validate_now or step % t.ckpt_interval == 0
+            if saved:
+                best = save_checkpoints(cfg, parts, step, best, score, info, record)
+            # under DDP every rank stops at the same step: the ranks agree at log steps (one small all-reduce)
+            check = not info.enabled or step % t.log_interval == 0
+            if check and step < last and any_rank(asked()):
+                if not saved:
+                    best = save_checkpoints(cfg, parts, step, best, None, info, record)
+                bar.close()
+                raise Interrupted(
+                    f"stopped at step {step} of {t.iterations}; {out / 'latest.pt'} holds it: run the same "
+                    "command to resume"
+                )
     bar.close()
     barrier()
     return {"step": last, "best_miou": best}
+
+
+def _kept(out: Path) -> str:
+    """What a run stopped by a non-finite loss leaves, and what to do."""
+    latest = out / "latest.pt"
+    if latest.is_file():
+        kept = f"stopped without saving; the last good checkpoint, {latest}, is kept"
+    else:
+        kept = f"stopped without saving (no checkpoint in {out} yet)"
+    return f"{kept}. Lower train.lr or set run.amp=off, then run the same command again"
 
 
 def train_step(net, mixer, images, labels, optimizer, scaler, amp_dtype, criterion) -> torch.Tensor:

@@ -23,7 +23,7 @@ from famix.data.label_sets import LabelSet, from_names, parse
 from famix.data.readers import image_size, read_image
 from famix.data.trainids import CLASS_NAMES
 from famix.engine import pretrained, servers
-from famix.engine.amp import precision
+from famix.engine.amp import trained_precision
 from famix.engine.checkpoint import checkpoint_amp, load_checkpoint, load_segmenter
 from famix.engine.distributed import resolve_device, single_process
 from famix.engine.exported import OnnxSegmenter
@@ -239,7 +239,7 @@ def run(
             f"predicts {labels.describe()}: it needs a model of the 19 Cityscapes classes"
         )
     # one precision per checkpoint (ONNX files compute in their own float32)
-    amp_name, dtype = precision(s.amp or trained_amp, dev)
+    amp_name, dtype = trained_precision(s.amp, trained_amp, dev)
     record = RunRecord(
         "predict",
         {

@@ -1,0 +1,116 @@
+"""Faults a real run meets: a real SIGINT (Ctrl-C) or SIGTERM in the middle of training or mining stops it at
+the next safe point with one line saying what was saved; the same command then resumes to exactly what an
+uninterrupted run computes. The signals are sent by the process to itself from inside a step, so where they
+land does not depend on timing."""
+
+import os
+import signal
+
+import pytest
+import torch
+
+from famix.cli import main
+from famix.engine.checkpoint import load_checkpoint
+from famix.stages import mine
+from famix.style.bank import StyleBank
+
+FAST = ["data.val=[]", "data.train=synthetic:day:8:size=48", "data.crop=32", "mine.crop=32", "data.workers=0"]
+MINE = ["data.train=synthetic:day:12:size=48", "mine.steps=1", "mine.max_images=12"]  # 3 batches of 4
+TRAIN = ["train", "-c", "tiny", *FAST, "style.mix=mixstyle", "train.iterations=6", "train.ckpt_interval=100"]
+
+
+def _signal_at(monkeypatch, module, name: str, call: int, signum=signal.SIGINT):
+    """Make the ``call``-th call of ``module.name`` send ``signum`` to this process while it runs."""
+    real, calls = getattr(module, name), []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapped)
+
+
+def _last_line(capsys) -> str:
+    """The command's last line on stderr (progress bars come before it), which must follow no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return err.strip().splitlines()[-1]
+
+
+def _state(path):
+    return load_checkpoint(path)["model_state"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_training_stops_at_a_step_and_the_same_command_resumes_bit_for_bit(
+    tmp_path, monkeypatch, capsys, signum
+):
+    from famix.engine import train as loop
+
+    main([*TRAIN, f"train.out={tmp_path / 'straight'}"])
+    straight = _state(tmp_path / "straight" / "latest.pt")
+    _signal_at(monkeypatch, loop, "train_step", 3, signum)  # during step 3
+    command = [*TRAIN, f"train.out={tmp_path / 'run'}"]
+    with pytest.raises(SystemExit) as stopped:
+        main(command)
+    err = _last_line(capsys)
+    latest = tmp_path / "run" / "latest.pt"
+    assert stopped.value.code == 130
+    assert err == (
+        f"famix train: interrupted: stopped at step 3 of 6; {latest} holds it: run the same command to resume"
+    )
+    assert load_checkpoint(latest)["cur_itrs"] == 3 and not (tmp_path / "run" / "best.pt").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are given back
+    monkeypatch.undo()
+    main(command)
+    resumed = _state(latest)
+    assert load_checkpoint(latest)["cur_itrs"] == 6
+    assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def test_a_signal_during_mining_stops_after_a_round_and_the_same_command_resumes_bit_for_bit(
+    tmp_path, monkeypatch, capsys
+):
+    from famix.config import load_config
+
+    def cfg(bank):
+        return load_config("tiny", [*FAST, *MINE, f"style.bank={bank}"])
+
+    straight = mine.run(cfg(tmp_path / "straight.safetensors"), progress=False)
+    _signal_at(monkeypatch, mine, "mine_batches", 2)  # during the second batch (of three)
+    bank = tmp_path / "bank.safetensors"
+    command = ["mine", "-c", "tiny", *FAST, *MINE, f"style.bank={bank}"]
+    with pytest.raises(SystemExit) as stopped:
+        main(command)
+    err = _last_line(capsys)
+    assert stopped.value.code == 130
+    assert err == (
+        f"famix mine: interrupted: stopped after 2 of 3 batches; {bank} holds them: run the same command to "
+        "resume"
+    )
+    assert StyleBank.load(bank).batches_done == 2
+    monkeypatch.undo()
+    main(command)
+    a, b = StyleBank.load(bank).packed(), straight.packed()
+    assert StyleBank.load(bank).batches_done == 3
+    assert torch.equal(a.mu, b.mu) and torch.equal(a.sigma, b.sigma) and torch.equal(a.counts, b.counts)
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch, capsys):
+    from famix.engine import train as loop
+
+    real = loop.train_step
+
+    def twice(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # the second one raises KeyboardInterrupt here
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", twice)
+    with pytest.raises(SystemExit) as stopped:
+        main([*TRAIN, f"train.out={tmp_path / 'run'}"])
+    assert stopped.value.code == 130
+    assert _last_line(capsys) == "famix train: interrupted: stopped before anything resumable was saved"
+    assert not (tmp_path / "run" / "latest.pt").exists()

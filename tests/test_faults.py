@@ -5,6 +5,11 @@ land does not depend on timing."""
 
 import os
 import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,3 +119,77 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch, capsys):
     assert stopped.value.code == 130
     assert _last_line(capsys) == "famix train: interrupted: stopped before anything resumable was saved"
     assert not (tmp_path / "run" / "latest.pt").exists()
+
+
+def _wait_for(path, proc, what: str):
+    """Wait until ``path`` exists (the subprocess got there), failing if ``proc`` ended first."""
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the first command ended (rc {proc.returncode}) before {what}")
+        time.sleep(0.05)
+
+
+def test_two_commands_on_one_run_folder_the_second_refuses(tmp_path, capsys):
+    out = tmp_path / "run"
+    first = [*TRAIN, f"train.out={out}", "train.iterations=100000"]  # runs until stopped
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+        "OMP_NUM_THREADS": "1",
+    }
+    with open(tmp_path / "first.log", "w") as log:  # a file, not a pipe: progress never blocks the command
+        proc = subprocess.Popen([sys.executable, "-m", "famix", *first], stderr=log, env=env)
+        try:
+            _wait_for(out / ".famix.lock", proc, "it took the run folder")
+            with pytest.raises(SystemExit) as refused:
+                main([*TRAIN, f"train.out={out}"])
+            err = _last_line(capsys)
+            assert refused.value.code == 2
+            assert err == (
+                f"famix train: error: train.out {out} is being written by another famix command "
+                f"(pid {proc.pid}): wait for it to finish, or pass another train.out"
+            )
+            _wait_for(out / "metrics.jsonl", proc, "it trained a step")
+        finally:
+            proc.send_signal(signal.SIGTERM)  # a real SIGTERM to a real process: it stops at a step, saved
+            rc = proc.wait()
+    last = (tmp_path / "first.log").read_text().strip().splitlines()[-1]
+    assert rc == 130 and last.startswith("famix train: interrupted: stopped at step "), last
+    assert not (out / ".famix.lock").exists() and load_checkpoint(out / "latest.pt")["cur_itrs"] >= 1
+
+
+def test_a_lock_left_by_a_killed_command_is_taken_over(tmp_path):
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".famix.lock").write_text(f"{gone.stdout.strip()} {socket.gethostname()}\n")
+    main([*TRAIN, f"train.out={out}", "train.iterations=2"])
+    assert load_checkpoint(out / "latest.pt")["cur_itrs"] == 2 and not (out / ".famix.lock").exists()
+    assert os.path.samefile(out / "best.pt", out / "latest.pt")  # one stored file for the finished run
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB file system (tmpfs) where the machine lets the test mount one (root), else the test skips."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()[:200]}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)  # lazy: this mount table may not list it by path
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(small_disk, capsys):
+    out = small_disk / "run"  # a tiny segmenter's checkpoint is some 40 MB: it cannot fit
+    with pytest.raises(SystemExit) as failed:
+        main([*TRAIN, f"train.out={out}", "train.iterations=2"])
+    err = _last_line(capsys)
+    assert failed.value.code == 2
+    assert err.startswith(f"famix train: error: [Errno 28] the disk holding {out} is full (")
+    assert f"{out / 'latest.pt'} was not written" in err and ".tmp" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.jsonl"]  # no temp file, no lock

@@ -6,6 +6,7 @@ way famix identifies a file by its content: :func:`file_fingerprint`."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -66,9 +67,57 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as e:
+        raise _about(e, path, Path(tmp)) from e
+    except RuntimeError as e:  # torch.save reports a full disk as a RuntimeError of its zip writer
+        if _full(path.parent):
+            raise _about(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path, Path(tmp)) from e
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _full(folder: Path) -> bool:
+    """Whether the file system holding ``folder`` has (almost) no space left."""
+    try:
+        return shutil.disk_usage(folder).free < (1 << 20)
+    except OSError:
+        return False
+
+
+def _about(error: OSError, path: Path, tmp: Path) -> OSError:
+    """``error`` said of ``path``, the file the user asked for, never of the hidden temporary file it was
+    written to; a full disk in one line naming the folder and the space left."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
+        written = tmp.stat().st_size if tmp.is_file() else 0
+        return OSError(
+            error.errno,
+            f"the disk holding {path.parent} is full ({_size(free)} free): {path} was not written (about "
+            f"{_size(written)} were written before the disk filled; it needs more). Free some space, or pass "
+            "a path on another disk",
+        )
+    if error.filename in (str(tmp), tmp) or error.filename2 in (str(tmp), tmp):
+        return type(error)(error.errno, error.strerror, str(path))
+    return error
+
+
+def _size(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MB" if n >= 1 << 20 else f"{n / 1024:.0f} KB"
+
+
+def atomic_link(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Make ``dst`` the same file as ``src`` (a hard link; a copy where the file system has none), replacing
+    any previous ``dst`` in one step: two names, one stored file."""
+    src, dst = Path(src), Path(dst)
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:  # no hard links here (some network and FAT file systems)
+            shutil.copyfile(src, tmp)
+    return dst
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:

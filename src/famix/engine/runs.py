@@ -16,10 +16,13 @@ detail), never a sentence for callers to parse.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import json
-from collections.abc import Callable
+import os
+import socket
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,3 +147,71 @@ def cached(
     text = json.dumps(entries, indent=1, sort_keys=True)
     atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
     return result
+
+
+LOCK = ".famix.lock"  # in a run folder (a file's lock: .<name>.famix.lock beside it)
+
+
+def lock_path(target: str | Path, file: bool = False) -> Path:
+    """The lock file of a run folder, or (``file``) of a single output file such as a style bank."""
+    target = Path(target)
+    return target.with_name(f".{target.name}{LOCK}") if file else target / LOCK
+
+
+@contextlib.contextmanager
+def held(target: str | Path, option: str, file: bool = False, enabled: bool = True) -> Iterator[None]:
+    """Hold ``target`` (a run folder or an output file) while a command writes it: a second famix command
+    on the same target refuses at once, naming the first one's process (``option``: how the user named the
+    target, e.g. ``train.out``); a lock left by a process that no longer runs (killed) is taken over.
+    ``enabled``: False on ranks other than 0 under torchrun (rank 0 holds it for the run)."""
+    if not enabled:
+        yield
+        return
+    lock = lock_path(target, file)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = f"{os.getpid()} {socket.gethostname()}"
+    for _ in range(3):  # a stale lock removed by another process between our tries: try again
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _holder(lock)
+            if holder is not None:
+                raise FileExistsError(
+                    f"{option} {target} is being written by another famix command ({holder}): wait for it "
+                    f"to finish, or pass another {option}"
+                ) from None
+            with contextlib.suppress(FileNotFoundError):  # its process is gone: a stale lock
+                lock.unlink()
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me + "\n")
+        break
+    else:
+        raise FileExistsError(
+            f"{option} {target}: could not take its lock {lock}; remove it if no famix runs"
+        )
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError, OSError):
+            if lock.read_text().strip() == me:
+                lock.unlink()
+
+
+def _holder(lock: Path) -> str | None:
+    """Who holds ``lock`` ("pid N on HOST"), None when its process no longer runs (a stale lock). A lock of
+    another host cannot be checked: it is taken as held."""
+    try:
+        pid, host = lock.read_text().split()
+        pid = int(pid)
+    except (OSError, ValueError):
+        return None  # unreadable or half-written by a killed process
+    if host != socket.gethostname():
+        return f"pid {pid} on {host}"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # another user's process: it runs
+    return f"pid {pid}"

@@ -31,7 +31,7 @@ from famix.engine.loss import SegmentationLoss
 from famix.engine.runs import KEY, RunRecord
 from famix.engine.sampler import StreamSampler
 from famix.engine.seeds import mixer_seed, step_seed
-from famix.io import remove_stale_temps
+from famix.io import atomic_link, remove_stale_temps
 from famix.models.build import build_segmenter, normalization
 from famix.normalization import OPENAI_NORMALIZATION
 from famix.progress import progress_bar
@@ -280,16 +280,19 @@ def save_checkpoints(cfg, parts: dict, step, best, score, info, record: RunRecor
     """Rank 0 writes ``latest.pt`` and, at a validation step (``score`` not None) that beats ``best`` or
     finds no ``best.pt``, ``best.pt``, atomically. With nothing to validate on (``score`` -1) every
     validation step's model is the best known, so best.pt follows it (the last one: the final model).
+    When both hold the same step they are one file (a hard link: a finished run is not stored twice; the
+    next ``latest.pt`` is a new file, so ``best.pt`` keeps its step).
     ``parts``: model, optimizer, scheduler, scaler. Returns the best score (mIoU %, -1: none measured)."""
     if info.main:
         state = {f"{name}_state": part.state_dict() for name, part in parts.items()}
         state.update(cur_itrs=step, config=cfg.to_dict(), **{KEY: record.to_dict()})
         out = Path(cfg.train.out)
         unmeasured = score is not None and score < 0
-        if score is not None and (score > best or unmeasured or not (out / "best.pt").is_file()):
-            best = max(score, best)
-            save_checkpoint(out / "best.pt", best_score=best, **state)
+        better = score is not None and (score > best or unmeasured or not (out / "best.pt").is_file())
+        best = max(score, best) if better else best
         save_checkpoint(out / "latest.pt", best_score=best, **state)
+        if better:
+            atomic_link(out / "latest.pt", out / "best.pt")
     barrier()
     return best
 

@@ -62,7 +62,7 @@ from famix.engine.distributed import resolve_device, single_process
 from famix.engine.inference import model_input
 from famix.engine.mine import MiningPlan, mine_pass, plan_images
 from famix.engine.outputs import check_folder
-from famix.engine.runs import RunRecord, check_same
+from famix.engine.runs import RunRecord, check_same, held
 from famix.models.clip import build_clip, weights_fingerprint
 from famix.models.towers import style_grid
 from famix.paper import PIN_LR, PODA_BATCH, PODA_FINE_TUNE, PODA_LR, PODA_OPTIMIZER
@@ -288,7 +288,8 @@ def _mine_target(
         say(f"famix adapt: {path} holds the styles of {target!r}, finished ({len(bank)}): nothing to mine")
         return
     step = _image_step(model, clip, embed([target])[0], s, size)
-    mine_pass(dataset, bank, path, plan, step, f"mine {target!r}", progress)
+    with held(path, "--out", file=True):  # a second command mining this target refuses
+        mine_pass(dataset, bank, path, plan, step, f"mine {target!r}", progress)
 
 
 def _image_step(model, clip, text: torch.Tensor, s: AdaptSettings, size: int):
@@ -317,7 +318,5 @@ def _fine_tune(ckpt: dict, cfg: Config, inputs: dict, say) -> Path:
     """Fine-tune the head of the checkpoint's segmenter (``ckpt``, read once) on source crops restyled by
     ``cfg.style``: ``famix train``'s stage started from its weights, into ``<run>/latest.pt`` (resumed when it
     holds the same run, returned when finished, refused when it holds another)."""
-    train.run(
-        cfg, say, REFUSAL, kind="adapt", inputs=inputs, init_state=ckpt["model_state"], name="famix adapt"
-    )
+    train.run(cfg, say, REFUSAL, "adapt", inputs, ckpt["model_state"], name="famix adapt", option="--out")
     return Path(cfg.train.out) / "latest.pt"

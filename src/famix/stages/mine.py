@@ -23,7 +23,7 @@ from famix.engine.amp import precision
 from famix.engine.checks import check_mine_inputs
 from famix.engine.distributed import current, resolve_device
 from famix.engine.mine import MiningPlan, mine_pass, plan_images
-from famix.engine.runs import RunRecord, State, Status, check_same, normalization_settings
+from famix.engine.runs import RunRecord, State, Status, check_same, held, normalization_settings
 from famix.engine.seeds import sequence_seed
 from famix.models.build import normalization
 from famix.models.clip import build_clip, weights_fingerprint
@@ -154,23 +154,24 @@ def run(cfg: Config, progress: bool = True, say=print, fix: str = REFUSAL) -> St
     dataset = source_set(cfg)
     device = resolve_device(cfg.run.device, current())
     plan = mining_plan(cfg, dataset, device)
-    if path.is_file():
-        bank = StyleBank.load(path)
-        check_same(record, bank.record, path, fix)
-        if bank.batches_done >= plan.batches:
-            if current().main:
-                say(f"famix mine: {path} holds this bank, finished ({len(bank)} styles): nothing to do")
-            return bank
-    else:
-        bank = None
-    step, channels = patch_step(cfg, device)
-    if bank is None:
-        # a bank of the 19 trainIds stores no label set, as before label sets
-        labels = cfg.model.labels.to_dict() if cfg.model.classes is not None else None
-        metadata = StyleBank.provenance(record.to_dict(), __version__, normalization(cfg.model), labels)
-        bank = StyleBank(cfg.model.labels.names, channels, metadata=metadata)
-    bank.check_compatible(channels, cfg.model.labels.names, path)
-    return mine_pass(dataset, bank, path, plan, step, "mine", progress)
+    with held(path, "style.bank", file=True, enabled=current().main):  # a second command on it refuses
+        if path.is_file():
+            bank = StyleBank.load(path)
+            check_same(record, bank.record, path, fix)
+            if bank.batches_done >= plan.batches:
+                if current().main:
+                    say(f"famix mine: {path} holds this bank, finished ({len(bank)} styles): nothing to do")
+                return bank
+        else:
+            bank = None
+        step, channels = patch_step(cfg, device)
+        if bank is None:
+            # a bank of the 19 trainIds stores no label set, as before label sets
+            labels = cfg.model.labels.to_dict() if cfg.model.classes is not None else None
+            metadata = StyleBank.provenance(record.to_dict(), __version__, normalization(cfg.model), labels)
+            bank = StyleBank(cfg.model.labels.names, channels, metadata=metadata)
+        bank.check_compatible(channels, cfg.model.labels.names, path)
+        return mine_pass(dataset, bank, path, plan, step, "mine", progress)
 
 
 def status(cfg: Config, fix: str = REFUSAL) -> Status:

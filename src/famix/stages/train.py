@@ -19,6 +19,7 @@ from famix.engine.runs import (
     State,
     Status,
     check_same,
+    held,
     normalization_settings,
 )
 from famix.engine.train import train
@@ -76,6 +77,7 @@ def run(
     inputs: dict | None = None,
     init_state: dict | None = None,
     name: str = "famix train",
+    option: str = "train.out",
 ) -> dict:
     """Train ``cfg`` (checked first) and return ``{"step", "best_miou"}``: a finished run with the same
     record returns at once, an interrupted one resumes from its ``latest.pt``, another run's is refused
@@ -83,16 +85,18 @@ def run(
 
     A composite verb trains through here: ``kind`` and ``inputs`` go into the record (``famix adapt``:
     "adapt" and the checkpoint it starts from), ``init_state`` are the weights to start from instead of
-    ``cfg.model``'s, ``name`` is the command the messages name."""
+    ``cfg.model``'s, ``name`` is the command the messages name, ``option`` how its user names the folder.
+    While it runs, the folder is held (``engine.runs.held``): a second command on it refuses."""
     check_train_inputs(cfg)
     record = train_record(cfg, kind, inputs)
     out = Path(cfg.train.out)
-    ckpt = open_run(out, record, fix)
-    if finished(ckpt, cfg):
-        if current().main:
-            say(f"{name}: {out} holds this run, finished at step {ckpt['cur_itrs']}: nothing to do")
-        return {"step": ckpt["cur_itrs"], "best_miou": ckpt["best_score"]}
-    return train(cfg, record, resume=ckpt, init_state=init_state)
+    with held(out, option, enabled=current().main):
+        ckpt = open_run(out, record, fix)
+        if finished(ckpt, cfg):
+            if current().main:
+                say(f"{name}: {out} holds this run, finished at step {ckpt['cur_itrs']}: nothing to do")
+            return {"step": ckpt["cur_itrs"], "best_miou": ckpt["best_score"]}
+        return train(cfg, record, resume=ckpt, init_state=init_state)
 
 
 def status(cfg: Config, fix: str = REFUSAL, kind: str = "train", inputs: dict | None = None) -> Status:

@@ -40,6 +40,8 @@ def world(tmp_path_factory, checkpoint):
     adapt_bank.save(root / "night.safetensors")
     (root / "list.yaml").write_text("- train: {lr: 0.1}\n")
     (root / "notes.txt").write_text("not a bank, not a checkpoint\n")
+    (root / "their-run").mkdir()
+    (root / "their-run" / "metrics.jsonl").write_text("step,loss\n1,0.5\n")  # someone else's log
     torch.jit.script(torch.nn.Linear(2, 2)).save(str(root / "scripted.pt"))  # a TorchScript archive
     data = root / "data"
     fake.gta5(data / "gta5", 2)
@@ -222,6 +224,33 @@ def _rows(w: Path) -> list:
             {},
             "leftImg8bit.png",
         ),
+        ("infinite lr", [*train, "train.lr=inf"], {}, "config train.lr=inf: give a finite number"),
+        ("nan lr from YAML", [*train, "train.lr=.nan"], {}, "config train.lr=nan: give a finite number"),
+        (
+            "nan adapt weight decay",
+            [*adapt, "--target", "night", "--weight-decay", "nan"],
+            {},
+            "--weight-decay=nan: give a finite number >= 0",
+        ),
+        (
+            "a training log famix did not write",
+            ["train", "-c", "tiny", f"train.out={w / 'their-run'}", "style.mix=mixstyle", *FAST],
+            {},
+            "their-run/metrics.jsonl is not a training log famix wrote",
+        ),
+        (
+            "rendezvous timeout that is no number",
+            train,
+            {
+                "WORLD_SIZE": "2",
+                "RANK": "0",
+                "LOCAL_RANK": "0",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(_free_port()),
+                "FAMIX_RENDEZVOUS_TIMEOUT": "abc",
+            },  # fmt: skip
+            "FAMIX_RENDEZVOUS_TIMEOUT='abc': give a whole number of seconds",
+        ),
         (
             "seeds given to adapt as a list",
             [*adapt, "--target", "night", "--seed", "x"],
@@ -316,3 +345,16 @@ def test_datasets_check_decodes_as_many_pairs_as_asked(tmp_path, capsys):
                 ]
             )
         assert exit_.value.code == status, capsys.readouterr().out
+
+
+def test_yaml_booleans_are_the_words_the_user_typed(tmp_path):
+    """YAML 1.1 reads off / no / false as False: run.amp=off (override or file) means amp off."""
+    from famix.config import load_config
+
+    assert load_config("tiny", ["run.amp=off"]).run.amp == "off"
+    (tmp_path / "cfg.yaml").write_text("run:\n  amp: off\n")
+    assert load_config(str(tmp_path / "cfg.yaml")).run.amp == "off"
+    with pytest.raises(ValueError, match="run.amp='on': choose one of bf16, fp16, off"):
+        from famix.engine.amp import amp_dtype
+
+        amp_dtype(load_config("tiny", ["run.amp=on"]).run.amp, torch.device("cpu"))

@@ -5,8 +5,10 @@ The resolved config is written beside every run and stored in every checkpoint a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.resources
+import math
 import os
 import types
 import typing
@@ -247,12 +249,14 @@ def _coerce(value, tp, where: str):
         (item,) = typing.get_args(tp)
         return [_coerce(v, item, where) for v in value]
     if tp is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-3" (no dot) as a string
-            return float(value)
-        except ValueError:
-            pass
+        with contextlib.suppress(ValueError):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            value = float(value)
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):  # YAML reads .inf / .nan; "inf" and "nan" come through float() above
+            raise ValueError(f"config {where}={value}: give a finite number")
         return float(value)
+    if tp is str and isinstance(value, bool):  # YAML 1.1 reads off / no / false (on / yes / true) as booleans
+        return "on" if value else "off"  # famix's switches spell them off (run.amp=off)
     if tp is str and isinstance(value, int | float):
         return str(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):

@@ -6,6 +6,7 @@ without importing torch (``famix --help``)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -251,12 +252,12 @@ class AdaptSettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"famix adapt --{name.replace('_', '-')}={value}: give a number >= 1")
-        if self.weight_decay < 0:
-            raise ValueError(f"famix adapt --weight-decay={self.weight_decay}: give a number >= 0")
+        if not 0 <= self.weight_decay < math.inf:  # nan and inf fail too
+            raise ValueError(f"famix adapt --weight-decay={self.weight_decay}: give a finite number >= 0")
         for name in ("lr", "pin_lr"):
-            if getattr(self, name) is not None and not getattr(self, name) > 0:
+            if getattr(self, name) is not None and not 0 < getattr(self, name) < math.inf:
                 raise ValueError(
-                    f"famix adapt --{name.replace('_', '-')}={getattr(self, name)}: give a number > 0"
+                    f"famix adapt --{name.replace('_', '-')}={getattr(self, name)}: give a finite number > 0"
                 )
         if self.amp not in (None, "bf16", "fp16", "off"):
             raise ValueError(f"famix adapt --amp={self.amp!r}: choose bf16, fp16 or off")

@@ -22,6 +22,20 @@ RENDEZVOUS_TIMEOUT_S = 120
 _ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
+def rendezvous_timeout() -> int:
+    """Seconds the rendezvous waits: ``FAMIX_RENDEZVOUS_TIMEOUT`` (a whole number of seconds), else the
+    default."""
+    given = os.environ.get("FAMIX_RENDEZVOUS_TIMEOUT")
+    if given is None:
+        return RENDEZVOUS_TIMEOUT_S
+    if not given.strip().isdigit() or int(given) < 1:
+        raise ValueError(
+            f"FAMIX_RENDEZVOUS_TIMEOUT={given!r}: give a whole number of seconds >= 1 (default "
+            f"{RENDEZVOUS_TIMEOUT_S}), or unset it"
+        )
+    return int(given)
+
+
 @dataclass(frozen=True)
 class DistInfo:
     rank: int = 0
@@ -74,7 +88,7 @@ def session(device: str = "auto") -> Iterator[DistInfo]:
             raise ValueError(
                 f"WORLD_SIZE={info.world_size} is set but {name} is not: launch famix with torchrun"
             )
-    timeout = int(os.environ.get("FAMIX_RENDEZVOUS_TIMEOUT", RENDEZVOUS_TIMEOUT_S))
+    timeout = rendezvous_timeout()
     try:
         store, rank, world = next(dist.rendezvous("env://", timeout=timedelta(seconds=timeout)))
     except (RuntimeError, dist.DistStoreError) as e:

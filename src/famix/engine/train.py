@@ -303,6 +303,25 @@ class MetricsLogger:
     def __init__(self, out: Path, enabled: bool):
         self.enabled, self.path, self.tb, self.out = enabled, out / "metrics.jsonl", None, out
 
+    @staticmethod
+    def check(out: Path) -> None:
+        """Refuse, before any work, a ``metrics.jsonl`` in the run folder that famix did not write (a run
+        truncates its log when it resumes: someone else's file would be cut)."""
+        path = out / "metrics.jsonl"
+        if not path.is_file():
+            return
+        try:
+            ours = all(
+                isinstance(json.loads(line), dict) for line in path.read_text().splitlines() if line.strip()
+            )
+        except (ValueError, UnicodeDecodeError):
+            ours = False
+        if not ours:
+            raise FileExistsError(
+                f"{path} is not a training log famix wrote (its lines are not JSON records): famix does not "
+                "touch it. Pass another train.out, or move that file away"
+            )
+
     def truncate(self, step: int) -> None:
         """Drop the lines logged after ``step`` (a resumed run logs those steps again)."""
         if not self.path.is_file():

@@ -22,7 +22,7 @@ from famix.engine.runs import (
     held,
     normalization_settings,
 )
-from famix.engine.train import train
+from famix.engine.train import MetricsLogger, train
 from famix.io import file_fingerprint
 from famix.models.clip import weights_fingerprint
 
@@ -91,6 +91,7 @@ def run(
     record = train_record(cfg, kind, inputs)
     out = Path(cfg.train.out)
     with held(out, option, enabled=current().main):
+        MetricsLogger.check(out)
         ckpt = open_run(out, record, fix)
         if finished(ckpt, cfg):
             if current().main:

@@ -227,8 +227,15 @@ def test_quickstart_notebook_runs(tmp_path):
     nbclient = pytest.importorskip("nbclient")
     notebook = nbformat.read(ROOT / "examples" / "quickstart.ipynb", as_version=4)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # No clock: a cell runs as long as it needs (timeout=None), however loaded the machine; the kernel's start
+    # and a cell's last outputs get far longer than nbclient's 60 s and 4 s defaults (a busy machine is slow).
     client = nbclient.NotebookClient(
-        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        notebook,
+        timeout=None,
+        startup_timeout=3600,
+        iopub_timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
     )
     client.execute()
     outputs = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
@@ -292,3 +299,27 @@ def test_evaluate_of_a_loaded_model_goes_through_the_stage(trained):
         model.network.classifier.classifier[-1].bias.add_(torch.arange(19.0))
     changed = famix.evaluate(model, [spec], progress=False)[spec]
     assert len(json.loads(cache.read_text())) == len(entries) + 1 and changed.miou != loaded.miou
+
+
+def test_save_keeps_a_hand_edited_card_and_finishes_a_killed_save(trained, tmp_path, capsys):
+    checkpoint, _ = trained
+    folder = tmp_path / "shared"
+    main(["save", str(checkpoint), str(folder)])
+    card = (folder / "README.md").read_bytes()
+    main(["save", str(checkpoint), str(folder)])  # its own earlier save, untouched: written again
+    assert (folder / "README.md").read_bytes() == card
+    (folder / "README.md").write_text("# My model\n\nNotes I wrote by hand.\n")
+    err = one_line(capsys, "save", checkpoint, folder)
+    assert err == (
+        f"famix save: error: {folder / 'README.md'} was edited since `famix save` wrote it: famix does not "
+        "replace it. Move it away (your text is kept), or pass --force to replace it"
+    )
+    assert (folder / "README.md").read_text() == "# My model\n\nNotes I wrote by hand.\n"
+    main(["save", str(checkpoint), str(folder), "--force"])
+    assert (folder / "README.md").read_bytes() == card
+    killed = tmp_path / "killed"  # a save killed while writing its weights: a hidden temporary file only
+    killed.mkdir()
+    (killed / ".model.safetensors.x1y2.tmp").write_bytes(b"half the weights")
+    main(["save", str(checkpoint), str(killed)])
+    assert sorted(p.name for p in killed.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert (killed / "README.md").read_bytes() == card.replace(b"shared", b"killed")

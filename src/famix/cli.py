@@ -78,7 +78,9 @@ def cmd_eval(args) -> None:
         **_given(args, "batch_size"),
     )
     with _session(args.device) as info:  # under torchrun each rank evaluates its share of every dataset
-        results, names = evaluate.run(args.checkpoint, args.data, settings, report=args.json or "auto")
+        results, names = evaluate.run(
+            args.checkpoint, args.data, settings, report=args.json or "auto", force=args.force
+        )
     if info.main:
         if args.paper_table:
             print(format_paper_table(results))

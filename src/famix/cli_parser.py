@@ -142,6 +142,7 @@ def _add_eval_predict(sub) -> None:
     e.add_argument(
         "--json", help="where to write results (default: next to the checkpoint, named by the data evaluated)"
     )
+    e.add_argument("--force", action="store_true", help="replace --json even if famix eval did not write it")
     e.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data-loader processes")
     e.add_argument(
         "--batch-size",

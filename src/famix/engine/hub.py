@@ -65,8 +65,20 @@ def upload(folder: Path, repo: str, private: bool = False, revision: str | None 
     """Upload a ``famix save`` folder as Hub model ``repo`` (created if needed); returns its URL."""
     hub = _hub()
     api = hub.HfApi()
-    api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
-    if revision is not None:
-        api.create_branch(repo, branch=revision, exist_ok=True)
-    api.upload_folder(repo_id=repo, folder_path=str(folder), revision=revision, commit_message="famix push")
+    try:
+        api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
+        if revision is not None:
+            api.create_branch(repo, branch=revision, exist_ok=True)
+        api.upload_folder(
+            repo_id=repo, folder_path=str(folder), revision=revision, commit_message="famix push"
+        )
+    except Exception as e:  # no network (httpx's ConnectError), offline mode, a refused login: one line
+        if isinstance(e, hub.errors.HfHubHTTPError) and getattr(e, "response", None) is not None:
+            first = str(e).splitlines()[0]
+            raise OSError(f"the Hugging Face Hub refused the upload to {repo}: {first}") from e
+        raise OSError(
+            f"cannot reach the Hugging Face Hub to upload {repo} ({type(e).__name__}: "
+            f"{(str(e).splitlines() or [''])[0][:200]}): famix push needs the network (and a login: "
+            "`hf auth login`); HF_HUB_OFFLINE=1 keeps famix off the network for everything else"
+        ) from e
     return f"https://huggingface.co/{repo}" + (f"/tree/{revision}" if revision else "")

@@ -14,6 +14,7 @@ that takes a checkpoint takes such a folder, or a Hub id of one (``hf:OWNER/NAME
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import shutil
@@ -25,7 +26,7 @@ from safetensors.torch import load_file
 from famix.config import ModelConfig, from_dict
 from famix.data.specs import parse_spec
 from famix.engine import hub
-from famix.io import atomic_write, file_fingerprint, save_safetensors
+from famix.io import atomic_write, file_fingerprint, remove_stale_temps, save_safetensors
 from famix.normalization import OPENAI_NORMALIZATION
 from famix.version import __version__
 
@@ -206,29 +207,52 @@ def model_card(name: str, ckpt: dict, evals: list[dict], bank: str | None) -> st
     return "\n".join(lines)
 
 
+def _text_fingerprint(text: str) -> str:
+    """The fingerprint ``io.file_fingerprint`` gives a file holding ``text``."""
+    return f"sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
 def write_folder(
     ckpt: dict, folder: str | Path, name: str, evals: list[dict], bank: str | Path | None, force: bool
 ) -> Path:
     """Write a checkpoint dict as a model folder. A folder holding anything but an earlier save (a
-    ``config.json`` of this format) is refused unless ``force``; files are written atomically."""
+    ``config.json`` of this format) or what a killed save left is refused unless ``force``, and so is a
+    model card edited by hand since famix wrote it; files are written atomically."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{folder} is a file: pass a folder to save the model into")
     try:
-        ours = json.loads((folder / CONFIG).read_text())["famix"]["format"] == FORMAT
+        earlier = json.loads((folder / CONFIG).read_text())
+        ours = earlier["famix"]["format"] == FORMAT
     except (OSError, ValueError, KeyError, TypeError):
-        ours = False
-    if folder.is_dir() and any(folder.iterdir()) and not force and not ours:
+        earlier, ours = {}, False
+    names = (WEIGHTS, CONFIG, CARD, BANK)
+    if folder.is_dir() and not ours and not force:
+        # a save killed before its config.json: only its own files, whole or half-written (hidden temps)
+        partial = [p.name for p in folder.iterdir()]
+        if partial and all(n in names or any(n.startswith(f".{m}.") for m in names) for n in partial):
+            ours = True
+        elif partial:
+            raise FileExistsError(
+                f"{folder} is not empty and was not written by `famix save`: pass another folder (or --force "
+                "to write into it)"
+            )
+    card = model_card(name, ckpt, evals, Path(bank).name if bank else None)
+    written_card = (earlier.get("famix") or {}).get("card")  # the fingerprint of the card famix wrote
+    edited = (folder / CARD).is_file() and written_card not in (None, file_fingerprint(folder / CARD))
+    if edited and ours and not force and (folder / CARD).read_bytes() != card.encode():
         raise FileExistsError(
-            f"{folder} is not empty and was not written by `famix save`: pass another folder (or --force "
-            "to write into it)"
+            f"{folder / CARD} was edited since `famix save` wrote it: famix does not replace it. Move it "
+            "away (your text is kept), or pass --force to replace it"
         )
+    for n in names:
+        remove_stale_temps(folder / n)  # what a killed save left behind
     folder.mkdir(parents=True, exist_ok=True)
     state = {k.removeprefix("module."): v.detach().cpu().contiguous() for k, v in ckpt["model_state"].items()}
     save_safetensors(state, folder / WEIGHTS, {"format": "pt", "famix_version": __version__})
     model = model_config(ckpt)
     meta = {
-        "famix": {"format": FORMAT, "version": __version__},
+        "famix": {"format": FORMAT, "version": __version__, "card": _text_fingerprint(card)},
         "config": ckpt.get("config") or {"model": vars(model)},
         "label_set": model.labels.to_dict(),
         "normalization": {"input": "RGB in [0, 1]", "mean": model.mean, "std": model.std},
@@ -248,9 +272,8 @@ def write_folder(
         ],
     }
     text = json.dumps(meta, indent=1)
-    atomic_write(folder / CONFIG, lambda tmp: tmp.write_text(text + "\n"))
-    card = model_card(name, ckpt, evals, Path(bank).name if bank else None)
-    atomic_write(folder / CARD, lambda tmp: tmp.write_text(card))
+    atomic_write(folder / CARD, lambda tmp: tmp.write_bytes(card.encode()))
+    atomic_write(folder / CONFIG, lambda tmp: tmp.write_text(text + "\n"))  # last: marks the save whole
     if bank is not None:
         atomic_write(folder / BANK, lambda tmp: shutil.copyfile(bank, tmp))
     elif ours and (folder / BANK).is_file():  # an earlier save's bank: not this model's any more

@@ -100,6 +100,15 @@ def format_paper_table(results: dict[str, EvalResult], name: str = "mIoU") -> st
     )
 
 
+def is_results_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a results file :func:`write_results` wrote (a JSON object with its keys)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and {"unit", "datasets", "mean_miou", "table"} <= set(data)
+
+
 def write_results(
     results: dict[str, EvalResult],
     path: str | os.PathLike,

@@ -96,7 +96,18 @@ def load_clip_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         # OpenAI ships fp16 TorchScript archives; their state_dict keys already match open_clip's CLIP.
         sd = dict(torch.jit.load(path, map_location="cpu").state_dict())
     else:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # not a torch file at all (torch raises KeyError, UnpicklingError, ...)
+            raise ValueError(
+                f"{path} is not CLIP weights famix can read ({type(e).__name__}): pass an OpenAI .pt, a "
+                "state dict .pt/.bin, a .safetensors file, or an open_clip pretrained tag"
+            ) from e
+        if isinstance(sd, dict) and "model_state" in sd:
+            raise ValueError(
+                f"{path} is a famix or FAMix segmenter checkpoint, not CLIP weights: pass the CLIP weights "
+                "it was trained from"
+            )
         for key in ("state_dict", "model"):
             if isinstance(sd, dict) and isinstance(sd.get(key), dict):
                 sd = sd[key]

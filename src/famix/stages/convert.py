@@ -172,6 +172,11 @@ def convert_bank(src: str, dst: str, trust_pickle: bool = False, record: dict | 
 def convert_clip(src: str, dst: str, record: dict | None = None) -> None:
     """OpenAI TorchScript / state-dict CLIP weights -> safetensors (``record``: kept in its metadata)."""
     state = {k: v.contiguous() for k, v in load_clip_state_dict(src).items()}
+    if not any(k.startswith("visual.") for k in state):
+        raise ValueError(
+            f"{src} holds no CLIP image tower (no visual.* tensors): pass CLIP weights (an OpenAI .pt or a "
+            "CLIP state dict)"
+        )
     save_safetensors(state, dst, {KEY: json.dumps(record, sort_keys=True)} if record is not None else None)
 
 

@@ -23,10 +23,10 @@ from famix.engine.checkpoint import (
 from famix.engine.checks import check_specs
 from famix.engine.distributed import current, require_session, resolve_device
 from famix.engine.evaluate import EvalResult, evaluate_specs
-from famix.engine.outputs import check_output_path
+from famix.engine.outputs import check_output_path, check_replaceable
 from famix.engine.protocols import describe as describe_protocol
 from famix.engine.protocols import resolve as resolve_protocol
-from famix.engine.results import default_results_path, write_results
+from famix.engine.results import default_results_path, is_results_file, write_results
 from famix.engine.runs import RunRecord, cached, lookup
 from famix.settings import EvalSettings, InferenceSettings
 
@@ -93,15 +93,18 @@ def run(
     progress: bool = True,
     say=print,
     report: str | Path | None = None,
+    force: bool = False,
 ) -> tuple[dict[str, EvalResult], list[str]]:
     """Evaluate ``checkpoint`` on every spec (all checked before the first is evaluated); returns
     ``({spec: result}, class names)`` (the grouping's when ``settings.group``). ``cache``: the JSON file of
     cached results ("auto": beside the checkpoint, None: no cache); a spec already evaluated with the same
     record returns at once.
-    ``report``: also write the results file there ("auto": beside the checkpoint, named by the data)."""
+    ``report``: also write the results file there ("auto": beside the checkpoint, named by the data); an
+    existing file there that ``famix eval`` did not write is refused unless ``force``."""
     ckpt = load_checkpoint(checkpoint)  # read once
     source = Source(str(checkpoint), pretrained.fingerprint(checkpoint), pretrained.base_path(checkpoint))
-    return _evaluate(ckpt, source, None, specs, settings or EvalSettings(), cache, progress, say, report)
+    s = settings or EvalSettings()
+    return _evaluate(ckpt, source, None, specs, s, cache, progress, say, report, force)
 
 
 def run_loaded(
@@ -123,7 +126,9 @@ def run_loaded(
     source = Source(name, state_fingerprint(state, ckpt.get("config", {})), base)
     cache = "auto" if base is not None else None
     s = settings or EvalSettings()
-    return _evaluate({**ckpt, "model_state": state}, source, network, specs, s, cache, progress, say, None)
+    return _evaluate(
+        {**ckpt, "model_state": state}, source, network, specs, s, cache, progress, say, None, False
+    )
 
 
 @dataclass(frozen=True)
@@ -137,7 +142,16 @@ class Source:
 
 
 def _evaluate(
-    ckpt: dict, source: Source, network, specs: list[str], s: EvalSettings, cache, progress: bool, say, report
+    ckpt: dict,
+    source: Source,
+    network,
+    specs: list[str],
+    s: EvalSettings,
+    cache,
+    progress: bool,
+    say,
+    report,
+    force: bool,
 ) -> tuple[dict[str, EvalResult], list[str]]:
     """The evaluation of :func:`run` and :func:`run_loaded`: ``network`` None builds it from ``ckpt``."""
     if not specs:
@@ -151,6 +165,7 @@ def _evaluate(
         report = default_results_path(source.base, specs, s.tta, "-".join(named) or None)
     if report is not None:
         check_output_path(report, "--json")
+        check_replaceable(report, is_results_file, "a results file written by `famix eval`", force)
     info = current()
     require_session(info, "evaluation")
     device = resolve_device(s.device, info)

@@ -104,7 +104,7 @@ def _rows(w: Path) -> list:
             "target without a root",
             [*repro, "--targets", "cityscapes"],
             {},
-            "--targets cityscapes: bad dataset spec",
+            "--targets cityscapes: the spec names no dataset folder",
         ),
         (
             "data.val a number",
@@ -280,6 +280,18 @@ def _rows(w: Path) -> list:
             "FAMIX_RENDEZVOUS_TIMEOUT='abc': give a whole number of seconds",
         ),
         (
+            "a dataset spec with no folder",
+            ["eval", ckpt, "--data", "cityscapes"],
+            {},
+            "--data cityscapes: the spec names no dataset folder: write it as cityscapes:ROOT[:SPLIT]",
+        ),
+        (
+            "a style bank path that is a folder",
+            ["mine", "-c", "tiny", *FAST, f"style.bank={w / 'data'}", "data.train=synthetic:day:4:size=48"],
+            {},
+            "style.bank " + str(w / "data") + " is a folder: pass the path of the file to write",
+        ),
+        (
             "seeds given to adapt as a list",
             [*adapt, "--target", "night", "--seed", "x"],
             {},
@@ -386,3 +398,39 @@ def test_yaml_booleans_are_the_words_the_user_typed(tmp_path):
         from famix.engine.amp import amp_dtype
 
         amp_dtype(load_config("tiny", ["run.amp=on"]).run.amp, torch.device("cpu"))
+
+
+def test_the_recipes_crop_on_small_images_warns_before_adapt_mines(checkpoint, tmp_path, monkeypatch):
+    from famix.stages import adapt
+
+    def mined(*args, **kwargs):
+        raise RuntimeError("mining started")
+
+    monkeypatch.setattr(adapt, "mine_pass", mined)
+    settings = adapt.AdaptSettings(device="cpu", steps=1, iterations=1)  # PODA's recipe: crop 768
+    with (
+        pytest.warns(
+            UserWarning, match=r"--crop=768 is larger than the images of synthetic:day:4:size=48 \(48x48\)"
+        ),
+        pytest.raises(RuntimeError, match="mining started"),
+    ):
+        adapt.run(
+            checkpoint, ["night"], "synthetic:day:4:size=48", tmp_path, settings=settings, progress=False
+        )
+
+
+def test_a_folder_with_a_colon_in_its_name_is_a_spec_with_an_escaped_colon(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "scans:2024"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "images" / "a.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "labels" / "a.png")
+    spec = "folder:" + str(root).replace(":", "\\:")
+    from famix.data.datasets import build_dataset
+    from famix.data.specs import parse_spec
+
+    assert parse_spec(spec).root == str(root) and len(build_dataset(spec)) == 1
+    assert parse_spec(spec).with_root(str(root)).text == spec

@@ -248,9 +248,14 @@ def test_parse_spec_names_aliases_conditions_options_and_errors():
     assert fields.options == {"fog_size": "none"}
     with pytest.raises(ValueError, match=r"unknown option 'colour'; USAGE accepts: mismatch"):
         parse_fields(["/a", "colour=1"], "USAGE", False, ("mismatch",))
-    for bad in (["/a", "val", "extra"], [""], ["night"]):
-        with pytest.raises(ValueError, match="bad dataset spec fields .*; expected USAGE"):
+    with pytest.raises(ValueError, match=r"bad dataset spec fields '/a:val:extra'; expected USAGE \(a ':'"):
+        parse_fields(["/a", "val", "extra"], "USAGE", False, ())
+    for bad in ([""], ["night"]):
+        with pytest.raises(ValueError, match="^the spec names no dataset folder: write it as USAGE$"):
             parse_fields(bad, "USAGE", bad == ["night"], ())
+    escaped = parse_spec("folder:data/scans\\:2024:train")  # a ':' in a folder name
+    assert escaped.root == "data/scans:2024" and escaped.split == "train"
+    assert escaped.with_root("x:y").text == "folder:x\\:y:train"
 
 
 def test_dataset_entries_are_built_by_keyword():

@@ -56,8 +56,9 @@ def test_reproduce_table_resume_and_refusal(data_root, tmp_path, monkeypatch, ca
         return real_train(cfg, *args, **kw)
 
     monkeypatch.setattr(loop, "train", interrupted_train)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as stopped:  # Ctrl-C: one line, exit status 130
         main(_args(data_root, out))
+    assert stopped.value.code == 130
     seed0 = out / "seed0" / "latest.pt"
     stamp = seed0.stat().st_mtime_ns
     assert (out / "seed0" / "latest.eval-cache.json").is_file() and not (out / "results.md").exists()

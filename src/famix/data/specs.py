@@ -9,11 +9,13 @@ torch: the CLI, results tables and model cards read specs without a model librar
 SPLIT is a split name (``train``, ``val``) or the path of a split-list file; ``KEY=VALUE`` fields are
 options and may come anywhere after the name (a field whose part before ``=`` holds a ``/`` is a path).
 Only the datasets in :data:`WITH_CONDITION` have a CONDITION field (their entries list the conditions).
+A ``:`` inside a field (a folder named ``a:b``) is written ``\\:`` (``folder:data/a\\:b``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,16 @@ def dataset_name(name: str) -> str:
     """A dataset name as the table knows it: lower-cased, an alias replaced by its dataset's name."""
     name = name.lower()
     return ALIASES.get(name, name)
+
+
+def split_fields(spec: str) -> list[str]:
+    """The ``:``-separated fields of a spec, a ``\\:`` kept as a ``:`` inside its field."""
+    return [part.replace("\\:", ":") for part in re.split(r"(?<!\\):", spec)]
+
+
+def join_fields(fields) -> str:
+    """A spec from its fields (``:`` inside a field written ``\\:``): the inverse of :func:`split_fields`."""
+    return ":".join(part.replace(":", "\\:") for part in fields)
 
 
 def is_option(part: str) -> bool:
@@ -46,7 +58,7 @@ class DatasetSpec:
     @property
     def written_name(self) -> str:
         """The name as the spec writes it (case and alias kept)."""
-        return self.text.split(":", 1)[0]
+        return split_fields(self.text)[0]
 
     @property
     def options(self) -> dict[str, str]:
@@ -90,14 +102,14 @@ class DatasetSpec:
         if i is None:
             return self
         fields = (*self.fields[:i], root, *self.fields[i + 1 :])
-        return dataclasses.replace(self, text=":".join((self.written_name, *fields)), fields=fields)
+        return dataclasses.replace(self, text=join_fields((self.written_name, *fields)), fields=fields)
 
 
 def parse_spec(spec: str) -> DatasetSpec:
     """Split ``spec`` into its name (lower-cased, aliases resolved) and the fields after it."""
     if not isinstance(spec, str):
         raise TypeError(f"a dataset spec is a string NAME[:CONDITION]:ROOT[:SPLIT], not {spec!r}")
-    name, *fields = spec.split(":")
+    name, *fields = split_fields(spec)
     return DatasetSpec(spec, dataset_name(name), tuple(fields))
 
 
@@ -124,8 +136,13 @@ def parse_fields(parts: list[str], usage: str, with_condition: bool, options: tu
         else:
             positional.append(part)
     condition = positional.pop(0) if with_condition and positional else None
-    if not positional or not positional[0] or len(positional) > 2:
-        raise ValueError(f"bad dataset spec fields {':'.join(parts)!r}; expected {usage}")
+    if not positional or not positional[0]:
+        raise ValueError(f"the spec names no dataset folder: write it as {usage}")
+    if len(positional) > 2:
+        raise ValueError(
+            f"bad dataset spec fields {join_fields(parts)!r}; expected {usage} (a ':' inside a folder "
+            "name is written '\\:')"
+        )
     split = positional[1] if len(positional) > 1 and positional[1] else None
     return SpecFields(Path(positional[0]).expanduser(), split, condition, opts)
 

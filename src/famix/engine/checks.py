@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 from torch.utils.data import Dataset
 
@@ -14,7 +13,7 @@ from famix.data.datasets import build_dataset
 from famix.data.label_sets import LabelSet, LabelSetError, from_names, parse
 from famix.data.specs import parse_spec
 from famix.engine.distributed import current, resolve_device
-from famix.engine.outputs import check_folder
+from famix.engine.outputs import check_folder, check_output_path
 from famix.models.build import normalization
 from famix.models.clip import weights_fingerprint
 from famix.style.bank import StyleBank
@@ -121,7 +120,7 @@ def check_mine_inputs(cfg: Config) -> None:
     resolve_device(cfg.run.device, current())
     if not cfg.style.bank:
         raise ValueError("set style.bank=PATH: the style bank `famix mine` writes (and `famix train` reads)")
-    check_folder(Path(cfg.style.bank).parent, "style.bank")
+    check_output_path(cfg.style.bank, "style.bank")  # a folder there: refused now, not after mining
     source = check_specs([cfg.data.train], "data.train", cfg.model.labels)[cfg.data.train]
     warn_crop(source, cfg.mine.crop, "mine.crop")
     weights_fingerprint(cfg.model.weights)

@@ -57,7 +57,7 @@ from famix.data.trainids import IGNORE_INDEX
 from famix.data.transforms import train_transform
 from famix.engine import pretrained
 from famix.engine.checkpoint import load_checkpoint, load_segmenter, model_config
-from famix.engine.checks import check_specs
+from famix.engine.checks import check_specs, warn_crop
 from famix.engine.distributed import resolve_device, single_process
 from famix.engine.inference import model_input
 from famix.engine.mine import MiningPlan, mine_pass, plan_images
@@ -169,7 +169,7 @@ def run(
     if len(set(folders)) != len(folders):
         raise ValueError(f"target descriptions {targets} share run folder names {folders}: make them differ")
     ckpt = load_checkpoint(checkpoint)  # read once
-    check_specs([source_spec], "--data", model_config(ckpt).labels)
+    source = check_specs([source_spec], "--data", model_config(ckpt).labels)[source_spec]
     check_folder(out, "--out")
     device = resolve_device(s.device)
     model, model_cfg = load_segmenter(ckpt, device=device)
@@ -186,6 +186,7 @@ def run(
     cfgs = [fine_tune_config(stored, source_spec, Path(out) / f, s) for f in folders]
     for cfg in cfgs:
         check_values(cfg)
+    warn_crop(source, cfgs[0].data.crop, "--crop")  # the recipe's crop (PODA: 768) on small images: said now
     records = [
         _styles_record(c, t, s, model_cfg.backbone, inputs) for t, c in zip(targets, cfgs, strict=True)
     ]
@@ -318,5 +319,7 @@ def _fine_tune(ckpt: dict, cfg: Config, inputs: dict, say) -> Path:
     """Fine-tune the head of the checkpoint's segmenter (``ckpt``, read once) on source crops restyled by
     ``cfg.style``: ``famix train``'s stage started from its weights, into ``<run>/latest.pt`` (resumed when it
     holds the same run, returned when finished, refused when it holds another)."""
-    train.run(cfg, say, REFUSAL, "adapt", inputs, ckpt["model_state"], name="famix adapt", option="--out")
+    with warnings.catch_warnings():  # the crop was said under its own option (--crop) before mining
+        warnings.filterwarnings("ignore", message="data.crop=")
+        train.run(cfg, say, REFUSAL, "adapt", inputs, ckpt["model_state"], name="famix adapt", option="--out")
     return Path(cfg.train.out) / "latest.pt"

@@ -35,7 +35,9 @@ from famix.stages import train as train_stage
 
 class Segmenter:
     """A trained famix segmenter: :meth:`predict` class maps (or :meth:`predict_logits`) of images given as
-    paths, PIL images, HxWx3 uint8 arrays or 3xHxW uint8 tensors, one or a list (sizes may differ).
+    paths, PIL images, HxWx3 arrays or 3xHxW tensors, one or a list (sizes may differ; any size, from 1x1):
+    uint8, or uint16 scaled to 8 bits as ``famix predict`` reads 16-bit files; paths in the orientation
+    viewers show (``famix.data.readers.as_rgb``).
     ``network`` is the ``torch.nn.Module`` (normalised images [B, 3, H, W] -> logits [B, K, H, W]);
     ``labels`` its label set (class names, colours)."""
 

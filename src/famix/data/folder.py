@@ -23,7 +23,7 @@ from famix.data.entry import DatasetEntry
 from famix.data.errors import DatasetError
 from famix.data.label_sets import LabelSet, from_names
 from famix.data.paired import PairedDataset, screen_sizes
-from famix.data.readers import _READ_ERRORS, _corrupt, read_image
+from famix.data.readers import _READ_ERRORS, _corrupt, read_color_label
 from famix.data.scan import Pair, Scan, Source, collect, require_dir, scan_pairs
 from famix.data.specs import parse_fields, parse_mismatch
 from famix.data.trainids import CLASS_NAMES
@@ -74,10 +74,7 @@ class Layout:
     def raw(self, path: Path) -> np.ndarray:
         """A label file's raw ids [H, W] (index) or colours [H, W, 3] uint8 (rgb)."""
         if self.encoding == "rgb":
-            try:
-                return read_image(path).permute(1, 2, 0).numpy()
-            except DatasetError as err:
-                raise DatasetError(str(err).replace("cannot read image", "cannot read label")) from None
+            return read_color_label(path)  # as stored: colours are looked up, never scaled or turned
         try:
             with Image.open(path) as im:
                 if im.mode in ("RGB", "RGBA"):

@@ -1,6 +1,11 @@
 """The dataset class shared by every benchmark loader, and size screening of image/label pairs.
 
 Items are (image uint8 [3, H, W], label uint8 [H, W] of trainIds, 255 = ignore).
+
+Images are read as viewers show them (``readers.read_image``: EXIF orientation applied); label files carry
+no orientation and are taken as drawn on the image as shown (annotation tools show photos turned), except
+where only the stored orientation fits them: a label of the stored size of a quarter-turned (EXIF 5-8)
+non-square image was drawn on the pixels as stored and is turned with its image (:func:`label_as_stored`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from torch.utils.data import Dataset
 
 from famix.data.entry import SizeFilter
 from famix.data.errors import DatasetError
-from famix.data.readers import image_size, read_image, read_raw_label
+from famix.data.readers import Header, image_header, image_size, orient, read_image, read_raw_label
 from famix.data.scan import Pair
 from famix.data.trainids import to_train_ids
 from famix.data.transforms import EvalTransform
@@ -35,6 +40,12 @@ def mismatch_message(pair: Pair, image_wh: tuple[int, int], label_wh: tuple[int,
         f"{_sizes(pair, image_wh, label_wh)}. Re-download the pair, or set the dataset option mismatch=skip "
         "(drop such pairs, counted) or mismatch=resize (resize the label, nearest)."
     )
+
+
+def label_as_stored(header: Header, label_wh: tuple[int, int]) -> bool:
+    """Whether a label of ``label_wh`` (width, height) was drawn on its image's pixels as stored rather than
+    as shown: only a quarter turn (EXIF orientation 5-8) of a non-square image tells them apart."""
+    return header.shown != header.size and label_wh == header.size
 
 
 SKIPPED = "mismatch=skip"  # how the reason of a pair dropped for its label's size starts
@@ -64,14 +75,15 @@ def screen_pairs(
     """
     kept, dropped, refused = [], [], []
     for pair in pairs:
-        image_wh = image_size(pair.image)
+        header = image_header(pair.image)
+        image_wh = header.shown
         if keep_size is not None and image_wh != (keep_size[1], keep_size[0]):
             why = size_filter.reason(image_wh, keep_size) if size_filter else f"not of size {keep_size} (HxW)"
             dropped.append((pair.image, why))
             continue
         if mismatch != "resize":
             label_wh = image_size(pair.label, "label")
-            if label_wh != image_wh:
+            if label_wh != image_wh and not label_as_stored(header, label_wh):
                 if mismatch == "error":
                     refused.append(mismatch_message(pair, image_wh, label_wh))
                 else:
@@ -147,6 +159,10 @@ class PairedDataset(Dataset):
         pair = self.pairs[index]
         image = read_image(pair.image)
         label = self.read_label(pair)
+        if label.shape != tuple(image.shape[1:]):
+            header = image_header(pair.image)
+            if label_as_stored(header, label.shape[::-1]):  # drawn on the pixels as stored: turned too
+                label = orient(torch.from_numpy(np.ascontiguousarray(label)), header.orientation).numpy()
         if label.shape != tuple(image.shape[1:]):
             if self.mismatch != "resize":
                 image_wh, label_wh = (image.shape[2], image.shape[1]), label.shape[::-1]

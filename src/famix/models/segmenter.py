@@ -33,8 +33,9 @@ class SegmentationNetwork(nn.Module):
     - ConvNeXt (``towers/convnext.py``, output stride 32): the style map is stage 0 [B, C0, H/4, W/4], also
       the low-level feature; "out" is stage 3 [B, C3, H/32, W/32].
 
-    ``forward`` zero-pads inputs to the family's ``pad_multiple`` (P, 32; ResNets take any size) and crops
-    the logits back. Units whose parameters are all frozen run without autograd, and stay in eval mode
+    ``forward`` zero-pads inputs (at the bottom and right) to the family's ``pad_multiple`` (P, 32; ResNets
+    take any size) and to at least ``min_size`` (the output stride: a 1x1 image too), and crops the logits
+    back. Units whose parameters are all frozen run without autograd, and stay in eval mode
     (frozen BatchNorm statistics) whenever the model trains.
 
     ``normalization``: the (mean, std) per channel of the tower's weights (OpenAI's by default); every
@@ -64,6 +65,12 @@ class SegmentationNetwork(nn.Module):
     def pad_multiple(self) -> int:
         """Input sides ``forward`` zero-pads to (1: any size as it is)."""
         return self.family.pad_multiple(self.backbone)
+
+    @property
+    def min_size(self) -> int:
+        """The smallest height and width the backbone computes on, its output stride (every stride-2 step
+        then leaves at least one pixel); ``forward`` zero-pads smaller inputs up to it."""
+        return self.output_stride
 
     @property
     def style_channels(self) -> int:
@@ -151,10 +158,15 @@ class SegmentationNetwork(nn.Module):
     def forward(self, x: torch.Tensor, restyle: Restyle | None = None) -> torch.Tensor:
         """x: [B, 3, H, W] normalised with ``normalization`` -> logits [B, K, H, W]."""
         size = x.shape[-2:]
-        m = self.pad_multiple
-        if m > 1 and not torch.jit.is_tracing():  # traced (exported) models take multiples of m
-            x = pad_to_multiple(x, m)
+        m, least = self.pad_multiple, self.min_size
+        crop = m > 1
+        if not torch.jit.is_tracing():  # traced (exported) models take multiples of m, at least min_size
+            if m > 1:
+                x = pad_to_multiple(x, m)
+            if x.shape[-2] < least or x.shape[-1] < least:  # e.g. a 1x1 image: zero-padded as above
+                x = F.pad(x, (0, max(least - x.shape[-1], 0), 0, max(least - x.shape[-2], 0)))
+                crop = True
         feats = self.features(x, restyle)
         logits = self.classifier(feats["low"], feats["out"])
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return logits[..., : size[0], : size[1]] if m > 1 else logits
+        return logits[..., : size[0], : size[1]] if crop else logits

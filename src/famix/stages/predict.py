@@ -159,8 +159,12 @@ def predict_paths(
 
     Images: ``<stem>_trainid.png`` (uint8 class indices), ``<stem>_color.png`` (the colours of ``labels``,
     the model's label set; default the 19 Cityscapes classes') and
-    ``<stem>_overlay.png`` as selected by ``outputs`` (``<stem>``: see :func:`output_stems`). Images of
-    equal size are segmented ``batch_size`` at a time; sizes may differ between images. Videos
+    ``<stem>_overlay.png`` as selected by ``outputs`` (``<stem>``: see :func:`output_stems`). Images are read
+    as viewers show them (:func:`famix.data.readers.read_image`: EXIF orientation applied, 16-bit pixels
+    scaled to 8 bits), so every output has that orientation and size (the overlay draws on the turned
+    image); images smaller than the network are zero-padded and cropped back by it. Images of equal size
+    (:func:`famix.data.readers.image_size`, turned) are segmented ``batch_size`` at a time; sizes may differ
+    between images. Videos
     (:data:`VIDEO_EXTENSIONS`, needs PyAV): ``<stem>_<video_output>.mp4``, see
     :func:`famix.engine.video.segment_video`. ``destinations``: one file per input (images only) for the
     one kind in ``outputs`` instead (a test server's layout, ``engine.servers``). Returns the written paths

@@ -14,6 +14,7 @@ from famix.config import ModelConfig
 from famix.models.build import build_segmenter
 from famix.style.bank import StyleBank
 from tests import fake_datasets as fake
+from tests.cli_errors import one_line
 
 FAST = [
     "data.val=[]",
@@ -434,3 +435,76 @@ def test_a_folder_with_a_colon_in_its_name_is_a_spec_with_an_escaped_colon(tmp_p
 
     assert parse_spec(spec).root == str(root) and len(build_dataset(spec)) == 1
     assert parse_spec(spec).with_root(str(root)).text == spec
+
+
+def _label_set(tmp_path, name: str, classes: list[dict]):
+    import yaml
+
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"classes": classes}))
+    return path
+
+
+def test_labels_that_cannot_occur_are_refused_and_unclaimed_ones_named_before_work(tmp_path, capsys):
+    import numpy as np
+
+    from famix.data.datasets import build_dataset
+    from famix.data.label_sets import load
+
+    source = "synthetic:day:3:size=48"
+    base = ["train", "-c", "tiny", "style.mix=mixstyle", f"data.train={source}", *FAST]
+    one = _label_set(tmp_path, "one", [{"name": "thing"}])
+    err = one_line(capsys, *base, f"model.classes={one}", f"train.out={tmp_path / 'a'}")
+    assert "a label set needs at least two classes" in err and not (tmp_path / "a").exists()
+    raw = _label_set(tmp_path, "raw", [{"name": "flat", "ids": [7]}, {"name": "vehicle", "ids": [26, 27]}])
+    err = one_line(capsys, *base, f"model.classes={raw}", f"train.out={tmp_path / 'b'}")
+    assert (
+        f"data.train {source}: the label set's classes vehicle (ids 26, 27) can never occur: this dataset's "
+        "labels are the 19 Cityscapes trainIds (0-18)" in err
+    ) and not (tmp_path / "b").exists()
+    # six classes with the default ids 0-5 over data of 19 trainIds: trainIds 6-18 read as ignore (named)
+    six = load(_label_set(tmp_path, "six", [{"name": n} for n in "abcdef"]))
+    with pytest.warns(
+        UserWarning, match=r"claims no class for trainIds 6 traffic light, 7 traffic sign, .* 18 "
+    ):
+        from famix.engine.checks import check_specs
+
+        check_specs([source], "data.train", six)
+    plain, read = build_dataset(source), build_dataset(source, six)
+    for i in range(len(plain)):
+        trainids, classes = plain[i][1].numpy(), read[i][1].numpy()
+        assert np.array_equal(
+            classes, np.where(trainids < 6, trainids, 255)
+        )  # never a class past the set's end
+
+
+def test_a_folder_dataset_s_unclaimed_values_are_counted_and_no_match_refused(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from famix.data.label_sets import load
+    from famix.engine.checks import check_specs
+
+    root = tmp_path / "mine"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    labels = [
+        np.array([[0, 0, 1, 9], [9, 9, 9, 1]], np.uint8),
+        np.array([[4, 4, 4, 4], [0, 1, 0, 9]], np.uint8),
+    ]
+    for i, label in enumerate(labels):
+        Image.fromarray(np.zeros((2, 4, 3), np.uint8)).save(root / "images" / f"{i}.png")
+        Image.fromarray(label).save(root / "labels" / f"{i}.png")
+    two = load(_label_set(tmp_path, "two", [{"name": "a", "ids": [0]}, {"name": "b", "ids": [1]}]))
+    stack = np.stack(labels)
+    expected = (
+        f"{(stack == 9).sum() + (stack == 4).sum()} of {stack.size} pixels in 2 label files read hold values"
+    )
+    counts = f"9: {(stack == 9).sum()} px, 4: {(stack == 4).sum()} px"
+    with pytest.warns(UserWarning, match=f"{expected} no class of the label set claims \\({counts}\\)"):
+        check_specs([f"folder:{root}"], "--data", two)
+    other = load(_label_set(tmp_path, "other", [{"name": "x", "ids": [50]}, {"name": "y", "ids": [51]}]))
+    with pytest.raises(
+        ValueError, match=r"--data folder:.*: no pixel of 2 label files read \(of 2\) belongs to a"
+    ):
+        check_specs([f"folder:{root}"], "--data", other)

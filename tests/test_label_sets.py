@@ -136,7 +136,7 @@ def test_cityscapes_categories_ship_and_group_the_19_classes():
         label_sets.LabelSetError, match=r"class .object. groups ids \[5, 6, 7\], but the model has 5 classes"
     ):
         ls.group_lut(5)
-    partial = label_sets.parse({"classes": [{"name": "a", "ids": [0, 1]}]}, "t")
+    partial = label_sets.parse({"classes": [{"name": "a", "ids": [0]}, {"name": "b", "ids": [1]}]}, "t")
     with pytest.raises(label_sets.LabelSetError, match=r"class\(es\) \[2\] are in no group"):
         partial.group_lut(3)
 

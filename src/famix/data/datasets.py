@@ -18,16 +18,20 @@ miniature world comes in this way (``synthetic:*``). :func:`register_dataset` ad
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from famix.data import acdc, bdd, cityscapes, folder, gta5, mapillary, synthia
 from famix.data.entry import DatasetEntry
+from famix.data.folder import FolderDataset
 from famix.data.label_sets import LabelSet
 from famix.data.specs import ALIASES, dataset_name, parse_spec
+from famix.data.trainids import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 
 ENTRY_POINTS = "famix.datasets"  # the entry-point group of datasets from installed packages
 # The benchmark loaders by spec name: each module's ENTRY (build, help text, and what it does on disk).
@@ -99,10 +103,79 @@ def build_dataset(spec: str, labels: LabelSet | None = None) -> Dataset:
         dataset = entry.build(rest, labels)
     else:
         dataset = entry.build(rest)
-        if labels is not None and not labels.is_identity():
+        if labels is not None and not keeps_trainids(labels):
             dataset = Relabelled(dataset, labels)
     dataset.spec = spec
     return dataset
+
+
+def keeps_trainids(labels: LabelSet) -> bool:
+    """Whether reading trainIds through ``labels`` changes nothing (trainId k is class k for all 19, 255 is
+    ignore): only then may a dataset of trainIds skip relabelling. A set of fewer classes with ids 0..K-1 is
+    not one: the trainIds it leaves out must become ignore, not class indices past its end."""
+    lut = labels.id_lut()
+    return bool((lut[:NUM_CLASSES] == np.arange(NUM_CLASSES)).all()) and lut[IGNORE_INDEX] == IGNORE_INDEX
+
+
+def check_label_reading(spec: str, dataset: Dataset, labels: LabelSet | None, sample: int = 16) -> None:
+    """Before any work: can ``dataset``'s labels map into ``labels`` (None: the 19 trainIds)?
+
+    A dataset of trainIds (every benchmark loader): each class must claim a trainId (0-18), or it could never
+    occur and would score 0 (refused, naming the classes and their ids); trainIds no class claims are read as
+    ignore (a warning names them). A ``folder:`` dataset: up to ``sample`` label files, spread over it, are
+    read; values no class claims are named with their pixel counts (a warning), and a sample in which no pixel
+    belongs to any class is refused."""
+    if labels is None:
+        return
+    entry = dataset_entry(parse_spec(spec).name)
+    if entry is not None and not entry.takes_labels:
+        never = [c for c in labels.classes if not any(0 <= i < NUM_CLASSES for i in c.ids)]
+        if never:
+            said = ", ".join(f"{c.name} (ids {', '.join(map(str, c.ids)) or 'none'})" for c in never)
+            raise ValueError(
+                f"the label set's classes {said} can never occur: this dataset's labels are the 19 "
+                "Cityscapes trainIds (0-18), read through each class's ids. Give those classes trainIds as "
+                "ids (read your own label values with a folder: dataset)"
+            )
+        unclaimed = [k for k in range(NUM_CLASSES) if k not in labels.claimed_ids()]
+        if unclaimed:
+            names = ", ".join(f"{k} {CLASS_NAMES[k]}" for k in unclaimed)
+            warnings.warn(
+                f"{spec}: the label set ({labels.describe()}) claims no class for trainIds {names}: their "
+                "pixels are read as ignore (255)",
+                stacklevel=2,
+            )
+        return
+    if not isinstance(dataset, FolderDataset) or len(dataset.pairs) == 0:
+        return
+    picks = sorted({round(i * (len(dataset.pairs) - 1) / max(1, sample - 1)) for i in range(sample)})
+    counts: dict = {}
+    claimed = total = 0
+    for i in picks:
+        raw = dataset.layout.raw(dataset.pairs[i].label)
+        off = dataset.layout.unclaimed(raw, labels)
+        ours = dataset.layout.to_classes(raw, labels)
+        claimed += int((ours != IGNORE_INDEX).sum())
+        total += ours.size
+        for value in dataset.layout.unknown(raw, labels):
+            key = tuple(value) if isinstance(value, list | tuple) else value
+            where = np.all(raw == np.asarray(value), axis=-1) if raw.ndim == 3 else raw == value
+            counts[key] = counts.get(key, 0) + int((where & off).sum())
+    if claimed == 0:
+        raise ValueError(
+            f"no pixel of {len(picks)} label files read (of {len(dataset.pairs)}) belongs to a class of "
+            f"the label set ({labels.describe()}; expected {dataset.layout.expected(labels)}): pass the "
+            "label set these labels were made with (model.classes / --classes), or check them with `famix "
+            "datasets check`"
+        )
+    if counts:
+        shown = ", ".join(f"{v}: {n} px" for v, n in sorted(counts.items(), key=lambda kv: -kv[1])[:8])
+        warnings.warn(
+            f"{spec}: {sum(counts.values())} of {total} pixels in {len(picks)} label files read hold values "
+            f"no class of the label set claims ({shown}{', ...' if len(counts) > 8 else ''}): read as ignore "
+            "(255)",
+            stacklevel=2,
+        )
 
 
 class Relabelled(Dataset):

@@ -349,6 +349,11 @@ def parse(data, where: str) -> LabelSet:
     if len(set(colours)) != len(colours):
         twice = next(c for c in colours if colours.count(c) > 1)
         raise LabelSetError(f"{where}: two classes have color {list(twice)}: colours must be unique")
+    if len(classes) < 2:
+        raise LabelSetError(
+            f"{where}: a label set needs at least two classes (one class would be every pixel, and score 100 "
+            "for nothing): add the rest of the scene, e.g. {name: background}"
+        )
     return LabelSet(tuple(classes), ignore, ignore_color)
 
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from torch.utils.data import Dataset
 
 from famix.config import Config, check_values
-from famix.data.datasets import build_dataset
+from famix.data.datasets import build_dataset, check_label_reading
 from famix.data.label_sets import LabelSet, LabelSetError, from_names, parse
 from famix.data.specs import parse_spec
 from famix.engine.distributed import current, resolve_device
@@ -39,6 +39,10 @@ def check_specs(specs: Sequence[str], option: str, labels: LabelSet | None = Non
             raise type(e)(f"{option} {spec}: {e}") from None
         if len(dataset) == 0:
             raise ValueError(f"{option} {spec}: the dataset has no image/label pairs to load")
+        try:
+            check_label_reading(spec, dataset, labels)
+        except ValueError as e:
+            raise ValueError(f"{option} {spec}: {e}") from None
         built[spec] = dataset
     return built
 

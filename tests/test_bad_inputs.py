@@ -281,6 +281,18 @@ def _rows(w: Path) -> list:
             "FAMIX_RENDEZVOUS_TIMEOUT='abc': give a whole number of seconds",
         ),
         (
+            "a Hub tag not in the cache, offline",
+            [
+                "mine",
+                "-c",
+                "gta5_convnextl",
+                f"style.bank={w / 'b.safetensors'}",
+                "data.train=synthetic:day:4:size=48",
+            ],
+            {},
+            "is not in the local cache, and HF_HUB_OFFLINE is set",
+        ),
+        (
             "a dataset spec with no folder",
             ["eval", ckpt, "--data", "cityscapes"],
             {},

@@ -15,7 +15,7 @@ from famix.data.specs import parse_spec
 from famix.engine.distributed import current, resolve_device
 from famix.engine.outputs import check_folder, check_output_path
 from famix.models.build import normalization
-from famix.models.clip import weights_fingerprint
+from famix.models.clip import check_weights_reachable, weights_fingerprint
 from famix.style.bank import StyleBank
 
 
@@ -73,6 +73,7 @@ def check_train_inputs(cfg: Config) -> None:
     check_specs(cfg.data.val, "data.val", labels)
     warn_crop(source, cfg.data.crop, "data.crop")
     weights_fingerprint(cfg.model.weights)  # a missing weights file: FileNotFoundError naming it
+    check_weights_reachable(cfg.model.backbone, cfg.model.weights)
     if cfg.style.mix in ("famix", "augment"):
         if not cfg.style.bank:
             raise ValueError(
@@ -128,3 +129,4 @@ def check_mine_inputs(cfg: Config) -> None:
     source = check_specs([cfg.data.train], "data.train", cfg.model.labels)[cfg.data.train]
     warn_crop(source, cfg.mine.crop, "mine.crop")
     weights_fingerprint(cfg.model.weights)
+    check_weights_reachable(cfg.model.backbone, cfg.model.weights)

@@ -240,6 +240,12 @@ def _rows(w: Path) -> list:
         ),
         ("push without the network", ["push", ckpt, "me/model"], {}, "famix push needs the network"),
         (
+            "convert clip onto a training checkpoint",
+            ["convert", "clip", ckpt, str(w / "run" / "latest.pt")],
+            {},
+            "latest.pt exists and is not CLIP weights (safetensors) written by `famix convert clip`",
+        ),
+        (
             "eval --json over a file famix did not write",
             [
                 "eval",

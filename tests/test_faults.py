@@ -184,7 +184,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(disk)], check=True)  # lazy: this mount table may not list it by path
 
 
-def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(small_disk, capsys):
+def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(small_disk, checkpoint, capsys):
     out = small_disk / "run"  # a tiny segmenter's checkpoint is some 40 MB: it cannot fit
     with pytest.raises(SystemExit) as failed:
         main([*TRAIN, f"train.out={out}", "train.iterations=2"])
@@ -193,3 +193,13 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(small_disk, capsys
     assert err.startswith(f"famix train: error: [Errno 28] the disk holding {out} is full (")
     assert f"{out / 'latest.pt'} was not written" in err and ".tmp" not in err
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.jsonl"]  # no temp file, no lock
+    out = small_disk / "model.torchscript.pt"  # TorchScript aborts the process on a full disk: checked first
+    with pytest.raises(SystemExit) as failed:
+        main(["export", str(checkpoint), "--format", "torchscript", "--size", "32", "--out", str(out)])
+    err = _last_line(capsys)
+    assert (
+        failed.value.code == 2
+        and f"the disk holding {small_disk} has " in err
+        and f"{out} needs about" in err
+    )
+    assert not [p.name for p in small_disk.iterdir() if p.name != "run"]

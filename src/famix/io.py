@@ -61,7 +61,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
+    except OSError as e:  # said of the file asked for, not of the temporary name
+        raise type(e)(e.errno, e.strerror, str(path)) from e
     os.close(fd)
     try:
         yield Path(tmp)
@@ -76,6 +79,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def check_space(path: str | os.PathLike, needed: int) -> None:
+    """Refuse, before writing, a file of about ``needed`` bytes that the disk holding ``path`` cannot take
+    (some writers, TorchScript's among them, abort the process on a full disk instead of raising)."""
+    folder = Path(path).parent
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise OSError(
+            errno.ENOSPC,
+            f"the disk holding {Path(path).parent} has {_size(free)} free, and {path} needs about "
+            f"{_size(needed)}: free some space, or pass a path on another disk",
+        )
 
 
 def _full(folder: Path) -> bool:

@@ -35,7 +35,7 @@ from famix.engine.distributed import single_process
 from famix.engine.exported import METADATA_FILE, import_onnx_tools, jit_quietly, load_exported, read_metadata
 from famix.engine.outputs import check_output_path, check_replaceable
 from famix.engine.runs import KEY, RunRecord
-from famix.io import atomic_path, remove_stale_temps
+from famix.io import atomic_path, check_space, remove_stale_temps
 from famix.models.segmenter import SegmentationNetwork
 from famix.settings import FORMATS, ExportSettings
 from famix.version import __version__
@@ -237,6 +237,8 @@ def export_model(
     if record is not None:
         meta["run"] = json.dumps(record, sort_keys=True)
     remove_stale_temps(out)  # what a killed export left behind
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    check_space(out, weights + (1 << 20))  # the weights and the graph: not written on a full disk
     with atomic_path(out) as tmp:
         try:
             _write(model, fmt, inputs[0], multiple, dynamic, meta, tmp)

@@ -158,28 +158,24 @@ def _resolve_weights(name: str, weights: str) -> str:
 
 
 def check_weights_reachable(name: str, weights: str | None) -> None:
-    """Before any work: an open_clip tag whose file is not in the Hugging Face cache cannot load while
-    ``HF_HUB_OFFLINE`` is set (one line saying so, rather than a failed download after the data checks)."""
+    """Before any work: an open_clip tag whose file is not in the local cache cannot load while
+    ``HF_HUB_OFFLINE`` is set (one line saying so, rather than a failed download after the data checks).
+    Offline, open_clip's own download step answers at once from the cache, so it is asked here."""
     if weights is None or not _is_tag(weights):
         return
-    hub_id = _pretrained_cfg(name, weights).get("hf_hub", "")
-    if not hub_id:
-        return
-    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub import constants
 
-    if not constants.HF_HUB_OFFLINE:
+    cfg = _pretrained_cfg(name, weights)
+    if not cfg or not constants.HF_HUB_OFFLINE:
         return
-    model_id, filename = os.path.split(hub_id)
-    # open_clip's names: the entry's file (default open_clip_pytorch_model.bin) or its .safetensors twin
-    stem = (filename or "open_clip_pytorch_model.bin").rsplit(".", 1)[0]
-    names = [filename or "open_clip_pytorch_model.bin", f"{stem}.safetensors", "open_clip_model.safetensors"]
-    if any(isinstance(try_to_load_from_cache(model_id, n), str) for n in names):
-        return
-    raise FileNotFoundError(
-        f"model.weights {weights!r} ({model_id} on the Hugging Face Hub) is not in the local cache, and "
-        "HF_HUB_OFFLINE is set: download it once with the network on (unset HF_HUB_OFFLINE), or pass a "
-        "local weights file"
-    )
+    try:
+        open_clip.pretrained.download_pretrained(cfg)
+    except Exception as e:  # not in the cache (the hub's and open_clip's errors come in many types)
+        where = cfg.get("hf_hub") or cfg.get("url")
+        raise FileNotFoundError(
+            f"model.weights {weights!r} ({where}) is not in the local cache, and HF_HUB_OFFLINE is set: "
+            "download it once with the network on (unset HF_HUB_OFFLINE), or pass a local weights file"
+        ) from e
 
 
 def _check_keys(model: CLIP, sd: dict[str, torch.Tensor], source: str, name: str) -> None:

@@ -353,7 +353,7 @@ def test_torchrun_evaluation_equals_one_process(checkpoint, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "src")}
     proc = subprocess.run(
         [*cmd, "-m", "famix", *common, "--json", str(tmp_path / "two.json")],
-        capture_output=True, text=True, timeout=300, env=env,
+        capture_output=True, text=True, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("results written to") == 1  # rank 0 alone reports

@@ -43,6 +43,9 @@ def world(tmp_path_factory, checkpoint):
     (root / "notes.txt").write_text("not a bank, not a checkpoint\n")
     (root / "their-run").mkdir()
     (root / "their-run" / "metrics.jsonl").write_text("step,loss\n1,0.5\n")  # someone else's log
+    for folder in ("their-repro/seed0", "their-adapt/night"):  # the same, where composites would train
+        (root / folder).mkdir(parents=True)
+        (root / folder / "metrics.jsonl").write_text("step,loss\n1,0.5\n")
     torch.jit.script(torch.nn.Linear(2, 2)).save(str(root / "scripted.pt"))  # a TorchScript archive
     data = root / "data"
     fake.gta5(data / "gta5", 2)
@@ -58,6 +61,12 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _lone_rank(timeout: str) -> dict:
+    """The environment of rank 0 of a 2-process torchrun whose other rank never comes."""
+    return {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(_free_port()), "FAMIX_RENDEZVOUS_TIMEOUT": timeout}  # fmt: skip
 
 
 def _rows(w: Path) -> list:
@@ -143,14 +152,7 @@ def _rows(w: Path) -> list:
         (
             "a lone rank",
             train,
-            {
-                "WORLD_SIZE": "2",
-                "RANK": "0",
-                "LOCAL_RANK": "0",
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(_free_port()),
-                "FAMIX_RENDEZVOUS_TIMEOUT": "2",
-            },
+            _lone_rank("2"),
             "did not join",
         ),
         (
@@ -274,16 +276,41 @@ def _rows(w: Path) -> list:
             "their-run/metrics.jsonl is not a training log famix wrote",
         ),
         (
+            "reproduce: a training log famix did not write, in a seed's folder",
+            [
+                "reproduce",
+                "-c",
+                "tiny",
+                *FAST,
+                "style.mix=mixstyle",
+                f"data.train=gta5:{d}/gta5",
+                "--out",
+                str(w / "their-repro"),
+                "--targets",
+                f"cityscapes:{d}/cityscapes:val",
+            ],  # fmt: skip
+            {},
+            "their-repro/seed0/metrics.jsonl is not a training log famix wrote",
+        ),
+        (
+            "adapt: a training log famix did not write, in the target's folder",
+            [
+                "adapt",
+                ckpt,
+                "--data",
+                "synthetic:day:4:size=48",
+                "--out",
+                str(w / "their-adapt"),
+                "--target",
+                "night",
+            ],  # fmt: skip
+            {},
+            "their-adapt/night/metrics.jsonl is not a training log famix wrote",
+        ),
+        (
             "rendezvous timeout that is no number",
             train,
-            {
-                "WORLD_SIZE": "2",
-                "RANK": "0",
-                "LOCAL_RANK": "0",
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(_free_port()),
-                "FAMIX_RENDEZVOUS_TIMEOUT": "abc",
-            },  # fmt: skip
+            _lone_rank("abc"),
             "FAMIX_RENDEZVOUS_TIMEOUT='abc': give a whole number of seconds",
         ),
         (

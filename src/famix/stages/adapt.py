@@ -191,6 +191,7 @@ def run(
         _styles_record(c, t, s, model_cfg.backbone, inputs) for t, c in zip(targets, cfgs, strict=True)
     ]
     for cfg, record in zip(cfgs, records, strict=True):  # another run's files: refused before any target
+        train.check_out(cfg)
         bank = Path(cfg.style.bank)
         if bank.is_file():
             check_same(record, StyleBank.load(bank).record, bank, REFUSAL)

@@ -120,15 +120,11 @@ def run_loaded(
     checkpoint dict it came from (``ckpt``: its config and record; the weights are the network's own, as
     they are now). The same input checks; results cached beside ``where`` (the file or folder it was loaded
     from; None: not cached), keyed by the weights' content."""
-    state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
     name = str(where) if where is not None else "the loaded model"
     base = pretrained.base_path(where) if where is not None else None
-    source = Source(name, state_fingerprint(state, ckpt.get("config", {})), base)
-    cache = "auto" if base is not None else None
+    source = Source(name, state_fingerprint(network.state_dict(), ckpt.get("config", {})), base)
     s = settings or EvalSettings()
-    return _evaluate(
-        {**ckpt, "model_state": state}, source, network, specs, s, cache, progress, say, None, False
-    )
+    return _evaluate(ckpt, source, network, specs, s, "auto", progress, say, None, False)
 
 
 @dataclass(frozen=True)

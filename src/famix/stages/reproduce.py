@@ -118,6 +118,8 @@ def check_plan(plan: Plan) -> None:
     check_specs(built, "--targets", labels)
     column_names(plan.targets)  # two targets in one column: refused now, not after training
     # files of another run in the way: refused now, not after mining or after the first seeds trained
+    for seed in plan.seeds:  # what refuses a run folder whatever the bank: said before mining
+        train.check_out(plan.run_cfg(seed))
     states = [mine.status(plan.cfg, FIX)]
     if Path(plan.cfg.style.bank).is_file():  # the seeds' records depend on the bank's content
         states += [train.status(plan.run_cfg(seed), TRAIN_FIX) for seed in plan.seeds]

@@ -64,6 +64,12 @@ def open_run(out: Path, record: RunRecord, fix: str) -> dict | None:
     return ckpt
 
 
+def check_out(cfg: Config) -> None:
+    """What :func:`run` refuses in ``train.out`` whatever run it holds, said before any work (composites ask
+    it for every run folder before their first stage): a training log famix did not write."""
+    MetricsLogger.check(Path(cfg.train.out))
+
+
 def finished(ckpt: dict | None, cfg: Config) -> bool:
     """Whether a run's ``latest.pt`` (:func:`open_run`; None: nothing yet) reached ``train.iterations``."""
     return ckpt is not None and ckpt["cur_itrs"] >= cfg.train.iterations
@@ -91,7 +97,7 @@ def run(
     record = train_record(cfg, kind, inputs)
     out = Path(cfg.train.out)
     with held(out, option, enabled=current().main):
-        MetricsLogger.check(out)
+        check_out(cfg)
         ckpt = open_run(out, record, fix)
         if finished(ckpt, cfg):
             if current().main:
@@ -103,6 +109,7 @@ def run(
 def status(cfg: Config, fix: str = REFUSAL, kind: str = "train", inputs: dict | None = None) -> Status:
     """What :func:`run` would do with ``train.out``: new, resume (at step N), done, or refused (why)."""
     try:
+        check_out(cfg)
         ckpt = open_run(Path(cfg.train.out), train_record(cfg, kind, inputs), fix)
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         return Status(State.REFUSED, str(e).splitlines()[0])

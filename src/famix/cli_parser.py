@@ -39,7 +39,7 @@ ADAPT_HELP = {
     "crop": "crop size (default: poda 768, famix the checkpoint's)",
     "batch_size": "crops per fine-tuning batch (default: poda 8, famix the checkpoint's)",
     "seed": "seed of crops and fine-tuning",
-    "amp": "fine-tuning autocast on CUDA: bf16 | fp16 | off (default: poda off, famix bf16)",
+    "amp": "fine-tuning autocast: auto | bf16 | fp16 | off (default: poda off, famix auto)",
     "device": "auto | cpu | cuda | cuda:N | mps",
     "workers": "data-loader processes",
     "ckpt_interval": "steps between resumable checkpoints",
@@ -102,8 +102,13 @@ def _protocol_option(parser) -> None:
 
 
 def _amp_option(parser, what: str) -> None:
+    from famix.settings import AMP_CHOICES
+
     parser.add_argument(
-        "--amp", choices=["bf16", "fp16", "off"], help=f"{what} on CUDA (default: the checkpoint's run.amp)"
+        "--amp",
+        choices=AMP_CHOICES,
+        help=f"{what}: auto (bf16 where native: CUDA, a CPU with AMX or avx512_bf16), bf16, fp16 (CUDA), "
+        "off (fp32); default: the precision the checkpoint was trained in",
     )
 
 

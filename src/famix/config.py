@@ -120,7 +120,7 @@ class RunConfig:
 
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "bf16"  # bf16 | fp16 | off (autocast is used on CUDA only)
+    amp: str = "auto"  # auto | bf16 | fp16 | off (famix.engine.amp: auto = bf16 where native, else fp32)
 
 
 @dataclass

@@ -19,6 +19,9 @@ from famix.paper import (
 )
 
 MAX_SCALE = 8.0  # larger test-time scales are typos (8x a 2048x1024 image is 134 Mpx)
+# run.amp / --amp: the autocast dtype. auto: bf16 where the device computes it natively (CUDA; a CPU with
+# AMX or avx512_bf16), else fp32 (off); bf16 on a CPU without it is refused; fp16 is for CUDA.
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
 
 @dataclass(frozen=True)
@@ -175,19 +178,42 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, int(m.group(2) or h)
 
 
+# What an export's graph takes and returns. logits: normalised float32 images [B, 3, H, W] -> logits
+# [B, K, H, W] (SegmentationNetwork.forward); ids: uint8 RGB images [B, H, W, 3] -> class ids uint8 [B, H, W]
+# (normalisation and argmax inside the graph: a deployed model needs no famix code around it).
+GRAPHS = ("logits", "ids")
+# int8 calibration data: source images as they are, or restyled at the style site by the mined style bank.
+CALIBRATIONS = ("source", "styles")
+INT8_MIN_AGREEMENT = 90.0  # % of held-back source pixels an int8 file must classify as the fp32 model does
+
+
 @dataclass(frozen=True)
 class ExportSettings:
     """What ``famix export`` writes: ``format`` (:data:`FORMATS`) at ``size`` (H, W; ``"HxW"`` is parsed),
-    any batch and size with ``dynamic``; written only if the export's logits are within ``atol`` of the eager
-    model's and ``min_agreement`` % of pixels share its argmax; ``force``: replace a file famix did not
-    export."""
+    any batch and size with ``dynamic``, the ``graph`` of :data:`GRAPHS`; written only if the export's logits
+    are within ``atol`` of the eager model's and ``min_agreement`` % of pixels share its argmax; ``force``:
+    replace a file famix did not export.
+
+    ``int8`` (ONNX only): static quantisation by ONNX Runtime (QDQ, per-channel int8 weights, uint8
+    activations), calibrated on ``calibration_images`` images of ``calibration_data`` (a dataset spec;
+    None: the checkpoint's training data), ``calibrate`` ``source`` (as they are) or ``styles`` (restyled at
+    the style site by ``bank``, None: the checkpoint's mined style bank). An int8 file is checked on other
+    source images: at least ``min_agreement`` % of pixels (default :data:`INT8_MIN_AGREEMENT`) as the fp32
+    model; its logits are not compared.
+    """
 
     format: str
     size: tuple[int, int]
     dynamic: bool = False
     atol: float = ATOL
-    min_agreement: float = MIN_AGREEMENT
+    min_agreement: float | None = None  # None: MIN_AGREEMENT, or INT8_MIN_AGREEMENT with int8
     force: bool = False
+    graph: str = "logits"
+    int8: bool = False
+    calibrate: str = "source"
+    calibration_images: int = 32
+    calibration_data: str | None = None
+    bank: str | None = None
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -196,16 +222,85 @@ class ExportSettings:
             object.__setattr__(self, "size", parse_size(self.size))
         else:
             object.__setattr__(self, "size", tuple(self.size))
+        if self.graph not in GRAPHS:
+            raise ValueError(f"--graph {self.graph!r}: choose one of {', '.join(GRAPHS)}")
+        if self.calibrate not in CALIBRATIONS:
+            raise ValueError(f"--calibrate {self.calibrate!r}: choose one of {', '.join(CALIBRATIONS)}")
+        if self.int8 and self.format != "onnx":
+            raise ValueError(f"--int8 is for --format onnx (ONNX Runtime's quantisation), not {self.format}")
+        if self.calibration_images < 1:
+            raise ValueError(f"--calibration-images {self.calibration_images}: give a number >= 1")
+        if not self.int8 and (self.calibration_data or self.bank or self.calibrate != "source"):
+            raise ValueError("--calibrate, --calibration-data and --bank choose int8 calibration: add --int8")
+        if self.min_agreement is None:
+            object.__setattr__(self, "min_agreement", INT8_MIN_AGREEMENT if self.int8 else MIN_AGREEMENT)
 
     def record(self) -> dict:
         """The settings that decide the exported file (its run record's)."""
-        return {
+        out = {
             "format": self.format,
             "size": list(self.size),
             "dynamic": self.dynamic,
             "atol": self.atol,
             "min_agreement": self.min_agreement,
         }
+        if self.graph != "logits":  # records of earlier exports stay as they were
+            out["graph"] = self.graph
+        if self.int8:
+            out["int8"] = {
+                "calibrate": self.calibrate,
+                "images": self.calibration_images,
+                "data": self.calibration_data,
+            }
+        return out
+
+
+# famix benchmark's variants: formats (eager: the checkpoint's model in torch; compiled: torch.compile of
+# it; onnx-int8: ExportSettings(int8=True)) and precisions (bf16: autocast, where the device has it natively)
+BENCHMARK_FORMATS = ("eager", "compiled", "torchscript", "onnx", "onnx-int8")
+BENCHMARK_PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """What ``famix benchmark`` measures: every ``formats`` x ``precisions`` variant (bf16 only for torch
+    formats, and only where the device has native bf16) at ``size`` (H, W) and ``batch``: ``warmup``
+    untimed runs, then the median of ``repeats``; mIoU per dataset on ``images`` images of each (None:
+    all) at their own size. ``threads``: torch and ONNX Runtime CPU threads (None: torch's choice)."""
+
+    formats: tuple[str, ...] = BENCHMARK_FORMATS
+    precisions: tuple[str, ...] = BENCHMARK_PRECISIONS
+    size: tuple[int, int] = (512, 1024)
+    batch: int = 1
+    warmup: int = 2
+    repeats: int = 5
+    images: int | None = None
+    threads: int | None = None
+    calibrate: str = "source"
+    calibration_images: int = 32
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.size, str):
+            object.__setattr__(self, "size", parse_size(self.size))
+        else:
+            object.__setattr__(self, "size", tuple(self.size))
+        for name, given, known in (
+            ("formats", self.formats, BENCHMARK_FORMATS),
+            ("precisions", self.precisions, BENCHMARK_PRECISIONS),
+        ):
+            object.__setattr__(self, name, tuple(given))
+            unknown = [v for v in given if v not in known]
+            if unknown or not given:
+                raise ValueError(f"--{name} {' '.join(unknown) or '(none)'}: choose from {', '.join(known)}")
+        if self.calibrate not in CALIBRATIONS:
+            raise ValueError(f"--calibrate {self.calibrate!r}: choose one of {', '.join(CALIBRATIONS)}")
+        for name in ("batch", "repeats", "calibration_images", "images", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {value}: give a number >= 1")
+        if self.warmup < 0:
+            raise ValueError(f"--warmup {self.warmup}: give a number >= 0")
 
 
 @dataclass(frozen=True)
@@ -228,7 +323,7 @@ class AdaptSettings:
     crop: int | None = None
     batch_size: int | None = None
     seed: int = 0
-    amp: str | None = None  # fine-tuning autocast on CUDA (None: poda off = fp32, famix bf16); PIN is fp32
+    amp: str | None = None  # fine-tuning autocast (None: poda off = fp32, famix auto); PIN is fp32
     # what does not change the result: where and how often
     device: str = "auto"
     workers: int = 0
@@ -259,5 +354,5 @@ class AdaptSettings:
                 raise ValueError(
                     f"famix adapt --{name.replace('_', '-')}={getattr(self, name)}: give a finite number > 0"
                 )
-        if self.amp not in (None, "bf16", "fp16", "off"):
-            raise ValueError(f"famix adapt --amp={self.amp!r}: choose bf16, fp16 or off")
+        if self.amp not in (None, *AMP_CHOICES):
+            raise ValueError(f"famix adapt --amp={self.amp!r}: choose {', '.join(AMP_CHOICES)}")

@@ -24,6 +24,7 @@ from famix.engine import hub
 from famix.engine.amp import trained_precision
 from famix.engine.exported import ARCHIVE_NAMES, archive_format, read_metadata
 from famix.engine.pretrained import model_config, read_folder, resolve
+from famix.engine.runs import KEY
 from famix.io import atomic_write
 from famix.models.build import build_segmenter
 from famix.models.segmenter import SegmentationNetwork
@@ -133,8 +134,11 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
 
 
 def checkpoint_amp(ckpt: dict) -> str:
-    """The autocast a checkpoint was trained (and validated) with, ``run.amp``; bf16 for official files."""
-    return ckpt.get("config", {}).get("run", {}).get("amp") or "bf16"
+    """The precision a checkpoint was trained (and validated) in: its run record's (the resolved one: "off"
+    for a model trained on a CPU before CPUs had autocast), else its config's ``run.amp``; bf16 for
+    official files."""
+    recorded = (ckpt.get(KEY) or {}).get("settings", {}).get("run", {}).get("amp")
+    return recorded or ckpt.get("config", {}).get("run", {}).get("amp") or "bf16"
 
 
 def state_fingerprint(state: dict[str, torch.Tensor], config: dict) -> str:

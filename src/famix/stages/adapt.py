@@ -56,6 +56,7 @@ from famix.data.datasets import SeededTransform, build_dataset
 from famix.data.trainids import IGNORE_INDEX
 from famix.data.transforms import train_transform
 from famix.engine import pretrained
+from famix.engine.amp import resolve
 from famix.engine.checkpoint import load_checkpoint, load_segmenter, model_config
 from famix.engine.checks import check_specs, warn_crop
 from famix.engine.distributed import resolve_device, single_process
@@ -128,6 +129,8 @@ def fine_tune_config(
     )
     train_cfg = from_dict(stored.get("train", {}), TrainConfig, "train.")
     bank = str(run / "styles.safetensors") if mix != "none" else None
+    # famix's recipe fine-tunes in the precision the model was trained in, where this device has it
+    trained_amp = resolve(stored.get("run", {}).get("amp") or "bf16", resolve_device(s.device), fallback=True)
     return Config(
         model=dataclasses.replace(model, freeze="backbone", weights=None),
         data=data,
@@ -144,7 +147,7 @@ def fine_tune_config(
             compile=None,
             **(PODA_OPTIMIZER if poda else {}),
         ),
-        run=RunConfig(seed=s.seed, device=s.device, amp=s.amp or ("off" if poda else "bf16")),
+        run=RunConfig(seed=s.seed, device=s.device, amp=s.amp or ("off" if poda else trained_amp)),
     )
 
 

@@ -112,7 +112,15 @@ def cmd_export(args) -> None:
     from famix.stages import export
 
     settings = ExportSettings(
-        args.format, args.size, args.dynamic, args.atol, args.min_agreement, force=args.force
+        args.format,
+        args.size,
+        args.dynamic,
+        args.atol,
+        args.min_agreement,
+        force=args.force,
+        graph=args.graph,
+        int8=args.int8,
+        **_given(args, "calibrate", "calibration_images", "calibration_data", "bank"),
     )
     out, check = export.run(args.checkpoint, settings, out=args.out)
     if check is not None:

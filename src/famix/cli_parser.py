@@ -194,7 +194,15 @@ def _add_eval_predict(sub) -> None:
 
 
 def _add_export(sub) -> None:
-    from famix.settings import ATOL, FORMATS, MIN_AGREEMENT
+    from famix.settings import (
+        ATOL,
+        CALIBRATIONS,
+        FORMATS,
+        GRAPHS,
+        INT8_MIN_AGREEMENT,
+        MIN_AGREEMENT,
+        ExportSettings,
+    )
 
     x = sub.add_parser(
         "export", help="export a checkpoint's segmenter (ONNX, torch.export, TorchScript), checked"
@@ -225,9 +233,36 @@ def _add_export(sub) -> None:
     x.add_argument(
         "--min-agreement",
         type=float,
-        default=MIN_AGREEMENT,
-        help="refuse if fewer pixels (%%) have the eager model's argmax",
+        help=f"refuse if fewer pixels (%%) have the eager model's argmax (default {MIN_AGREEMENT:g}; "
+        f"with --int8 {INT8_MIN_AGREEMENT:g}, on source images)",
     )
+    x.add_argument(
+        "--graph",
+        choices=GRAPHS,
+        default="logits",
+        help="logits: normalised float32 images [B,3,H,W] -> logits [B,K,H,W]; ids: uint8 RGB images "
+        "[B,H,W,3] -> class ids uint8 [B,H,W] (normalisation and argmax in the graph: no famix code needed)",
+    )
+    x.add_argument(
+        "--int8",
+        action="store_true",
+        help="ONNX only: static int8 quantisation by ONNX Runtime (QDQ, per-channel weights), calibrated",
+    )
+    x.add_argument(
+        "--calibrate",
+        choices=CALIBRATIONS,
+        help="int8 calibration images: source (as they are, default) or styles (restyled at the style site "
+        "by the run's mined style bank, as FAMix trains)",
+    )
+    x.add_argument(
+        "--calibration-images",
+        type=int,
+        help=f"int8: calibration images (default {ExportSettings.calibration_images})",
+    )
+    x.add_argument(
+        "--calibration-data", help="int8: dataset spec to calibrate on (default: the checkpoint's data.train)"
+    )
+    x.add_argument("--bank", help="--calibrate styles: the style bank (default: the checkpoint's style.bank)")
 
 
 def _add_adapt(sub) -> None:

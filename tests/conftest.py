@@ -13,11 +13,16 @@ from famix.models.build import build_segmenter  # noqa: E402
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A tiny-rn segmenter's checkpoint (random weights, seed 0), as `famix train` writes it: best.pt."""
+    """A tiny-rn segmenter's checkpoint (random weights, seed 0), as `famix train` writes it (fp32, as the
+    tiny presets train): best.pt."""
     cfg = ModelConfig(backbone="tiny-rn")
     path = tmp_path_factory.mktemp("ckpt") / "best.pt"
     model = build_segmenter(cfg, seed=0)
     save_checkpoint(
-        path, model_state=model.state_dict(), config={"model": vars(cfg)}, cur_itrs=0, best_score=0
+        path,
+        model_state=model.state_dict(),
+        config={"model": vars(cfg), "run": {"amp": "off"}},
+        cur_itrs=0,
+        best_score=0,
     )
     return path

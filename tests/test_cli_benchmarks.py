@@ -48,7 +48,11 @@ def checkpoint(tmp_path_factory):
     model = build_segmenter(cfg, seed=3).eval()
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     save_checkpoint(
-        path, model_state=model.state_dict(), config={"model": vars(cfg)}, cur_itrs=0, best_score=0
+        path,
+        model_state=model.state_dict(),
+        config={"model": vars(cfg), "run": {"amp": "off"}},
+        cur_itrs=0,
+        best_score=0,
     )
     return path, model
 

@@ -82,7 +82,16 @@ def test_onnx_dynamic_export_via_cli(onnx_dynamic, eager, checkpoint):
     assert json.loads(meta["class_names"]) == list(cfg.class_names) and meta["dynamic"] == "true"
     assert json.loads(meta["input_mean"]) == list(OPENAI_NORMALIZATION.mean)
     assert json.loads(meta["input_std"]) == list(OPENAI_NORMALIZATION.std)
-    assert meta["famix_version"] and "[B, 3, H, W]" in meta["input"] and meta["size_multiple"] == "1"
+    assert (
+        meta["famix_version"]
+        and "[batch, 3, height, width]" in meta["input"]
+        and meta["size_multiple"] == "1"
+    )
+    # the dynamic dimensions carry the names users read, in the input and the output
+    dims = [[d.name for d in x] for x in (onnx_model.session.get_inputs(), onnx_model.session.get_outputs())]
+    shapes = [x[0].shape for x in (onnx_model.session.get_inputs(), onnx_model.session.get_outputs())]
+    assert dims == [["images"], ["logits"]]
+    assert shapes == [["batch", 3, "height", "width"], ["batch", len(cfg.class_names), "height", "width"]]
     assert meta["min_size"] == "32" and meta["pad_to_multiple"] == "1" and meta["output_stride"] == "16"
     # Sizes and batches other than those checked at export time, square and not, multiples and not.
     g = torch.Generator().manual_seed(1)

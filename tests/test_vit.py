@@ -249,7 +249,11 @@ def vit_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("vit") / "best.pt"
     model = build_segmenter(cfg, seed=0)
     save_checkpoint(
-        path, model_state=model.state_dict(), config={"model": vars(cfg)}, cur_itrs=0, best_score=0
+        path,
+        model_state=model.state_dict(),
+        config={"model": vars(cfg), "run": {"amp": "off"}},
+        cur_itrs=0,
+        best_score=0,
     )
     return path
 

@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from famix.models.towers.base import pad_to_multiple
@@ -119,10 +120,13 @@ class OnnxSegmenter(nn.Module):
     A ViT file (metadata ``pad_to_multiple`` P > 1) gets inputs zero-padded at the bottom and right to
     multiples of P and its logits cropped back, as ``SegmentationNetwork.forward`` does. Sizes the file
     cannot take raise ValueError saying which it takes. A fixed-batch file is run one chunk of its batch at
-    a time. Autocast does not apply: ONNX Runtime computes in the file's float32.
+    a time. Autocast does not apply: ONNX Runtime computes in the file's precision (float32, or int8 for a
+    quantised file). An ``ids`` file (uint8 pixels in, class ids out) gets the images back as uint8 (exact
+    for images that were uint8) and returns one-hot "logits" of its ids, so the argmax is its answer and
+    test-time averaging is a vote. ``threads``: ONNX Runtime's intra-op threads (None: its default).
     """
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu"):
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None):
         super().__init__()
         ort = import_onnx_tools(runtime_only=True)
         path = Path(path)
@@ -133,15 +137,21 @@ class OnnxSegmenter(nn.Module):
         providers = ["CPUExecutionProvider"]
         if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), providers=providers)
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types
             raise ValueError(f"cannot load ONNX file {path}: {str(e).strip()[:300]}") from e
         self.path = path
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         (inp,) = self.session.get_inputs()
         self.input_name = inp.name
-        self.shape = list(inp.shape)  # ints where fixed, names where dynamic
+        self.ids = self.metadata.get("graph") == "ids"  # uint8 [B, H, W, 3] -> ids [B, H, W]
+        shape = list(inp.shape)  # ints where fixed, names where dynamic
+        self.shape = [shape[0], shape[3], shape[1], shape[2]] if self.ids else shape  # as [B, 3, H, W]
+        self.num_classes = int(self.metadata.get("num_classes", 0))
         self.multiple = int(self.metadata.get("size_multiple", 1))
         self.min_size = int(self.metadata.get("min_size", 1))
         self.pad = int(self.metadata.get("pad_to_multiple", 1))  # files before famix wrote it: no padding
@@ -176,6 +186,12 @@ class OnnxSegmenter(nn.Module):
                 "--dynamic`) to take any size, crop or resize the images, or predict with the checkpoint"
             )
 
+    def _pixels(self, x: torch.Tensor) -> torch.Tensor:
+        # normalised [b, 3, H, W] -> the uint8 RGB [b, H, W, 3] it was made from (exact for uint8 images)
+        mean, std = (torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1) for v in self.normalization)
+        rgb = (x.double() * std + mean) * 255.0
+        return rgb.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, 3, H, W] normalised with ``normalization`` -> logits [B, K, H, W] (float32, x's device)."""
         h, w = x.shape[-2:]
@@ -187,6 +203,24 @@ class OnnxSegmenter(nn.Module):
         for chunk in x.float().split(batch):  # [b, 3, H', W']
             if chunk.shape[0] != batch:
                 raise ValueError(f"{self.path.name} takes batches of {batch}, got {chunk.shape[0]}")
-            arr = chunk.detach().cpu().contiguous().numpy()
-            outs.append(torch.from_numpy(self.session.run(None, {self.input_name: arr})[0]))
+            chunk = chunk.detach().cpu()
+            arr = (self._pixels(chunk) if self.ids else chunk.contiguous()).numpy()
+            out = torch.from_numpy(self.session.run(None, {self.input_name: arr})[0])
+            if self.ids:  # ids [b, H', W'] -> one-hot [b, K, H', W']
+                out = F.one_hot(out.long(), self.num_classes).permute(0, 3, 1, 2).float()
+            outs.append(out)
         return torch.cat(outs)[..., :h, :w].to(x.device)  # [B, K, H, W]
+
+    def checkpoint_view(self) -> dict:
+        """The file as famix's stages read a checkpoint dict: the model config its metadata gives (backbone,
+        label set, normalisation; no weights) and its precision (ONNX Runtime's own: "off", no autocast)."""
+        labels = json.loads(self.metadata["label_set"]) if "label_set" in self.metadata else None
+        names = json.loads(self.metadata.get("class_names", "null"))
+        model = {
+            "backbone": self.metadata.get("backbone", "RN50"),
+            "classes": labels,
+            **({"class_names": names, "num_classes": len(names)} if names else {}),
+            "mean": list(self.normalization[0]),
+            "std": list(self.normalization[1]),
+        }
+        return {"config": {"model": model}, "run": {"settings": {"run": {"amp": "off"}}}}

@@ -23,11 +23,13 @@ from famix.engine.checkpoint import (
 from famix.engine.checks import check_specs
 from famix.engine.distributed import current, require_session, resolve_device
 from famix.engine.evaluate import EvalResult, evaluate_specs
+from famix.engine.exported import OnnxSegmenter
 from famix.engine.outputs import check_output_path, check_replaceable
 from famix.engine.protocols import describe as describe_protocol
 from famix.engine.protocols import resolve as resolve_protocol
 from famix.engine.results import default_results_path, is_results_file, write_results
 from famix.engine.runs import RunRecord, cached, lookup
+from famix.io import file_fingerprint
 from famix.settings import EvalSettings, InferenceSettings
 
 
@@ -101,10 +103,32 @@ def run(
     record returns at once.
     ``report``: also write the results file there ("auto": beside the checkpoint, named by the data); an
     existing file there that ``famix eval`` did not write is refused unless ``force``."""
+    s = settings or EvalSettings()
+    if is_onnx(checkpoint):
+        return _evaluate_onnx(Path(checkpoint), specs, s, cache, progress, say, report, force)
     ckpt = load_checkpoint(checkpoint)  # read once
     source = Source(str(checkpoint), pretrained.fingerprint(checkpoint), pretrained.base_path(checkpoint))
-    s = settings or EvalSettings()
     return _evaluate(ckpt, source, None, specs, s, cache, progress, say, report, force)
+
+
+def is_onnx(path) -> bool:
+    """Whether ``path`` names an ONNX file (``famix export --format onnx``), evaluated by ONNX Runtime."""
+    return isinstance(path, (str, Path)) and Path(path).suffix.lower() == ".onnx"
+
+
+def _evaluate_onnx(path: Path, specs, s: EvalSettings, cache, progress, say, report, force):
+    # An exported file: its metadata stands for the checkpoint's config; ONNX Runtime computes in the file's
+    # own precision. Cached and reported beside it under its own name (best.onnx: best-onnx.eval-cache.json),
+    # never in the files of the checkpoint it came from.
+    if s.amp not in (None, "off"):
+        raise ValueError(
+            f"--amp {s.amp}: {path.name} is an ONNX file, computed in its own precision by ONNX Runtime "
+            "(float32, or int8 for a --int8 export): leave --amp out"
+        )
+    network = OnnxSegmenter(path, resolve_device(s.device, current()))
+    source = Source(str(path), file_fingerprint(path), path.with_name(f"{path.stem}-onnx{path.suffix}"))
+    view = network.checkpoint_view()
+    return _evaluate(view, source, network, specs, s, cache, progress, say, report, force)
 
 
 def run_loaded(

@@ -106,11 +106,9 @@ def trained_precision(
 
 
 def describe(name: str, resolved: str, device: torch.device) -> str:
-    """One line for a run's start: ``"precision: bf16 (auto: AMD EPYC (avx512_bf16, ...))"``."""
-    where = cpu_description() if device.type == "cpu" else str(device)
-    if name == resolved:
-        return f"precision: {resolved} on {where}"
-    return f"precision: {'fp32' if resolved == 'off' else resolved} ({name} on {where})"
+    """One line for a run's start: ``"precision: bf16 (run.amp=auto) on AMD EPYC (avx512_bf16, ...)"``."""
+    where = f"CPU {cpu_description()}" if device.type == "cpu" else str(device)
+    return f"precision: {'fp32' if resolved == 'off' else resolved} (run.amp={name}) on {where}"
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

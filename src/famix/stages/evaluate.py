@@ -189,7 +189,9 @@ def _evaluate(
     info = current()
     require_session(info, "evaluation")
     device = resolve_device(s.device, info)
-    model = load_segmenter(ckpt, device=device)[0] if network is None else network.to(device)
+    model = (
+        load_segmenter(ckpt, device=device, channels_last=True)[0] if network is None else network.to(device)
+    )
     amp_name, amp = precision(s, ckpt, device)
     path = (cache_path(source.base) if source.base is not None else None) if cache == "auto" else cache
     results = {}

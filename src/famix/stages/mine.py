@@ -19,7 +19,7 @@ from famix.config import RESUMABLE_KEYS, Config, MineConfig
 from famix.data.datasets import SeededTransform, build_dataset
 from famix.data.trainids import IGNORE_INDEX
 from famix.data.transforms import normalize, train_transform
-from famix.engine.amp import precision
+from famix.engine.amp import describe, precision
 from famix.engine.checks import check_mine_inputs
 from famix.engine.distributed import current, resolve_device
 from famix.engine.mine import MiningPlan, mine_pass, plan_images
@@ -164,6 +164,8 @@ def run(cfg: Config, progress: bool = True, say=print, fix: str = REFUSAL) -> St
                 return bank
         else:
             bank = None
+        if current().main:
+            say(f"famix mine: {describe(cfg.run.amp, record.settings['run']['amp'], device)}")
         step, channels = patch_step(cfg, device)
         if bank is None:
             # a bank of the 19 trainIds stores no label set, as before label sets

@@ -131,7 +131,7 @@ def load_model(
             "file (load .pt2 with torch.export.load, TorchScript with torch.jit.load)"
         )
     ckpt = load_checkpoint(path)
-    model, cfg = load_segmenter(ckpt, device=device)
+    model, cfg = load_segmenter(ckpt, device=device, channels_last=True)
     return model, cfg.labels, checkpoint_amp(ckpt)
 
 

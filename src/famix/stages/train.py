@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from famix.config import RESUMABLE_KEYS, Config
-from famix.engine.amp import precision
+from famix.engine.amp import describe, precision
 from famix.engine.checkpoint import load_checkpoint
 from famix.engine.checks import check_train_inputs
 from famix.engine.distributed import current, resolve_device
@@ -103,6 +103,9 @@ def run(
             if current().main:
                 say(f"{name}: {out} holds this run, finished at step {ckpt['cur_itrs']}: nothing to do")
             return {"step": ckpt["cur_itrs"], "best_miou": ckpt["best_score"]}
+        if current().main:
+            device = resolve_device(cfg.run.device, current())
+            say(f"{name}: {describe(cfg.run.amp, record.settings['run']['amp'], device)}")
         return train(cfg, record, resume=ckpt, init_state=init_state)
 
 

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_loader import write_fake_gta5  # noqa: E402
 from famix.config import Config  # noqa: E402
 from famix.data.trainids import CLASS_NAMES  # noqa: E402
+from famix.engine.amp import amp_dtype  # noqa: E402
 from famix.engine.checkpoint import load_segmenter  # noqa: E402
 from famix.engine.distributed import resolve_device  # noqa: E402
 from famix.engine.evaluate import evaluate_specs  # noqa: E402
@@ -96,7 +97,7 @@ def main() -> None:
         train_rate = args.batch * len(timed) / sum(timed)
         device = resolve_device(args.device)
         model, _ = load_segmenter(tmp / "run" / "latest.pt", device=device)
-        amp = torch.bfloat16 if device.type == "cuda" else None
+        amp = amp_dtype("auto", device)  # famix's default: bf16 where the device has it natively
         spec = f"cityscapes:{tmp / 'cs'}:val"
         evaluate_specs(model, [spec], 19, device, amp_dtype=amp, batch_size=args.eval_batch, progress=False)
         start = time.perf_counter()  # second pass timed: files in the page cache, kernels tuned

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import platform
 import resource
 import statistics
 import sys
@@ -24,8 +23,9 @@ from torch.utils.flop_counter import FlopCounterMode
 if importlib.util.find_spec("famix") is None:  # not installed: use this checkout's src/
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from famix.engine.amp import AMP_DTYPES, amp_dtype  # noqa: E402
+from famix.engine.amp import AMP_DTYPES, amp_dtype, cpu_description  # noqa: E402
 from famix.engine.distributed import resolve_device  # noqa: E402
+from famix.settings import AMP_CHOICES  # noqa: E402
 
 BACKBONES = (
     *("RN50", "RN101", "tiny-rn", "tiny-clip", "ViT-B-16", "ViT-L-14", "tiny-vit", "tiny-vit-clip"),
@@ -69,9 +69,9 @@ def base_parser(
     )
     p.add_argument(
         "--amp",
-        default="bf16",
-        choices=tuple(AMP_DTYPES),
-        help="autocast dtype on CUDA, as famix's run.amp (a CPU always runs in fp32, as famix does)",
+        default="auto",
+        choices=AMP_CHOICES,
+        help="autocast, as famix's run.amp: auto = bf16 where native (CUDA, a CPU with AMX or avx512_bf16)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-header", action="store_true", help="print only the table row (to append to a table)")
@@ -110,7 +110,7 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     n = torch.get_num_threads()
-    return f"CPU {platform.machine()} ({n} thread{'s' if n > 1 else ''})"
+    return f"CPU {cpu_description()}, {n} thread{'s' if n > 1 else ''}"
 
 
 def count_flops(fn: Callable[[], object]) -> int:

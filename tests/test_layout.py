@@ -33,7 +33,10 @@ def _imports(names: bool = False) -> dict[str, set[str]]:
 # Engine modules with one importer, each with the reason it is a room of its own rather than part of it.
 ONE_IMPORTER = {
     "famix.engine.train": "the training loop and step: famix train's stage runs it (famix adapt through that "
-    "stage), benchmarks/bench_train.py times its train_step",
+    "stage; export's int8 calibration restyles with its mixer), benchmarks/bench_train.py times its "
+    "train_step",
+    "famix.engine.quantize": "int8 quantisation by ONNX Runtime's tools (calibration ranges, the style map's "
+    "downstream subgraph): a concept of its own; export's stage runs it (famix benchmark through that stage)",
     "famix.engine.loss": "the loss as a named criterion (as torchvision's references): part of the loop",
     "famix.engine.sampler": "the resumable stream sampler: a part of the training loop, a concept of its own",
     "famix.engine.video": "video decoding and encoding through PyAV: a concept of its own, keeps predict's "

@@ -128,6 +128,26 @@ def cmd_export(args) -> None:
         print(f"wrote {out}")
 
 
+def _list(values: list[str] | None) -> list[str] | None:
+    """``--data a,b c``: the values given, space- and comma-separated (None: not given)."""
+    if values is None:
+        return None
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+def cmd_benchmark(args) -> None:
+    from famix.settings import BenchmarkSettings
+    from famix.stages import benchmark
+
+    given = _given(args, "formats", "precisions", "size", "batch", "warmup", "repeats", "images", "threads")
+    given.update(_given(args, "calibrate", "calibration_images", "calibration_data", "device"))
+    for name in ("formats", "precisions"):
+        if name in given:
+            given[name] = tuple(_list(given[name]))
+    settings = BenchmarkSettings(**given)  # options not given: BenchmarkSettings' defaults
+    benchmark.run(args.checkpoint, _list(args.data), settings, out=args.out, force=args.force)
+
+
 def cmd_reproduce(args) -> None:
     from famix.stages import reproduce
 
@@ -227,6 +247,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "predict": cmd_predict,
     "export": cmd_export,
+    "benchmark": cmd_benchmark,
     "reproduce": cmd_reproduce,
     "adapt": cmd_adapt,
     "demo": cmd_demo,

@@ -265,6 +265,59 @@ def _add_export(sub) -> None:
     x.add_argument("--bank", help="--calibrate styles: the style bank (default: the checkpoint's style.bank)")
 
 
+def _add_benchmark(sub) -> None:
+    from famix.settings import BENCHMARK_FORMATS, BENCHMARK_PRECISIONS, CALIBRATIONS, BenchmarkSettings
+
+    d = BenchmarkSettings()
+    b = sub.add_parser(
+        "benchmark",
+        help="speed, size, memory and mIoU of a checkpoint as eager, compiled, TorchScript, ONNX, ONNX int8",
+    )
+    b.add_argument(
+        "checkpoint", help="a checkpoint, a folder written by famix save, or a Hub id hf:OWNER/NAME"
+    )
+    b.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        help="dataset specs for mIoU, space- or comma-separated, e.g. cityscapes:data/cityscapes:val",
+    )
+    b.add_argument(
+        "--formats",
+        nargs="+",
+        help=f"any of {' '.join(BENCHMARK_FORMATS)} (default: all; eager fp32 is always measured, the base)",
+    )
+    b.add_argument(
+        "--precisions",
+        nargs="+",
+        help=f"any of {' '.join(BENCHMARK_PRECISIONS)} for the torch formats (default: fp32, and bf16 where "
+        "the device has it natively; ONNX files run in their own precision)",
+    )
+    b.add_argument("--size", help=f"HxW input size of the timed runs (default {d.size[0]}x{d.size[1]})")
+    b.add_argument("--batch", type=int, help=f"images per timed run and evaluation batch (default {d.batch})")
+    b.add_argument("--warmup", type=int, help=f"untimed runs first (default {d.warmup})")
+    b.add_argument("--repeats", type=int, help=f"timed runs; the median is reported (default {d.repeats})")
+    b.add_argument("--images", type=int, help="images per dataset for mIoU, spread evenly (default: all)")
+    b.add_argument("--threads", type=int, help="torch and ONNX Runtime CPU threads (default: their own)")
+    b.add_argument(
+        "--calibrate", choices=CALIBRATIONS, help=f"onnx-int8 calibration images (default {d.calibrate})"
+    )
+    b.add_argument(
+        "--calibration-images",
+        type=int,
+        help=f"onnx-int8: calibration images (default {d.calibration_images})",
+    )
+    b.add_argument(
+        "--calibration-data",
+        help="onnx-int8: dataset spec to calibrate on (default: the checkpoint's data.train)",
+    )
+    b.add_argument("--device", help=f"cpu | cuda | cuda:N (default {d.device})")
+    b.add_argument("--out", help="output folder (default: beside the checkpoint, <stem>.benchmark/)")
+    b.add_argument(
+        "--force", action="store_true", help="write into --out even where famix benchmark did not write"
+    )
+
+
 def _add_adapt(sub) -> None:
     a = sub.add_parser(
         "adapt", help="zero-shot adaptation to described target domains (PODA): one model per --target"
@@ -364,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="famix", description="FAMix: language-guided domain-generalised segmentation")
     p.add_argument("--traceback", action="store_true", help="on an error, show the full Python traceback")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_mine_train, _add_reproduce, _add_eval_predict, _add_export, _add_adapt, _add_demo,
-                _add_datasets, _add_pretrain, _add_convert, _add_share):  # fmt: skip
+    for add in (_add_mine_train, _add_reproduce, _add_eval_predict, _add_export, _add_benchmark, _add_adapt,
+                _add_demo, _add_datasets, _add_pretrain, _add_convert, _add_share):  # fmt: skip
         add(sub)
     return p

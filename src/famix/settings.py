@@ -264,12 +264,15 @@ BENCHMARK_PRECISIONS = ("fp32", "bf16")
 @dataclass(frozen=True)
 class BenchmarkSettings:
     """What ``famix benchmark`` measures: every ``formats`` x ``precisions`` variant (bf16 only for torch
-    formats, and only where the device has native bf16) at ``size`` (H, W) and ``batch``: ``warmup``
-    untimed runs, then the median of ``repeats``; mIoU per dataset on ``images`` images of each (None:
-    all) at their own size. ``threads``: torch and ONNX Runtime CPU threads (None: torch's choice)."""
+    formats; ONNX files run in their own precision) at ``size`` (H, W) and ``batch``: ``warmup`` untimed
+    runs, then the median of ``repeats``; mIoU per dataset on ``images`` images of each (None: all, else
+    that many spread evenly) at their own size. ``precisions`` None: fp32, and bf16 where the device has
+    it natively (bf16 asked for on a device without it is refused). ``threads``: torch and ONNX Runtime
+    CPU threads (None: their own choice). ``calibrate``, ``calibration_images``, ``calibration_data``:
+    onnx-int8's export (as ``famix export --int8``)."""
 
     formats: tuple[str, ...] = BENCHMARK_FORMATS
-    precisions: tuple[str, ...] = BENCHMARK_PRECISIONS
+    precisions: tuple[str, ...] | None = None
     size: tuple[int, int] = (512, 1024)
     batch: int = 1
     warmup: int = 2
@@ -278,18 +281,24 @@ class BenchmarkSettings:
     threads: int | None = None
     calibrate: str = "source"
     calibration_images: int = 32
+    calibration_data: str | None = None  # onnx-int8: a dataset spec (None: the checkpoint's data.train)
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if isinstance(self.size, str):
-            object.__setattr__(self, "size", parse_size(self.size))
+        if isinstance(self.size, str | int):
+            object.__setattr__(self, "size", parse_size(str(self.size)))
         else:
             object.__setattr__(self, "size", tuple(self.size))
+        if len(self.size) != 2 or min(self.size) < 1:
+            raise ValueError(f"--size {self.size}: give HEIGHTxWIDTH in pixels, e.g. 512x1024")
         for name, given, known in (
             ("formats", self.formats, BENCHMARK_FORMATS),
             ("precisions", self.precisions, BENCHMARK_PRECISIONS),
         ):
-            object.__setattr__(self, name, tuple(given))
+            if given is None and name == "precisions":
+                continue
+            given = (given,) if isinstance(given, str) else tuple(dict.fromkeys(given or ()))
+            object.__setattr__(self, name, given)
             unknown = [v for v in given if v not in known]
             if unknown or not given:
                 raise ValueError(f"--{name} {' '.join(unknown) or '(none)'}: choose from {', '.join(known)}")

@@ -7,14 +7,15 @@ The documented Python surface (``__all__``; see :mod:`famix.api`)::
     labels = model.predict("street.png")          # [H, W] uint8 class indices
 
 ``famix.load_config`` / ``famix.Config`` make configs; ``famix.mine``, ``famix.train``, ``famix.evaluate``
-and ``famix.adapt`` run the stages; ``famix.save_pretrained`` and ``famix.push`` share a model. Names are
-imported on first use, so ``import famix`` stays light.
+and ``famix.adapt`` run the stages; ``famix.benchmark`` measures a model's deployment variants;
+``famix.save_pretrained`` and ``famix.push`` share a model. Names are imported on first use, so ``import
+famix`` stays light.
 """
 
 from famix.version import __version__
 
 _CONFIG = ("Config", "load_config")
-_API = ("Segmenter", "load", "save_pretrained", "push", "mine", "train", "evaluate", "adapt")
+_API = ("Segmenter", "load", "save_pretrained", "push", "mine", "train", "evaluate", "adapt", "benchmark")
 __all__ = ["__version__", *_CONFIG, *_API]
 
 

@@ -25,8 +25,9 @@ from famix.engine.checkpoint import checkpoint_precision, load_checkpoint, load_
 from famix.engine.distributed import resolve_device
 from famix.engine.evaluate import EvalResult
 from famix.engine.inference import eval_mode, model_input, predict_ids, predict_logits
-from famix.settings import EvalSettings, InferenceSettings
+from famix.settings import BenchmarkSettings, EvalSettings, InferenceSettings
 from famix.stages import adapt as adapt_stage
+from famix.stages import benchmark as benchmark_stage
 from famix.stages import evaluate as evaluate_stage
 from famix.stages import mine as mine_stage
 from famix.stages import share
@@ -149,7 +150,7 @@ def load(source: str | os.PathLike, device: str = "auto") -> Segmenter:
     Hub's cache; offline, read from it)."""
     dev = resolve_device(device)
     ckpt = load_checkpoint(source)
-    network, cfg = load_segmenter(ckpt, device=dev)
+    network, cfg = load_segmenter(ckpt, device=dev, channels_last=True)
     kept = {k: ckpt[k] for k in ("config", "run", "cur_itrs", "best_score", "pretrained") if k in ckpt}
     return Segmenter(network, cfg, kept, dev, source)
 
@@ -222,6 +223,24 @@ def evaluate(
             model.network, model.checkpoint, model.source, list(specs), settings, progress, quiet
         )[0]
     return evaluate_stage.run(model, list(specs), settings, progress=progress, say=quiet)[0]
+
+
+def benchmark(
+    model: str | os.PathLike,
+    data: str | Sequence[str],
+    out: str | os.PathLike | None = None,
+    force: bool = False,
+    progress: bool = True,
+    **settings,
+) -> dict:
+    """Speed, size, peak memory, achieved GFLOP/s and mIoU on ``data`` (dataset specs) of a checkpoint / saved
+    folder / Hub id in each deployment variant (``famix benchmark``): ``settings`` are
+    :class:`~famix.settings.BenchmarkSettings` fields (formats, precisions, size, batch, ...). Writes
+    benchmark.md, .json and .png into ``out`` (default: beside the checkpoint, ``<stem>.benchmark/``) and
+    returns the JSON's content."""
+    specs = [data] if isinstance(data, str) else list(data)
+    s = BenchmarkSettings(**settings)
+    return benchmark_stage.run(model, specs, s, out=out, force=force, progress=progress, say=lambda _: None)
 
 
 def inference_settings(

@@ -34,3 +34,18 @@ python3 benchmarks/bench_inference.py --backbone convnext_base_w --no-header --i
 python3 benchmarks/bench_mining.py --backbone convnext_base_w --no-header
 python3 benchmarks/bench_train.py --backbone EVA02-L-14 --size 756 --no-header --iters 10
 python3 benchmarks/count_towers.py
+# Issue 29: famix benchmark's CUDA rows: RN50 (random weights) at 1024x2048, batch 1: eager, torch.compile and
+# TorchScript in fp32 / bf16 / fp16 autocast; ONNX Runtime (its CUDA provider, TensorRT's where installed)
+# fp32 and int8; mIoU on synthetic scenes only checks that every variant computes the same classes
+python3 - <<'PY'
+from famix.config import ModelConfig
+from famix.engine.checkpoint import save_checkpoint
+from famix.models.build import build_segmenter
+cfg = ModelConfig(backbone="RN50")
+save_checkpoint("/tmp/famix-rn50.pt", model_state=build_segmenter(cfg, seed=0).state_dict(),
+                config={"model": vars(cfg), "run": {"amp": "auto"}, "data": {"train": "synthetic:day:40:0:size=512"}},
+                cur_itrs=0, best_score=0)
+PY
+python3 -m famix benchmark /tmp/famix-rn50.pt --device cuda --data synthetic:day:8:7:size=512 \
+  --size 1024x2048 --batch 1 --precisions fp32 bf16 fp16 --calibration-images 8 --out /tmp/famix-rn50.benchmark --force
+cat /tmp/famix-rn50.benchmark/benchmark.md

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from famix.cli import main
@@ -15,6 +16,7 @@ from famix.models.build import build_segmenter
 from famix.models.clip import packaged_weights
 
 ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
 DATA = "synthetic:day:6:5:size=64"  # six rendered day scenes, 64 px
@@ -137,3 +139,73 @@ def test_int8_and_calibration_options_are_checked_before_work(trained_like, tmp_
         err = capsys.readouterr().err.strip()
         assert exit_.value.code == 2 and len(err.splitlines()) == 1 and message in err, err
         assert not out.exists()
+
+
+def _bank(path, model_checkpoint):
+    """A style bank for the checkpoint's classes: random (mu, sigma) per class at its style map's width, as
+    `famix mine` stores them (the int8 calibration restyles with them as training does)."""
+    from famix.engine.checkpoint import load_segmenter
+    from famix.style.bank import StyleBank
+
+    model, cfg = load_segmenter(model_checkpoint)
+    g = torch.Generator().manual_seed(0)
+    bank = StyleBank(cfg.labels.names, model.style_channels)
+    n = 4 * len(cfg.labels)
+    mu = torch.randn(n, model.style_channels, generator=g)
+    sigma = torch.rand(n, model.style_channels, generator=g) + 0.5
+    bank.add(mu, sigma, torch.arange(n) % len(cfg.labels), 255)
+    bank.save(path)
+    return path
+
+
+def test_int8_exports_run_in_bare_onnxruntime_and_famix_eval_reports_their_miou(
+    trained_like, tmp_path, capsys
+):
+    bank = _bank(tmp_path / "bank.safetensors", trained_like)
+    files = {}
+    for calibrate in ("source", "styles"):
+        out = tmp_path / f"{calibrate}.int8.onnx"
+        extra = ["--bank", str(bank)] if calibrate == "styles" else []
+        options = ["--int8", "--calibrate", calibrate, "--calibration-images", "8", "--size", "64x64"]
+        main(
+            [
+                "export",
+                str(trained_like),
+                "--format",
+                "onnx",
+                *options,
+                "--dynamic",
+                "--out",
+                str(out),
+                *extra,
+            ]
+        )
+        printed = capsys.readouterr().out
+        assert "calibrating int8 on 8 images of synthetic:day:12:3:size=64" in printed
+        assert ("restyled by the style bank" in printed) == (calibrate == "styles")
+        agreement = float(printed.split("argmax agreement ")[1].split(" %")[0])
+        assert agreement >= 90.0 and "held-back source images: 1x3x64x64" in printed
+        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        ops = {node.op_type for node in onnx.load(str(out)).graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+        assert [o.name for o in session.get_outputs()] == ["logits"]  # no style map output
+        quantization = json.loads(session.get_modelmeta().custom_metadata_map["quantization"])
+        assert quantization["calibrated_on"] == calibrate and quantization["calibration_batches"] == 8
+        files[calibrate] = out
+    assert files["source"].read_bytes() != files["styles"].read_bytes()  # restyled maps: other ranges
+    fp32 = _eval_json(tmp_path / "ckpt.json", trained_like)
+    int8 = _eval_json(tmp_path / "int8.json", files["source"])
+    assert 0 < int8["miou"] < 100 and abs(int8["miou"] - fp32["miou"]) < 10  # int8 costs little here
+
+
+def test_a_calibration_set_without_images_is_one_line(trained_like, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    (empty / "images").mkdir(parents=True)
+    (empty / "labels").mkdir()
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", str(trained_like), "--format", "onnx", "--int8", "--size", "64x64",
+              "--calibration-data", f"folder:{empty}", "--out", str(tmp_path / "m.onnx")])  # fmt: skip
+    first = capsys.readouterr().err.strip().splitlines()[0]  # then the folder layout it expects
+    assert exit_.value.code == 2
+    assert first.startswith(f"famix export: error: --calibration-data folder:{empty}: folder: no image/label")
+    assert not (tmp_path / "m.onnx").exists()

@@ -258,7 +258,7 @@ class ExportSettings:
 # famix benchmark's variants: formats (eager: the checkpoint's model in torch; compiled: torch.compile of
 # it; onnx-int8: ExportSettings(int8=True)) and precisions (bf16: autocast, where the device has it natively)
 BENCHMARK_FORMATS = ("eager", "compiled", "torchscript", "onnx", "onnx-int8")
-BENCHMARK_PRECISIONS = ("fp32", "bf16")
+BENCHMARK_PRECISIONS = ("fp32", "bf16", "fp16")  # fp16: CUDA only
 
 
 @dataclass(frozen=True)

@@ -135,8 +135,10 @@ class OnnxSegmenter(nn.Module):
                 f"ONNX file {path} not found: write one with `famix export CKPT --format onnx`"
             )
         providers = ["CPUExecutionProvider"]
-        if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
+        if torch.device(device).type == "cuda":  # TensorRT's, then CUDA's, where this onnxruntime has them
+            available = ort.get_available_providers()
+            gpu = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+            providers = [p for p in gpu if p in available] + providers
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

@@ -176,7 +176,9 @@ def plan(settings: BenchmarkSettings, device: torch.device) -> list[Row]:
             f"--precisions bf16: {where} has no native bf16 (a CPU needs AMX or avx512_bf16); emulated bf16 "
             "would be measured slower than it is anywhere: pass --precisions fp32"
         )
-    precisions = settings.precisions or ("fp32", "bf16")
+    if settings.precisions is not None and "fp16" in settings.precisions and device.type != "cuda":
+        raise ValueError(f"--precisions fp16: fp16 autocast is for CUDA, not {where}: pass fp32 or bf16")
+    precisions = settings.precisions or ("fp32", "bf16", *(("fp16",) if device.type == "cuda" else ()))
     rows = [Row("eager", "fp32")]
     for fmt in settings.formats:
         for precision in [OWN_PRECISION[fmt]] if fmt in OWN_PRECISION else precisions:
@@ -342,7 +344,7 @@ def machine_peaks(device: torch.device, precisions: set[str], threads: int | Non
     Runtime's MatMulInteger on the CPU), and notes on what stands in for a peak not measured."""
     n, notes, peaks = PEAK_SIZE, [], {}
     g = torch.Generator().manual_seed(0)
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
         if name in precisions:
             a, b = (torch.randn(n, n, generator=g).to(device, dtype) for _ in range(2))
             seconds = _median_seconds(lambda a=a, b=b: a @ b, device, 1, PEAK_REPEATS)
@@ -524,7 +526,7 @@ def _measure_row(row: Row, b: Bench) -> None:
         row.reason = _one_line(file)
         return
     row.size_mb = b.weights_mb if file is None else file.stat().st_size / 1e6
-    dtype = torch.bfloat16 if row.precision == "bf16" else None
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(row.precision)
     try:
         if fmt not in b.made:
             b.made[fmt] = torch.compile(b.made["eager"]) if fmt == "compiled" else _load(fmt, file, b)

@@ -89,7 +89,7 @@ class WithStyleMap(nn.Module):
 
     def __init__(self, graph: nn.Module):
         super().__init__()
-        self.graph = graph
+        self.inner = graph  # not "graph": an exported program's modules have their own
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         box: list[torch.Tensor] = []
@@ -98,7 +98,7 @@ class WithStyleMap(nn.Module):
             box.append(f)
             return f
 
-        return self.graph(images, keep), box[0]
+        return self.inner(images, keep), box[0]
 
 
 def check_size(size: tuple[int, int], multiple: int, dynamic: bool) -> None:

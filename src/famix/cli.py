@@ -140,7 +140,7 @@ def cmd_benchmark(args) -> None:
     from famix.stages import benchmark
 
     given = _given(args, "formats", "precisions", "size", "batch", "warmup", "repeats", "images", "threads")
-    given.update(_given(args, "calibrate", "calibration_images", "calibration_data", "device"))
+    given.update(_given(args, "calibrate", "calibration_images", "calibration_data", "bank", "device"))
     for name in ("formats", "precisions"):
         if name in given:
             given[name] = tuple(_list(given[name]))

@@ -311,6 +311,7 @@ def _add_benchmark(sub) -> None:
         "--calibration-data",
         help="onnx-int8: dataset spec to calibrate on (default: the checkpoint's data.train)",
     )
+    b.add_argument("--bank", help="onnx-int8, --calibrate styles: the style bank (default: the checkpoint's)")
     b.add_argument("--device", help=f"cpu | cuda | cuda:N (default {d.device})")
     b.add_argument("--out", help="output folder (default: beside the checkpoint, <stem>.benchmark/)")
     b.add_argument(

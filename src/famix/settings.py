@@ -282,6 +282,7 @@ class BenchmarkSettings:
     calibrate: str = "source"
     calibration_images: int = 32
     calibration_data: str | None = None  # onnx-int8: a dataset spec (None: the checkpoint's data.train)
+    bank: str | None = None  # onnx-int8 with calibrate=styles: the style bank (None: the checkpoint's)
     device: str = "cpu"
 
     def __post_init__(self) -> None:

@@ -370,7 +370,7 @@ def _export(model, cfg, ckpt, fmt: str, folder: Path, s: BenchmarkSettings) -> P
         int8=int8,
         **(
             {"calibrate": s.calibrate, "calibration_images": s.calibration_images,
-             "calibration_data": s.calibration_data} if int8 else {}
+             "calibration_data": s.calibration_data, "bank": s.bank} if int8 else {}
         ),
     )  # fmt: skip
     out = folder / f"model-{fmt}{'.onnx' if es.format == 'onnx' else '.pt'}"

@@ -268,8 +268,8 @@ class BenchmarkSettings:
     runs, then the median of ``repeats``; mIoU per dataset on ``images`` images of each (None: all, else
     that many spread evenly) at their own size. ``precisions`` None: fp32, and bf16 where the device has
     it natively (bf16 asked for on a device without it is refused). ``threads``: torch and ONNX Runtime
-    CPU threads (None: their own choice). ``calibrate``, ``calibration_images``, ``calibration_data``:
-    onnx-int8's export (as ``famix export --int8``)."""
+    CPU threads (None: their own choice). ``calibrate``, ``calibration_images``, ``calibration_data``,
+    ``bank``: onnx-int8's export (as ``famix export --int8``)."""
 
     formats: tuple[str, ...] = BENCHMARK_FORMATS
     precisions: tuple[str, ...] | None = None

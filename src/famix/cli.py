@@ -188,12 +188,21 @@ def cmd_demo(args) -> None:
     if args.adapt is not None:
         from famix.demo.adaptation import run_adapt_demo
 
+        if args.amp != "off":
+            raise ValueError(f"--amp {args.amp} is for the demo's training runs: drop it with --adapt (fp32)")
+
         run_adapt_demo(out, args.adapt, args.quick, args.seed, seeds=args.seeds or 3, backbone=args.backbone)
         return
     from famix.demo.run import run_demo
 
     run_demo(
-        out, args.quick, args.seed, ablation=args.ablation, seeds=args.seeds or 1, backbone=args.backbone
+        out,
+        args.quick,
+        args.seed,
+        ablation=args.ablation,
+        seeds=args.seeds or 1,
+        backbone=args.backbone,
+        amp=args.amp,
     )
 
 

@@ -340,6 +340,13 @@ def _add_demo(sub) -> None:
         "--backbone", choices=["rn", "vit"], default="rn", help="tiny CLIP ResNet (default) or tiny CLIP ViT"
     )
     d.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
+    d.add_argument(
+        "--amp",
+        choices=["off", "auto", "bf16"],
+        default="off",
+        help="off: fp32, as the recorded tables (default); auto: bf16 where the CPU has it natively (faster, "
+        "other numbers: docs/benchmarks.md)",
+    )
     d.add_argument("--seed", type=int, default=0, help="first seed")
     d.add_argument("--seeds", type=int, help="number of seeds (default 1; 3 with --adapt)")
     d.add_argument("--ablation", action="store_true", help="the paper's Freeze/Augment/Mix grid + a control")

@@ -106,8 +106,10 @@ def run_demo(
     ablation: bool = False,
     seeds: int = 1,
     backbone: str = "rn",
+    amp: str = "off",
 ) -> dict:
-    """Run the demo into ``out``; returns {"runs": {variant: {seed: {domain: result dict}}}, ...}."""
+    """Run the demo into ``out``; returns {"runs": {variant: {seed: {domain: result dict}}}, ...}. ``amp``:
+    mining's and training's ``run.amp`` (off: fp32, as the recorded tables; auto: bf16 where native)."""
     out, start = Path(out), time.perf_counter()
     variants = list(ABLATION) if ablation else list(DEFAULT_VARIANTS)
     if backbone == "vit":  # its 8 x 8 style map (64-px crops, patch 8) has no 6 x 6 grid of patches
@@ -118,6 +120,7 @@ def run_demo(
     counts: dict[int, dict[str, dict[str, int]]] = {}
     for s in range(seed, seed + seeds):
         base = demo_config(out / f"seed{s}", quick, s, backbone)
+        base.run.amp = amp
         banks, counts[s] = _mine_banks(base, variants)
         for name in variants:
             variant = ABLATION[name]

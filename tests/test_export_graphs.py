@@ -15,6 +15,8 @@ from famix.engine.checkpoint import save_checkpoint
 from famix.models.build import build_segmenter
 from famix.models.clip import packaged_weights
 
+from .test_export import _images
+
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
@@ -45,16 +47,6 @@ def ids_file(trained_like):
     return trained_like.with_name("best.ids.onnx")
 
 
-def _images(folder, sizes):
-    folder.mkdir(exist_ok=True)
-    paths = []
-    for i, (h, w) in enumerate(sizes):
-        noise = np.random.default_rng(i).integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)
-        paths.append(folder / f"img{i}.png")
-        Image.fromarray(noise).resize((w, h), Image.BILINEAR).save(paths[-1])
-    return paths
-
-
 def test_the_ids_graph_runs_in_bare_onnxruntime_and_equals_famix_predict(ids_file, trained_like, tmp_path):
     session = ort.InferenceSession(str(ids_file), providers=["CPUExecutionProvider"])
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
@@ -62,6 +54,7 @@ def test_the_ids_graph_runs_in_bare_onnxruntime_and_equals_famix_predict(ids_fil
     assert (out.name, out.type, out.shape) == ("ids", "tensor(uint8)", ["batch", "height", "width"])
     meta = session.get_modelmeta().custom_metadata_map
     assert meta["graph"] == "ids" and "uint8 [batch, height, width, 3]" in meta["input"]
+    (tmp_path / "in").mkdir()
     paths = _images(tmp_path / "in", [(32, 48), (64, 64), (48, 80)])
     main(
         [

@@ -19,6 +19,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from famix.config import ModelConfig
+from famix.engine.amp import int8_dot_product
 from famix.engine.quantize import QuantizeReport, calibration_ranges, quantize_onnx
 from famix.models.build import build_segmenter
 
@@ -135,7 +136,8 @@ def test_int8_file_runs_in_bare_onnxruntime(styled, int8):
     assert meta["famix.test"] == "kept"
     assert json.loads(meta["quantization"]) == {
         "format": "QDQ",
-        "weights": "int8 per-channel",
+        # 7-bit weights where this CPU has no VNNI (ONNX Runtime's int8 kernels would saturate)
+        "weights": "int8 per-channel" + ("" if int8_dot_product() else ", 7-bit range (-64..64)"),
         "activations": "uint8",
         "calibration_batches": 4,
         "method": "minmax",
@@ -166,6 +168,26 @@ def test_int8_file_runs_in_bare_onnxruntime(styled, int8):
         assert scale.shape == (weight.shape[0],)
     zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert zero_points and all(z.dtype == np.uint8 for z in zero_points)
+
+
+def test_seven_bit_weights_where_asked_and_by_default_on_cpus_without_vnni(styled, tmp_path, monkeypatch):
+    from famix.engine import amp
+
+    dst = tmp_path / "reduced.int8.onnx"
+    monkeypatch.setattr(amp, "cpu_capabilities", lambda: {"cpu_name": "AVX2 only", "avx2": True})
+    quantize_onnx(styled, dst, images(4, seed=0))  # the default on such a CPU
+    model = onnx.load(str(dst))
+    meta = json.loads({p.key: p.value for p in model.metadata_props}["quantization"])
+    assert meta["weights"] == "int8 per-channel, 7-bit range (-64..64)"
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    dequantized = [n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    weights = [
+        inits[n] for n in dequantized if n in inits and inits[n].dtype == np.int8 and inits[n].ndim == 4
+    ]
+    assert weights and min(w.min() for w in weights) >= -64 and max(w.max() for w in weights) <= 64
+    assert max(int(np.abs(w.astype(np.int16)).max()) for w in weights) == 64  # used, not shrunk further
+    agreement = [np.mean(logits(styled, x).argmax(1) == logits(dst, x).argmax(1)) for x in images(4, seed=1)]
+    assert np.mean(agreement) >= MIN_AGREEMENT, agreement
 
 
 def test_int8_agrees_with_fp32(styled, int8):

@@ -55,6 +55,13 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+def int8_dot_product() -> bool:
+    """Whether this CPU multiplies uint8 x int8 with a 32-bit accumulating dot product (VNNI, AMX): without
+    it ONNX Runtime's int8 kernels saturate 16-bit sums, and int8 weights are better kept to 7 bits."""
+    caps = cpu_capabilities()
+    return any(caps.get(f) for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 def resolve(name: str, device: torch.device, *, fallback: bool = False) -> str:
     """The precision ``run.amp=name`` computes in on ``device``: "bf16", "fp16" or "off" (fp32).
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from famix.engine.amp import int8_dot_product
 from famix.engine.exported import import_onnx_tools
 
 STYLE_OUTPUT = "style_map"  # the optional second output of a styles-calibratable export
@@ -245,16 +246,23 @@ def quantize_onnx(
     calibration: Sequence[np.ndarray],
     restyle: Restyle | None = None,
     method: str = "minmax",
+    reduce_range: bool | None = None,
 ) -> QuantizeReport:
     """Quantise the fp32 ONNX segmenter ``src`` to int8 at ``dst`` (QDQ, int8 per-channel weights, uint8
     activations), its activation ranges calibrated by ``method`` on ``calibration`` (the graph input, one
     array per batch), "styles" calibration when ``restyle`` is given (module docstring). ``dst`` keeps
-    ``src``'s input, outputs (less ``style_map``) and metadata, plus ``quantization`` (JSON)."""
+    ``src``'s input, outputs (less ``style_map``) and metadata, plus ``quantization`` (JSON).
+
+    ``reduce_range``: weights in 7 bits (-64..64), ONNX Runtime's advice for CPUs without VNNI, whose uint8 x
+    int8 kernel (``vpmaddubsw``) saturates 16-bit pair sums of full-range values; None: so where this CPU has
+    no VNNI (``engine.amp.int8_dot_product``), full 8 bits where it has."""
     import_onnx_tools()
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static, save_tensors_data
 
     src, dst, calibrate_method = Path(src), Path(dst), _calibration_method(method)
+    if reduce_range is None:
+        reduce_range = not int8_dot_product()
     with tempfile.TemporaryDirectory(prefix="famix-quantize-") as tmp, _quietly():
         tmp = Path(tmp)
         model, ranges = _ranges(src, calibration, restyle, method, tmp)
@@ -269,13 +277,14 @@ def quantize_onnx(
             weight_type=QuantType.QInt8,
             calibrate_method=calibrate_method,
             calibration_cache_path=str(tmp / "ranges.json"),
+            reduce_range=reduce_range,
         )
         int8 = onnx.load(str(tmp / "int8.onnx"))
     meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
     meta["quantization"] = json.dumps(
         {
             "format": "QDQ",
-            "weights": "int8 per-channel",
+            "weights": "int8 per-channel" + (", 7-bit range (-64..64)" if reduce_range else ""),
             "activations": "uint8",
             "calibration_batches": len(calibration),
             "method": method,

@@ -142,15 +142,18 @@ def test_evaluate_restores_modes():
 
 
 def test_format_table():
-    a = EvalResult(50.0, [25.0, None, 75.0], [[0]], 3)  # percent
-    b = EvalResult(41.0, [10.0, 20.0, None], [[0]], 2)
+    # percent; accuracies from the confusion: a [75, -, 100] (aAcc 4/5), b [50, 50, -] (aAcc 3/6)
+    a = EvalResult(50.0, [25.0, None, 75.0], [[3, 1, 0], [0, 0, 0], [0, 0, 1]], 3)
+    b = EvalResult(41.0, [10.0, 20.0, None], [[1, 0, 1], [0, 2, 2], [0, 0, 0]], 2)
     table = format_table({"gta": a, "bdd": b}, class_names=["x", "y", "z"])
     lines = table.splitlines()
     assert lines[0].split("|")[2:5] == [" gta ", " bdd ", " mean "]
-    assert "| mIoU | 50.00 | 41.00 | 45.50 |" in table
+    assert lines[2:] == ["| mIoU | 50.00 | 41.00 | 45.50 |", "| aAcc | 80.00 | 50.00 | 65.00 |",
+                         "| mAcc | 87.50 | 50.00 | 68.75 |"]  # fmt: skip
     assert "class" not in table
     full = format_table({"gta": a, "bdd": b}, class_names=["x", "y", "z"], per_class=True)
-    assert "| y | - | 20.00 |" in full and "| z | 75.00 | - |" in full
+    assert "| class | gta IoU | gta Acc | bdd IoU | bdd Acc |" in full
+    assert "| y | - | - | 20.00 | 50.00 |" in full and "| z | 75.00 | 100.00 | - | - |" in full
 
 
 @pytest.mark.parametrize(

@@ -1,15 +1,15 @@
-"""Semantic-segmentation evaluation: confusion matrices, (m)IoU, and the one evaluation loop that the CLI,
-training-time validation and the demo share (:func:`evaluate_specs`).
+"""Semantic-segmentation evaluation: confusion matrices, (m)IoU, pixel accuracies, and the one evaluation
+loop that the CLI, training-time validation and the demo share (:func:`evaluate_specs`).
 
-Every mIoU / IoU famix reports (tables, JSON, metrics.jsonl) is in percent. Tables and result files are
-in :mod:`famix.engine.results`.
+Every mIoU / IoU / accuracy famix reports (tables, JSON, metrics.jsonl) is in percent. Tables and result
+files are in :mod:`famix.engine.results`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.distributed as dist
@@ -62,14 +62,58 @@ def iou_from_confusion(cm: torch.Tensor) -> tuple[float, torch.Tensor]:
     return miou, per_class
 
 
+def accuracy_from_confusion(cm: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+    """mmsegmentation's pixel accuracies of a confusion matrix [K, K] (rows ground truth), as fractions.
+
+    Returns ``(aacc, macc, per_class)``: ``aacc`` = trace / all labelled pixels; ``per_class`` float64 [K]
+    = diagonal / row sum (the class's recall), nan for classes absent from the ground truth; ``macc`` its
+    mean over the classes present. Both means are nan when nothing is labelled.
+    """
+    cm = cm.double()
+    tp = cm.diagonal()  # [K]
+    labelled = cm.sum(1)  # [K] ground-truth pixels per class
+    total = labelled.sum().item()
+    per_class = torch.where(labelled > 0, tp / labelled.clamp_min(1), torch.full_like(tp, math.nan))
+    aacc = tp.sum().item() / total if total > 0 else math.nan
+    macc = per_class.nanmean().item() if total > 0 else math.nan
+    return aacc, macc, per_class
+
+
+def _percents(per_class: torch.Tensor) -> list[float | None]:
+    """Fractions [K] -> percents, None where nan (a class without pixels)."""
+    return [None if math.isnan(v) else 100 * v for v in per_class.tolist()]
+
+
 @dataclass
 class EvalResult:
-    """Outcome of :func:`evaluate`: mIoU and per-class IoU in percent (None = class absent), confusion."""
+    """Outcome of :func:`evaluate`: mIoU and per-class IoU in percent (None = class absent), confusion
+    [K, K] (rows ground truth, columns prediction), and the pixel accuracies derived from it."""
 
     miou: float
     per_class_iou: list[float | None]
     confusion: list[list[int]]
     num_images: int
+
+    # The accuracies are properties of ``confusion``, not fields: results cached by earlier famix versions
+    # (without them) read back with them, and they can never disagree with the matrix.
+    def _accuracies(self) -> tuple[float, float, torch.Tensor]:
+        k = len(self.confusion)
+        return accuracy_from_confusion(torch.tensor(self.confusion, dtype=torch.float64).reshape(k, k))
+
+    @property
+    def aacc(self) -> float:
+        """Overall pixel accuracy (%): correctly labelled / labelled pixels; nan when nothing is labelled."""
+        return 100 * self._accuracies()[0]
+
+    @property
+    def macc(self) -> float:
+        """Mean per-class accuracy (%) over the classes present in the ground truth; nan when none is."""
+        return 100 * self._accuracies()[1]
+
+    @property
+    def per_class_acc(self) -> list[float | None]:
+        """Per-class accuracy (%) = diagonal / row sum; None for a class with no ground-truth pixel."""
+        return _percents(self._accuracies()[2])
 
     @classmethod
     def from_confusion(cls, cm: torch.Tensor, num_images: int) -> EvalResult:
@@ -77,22 +121,23 @@ class EvalResult:
         miou, per_class = iou_from_confusion(cm)
         return cls(
             miou=100 * miou,
-            per_class_iou=[None if math.isnan(v) else 100 * v for v in per_class.tolist()],
+            per_class_iou=_percents(per_class),
             confusion=cm.tolist(),
             num_images=num_images,
         )
 
     @classmethod
     def from_dict(cls, d: dict) -> EvalResult:
-        """The inverse of :meth:`to_dict` (a None mIoU, nothing labelled, is nan again)."""
-        return cls(**{**d, "miou": math.nan if d["miou"] is None else d["miou"]})
+        """The inverse of :meth:`to_dict` (a None mIoU, nothing labelled, is nan again). The derived keys
+        (accuracies) are ignored, so dicts with or without them (earlier famix versions) read alike."""
+        kept = {f.name: d[f.name] for f in fields(cls)}
+        return cls(**{**kept, "miou": math.nan if d["miou"] is None else d["miou"]})
 
     def to_dict(self) -> dict:
-        """A JSON-serialisable dict (nan mIoU becomes None)."""
-        d = asdict(self)
-        if math.isnan(d["miou"]):
-            d["miou"] = None
-        return d
+        """A JSON-serialisable dict: the fields, then the accuracies for JSON readers (nan becomes None)."""
+        aacc, macc, per_class = self._accuracies()
+        d = {**asdict(self), "aacc": 100 * aacc, "macc": 100 * macc, "per_class_acc": _percents(per_class)}
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in d.items()}
 
 
 def _distributed() -> bool:

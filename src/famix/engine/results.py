@@ -50,19 +50,28 @@ def _class_names(k: int, class_names: Sequence[str] | None) -> list[str]:
 def format_table(
     results: dict[str, EvalResult], class_names: Sequence[str] | None = None, per_class: bool = False
 ) -> str:
-    """Markdown table of mIoU (%) per dataset plus their mean; optionally a per-class IoU table."""
+    """Markdown table of mIoU, aAcc and mAcc (%) per dataset plus their means (mmsegmentation's metrics);
+    optionally a per-class table of IoU and accuracy, two columns per dataset."""
     names = list(results)
-    mious = [r.miou for r in results.values()]
-    lines = [
-        _row(["", *names, "mean"]),
-        _row(["---"] * (len(names) + 2)),
-        _row(["mIoU", *(_pct(m) for m in mious), _pct(_nanmean(mious))]),
-    ]
+    lines = [_row(["", *names, "mean"]), _row(["---"] * (len(names) + 2))]
+    for metric, values in (
+        ("mIoU", [r.miou for r in results.values()]),
+        ("aAcc", [r.aacc for r in results.values()]),
+        ("mAcc", [r.macc for r in results.values()]),
+    ):
+        lines.append(_row([metric, *map(_pct, values), _pct(_nanmean(values))]))
     if per_class and results:
         names_k = _class_names(len(next(iter(results.values())).per_class_iou), class_names)
-        lines += ["", _row(["class", *names]), _row(["---"] * (len(names) + 1))]
+        accs = [r.per_class_acc for r in results.values()]  # derived from each confusion: computed once
+        header = [f"{name} {metric}" for name in names for metric in ("IoU", "Acc")]
+        lines += ["", _row(["class", *header]), _row(["---"] * (len(header) + 1))]
         for c, cname in enumerate(names_k):
-            lines.append(_row([cname, *(_pct(r.per_class_iou[c]) for r in results.values())]))
+            cells = [
+                _pct(v)
+                for r, acc in zip(results.values(), accs, strict=True)
+                for v in (r.per_class_iou[c], acc[c])
+            ]
+            lines.append(_row([cname, *cells]))
     return "\n".join(lines)
 
 
@@ -117,16 +126,17 @@ def write_results(
 ) -> Path:
     """Write ``results`` to a JSON file, atomically (a crash never leaves half a file behind).
 
-    Per dataset: mIoU, per-class IoU keyed by class name (null = class absent), confusion matrix and
-    image count; then the mean mIoU and the paper-layout table (:func:`format_paper_table`). IoUs are in
-    percent, as everywhere in famix.
+    Per dataset: mIoU, per-class IoU keyed by class name (null = class absent), confusion matrix, image
+    count, and mmsegmentation's aAcc, mAcc and per-class accuracy (keyed by class name; null = class absent
+    from the ground truth); then the mean mIoU and the paper-layout table (:func:`format_paper_table`).
+    IoUs and accuracies are in percent, as everywhere in famix.
     """
     datasets = {}
     for spec, r in results.items():
         d = r.to_dict()
-        d["per_class_iou"] = dict(
-            zip(_class_names(len(r.per_class_iou), class_names), r.per_class_iou, strict=True)
-        )
+        keys = _class_names(len(r.per_class_iou), class_names)
+        d["per_class_iou"] = dict(zip(keys, r.per_class_iou, strict=True))
+        d["per_class_acc"] = dict(zip(keys, d["per_class_acc"], strict=True))
         datasets[spec] = d
     mean = _nanmean([r.miou for r in results.values()])
     payload = {

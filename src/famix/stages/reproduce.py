@@ -222,8 +222,19 @@ def column_names(specs: list[str]) -> dict[str, str]:
     return names
 
 
+def _over_seeds(values: list[float]) -> dict:
+    """One metric's seeds (nan -> None), their mean and sample std (None when no seed measured it)."""
+    measured = [v for v in values if not math.isnan(v)]
+    return {
+        "seeds": [None if math.isnan(v) else v for v in values],
+        "mean": statistics.mean(measured) if measured else None,
+        "std": statistics.stdev(measured) if len(measured) > 1 else 0.0 if measured else None,
+    }
+
+
 def summarise(runs: dict[int, dict[str, EvalResult]], cfg: Config, evaluation: EvalSettings = EVAL) -> dict:
-    """Per column: the seeds' mIoU (%), mean +/- std, the paper's number, the difference; a markdown table.
+    """Per column: the seeds' mIoU (%), mean +/- std, the paper's number, the difference, and
+    mmsegmentation's aAcc and mAcc (%) over the seeds; a markdown table of mIoU and one of the accuracies.
 
     The paper's numbers are shown only for its own (source, backbone) rows; a target with no labelled pixel
     (mIoU None for every seed) is reported as such and left out of the means."""
@@ -250,6 +261,8 @@ def summarise(runs: dict[int, dict[str, EvalResult]], cfg: Config, evaluation: E
             "paper": reported,
             "difference": None if reported is None or mean is None else mean - reported,
             "per_class_iou": dict(zip(cfg.model.labels.names, per_class, strict=True)),
+            "aacc": _over_seeds([r[spec].aacc for r in runs.values()]),
+            "macc": _over_seeds([r[spec].macc for r in runs.values()]),
             **({} if measured else {"note": "no labelled pixel: nothing to score"}),
         }
     order = list(columns)
@@ -272,13 +285,26 @@ def summarise(runs: dict[int, dict[str, EvalResult]], cfg: Config, evaluation: E
         )  # fmt: skip
         diffs = [columns[n]["difference"] for n in order]
         rows.append("| difference | " + " | ".join("-" if d is None else f"{d:+.2f}" for d in diffs) + " | |")
+    accuracy = [
+        "Pixel accuracy (%), as mmsegmentation reports it: aAcc over all labelled pixels, mAcc the mean over "
+        "the classes present of each class's accuracy; mean +/- sample standard deviation over the seeds",
+        "",
+        "| | " + " | ".join(order) + " | mean |",
+        "|---|" + "---|" * (len(order) + 1),
+    ]
+    for metric, key in (("aAcc", "aacc"), ("mAcc", "macc")):
+        stats = [columns[n][key] for n in order]
+        scored = [m["mean"] for m in stats if m["mean"] is not None]
+        row = [mean_std(m["seeds"]) if m["mean"] is not None else "no labels" for m in stats]
+        row.append(f"{statistics.mean(scored):.2f}" if scored else "-")
+        accuracy.append(f"| {metric} | " + " | ".join(row) + " |")
     title = (
         f"mIoU (%), {cfg.model.backbone} trained on {cfg.data.train}; mean +/- sample standard deviation "
         f"over the seeds (n - 1 in the denominator); evaluation: protocol {evaluation.protocol}, test time "
         f"{evaluation.tta.describe() or 'plain'}"
     )
     return {
-        "table": "\n".join([title, "", *rows]),
+        "table": "\n".join([title, "", *rows, "", *accuracy]),
         "columns": columns,
         "unit": "percent",
         "statistic": "mean +/- sample standard deviation over seeds (n - 1)",

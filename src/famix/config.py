@@ -121,6 +121,8 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto | bf16 | fp16 | off (famix.engine.amp: auto = bf16 where native, else fp32)
+    # training trackers: tensorboard, wandb, mlflow (engine/loggers.py); None: TensorBoard where installed
+    loggers: list[str] | None = None
 
 
 @dataclass
@@ -150,6 +152,7 @@ RESUMABLE_KEYS = frozenset(
         "data.val",
         "data.workers",
         "run.device",
+        "run.loggers",
         "mine.save_every",
         "mine.max_images",
         "mine.pin_crops",

@@ -13,6 +13,7 @@ from famix.data.datasets import build_dataset, check_label_reading
 from famix.data.label_sets import LabelSet, LabelSetError, from_names, parse
 from famix.data.specs import parse_spec
 from famix.engine.distributed import current, resolve_device
+from famix.engine.loggers import check_trackers
 from famix.engine.outputs import check_folder, check_output_path
 from famix.models.build import normalization
 from famix.models.clip import check_weights_reachable, weights_fingerprint
@@ -67,6 +68,8 @@ def check_train_inputs(cfg: Config) -> None:
     the style bank its mixing reads."""
     check_values(cfg)
     resolve_device(cfg.run.device, current())
+    if cfg.run.loggers is not None:
+        check_trackers(cfg.run.loggers)
     check_folder(cfg.train.out, "train.out")
     labels = cfg.model.labels
     source = check_specs([cfg.data.train], "data.train", labels)[cfg.data.train]

@@ -4,8 +4,8 @@ Which run a folder holds, and whether it is finished, is the stage's (:mod:`fami
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from famix.config import Config, save_config
 from famix.data.datasets import SeededTransform, build_dataset
@@ -27,6 +28,7 @@ from famix.engine.checks import check_bank_classes, check_bank_normalization
 from famix.engine.distributed import barrier, current, require_session, resolve_device
 from famix.engine.evaluate import evaluate_specs
 from famix.engine.interrupt import Interrupted, any_rank, stop_requests
+from famix.engine.loggers import MetricsLogger, dataset_name
 from famix.engine.loss import SegmentationLoss
 from famix.engine.runs import KEY, RunRecord
 from famix.engine.sampler import StreamSampler
@@ -120,7 +122,7 @@ def train(cfg: Config, record: RunRecord, resume: dict | None = None, init_state
         scheduler.load_state_dict(resume["scheduler_state"])
         scaler.load_state_dict(resume["scaler_state"])
         start, best = resume["cur_itrs"], resume["best_score"]
-    logger = MetricsLogger(out, info.main)
+    logger = MetricsLogger(out, info.main, cfg.run.loggers, cfg.to_dict())
     if info.main:
         out.mkdir(parents=True, exist_ok=True)
         for name in ("latest.pt", "best.pt", "config.yaml", "metrics.jsonl"):
@@ -141,7 +143,7 @@ def train(cfg: Config, record: RunRecord, resume: dict | None = None, init_state
     bar = progress_bar(total=t.iterations, initial=start, desc="train", disable=not info.main)
     last = min(t.iterations, t.stop_after or t.iterations)
     running, tick, last_log = torch.zeros((), device=device), time.perf_counter(), start
-    with stop_requests() as asked:  # Ctrl-C / SIGTERM: stop at a step's end, saved
+    with stop_requests() as asked, contextlib.closing(logger):  # Ctrl-C / SIGTERM: stop at a step's end
         for step, (images, labels, jitter) in zip(range(start + 1, last + 1), loader, strict=False):
             images = images.to(device, non_blocking=True)
             images = prepare_images(images, jitter, t.channels_last, model.normalization)  # [B, 3, H, W]
@@ -271,6 +273,8 @@ def validate(cfg: Config, model, device, amp, info, logger, step: int) -> float 
         )
         scores = {spec: r.miou for spec, r in results.items()}
         score = sum(scores.values()) / len(scores)
+        for spec, r in results.items():  # one line per dataset as it comes, above the progress bar
+            tqdm.write(f"step {step}: {dataset_name(spec)}: mIoU {r.miou:.2f} %")
         logger.log(step=step, val_miou=scores, val_mean_miou=score)
     barrier()
     return score
@@ -295,55 +299,3 @@ def save_checkpoints(cfg, parts: dict, step, best, score, info, record: RunRecor
             atomic_link(out / "latest.pt", out / "best.pt")
     barrier()
     return best
-
-
-class MetricsLogger:
-    """JSON lines in ``<out>/metrics.jsonl`` and, if installed, TensorBoard scalars (rank 0 only)."""
-
-    def __init__(self, out: Path, enabled: bool):
-        self.enabled, self.path, self.tb, self.out = enabled, out / "metrics.jsonl", None, out
-
-    @staticmethod
-    def check(out: Path) -> None:
-        """Refuse, before any work, a ``metrics.jsonl`` in the run folder that famix did not write (a run
-        truncates its log when it resumes: someone else's file would be cut)."""
-        path = out / "metrics.jsonl"
-        if not path.is_file():
-            return
-        try:
-            ours = all(
-                isinstance(json.loads(line), dict) for line in path.read_text().splitlines() if line.strip()
-            )
-        except (ValueError, UnicodeDecodeError):
-            ours = False
-        if not ours:
-            raise FileExistsError(
-                f"{path} is not a training log famix wrote (its lines are not JSON records): famix does not "
-                "touch it. Pass another train.out, or move that file away"
-            )
-
-    def truncate(self, step: int) -> None:
-        """Drop the lines logged after ``step`` (a resumed run logs those steps again)."""
-        if not self.path.is_file():
-            return
-        lines = self.path.read_text().splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
-        if len(kept) != len(lines):
-            self.path.write_text("".join(line + "\n" for line in kept))
-
-    def log(self, **record) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(self.out / "tb"))
-            except ImportError:
-                self.tb = False
-        if self.tb:
-            for k, v in record.items():
-                if isinstance(v, int | float) and k != "step":
-                    self.tb.add_scalar(k, v, record["step"])

@@ -13,6 +13,7 @@ from famix.engine.amp import describe, precision
 from famix.engine.checkpoint import load_checkpoint
 from famix.engine.checks import check_train_inputs
 from famix.engine.distributed import current, resolve_device
+from famix.engine.loggers import MetricsLogger
 from famix.engine.runs import (
     KEY,
     RunRecord,
@@ -22,7 +23,7 @@ from famix.engine.runs import (
     held,
     normalization_settings,
 )
-from famix.engine.train import MetricsLogger, train
+from famix.engine.train import train
 from famix.io import file_fingerprint
 from famix.models.clip import weights_fingerprint
 

@@ -188,8 +188,8 @@ def load_segmenter(
     famix checkpoints carry their config; official FAMix ``.pth`` files do not, so ``model_cfg`` (defaults:
     RN50, OS16, 19 classes) describes them. CLIP weights are not needed: the checkpoint holds the backbone.
     The weights are channels_last on CUDA (cuDNN's NHWC convolutions) and, with ``channels_last`` (inference:
-    eval, predict, the API), on a CPU too where the tower is convolutional (oneDNN's NHWC kernels: 1.3x for
-    RN50 in fp32 and bf16, docs/benchmarks.md).
+    eval, predict, the API), on a CPU too where the tower is convolutional (oneDNN's NHWC kernels: RN50 1.18x
+    in fp32, 1.32x in bf16, docs/benchmarks.md).
     """
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)  # dict: read already
     if model_cfg is None:

@@ -11,8 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from famix.data.label_sets import from_names
+from famix.data.trainids import CLASS_NAMES
 from famix.engine.inference import predict_ids
 from famix.engine.video import segment_video
+from famix.engine.visualize import legend_height
 from famix.settings import PredictSettings
 from famix.stages.predict import predict_paths
 
@@ -69,7 +72,7 @@ def test_predict_paths_video_keeps_frame_count_and_rate(av, tmp_path):
     assert batches == [5, 5, 2]
     frames, rate = _read_video(av, written[0])
     assert len(frames) == 12 and rate == Fraction(10)
-    assert frames[0].shape == (48, 64, 3)
+    assert frames[0].shape == (48 + legend_height(from_names(CLASS_NAMES), 64), 64, 3)  # a legend below
 
 
 @pytest.mark.parametrize("kind", ["color", "overlay"])

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image as PILImage
 
 from famix.config import Config, ModelConfig
 from famix.data.label_sets import LabelSet
@@ -25,6 +26,7 @@ from famix.engine.checkpoint import checkpoint_precision, load_checkpoint, load_
 from famix.engine.distributed import resolve_device
 from famix.engine.evaluate import EvalResult
 from famix.engine.inference import eval_mode, model_input, predict_ids, predict_logits
+from famix.engine.visualize import overlay, with_legend
 from famix.settings import BenchmarkSettings, EvalSettings, InferenceSettings
 from famix.stages import adapt as adapt_stage
 from famix.stages import benchmark as benchmark_stage
@@ -138,6 +140,20 @@ class Segmenter:
     def colorize(self, ids: np.ndarray) -> np.ndarray:
         """Class indices [H, W] -> their label set's colours [H, W, 3] uint8."""
         return self.labels.palette()[np.asarray(ids)]
+
+    def overlay(self, image, labels: np.ndarray | None = None, legend: bool = True) -> PILImage.Image:
+        """One image (any input :meth:`predict` takes) with the colours of its class indices blended over it
+        (as ``famix predict``'s ``_overlay.png``), and below it, if ``legend``, the swatch and name of each
+        class present (:func:`famix.engine.visualize.legend`). ``labels``: its class indices [H, W] if
+        already predicted (None: :meth:`predict` them). Returns an RGB image [H (+ legend), W]."""
+        rgb = as_rgb(image)  # [3, H, W] uint8
+        ids = self.predict(rgb) if labels is None else np.asarray(labels)  # [H, W]
+        if ids.shape != tuple(rgb.shape[1:]):
+            raise ValueError(
+                f"labels has shape {ids.shape}: expected the image's [H, W] {tuple(rgb.shape[1:])}"
+            )
+        picture = overlay(rgb, ids, colours=self.labels.palette(), num_classes=self.num_classes)  # [H, W, 3]
+        return PILImage.fromarray(with_legend(picture, ids, self.labels) if legend else picture)
 
     def save_pretrained(self, folder: str | os.PathLike, force: bool = False) -> Path:
         """:func:`save_pretrained` of this model (its current weights)."""

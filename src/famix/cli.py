@@ -101,6 +101,7 @@ def cmd_predict(args) -> None:
         amp=args.amp,
         device=args.device,
         server=args.server,
+        legend=args.legend,
         **_given(args, "outputs", "video_output", "batch_size"),
     )
     written = predict.run(args.checkpoint, args.inputs, args.out, settings)

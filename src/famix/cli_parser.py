@@ -177,6 +177,12 @@ def _add_eval_predict(sub) -> None:
         help="write a test server's submission layout (cityscapes: labelIds; acdc: labelTrainIds/), to zip",
     )
     pr.add_argument(
+        "--no-legend",
+        dest="legend",
+        action="store_false",
+        help="colour and overlay pictures and videos without the strip of class names and colours below",
+    )
+    pr.add_argument(
         "--batch-size",
         type=int,
         help=f"images of one size (or video frames) per batch (default {PredictSettings.batch_size})",

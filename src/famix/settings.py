@@ -139,13 +139,15 @@ class PredictSettings:
     """How ``famix predict`` segments and what it writes. ``tta`` and the autocast decide the predictions
     (``amp`` None: the checkpoint's run.amp); ``outputs``: the image files per input (:data:`OUTPUT_KINDS`),
     ``video_output``: a video's kind (:data:`VIDEO_OUTPUTS`), ``server``: a test server's submission layout
-    instead (cityscapes, acdc; one file per image); device and batch size (images of one size, or video
-    frames, per batch) change only the speed."""
+    instead (cityscapes, acdc; one file per image); ``legend``: a strip naming the classes shown below
+    colour and overlay pictures and videos; device and batch size (images of one size, or video frames,
+    per batch) change only the speed."""
 
     tta: InferenceSettings = field(default=PLAIN)
     outputs: tuple[str, ...] = DEFAULT_OUTPUTS
     video_output: str = "overlay"
     server: str | None = None
+    legend: bool = True
     amp: str | None = None
     device: str = "auto"
     batch_size: int = 4

@@ -140,19 +140,25 @@ def chart(runs: dict, domains: list[str], path: Path) -> None:
 @torch.inference_mode()
 def prediction_grid(out: Path, seed: int, domains: list[str], variants: list[str], slug, size: int) -> None:
     """One scene per domain (rows, labelled): image, ground truth, then each variant's prediction
-    (columns, labelled), written to ``out/predictions.png`` (and its legend to ``predictions.txt``)."""
+    (columns, labelled), with one legend below (swatch and name of every class the maps show), written to
+    ``out/predictions.png`` (and what its rows and columns are to ``predictions.txt``)."""
     from PIL import Image
 
+    from famix.data.label_sets import from_names
+    from famix.data.trainids import CLASS_NAMES
     from famix.engine.checkpoint import load_segmenter
+    from famix.engine.visualize import with_legend
 
     models = [load_segmenter(str(out / f"seed{seed}" / slug(v) / "latest.pt"))[0] for v in variants]
-    cells = []
+    cells, maps = [], []  # maps: the class-index maps shown, [H, W] each
     for domain in domains:
         image, label = render(20_000 + seed, domain, (size, size))
         raw = torch.from_numpy(image).permute(2, 0, 1)[None]  # [1, 3, H, W] uint8
         preds = [m(model_input(m, raw)).argmax(1)[0].numpy().astype(np.uint8) for m in models]  # [H, W] each
         cells.append([image, colorize(label), *[colorize(p) for p in preds]])
+        maps += [label, *preds]
     grid = labelled_grid(cells, domains, ["image", "ground truth", *variants])
+    grid = with_legend(grid, np.stack(maps), from_names(CLASS_NAMES))  # colorize's colours: Cityscapes'
     atomic_write(out / "predictions.png", lambda p: Image.fromarray(grid).save(p, format="PNG"))
     header = "columns: image, ground truth, " + ", ".join(variants) + "; rows: " + ", ".join(domains)
     atomic_write(out / "predictions.txt", lambda p: p.write_text(header + "\n"))

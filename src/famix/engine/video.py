@@ -59,6 +59,11 @@ class _Encoder:
                 self.stream.options = {"crf": "18"}  # visually lossless: the overlay's thin edges survive
             else:
                 self.stream.bit_rate = int(frame.shape[0] * frame.shape[1] * float(self.rate))  # ~1 bit/px
+        elif frame.shape[:2] != (self.stream.height, self.stream.width):
+            raise ValueError(
+                f"frame {self.count} is {frame.shape[1]}x{frame.shape[0]}, the video "
+                f"{self.stream.width}x{self.stream.height}: every picture drawn must have one size"
+            )
         out = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
         # Constant frame rate: frame i is shown at i / rate, whatever the source's timestamps were.
         out.pts = self.count
@@ -81,7 +86,9 @@ def segment_video(
     draw=render,
 ) -> Path:
     """Segment every frame of video ``src`` and write an ``overlay`` or ``color`` video to ``dst``
-    (``draw(kind, image, ids)``: the picture of a frame, :func:`famix.engine.visualize.render`).
+    (``draw(kind, image, ids)``: the picture of a frame, :func:`famix.engine.visualize.render`; it may add
+    rows below the frame, e.g. a legend, as long as every frame's picture has one size: ``famix predict``
+    draws each frame's legend of the classes in that frame in a strip of fixed height).
 
     Frames are decoded with PyAV and passed to ``segment`` ``batch_size`` at a time. The output has the
     source's frame count and (average) frame rate, H.264 (or MPEG-4 part 2) in yuv420p; odd sizes are

@@ -31,7 +31,7 @@ from famix.engine.inference import eval_mode, predict_ids
 from famix.engine.outputs import check_folder
 from famix.engine.runs import RunRecord, cached
 from famix.engine.video import import_av, segment_video
-from famix.engine.visualize import render
+from famix.engine.visualize import palette_image, render
 from famix.io import atomic_write, file_fingerprint
 from famix.progress import progress_bar
 from famix.settings import PredictSettings
@@ -79,10 +79,11 @@ def list_images(
     return list(found)
 
 
-def _save_png_atomic(array: np.ndarray, dst: Path) -> None:
+def _save_png_atomic(picture: np.ndarray | Image.Image, dst: Path) -> None:
     # Readers (and a crash) never see half a file.
     dst.parent.mkdir(parents=True, exist_ok=True)  # a server layout's sub-folders
-    atomic_write(dst, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+    image = picture if isinstance(picture, Image.Image) else Image.fromarray(picture)
+    atomic_write(dst, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def output_stems(paths: Sequence[Path]) -> list[str]:
@@ -157,17 +158,22 @@ def predict_paths(
     ``video_output``, ``batch_size`` and ``device``; ``amp_dtype``: the autocast resolved from its ``amp``)
     and write the results to ``out_dir``.
 
-    Images: ``<stem>_trainid.png`` (uint8 class indices), ``<stem>_color.png`` (the colours of ``labels``,
-    the model's label set; default the 19 Cityscapes classes') and
-    ``<stem>_overlay.png`` as selected by ``outputs`` (``<stem>``: see :func:`output_stems`). Images are read
+    Images: ``<stem>_trainid.png`` (the class indices as a palette PNG: ``np.asarray(Image.open(p))`` reads
+    the indices, viewers show the colours of ``labels``, the model's label set; default the 19 Cityscapes
+    classes'), ``<stem>_color.png`` (those colours) and ``<stem>_overlay.png`` as selected by ``outputs``
+    (``<stem>``: see :func:`output_stems`); colour and overlay pictures (images and videos) have a legend
+    strip below them (the swatch and name of each class present, :func:`famix.engine.visualize.legend`)
+    unless ``settings.legend`` is False. Images are read
     as viewers show them (:func:`famix.data.readers.read_image`: EXIF orientation applied, 16-bit pixels
     scaled to 8 bits), so every output has that orientation and size (the overlay draws on the turned
     image); images smaller than the network are zero-padded and cropped back by it. Images of equal size
     (:func:`famix.data.readers.image_size`, turned) are segmented ``batch_size`` at a time; sizes may differ
     between images. Videos
     (:data:`VIDEO_EXTENSIONS`, needs PyAV): ``<stem>_<video_output>.mp4``, see
-    :func:`famix.engine.video.segment_video`. ``destinations``: one file per input (images only) for the
-    one kind in ``outputs`` instead (a test server's layout, ``engine.servers``). Returns the written paths
+    :func:`famix.engine.video.segment_video`; a video frame's legend lists the classes present in that
+    frame, in a strip as tall as one of every class (every frame has one size). ``destinations``: one file
+    per input (images only) for the one kind in ``outputs`` instead (a test server's layout,
+    ``engine.servers``: plain greyscale id PNGs, as the servers take them). Returns the written paths
     in input order.
     """
     s, device = settings, resolve_device(settings.device)
@@ -182,7 +188,7 @@ def predict_paths(
         import_av()  # a missing PyAV fails before the images are done, not after
     segment = functools.partial(predict_ids, model, device=device, tta=s.tta, amp_dtype=amp_dtype)
     labels = labels or from_names(CLASS_NAMES)
-    draw = functools.partial(render, colours=labels.palette(), num_classes=len(labels))
+    draw = functools.partial(render, labels=labels, legend=s.legend)
     written: dict[int, list[Path]] = {}  # input index -> its outputs
     with eval_mode(model), torch.inference_mode():
         bar = progress_bar(total=len(images), desc="predict", disable=not progress or not images)
@@ -196,12 +202,16 @@ def predict_paths(
                     else [out / f"{stems[i]}_{kind}.png" for kind in outputs]
                 )
                 for kind, dst in zip(outputs, written[i], strict=True):
-                    _save_png_atomic(draw(kind, image, ids), dst)
+                    picture = draw(kind, image, ids)
+                    if kind == "trainid" and not destinations:  # a server takes plain greyscale ids
+                        picture = palette_image(picture, labels)
+                    _save_png_atomic(picture, dst)
             bar.update(len(chunk))
         bar.close()
         for i in videos:
             dst = out / f"{stems[i]}_{video_output}.mp4"
-            written[i] = [segment_video(paths[i], dst, segment, video_output, batch_size, progress, draw)]
+            frame = functools.partial(draw, same_size=True)  # one frame size, whatever classes a frame shows
+            written[i] = [segment_video(paths[i], dst, segment, video_output, batch_size, progress, frame)]
     return [p for i in range(len(paths)) for p in written[i]]
 
 
@@ -251,7 +261,7 @@ def run(
             "amp": amp_name,
             "outputs": list(s.outputs),
             "video_output": s.video_output,
-            **({"server": server} if server else {}),
+            **({"server": server} if server else {"legend": s.legend}),
         },
         {
             "model": pretrained.fingerprint(checkpoint),

@@ -141,6 +141,7 @@ STAGE_CALLS = {
     "famix.stages.reproduce": {"famix.stages.mine", "famix.stages.train", "famix.stages.evaluate"},
     "famix.stages.adapt": {"famix.stages.train"},
     "famix.stages.benchmark": {"famix.stages.export"},
+    "famix.stages.evaluate": {"famix.stages.report"},
 }
 
 

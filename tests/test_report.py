@@ -222,3 +222,25 @@ def test_report_renders_in_headless_chromium(tiny_run):
         browser.quit()
     assert not severe
     assert widths and all(w > 0 for w in widths)
+
+
+def test_famix_eval_report_and_the_report_command(checkpoint, tmp_path, capsys):
+    """`famix eval --report` writes the page beside its JSON; `famix report` and famix.report rewrite it."""
+    import famix
+
+    results = tmp_path / "e.json"
+    data = "synthetic:day:2:5:size=48"
+    main(["eval", str(checkpoint), "--data", data, "--json", str(results), "--report", "--workers", "0"])
+    page = tmp_path / "e.report.html"
+    assert page.is_file() and report.MARK in page.read_text()
+    assert f"report written to {page}" in capsys.readouterr().out
+    page.write_text(page.read_text() + "<!-- old -->")
+    main(["report", str(results)])
+    assert "<!-- old -->" not in page.read_text()
+    assert famix.report(results, out=tmp_path / "again.html") == tmp_path / "again.html"
+    (tmp_path / "mine.report.html").write_text("my notes")
+    with pytest.raises(SystemExit) as exit_:  # a page famix did not write, before evaluating
+        main(["eval", str(checkpoint), "--data", data, "--json", str(tmp_path / "mine.json"), "--report"])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and "mine.report.html" in err
+    assert not (tmp_path / "mine.json").exists() and (tmp_path / "mine.report.html").read_text() == "my notes"

@@ -7,7 +7,8 @@ The documented Python surface (``__all__``; see :mod:`famix.api`)::
     labels = model.predict("street.png")          # [H, W] uint8 class indices
 
 ``famix.load_config`` / ``famix.Config`` make configs; ``famix.mine``, ``famix.train``, ``famix.evaluate``
-and ``famix.adapt`` run the stages; ``famix.benchmark`` measures a model's deployment variants;
+and ``famix.adapt`` run the stages; ``famix.benchmark`` measures a model's deployment variants,
+``famix.report`` writes a run's or evaluation's HTML page;
 ``famix.save_pretrained`` and ``famix.push`` share a model. Names are imported on first use, so ``import
 famix`` stays light.
 """
@@ -15,7 +16,10 @@ famix`` stays light.
 from famix.version import __version__
 
 _CONFIG = ("Config", "load_config")
-_API = ("Segmenter", "load", "save_pretrained", "push", "mine", "train", "evaluate", "adapt", "benchmark")
+_API = (
+    *("Segmenter", "load", "save_pretrained", "push", "mine", "train", "evaluate", "adapt", "benchmark"),
+    "report",
+)
 __all__ = ["__version__", *_CONFIG, *_API]
 
 

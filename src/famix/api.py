@@ -32,6 +32,7 @@ from famix.stages import adapt as adapt_stage
 from famix.stages import benchmark as benchmark_stage
 from famix.stages import evaluate as evaluate_stage
 from famix.stages import mine as mine_stage
+from famix.stages import report as report_stage
 from famix.stages import share
 from famix.stages import train as train_stage
 
@@ -257,6 +258,12 @@ def benchmark(
     specs = [data] if isinstance(data, str) else list(data)
     s = BenchmarkSettings(**settings)
     return benchmark_stage.run(model, specs, s, out=out, force=force, progress=progress, say=lambda _: None)
+
+
+def report(path: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """One self-contained HTML page (``famix report``) of a training run folder, a ``famix eval`` results
+    JSON, or a folder of them: returns its path (default: ``PATH/report.html``, ``<stem>.report.html``)."""
+    return report_stage.run(path, out=out, say=lambda _: None)
 
 
 def inference_settings(

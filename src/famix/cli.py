@@ -79,7 +79,12 @@ def cmd_eval(args) -> None:
     )
     with _session(args.device) as info:  # under torchrun each rank evaluates its share of every dataset
         results, names = evaluate.run(
-            args.checkpoint, args.data, settings, report=args.json or "auto", force=args.force
+            args.checkpoint,
+            args.data,
+            settings,
+            report=args.json or "auto",
+            force=args.force,
+            html=args.report,
         )
     if info.main:
         if args.paper_table:
@@ -232,6 +237,12 @@ def cmd_pretrain_tiny_clip(args) -> None:
     print(json.dumps(result["zero_shot"], indent=1))
 
 
+def cmd_report(args) -> None:
+    from famix.stages import report
+
+    report.run(args.path, out=args.out, say=print)  # it says where the page is
+
+
 def cmd_convert(args) -> None:
     from famix.stages import convert
 
@@ -266,6 +277,7 @@ COMMANDS = {
     "convert": cmd_convert,
     "save": cmd_save,
     "push": cmd_push,
+    "report": cmd_report,
 }
 
 

@@ -148,6 +148,9 @@ def _add_eval_predict(sub) -> None:
         "--json", help="where to write results (default: next to the checkpoint, named by the data evaluated)"
     )
     e.add_argument("--force", action="store_true", help="replace --json even if famix eval did not write it")
+    e.add_argument(
+        "--report", action="store_true", help="also write the results' HTML page (famix report) beside it"
+    )
     e.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data-loader processes")
     e.add_argument(
         "--batch-size",
@@ -325,6 +328,14 @@ def _add_benchmark(sub) -> None:
     )
 
 
+def _add_report(sub) -> None:
+    r = sub.add_parser(
+        "report", help="one self-contained HTML page of a run folder, an eval JSON or a folder of them"
+    )
+    r.add_argument("path", help="a training run folder, a famix eval results JSON, or a folder holding them")
+    r.add_argument("--out", help="the HTML file (default: PATH/report.html, or <stem>.report.html)")
+
+
 def _add_adapt(sub) -> None:
     a = sub.add_parser(
         "adapt", help="zero-shot adaptation to described target domains (PODA): one model per --target"
@@ -432,6 +443,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--traceback", action="store_true", help="on an error, show the full Python traceback")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_add_mine_train, _add_reproduce, _add_eval_predict, _add_export, _add_benchmark, _add_adapt,
-                _add_demo, _add_datasets, _add_pretrain, _add_convert, _add_share):  # fmt: skip
+                _add_demo, _add_datasets, _add_pretrain, _add_convert, _add_share, _add_report):  # fmt: skip
         add(sub)
     return p

@@ -31,6 +31,7 @@ from famix.engine.results import default_results_path, is_results_file, write_re
 from famix.engine.runs import RunRecord, cached, lookup
 from famix.io import file_fingerprint
 from famix.settings import EvalSettings, InferenceSettings
+from famix.stages import report as page
 
 
 def cache_path(checkpoint: str | Path) -> Path:
@@ -96,19 +97,21 @@ def run(
     say=print,
     report: str | Path | None = None,
     force: bool = False,
+    html: bool = False,
 ) -> tuple[dict[str, EvalResult], list[str]]:
     """Evaluate ``checkpoint`` on every spec (all checked before the first is evaluated); returns
     ``({spec: result}, class names)`` (the grouping's when ``settings.group``). ``cache``: the JSON file of
     cached results ("auto": beside the checkpoint, None: no cache); a spec already evaluated with the same
     record returns at once.
     ``report``: also write the results file there ("auto": beside the checkpoint, named by the data); an
-    existing file there that ``famix eval`` did not write is refused unless ``force``."""
+    existing file there that ``famix eval`` did not write is refused unless ``force``; ``html``: and its
+    page (``famix report``) beside it."""
     s = settings or EvalSettings()
     if is_onnx(checkpoint):
-        return _evaluate_onnx(Path(checkpoint), specs, s, cache, progress, say, report, force)
+        return _evaluate_onnx(Path(checkpoint), specs, s, cache, progress, say, report, force, html)
     ckpt = load_checkpoint(checkpoint)  # read once
     source = Source(str(checkpoint), pretrained.fingerprint(checkpoint), pretrained.base_path(checkpoint))
-    return _evaluate(ckpt, source, None, specs, s, cache, progress, say, report, force)
+    return _evaluate(ckpt, source, None, specs, s, cache, progress, say, report, force, html)
 
 
 def is_onnx(path) -> bool:
@@ -116,7 +119,7 @@ def is_onnx(path) -> bool:
     return isinstance(path, (str, Path)) and Path(path).suffix.lower() == ".onnx"
 
 
-def _evaluate_onnx(path: Path, specs, s: EvalSettings, cache, progress, say, report, force):
+def _evaluate_onnx(path: Path, specs, s: EvalSettings, cache, progress, say, report, force, html=False):
     # An exported file: its metadata stands for the checkpoint's config; ONNX Runtime computes in the file's
     # own precision. Cached and reported beside it under its own name (best.onnx: best-onnx.eval-cache.json),
     # never in the files of the checkpoint it came from.
@@ -128,7 +131,7 @@ def _evaluate_onnx(path: Path, specs, s: EvalSettings, cache, progress, say, rep
     network = OnnxSegmenter(path, resolve_device(s.device, current()))
     source = Source(str(path), file_fingerprint(path), path.with_name(f"{path.stem}-onnx{path.suffix}"))
     view = network.checkpoint_view()
-    return _evaluate(view, source, network, specs, s, cache, progress, say, report, force)
+    return _evaluate(view, source, network, specs, s, cache, progress, say, report, force, html)
 
 
 def run_loaded(
@@ -172,6 +175,7 @@ def _evaluate(
     say,
     report,
     force: bool,
+    html: bool = False,
 ) -> tuple[dict[str, EvalResult], list[str]]:
     """The evaluation of :func:`run` and :func:`run_loaded`: ``network`` None builds it from ``ckpt``."""
     if not specs:
@@ -186,6 +190,10 @@ def _evaluate(
     if report is not None:
         check_output_path(report, "--json")
         check_replaceable(report, is_results_file, "a results file written by `famix eval`", force)
+        if html:
+            page.check_ours(page.default_path(report))
+    elif html:
+        raise ValueError("--report writes the page of the results JSON: leave --json on (it is by default)")
     info = current()
     require_session(info, "evaluation")
     device = resolve_device(s.device, info)
@@ -226,6 +234,8 @@ def _evaluate(
             extra["grouped_from"] = labels.to_dict()
         write_results(results, report, names, extra)
         say(f"results written to {report}")
+        if html:
+            page.run(report, say=say)  # it says where the page is
     if info.main:  # the line above the tables
         say(describe_protocol(s.protocol, s.tta, amp_name))
     return results, names

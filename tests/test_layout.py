@@ -142,6 +142,7 @@ STAGE_CALLS = {
     "famix.stages.adapt": {"famix.stages.train"},
     "famix.stages.benchmark": {"famix.stages.export"},
     "famix.stages.evaluate": {"famix.stages.report"},
+    "famix.stages.train": {"famix.stages.report"},
 }
 
 

@@ -14,20 +14,20 @@ from famix.stages import train
 VAL = ["synthetic:day:4:99:size=64", "synthetic:night:4:98:size=64"]
 
 
+def _overrides(out) -> list[str]:
+    return [
+        "data.train=synthetic:day:16:size=64",
+        f"data.val=[{','.join(VAL)}]",
+        "style.mix=none",
+        "train.iterations=4",
+        "train.val_interval=2",
+        "train.log_interval=2",
+        f"train.out={out}",
+    ]
+
+
 def _cfg(tmp_path, loggers: str):
-    return load_config(
-        "tiny",
-        [
-            "data.train=synthetic:day:16:size=64",
-            f"data.val=[{','.join(VAL)}]",
-            "style.mix=none",
-            "train.iterations=4",
-            "train.val_interval=2",
-            "train.log_interval=2",
-            f"train.out={tmp_path / 'run'}",
-            f"run.loggers={loggers}",
-        ],
-    )
+    return load_config("tiny", [*_overrides(tmp_path / "run"), f"run.loggers={loggers}"])
 
 
 def test_scalars_are_flat_with_one_name_per_dataset():
@@ -131,3 +131,20 @@ def test_a_tracker_asked_for_and_missing_is_said_once(tmp_path):
         train.run(_cfg(tmp_path, "[tensorboard]"))
     assert len([w for w in said if "tensorboard is not installed" in str(w.message)]) == 1
     assert (tmp_path / "run" / "metrics.jsonl").is_file()
+
+
+def test_training_ends_with_its_report_page_and_keeps_a_foreign_one(tmp_path, capsys):
+    from famix.stages import report
+
+    cfg = _cfg(tmp_path, "[]")
+    train.run(cfg)
+    page = tmp_path / "run" / "report.html"
+    assert page.is_file() and report.MARK in page.read_text()
+    assert f"famix train: report written to {page}" in capsys.readouterr().out
+    other = load_config("tiny", [*_overrides(tmp_path / "other")])
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "report.html").write_text("my page")
+    result = train.run(other)  # trained and saved; the page that is not famix's is kept, and said
+    assert result["step"] == 4 and (tmp_path / "other" / "best.pt").is_file()
+    assert (tmp_path / "other" / "report.html").read_text() == "my page"
+    assert "famix train: no report page:" in capsys.readouterr().out

@@ -26,6 +26,7 @@ from famix.engine.runs import (
 from famix.engine.train import train
 from famix.io import file_fingerprint
 from famix.models.clip import weights_fingerprint
+from famix.stages import report as page
 
 REFUSAL = "Pass another train.out, or move that folder away"
 # The config sections that decide what training computes (mining settings live in the bank file).
@@ -107,7 +108,20 @@ def run(
         if current().main:
             device = resolve_device(cfg.run.device, current())
             say(f"{name}: {describe(cfg.run.amp, record.settings['run']['amp'], device)}")
-        return train(cfg, record, resume=ckpt, init_state=init_state)
+        result = train(cfg, record, resume=ckpt, init_state=init_state)
+    if current().main and kind == "train":
+        write_report(out, name, say)
+    return result
+
+
+def write_report(out: Path, name: str, say) -> None:
+    """The run's page (``famix report``, without a model pass: training's end stays quick), or one line on
+    why there is none: a page famix did not write in the folder, or no matplotlib. The run is saved either
+    way."""
+    try:
+        page.run(out, say=lambda line: say(f"{name}: {line}"))
+    except (ImportError, FileExistsError, ValueError) as e:
+        say(f"{name}: no report page: {str(e).splitlines()[0]}")
 
 
 def status(cfg: Config, fix: str = REFUSAL, kind: str = "train", inputs: dict | None = None) -> Status:

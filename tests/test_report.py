@@ -5,16 +5,18 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from famix.cli import main
 from famix.config import load_config
-from famix.stages import report, train
+from famix.stages import mine, report, train
 
 VAL = ["synthetic:day:4:99:size=64", "synthetic:night:4:98:size=64"]
 
@@ -23,12 +25,21 @@ VAL = ["synthetic:day:4:99:size=64", "synthetic:night:4:98:size=64"]
 def tiny_run(tmp_path_factory) -> Path:
     """A 4-step run validated every 2 steps on two datasets, and a famix eval JSON of its best.pt."""
     out = tmp_path_factory.mktemp("report") / "run"
+    bank = out.parent / "bank.safetensors"  # outside the run: the page names it, never its absolute path
+    mine_cfg = [
+        "data.train=synthetic:day:16:size=64",
+        f"style.bank={bank}",
+        "mine.max_images=8",
+        "mine.steps=2",
+    ]
+    mine.run(load_config("tiny", mine_cfg), progress=False, say=lambda _: None)
     cfg = load_config(
         "tiny",
         [
             "data.train=synthetic:day:16:size=64",
             f"data.val=[{','.join(VAL)}]",
             "style.mix=none",
+            f"style.bank={bank}",
             "train.iterations=4",
             "train.val_interval=2",
             "train.log_interval=2",
@@ -118,6 +129,127 @@ def test_report_of_a_training_run(tiny_run):
     assert "Validation mIoU per dataset over steps" in alts
     assert sum(alt.startswith("Confusion matrix") for alt in alts) >= 2  # per dataset, per results file
     assert "Not shown" in text and "reliability" in text
+    assert "Style bank: styles per class" in alts and "Style bank: PCA of the mined styles" in alts
+    assert "bank.safetensors" in text
+
+
+def _per_dataset(rows: list[list[str]]) -> list[list[list[str]]]:
+    """The rows of the tables of one class, one list per table (each starts with its header row)."""
+    tables: list[list[list[str]]] = []
+    for row in rows:
+        if row and row[0] == rows[0][0]:
+            tables.append([])
+        else:
+            tables[-1].append(row)
+    return tables
+
+
+def test_report_shows_the_worst_images_and_reliability_of_a_model_pass(tiny_run, tmp_path):
+    passed = report.model_pass(tiny_run / "best.pt", VAL, k=2, max_images=3)
+    out = report.run(tiny_run, out=tmp_path / "r.html", say=lambda _: None, k=2, max_images=3)
+    page = assert_self_contained(out, tiny_run.parent)
+    alts = [a.get("alt", "") for tag, a in page.attrs if tag == "img"]
+    worst_tables = _per_dataset(page.tables["worst"])
+    reliability_tables = _per_dataset(page.tables["reliability"])
+    assert len(worst_tables) == len(reliability_tables) == len(VAL)  # run and its eval JSON: one pass
+    for spec, rows, bins in zip(VAL, worst_tables, reliability_tables, strict=True):
+        d = passed["datasets"][spec]
+        assert d["indices"] == [0, 2, 3] and len(d["miou"]) == 3  # 3 of 4 images, evenly spread
+        shown = [float(r[2]) for r in rows]
+        assert len(rows) == 2 and shown == sorted(shown)
+        assert [r[2] for r in rows] == [f"{m:.2f}" for m in sorted(d["miou"])[:2]]
+        assert [int(r[1]) for r in rows] == [w["index"] for w in d["worst"]]
+        rel = d["reliability"]
+        assert [int(r[3]) for r in bins] == rel["count"] and sum(rel["count"]) > 0
+        assert 0 <= rel["ece"] <= 1
+        assert sum(a.startswith("Worst image") and report.dataset_name(spec) in a for a in alts) == 2
+        assert f"Reliability diagram: {report.dataset_name(spec)}" in alts
+    text = "".join(page.text)
+    assert "Not shown" in text and "at most 3 images per dataset" in text
+
+
+def test_report_says_why_it_shows_no_model_pass(tiny_run, tmp_path):
+    data = json.loads((tiny_run / "best.eval.json").read_text())
+    src = tmp_path / "best.eval.json"
+    src.write_text(json.dumps({**data, "checkpoint": "best.pt"}))  # not beside it, nor in the working folder
+    page = assert_self_contained(report.run(src, say=lambda _: None), tmp_path)
+    assert "worst" not in page.tables and "no checkpoint found" in "".join(page.text)
+    shutil.copy(tiny_run / "best.pt", tmp_path / "best.pt")
+    page = parse(report.run(src, say=lambda _: None, model=False))
+    assert "worst" not in page.tables and "model pass was skipped" in "".join(page.text)
+    page = parse(report.run(src, say=lambda _: None, max_images=1, k=1))  # found beside the JSON now
+    assert len(_per_dataset(page.tables["worst"])) == len(VAL)
+
+
+def slow_reliability(conf: list[float], correct: list[bool], bins: int) -> tuple[list, list, list, float]:
+    """The reference: each pixel's bin found by comparing with the bin edges, one pixel at a time."""
+    sums = [[0.0, 0.0, 0] for _ in range(bins)]
+    for c, ok in zip(conf, correct, strict=True):
+        for b in range(bins):
+            if b / bins <= c < (b + 1) / bins or (b == bins - 1 and c >= 1):
+                sums[b][0] += c
+                sums[b][1] += ok
+                sums[b][2] += 1
+                break
+    total = sum(n for _, _, n in sums)
+    mean_conf = [s / n if n else math.nan for s, _, n in sums]
+    acc = [k / n if n else math.nan for _, k, n in sums]
+    ece = sum(n / total * abs(k / n - s / n) for s, k, n in sums if n)
+    return mean_conf, acc, [n for _, _, n in sums], ece
+
+
+def test_reliability_and_ece_equal_a_slow_loop():
+    g = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(3, 5, 7, 9, generator=g)  # [N, K, H, W]
+    logits[0, 2, 0, :4] = 100.0  # confidence exactly 1: the last bin
+    probs = logits.softmax(1)
+    labels = torch.randint(0, 5, (3, 7, 9), generator=g)
+    labels[torch.rand(3, 7, 9, generator=g) < 0.2] = 255
+    counts = torch.zeros(report.BINS, 3, dtype=torch.float64)
+    conf_all, correct_all = [], []
+    for p, y in zip(probs, labels, strict=True):
+        conf, pred = p.max(0)
+        keep = y != 255
+        counts += report.calibration_counts(conf[keep], pred[keep] == y[keep])
+        conf_all += conf[keep].double().tolist()
+        correct_all += (pred[keep] == y[keep]).tolist()
+    rel = report.reliability(counts)
+    mean_conf, acc, count, ece = slow_reliability(conf_all, correct_all, report.BINS)
+    assert rel["count"] == count and count[-1] >= 4
+    assert rel["confidence"] == pytest.approx(mean_conf, abs=1e-9, nan_ok=True)
+    assert rel["accuracy"] == pytest.approx(acc, abs=1e-9, nan_ok=True)
+    assert rel["ece"] == pytest.approx(ece, abs=1e-12)
+
+
+def test_image_miou_equals_a_slow_loop():
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        pred = torch.randint(0, 6, (8, 10), generator=g)
+        target = torch.randint(0, 4, (8, 10), generator=g)  # classes 4, 5: only ever predicted
+        target[torch.rand(8, 10, generator=g) < 0.3] = 255
+        ious = []
+        for c in range(6):
+            labelled = [
+                (int(p), int(t)) for p, t in zip(pred.flatten(), target.flatten(), strict=True) if t != 255
+            ]
+            inter = sum(p == c and t == c for p, t in labelled)
+            union = sum(p == c or t == c for p, t in labelled)
+            if union:
+                ious.append(inter / union)
+        assert report.image_miou(pred, target, 6) == pytest.approx(100 * sum(ious) / len(ious))
+    assert math.isnan(report.image_miou(pred, torch.full_like(target, 255), 6))
+
+
+def test_pca_2d_equals_the_covariance_eigenvectors():
+    x = torch.randn(40, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    points, explained = report.pca_2d(x)
+    cov = torch.cov(x.T)
+    values, vectors = torch.linalg.eigh(cov)  # ascending
+    for j in range(2):
+        v = vectors[:, -1 - j]
+        ref = (x - x.mean(0)) @ v
+        assert torch.allclose(points[:, j].abs(), ref.abs(), atol=1e-9)  # up to the sign
+        assert explained[j] == pytest.approx(float(values[-1 - j] / values.sum()))
 
 
 def test_report_of_an_eval_json_shows_its_numbers(tiny_run, tmp_path):

@@ -5,6 +5,11 @@ JSON written by ``famix eval``, or a folder holding such JSONs (``*.eval.*.json`
 (``*.eval-cache.json``). The page reads only files already written, never runs a model: every picture is
 inline (``data:image/png;base64``), the CSS too, no script, no external address, and paths are shown
 relative to PATH (or by name), never as absolute paths of this machine.
+
+Where the source names a checkpoint that exists (a results JSON's ``checkpoint``, a run's ``best.pt`` with
+its ``data.val``), :func:`model_pass` runs it again on at most ``max_images`` images per dataset: the page
+then shows each dataset's worst images and its reliability diagram. A run whose config names a style bank
+that exists gets the bank's per-class counts and a PCA projection of its styles.
 """
 
 from __future__ import annotations
@@ -19,16 +24,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
 from famix.config import flatten
+from famix.data.label_sets import LabelSet, from_names
+from famix.data.label_sets import parse as parse_label_set
 from famix.data.trainids import CLASS_NAMES
-from famix.engine.checkpoint import load_checkpoint
+from famix.engine.checkpoint import load_checkpoint, load_segmenter
+from famix.engine.checks import check_specs
 from famix.engine.evaluate import accuracy_from_confusion
+from famix.engine.inference import eval_mode, model_input, predict_logits
 from famix.engine.loggers import dataset_name
 from famix.engine.results import is_results_file
+from famix.engine.visualize import with_legend
 from famix.io import atomic_write
+from famix.settings import PLAIN
+from famix.style.bank import IGNORE_KEY, StyleBank
 from famix.version import __version__
 
 GENERATOR = "famix report"
@@ -37,11 +50,10 @@ TAKES = (
     "a training run folder (config.yaml, metrics.jsonl), a results JSON written by `famix eval`, or a folder "
     "of *.eval.*.json / *.eval-cache.json files"
 )
-NOT_SHOWN = (
-    "Not shown: the worst images per dataset and a reliability (calibration) diagram. Both need the model "
-    "run again on the images (per-image scores, per-pixel confidences), and famix report only reads the "
-    "files a run or an evaluation already wrote."
-)
+BINS = 15  # reliability diagram: equal-width confidence bins on [0, 1]
+MAX_IMAGES = 50  # images per dataset the model pass runs on (evenly spread)
+WORST = 4  # worst images shown per dataset
+PANEL = 320  # widest panel (pixels) of a worst-image row: larger images are shrunk
 
 
 @dataclass
@@ -322,6 +334,300 @@ def confusion_figure(result: Result, classes: Sequence[str]) -> str | None:
     return _png(fig)
 
 
+# ---------------------------------------------------------------------------------------------- model pass
+
+
+def image_miou(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
+    """mIoU (%) of one image: pred, target [H, W] class indices (target >= ``num_classes``, e.g. 255: not
+    labelled, left out), averaged over the classes present in the truth or the prediction of the labelled
+    pixels; nan when no pixel is labelled."""
+    keep = target < num_classes
+    t, p = target[keep].long(), pred[keep].long()  # [P]
+    cm = torch.bincount(t * num_classes + p, minlength=num_classes**2).reshape(num_classes, num_classes)
+    inter = cm.diagonal()  # [K]
+    union = cm.sum(0) + cm.sum(1) - inter  # [K]
+    present = union > 0
+    if not present.any():
+        return math.nan
+    return float(100 * (inter[present].double() / union[present].double()).mean())
+
+
+def calibration_counts(confidence: torch.Tensor, correct: torch.Tensor, bins: int = BINS) -> torch.Tensor:
+    """Per equal-width confidence bin (bin b holds [b / bins, (b + 1) / bins), the last one also 1): the sum
+    of the confidences, the number correct and the number of pixels. confidence [P] in [0, 1], correct [P]
+    bool -> float64 [bins, 3]; sums of several images add up."""
+    conf = confidence.double().reshape(-1)
+    index = (conf * bins).long().clamp(0, bins - 1)  # [P]
+    return torch.stack(
+        [
+            torch.bincount(index, weights=conf, minlength=bins),
+            torch.bincount(index, weights=correct.reshape(-1).double(), minlength=bins),
+            torch.bincount(index, minlength=bins).double(),
+        ],
+        dim=1,
+    )
+
+
+def reliability(counts: torch.Tensor) -> dict:
+    """The reliability diagram of :func:`calibration_counts` [bins, 3]: per bin the mean confidence and the
+    accuracy (nan for an empty bin) and the pixel count, and the ECE: the sum over bins of
+    count / total * |accuracy - confidence| (fractions, not percent; nan without pixels)."""
+    conf_sum, correct_sum, count = counts.unbind(1)  # [bins] each
+    total = float(count.sum())
+    nan = torch.full_like(count, math.nan)
+    confidence = torch.where(count > 0, conf_sum / count.clamp_min(1), nan)
+    accuracy = torch.where(count > 0, correct_sum / count.clamp_min(1), nan)
+    # count / total * |correct / count - conf / count| = |correct - conf| / total
+    ece = float((correct_sum - conf_sum).abs().sum() / total) if total > 0 else math.nan
+    return {
+        "confidence": confidence.tolist(),
+        "accuracy": accuracy.tolist(),
+        "count": [int(c) for c in count.tolist()],
+        "ece": ece,
+    }
+
+
+def spread(n: int, most: int) -> list[int]:
+    """At most ``most`` indices of ``range(n)``, evenly spread (first and last included)."""
+    if n <= most:
+        return list(range(n))
+    return sorted(set(torch.linspace(0, n - 1, most).round().long().tolist()))
+
+
+def _probabilities(model: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """uint8 image [3, H, W] -> softmax probabilities float32 [K, H, W]."""
+    x = model_input(model, image[None])  # [1, 3, H, W]
+    return predict_logits(model, x, PLAIN).float().softmax(1)[0]
+
+
+def model_pass(
+    checkpoint: str | os.PathLike,
+    specs: Sequence[str],
+    labels: LabelSet | None = None,
+    k: int = WORST,
+    max_images: int = MAX_IMAGES,
+    bins: int = BINS,
+) -> dict:
+    """Run ``checkpoint`` again on at most ``max_images`` images (evenly spread) of each dataset spec, read
+    through ``labels`` (None: the checkpoint's own label set), one image at a time.
+
+    Returns ``{"labels": LabelSet, "datasets": {spec: {...}}}``, per dataset: ``indices`` (the images run),
+    ``miou`` (per image, %, :func:`image_miou`, in ``indices`` order), ``worst`` (the ``k`` lowest, ascending:
+    dicts of ``index``, ``miou``, ``image`` uint8 [3, H, W], ``truth`` [H, W], ``pred`` uint8 [H, W]),
+    ``reliability`` (:func:`reliability` of the max
+    softmax probability of the labelled pixels)."""
+    model, model_cfg = load_segmenter(checkpoint, channels_last=True)
+    labels = labels if labels is not None else model_cfg.labels
+    num_classes = len(labels)
+    out = {}
+    for spec, dataset in check_specs(list(specs), "--data", labels).items():
+        indices = spread(len(dataset), max_images)
+        mious, counts, worst = [], torch.zeros(bins, 3, dtype=torch.float64), []
+        with eval_mode(model), torch.inference_mode():
+            for i in indices:
+                image, target = dataset[i]  # uint8 [3, H, W], [H, W]
+                confidence, pred = _probabilities(model, image).max(0)  # [H, W] each
+                keep = target < num_classes
+                counts += calibration_counts(confidence[keep], pred[keep] == target[keep], bins)
+                miou = image_miou(pred, target, num_classes)
+                mious.append(miou)
+                if not math.isnan(miou):  # keep only the k worst predictions in memory
+                    pred = pred.to(torch.uint8).numpy()
+                    worst.append({"index": i, "miou": miou, "image": image, "truth": target, "pred": pred})
+                    worst = sorted(worst, key=lambda w: w["miou"])[:k]
+        out[spec] = {"indices": indices, "miou": mious, "worst": worst, "reliability": reliability(counts)}
+    return {"labels": labels, "datasets": out}
+
+
+def _shrink(picture: np.ndarray, width: int, nearest: bool) -> np.ndarray:
+    """picture [H, W(, 3)] scaled down to at most ``width`` columns (class ids: nearest)."""
+    from PIL import Image
+
+    h, w = picture.shape[:2]
+    if w <= width:
+        return picture
+    size = (width, max(1, round(h * width / w)))
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(picture).resize(size, resample))
+
+
+def error_map(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
+    """uint8 [H, W, 3]: wrong pixels red, unlabelled pixels (truth >= ``num_classes``) grey, right ones
+    black."""
+    out = np.zeros((*truth.shape, 3), np.uint8)
+    out[(pred != truth) & (truth < num_classes)] = (220, 20, 20)
+    out[truth >= num_classes] = (160, 160, 160)
+    return out
+
+
+def worst_picture(image: torch.Tensor, truth: np.ndarray, pred: np.ndarray, labels: LabelSet) -> str:
+    """One worst-image row as a PNG data URI: image | ground truth | prediction | errors, side by side,
+    with the legend of the classes in the truth and the prediction below."""
+    from PIL import Image
+
+    table, k = labels.palette(), len(labels)
+    truth, pred = _shrink(truth, PANEL, True), _shrink(pred, PANEL, True)
+    rgb = _shrink(image.permute(1, 2, 0).numpy(), PANEL, False)  # [H, W, 3]
+    gap = np.full((truth.shape[0], 6, 3), 255, np.uint8)
+    panels = [rgb, table[truth], table[pred], error_map(pred, truth, k)]
+    row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
+    row = with_legend(row, np.stack([truth, pred]), labels)
+    buf = io.BytesIO()
+    Image.fromarray(row).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def reliability_figure(rel: dict, label: str) -> str:
+    """Accuracy per confidence bin (bars) against the diagonal (perfect calibration), the ECE in the title."""
+    bins = len(rel["count"])
+    width = 1 / bins
+    centres = [(b + 0.5) * width for b in range(bins)]
+    fig = _figure(5.2, 4.6)
+    ax = fig.subplots()
+    acc = [0 if math.isnan(a) else a for a in rel["accuracy"]]
+    ax.bar(centres, acc, width=width, edgecolor="black", color="tab:blue", label="accuracy")
+    conf = [(c, v) for c, v in zip(centres, rel["confidence"], strict=True) if not math.isnan(v)]
+    if conf:
+        ax.plot(*zip(*conf, strict=True), "o", color="tab:orange", markersize=4, label="mean confidence")
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="confidence (max softmax probability)",
+        ylabel="accuracy (labelled pixels)",
+        title=f"Reliability: {label} (ECE {100 * rel['ece']:.2f} %)",
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    return _png(fig)
+
+
+def _rows_with_pictures(rows: Sequence[tuple[Sequence, str, str]], header: Sequence[str], css: str) -> str:
+    """A table of text cells whose last cell is a picture: rows of (cells, data URI, alt)."""
+    table = _table([[*cells, f"@picture{i}@"] for i, (cells, _, _) in enumerate(rows)], header, css)
+    for i, (_, src, alt) in enumerate(rows):
+        table = table.replace(f"<td>@picture{i}@</td>", f"<td>{_img(src, alt)}</td>", 1)
+    return table
+
+
+def model_section(name: str, passed: dict, say: Callable[[str], None]) -> str:
+    """The worst images and the reliability diagram of each dataset of one :func:`model_pass`."""
+    labels = passed["labels"]
+    parts = [
+        f"<h2>Model pass: {_esc(name)}</h2>",
+        "<p>The checkpoint run again, one image at a time (no test-time augmentation). Worst images: the "
+        "lowest per-image mIoU (over the classes in the truth or the prediction); columns: image, ground "
+        "truth, prediction, errors (red: wrong, grey: not labelled). Reliability: labelled pixels binned "
+        "by their max softmax probability.</p>",
+    ]
+    for spec, d in passed["datasets"].items():
+        label = dataset_name(spec)
+        rows = []
+        for rank, w in enumerate(d["worst"], 1):
+            truth = w["truth"].clamp(0, 255).to(torch.uint8).numpy()
+            picture = worst_picture(w["image"], truth, w["pred"], labels)
+            cells = [(rank, "num"), (w["index"], "num"), (_pct(w["miou"]), "num")]
+            rows.append((cells, picture, f"Worst image {rank}: {label}"))
+        rel = d["reliability"]
+        bins = len(rel["count"])
+        rel_rows = [
+            [
+                f"{b / bins:.3f}-{(b + 1) / bins:.3f}",
+                (_pct(100 * c), "num"),
+                (_pct(100 * a), "num"),
+                (n, "num"),
+            ]
+            for b, (c, a, n) in enumerate(zip(rel["confidence"], rel["accuracy"], rel["count"], strict=True))
+        ]
+        parts += [
+            f"<h3>{_esc(label)}: the {len(d['worst'])} worst of {len(d['indices'])} images</h3>",
+            _rows_with_pictures(
+                rows, ["rank", "image", "mIoU (%)", "image | truth | prediction | errors"], "worst"
+            ),
+            f"<h3>{_esc(label)}: reliability (ECE {_pct(100 * rel['ece'])} %)</h3>",
+            _img(reliability_figure(rel, label), f"Reliability diagram: {label}"),
+            "<details><summary>Reliability bins as a table</summary>"
+            + _table(
+                rel_rows, ["confidence bin", "mean confidence (%)", "accuracy (%)", "pixels"], "reliability"
+            )
+            + "</details>",
+        ]
+    say(f"model pass on {name}: {len(passed['datasets'])} dataset(s)")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------- style bank
+
+
+def bank_labels(bank: StyleBank) -> LabelSet:
+    """The label set a bank was mined for (its metadata), else the one of its class names."""
+    stored = bank.metadata.get("label_set")
+    if isinstance(stored, dict):
+        try:
+            labels = parse_label_set(stored, "the style bank")
+            if labels.names == list(bank.class_names):
+                return labels
+        except ValueError:
+            pass
+    return from_names(list(bank.class_names))
+
+
+def pca_2d(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [N, D] -> (its centred rows projected on the first two principal axes [N, 2], the fraction of the
+    variance each axis explains [2]); N >= 2."""
+    centred = x.double() - x.double().mean(0)
+    _, s, vh = torch.linalg.svd(centred, full_matrices=False)  # vh [min(N, D), D]
+    axes = vh[:2]
+    if axes.shape[0] < 2:
+        axes = torch.cat([axes, torch.zeros(2 - axes.shape[0], x.shape[1], dtype=axes.dtype)])
+    variance = s**2
+    explained = torch.zeros(2, dtype=torch.float64)
+    explained[: min(2, len(s))] = (variance / variance.sum().clamp_min(1e-12))[:2]
+    return centred @ axes.T, explained
+
+
+def bank_section(path: Path, shown: str, max_points: int = 5000) -> str:
+    """The style bank's per-class counts (bars) and its styles (mu, sigma concatenated) projected on their
+    first two principal axes, coloured by class."""
+    bank = StyleBank.load(path)
+    labels = bank_labels(bank)
+    colours = labels.colors() / 255.0
+    names = [*bank.class_names, IGNORE_KEY]
+    colour_of = {n: tuple(colours[i]) for i, n in enumerate(bank.class_names)}
+    colour_of[IGNORE_KEY] = (0.6, 0.6, 0.6)
+    counts = bank.counts()
+    fig = _figure(max(6.0, 0.4 * len(names) + 2), 4)
+    ax = fig.subplots()
+    ax.bar(range(len(names)), [counts[n] for n in names], color=[colour_of[n] for n in names], edgecolor="k")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", rotation_mode="anchor")
+    ax.set(title=f"Styles per class ({sum(counts.values())} in all)", xlabel="class", ylabel="styles")
+    ax.grid(alpha=0.3, axis="y")
+    parts = [f"<h2>Style bank: {_esc(shown)}</h2>", _img(_png(fig), "Style bank: styles per class")]
+    x = torch.cat([torch.cat(bank.styles[n], dim=1) for n in names])  # [N, 2C]: mu then sigma
+    who = torch.cat([torch.full((counts[n],), i) for i, n in enumerate(names)])  # [N]
+    if x.shape[0] < 2:
+        return "\n".join([*parts, "<p>Fewer than two styles: no projection.</p>"])
+    if x.shape[0] > max_points:  # a fixed subset: the same picture every time
+        keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:max_points]
+        x, who = x[keep], who[keep]
+    points, explained = pca_2d(x)
+    fig = _figure(7, 5.5)
+    ax = fig.subplots()
+    for i, n in enumerate(names):
+        mine = points[who == i]
+        if len(mine):
+            ax.scatter(
+                mine[:, 0], mine[:, 1], s=10, color=colour_of[n], edgecolors="k", linewidths=0.2, label=n
+            )
+    ax.set(
+        title=f"Mined styles (mu, sigma), PCA: {x.shape[0]} styles",
+        xlabel=f"PC 1 ({100 * explained[0]:.1f} % of the variance)",
+        ylabel=f"PC 2 ({100 * explained[1]:.1f} % of the variance)",
+    )
+    ax.legend(title="class", fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    parts.append(_img(_png(fig), "Style bank: PCA of the mined styles"))
+    return "\n".join(parts)
+
+
 # ---------------------------------------------------------------------------------------------- the page
 
 CSS = """
@@ -445,7 +751,7 @@ def training_section(root: Path) -> str:
     return "\n".join(parts)
 
 
-def page(title: str, sections: Sequence[str]) -> str:
+def page(title: str, sections: Sequence[str], notes: Sequence[str] = ()) -> str:
     return "\n".join(
         [
             "<!DOCTYPE html>",
@@ -456,7 +762,11 @@ def page(title: str, sections: Sequence[str]) -> str:
             f"<h1>{_esc(title)}</h1>",
             f"<p>Written by famix {_esc(__version__)} (famix report). IoUs and accuracies in percent.</p>",
             *sections,
-            f'<h2>Not shown</h2><p class="note">{_esc(NOT_SHOWN)}</p>',
+            *(
+                [f'<h2>Not shown</h2><ul class="note">{"".join(f"<li>{_esc(n)}</li>" for n in notes)}</ul>']
+                if notes
+                else []
+            ),
             "</body></html>",
             "",
         ]
@@ -484,11 +794,86 @@ def check_ours(out: Path) -> None:
         )
 
 
+def _existing(written, *folders: Path) -> Path | None:
+    """The file ``written`` names: relative to one of ``folders`` (in order), or as written."""
+    if not isinstance(written, str) or not written:
+        return None
+    for candidate in [*(f / written for f in folders), Path(written)]:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _val_specs(config: dict) -> list[str]:
+    val = (config.get("data") or {}).get("val") or []
+    return [val] if isinstance(val, str) else [v for v in val if isinstance(v, str)]
+
+
+def model_sources(
+    root: Path, is_run: bool, results: Sequence[Path], caches: Sequence[Path]
+) -> tuple[dict[Path, list[str]], list[str]]:
+    """The checkpoints the sources name that exist, each with its dataset specs (in order, each once), and
+    notes on those that name none found. A run: its ``best.pt`` (else ``latest.pt``) on ``data.val``; a
+    results JSON: its ``checkpoint`` on its datasets; a cache ``X.eval-cache.json``: ``X`` on its entries'."""
+    found: dict[Path, list[str]] = {}
+    notes: list[str] = []
+
+    def add(ckpt: Path, specs: Sequence[str]) -> None:
+        have = found.setdefault(ckpt.resolve(), [])
+        have += [s for s in specs if s not in have]
+
+    if is_run:
+        ckpt = next((root / n for n in ("best.pt", "latest.pt") if (root / n).is_file()), None)
+        specs = _val_specs(yaml.safe_load((root / "config.yaml").read_text()) or {})
+        if ckpt is not None and specs:
+            add(ckpt, specs)
+    for path in results:
+        data = json.loads(path.read_text())
+        written = data.get("checkpoint")
+        ckpt = _existing(written, path.parent)
+        if ckpt is None:
+            notes.append(
+                f"{path.name}: its checkpoint ({_shown(written, path.parent)}) is not found beside it or as "
+                "written, so the model was not run again on its datasets."
+            )
+        elif ckpt.suffix == ".onnx":
+            notes.append(f"{path.name}: the model pass runs famix checkpoints, not ONNX files ({ckpt.name}).")
+        else:
+            add(ckpt, list(data["datasets"]))
+    for path in caches:
+        ckpt = path.with_name(path.name[: -len(".eval-cache.json")])
+        if ckpt.is_file() and ckpt.suffix != ".onnx":
+            entries = json.loads(path.read_text()).values()
+            add(ckpt, [s for e in entries if (s := (e.get("run") or {}).get("settings", {}).get("data"))])
+    return found, notes
+
+
+def bank_source(root: Path) -> tuple[Path | None, str | None]:
+    """The style bank a run's config names (``style.bank``) if it exists (as written, relative to the run,
+    or by name in the run folder), else a note saying why none is shown (None: the config names none)."""
+    config = yaml.safe_load((root / "config.yaml").read_text()) or {}
+    written = (config.get("style") or {}).get("bank")
+    if not written:
+        return None, None
+    bank = _existing(written, root) or _existing(Path(written).name, root)
+    if bank is None:
+        return None, f"The style bank the config names ({_shown(written, root)}) is not found: not shown."
+    return bank, None
+
+
 def run(
-    path: str | os.PathLike, out: str | os.PathLike | None = None, say: Callable[[str], None] = print
+    path: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    say: Callable[[str], None] = print,
+    model: bool = True,
+    k: int = WORST,
+    max_images: int = MAX_IMAGES,
 ) -> Path:
     """Write the HTML report of ``path`` (a training run folder, a ``famix eval`` results JSON, or a folder
     of results JSONs / evaluation caches) to ``out`` (default :func:`default_path`); returns its path.
+
+    ``model``: run the checkpoints the sources name again (:func:`model_pass`, at most ``max_images`` per
+    dataset) for the ``k`` worst images and a reliability diagram per dataset.
 
     Refused before any work: a path that is none of these, or an ``out`` famix report did not write."""
     root = Path(path)
@@ -497,6 +882,12 @@ def run(
     check_ours(target)
     base = root if root.is_dir() else root.parent
     sections = [training_section(root)] if is_run else []
+    notes = []
+    if is_run:
+        bank, note = bank_source(root)
+        if bank is not None:
+            sections.append(bank_section(bank, _shown(str(bank.resolve()), root)))
+        notes += [note] if note else []
     class_names = None
     if (base / "config.yaml").is_file():
         class_names = ((yaml.safe_load((base / "config.yaml").read_text()) or {}).get("model") or {}).get(
@@ -511,8 +902,25 @@ def run(
             "<h2>Evaluation</h2><p>No evaluation results here (*.eval.*.json, *.eval-cache.json): per-class "
             "IoU and confusion matrices appear once famix eval has evaluated a checkpoint of this run.</p>"
         )
+    why = "they need the checkpoint run again on the images (per-image scores, per-pixel confidences)"
+    if not model:
+        notes.append(f"The worst images and the reliability diagrams: the model pass was skipped; {why}.")
+    else:
+        checkpoints, missing = model_sources(root, is_run, results, caches)
+        notes += missing
+        for ckpt, specs in checkpoints.items():
+            passed = model_pass(ckpt, specs, k=k, max_images=max_images)
+            sections.append(model_section(_shown(str(ckpt), base), passed, say))
+        if checkpoints:
+            notes.append(
+                f"Worst images and reliability come from at most {max_images} images per dataset (evenly "
+                "spread) at the input scale, without test-time augmentation: they can differ from the "
+                "evaluation's own numbers."
+            )
+        else:
+            notes.append(f"The worst images and the reliability diagrams: no checkpoint found here; {why}.")
     title = f"famix report: {root.resolve().name}"
-    text = page(title, sections)
+    text = page(title, sections, notes)
     atomic_write(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     say(f"report written to {target}")
     return target

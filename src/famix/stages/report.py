@@ -468,6 +468,8 @@ def worst_picture(image: torch.Tensor, truth: np.ndarray, pred: np.ndarray, labe
     table, k = labels.palette(), len(labels)
     truth, pred = _shrink(truth, PANEL, True), _shrink(pred, PANEL, True)
     rgb = _shrink(image.permute(1, 2, 0).numpy(), PANEL, False)  # [H, W, 3]
+    up = max(1, PANEL // 2 // truth.shape[1])  # small images: whole pixels repeated, so they stay readable
+    truth, pred, rgb = (np.repeat(np.repeat(a, up, 0), up, 1) for a in (truth, pred, rgb))
     gap = np.full((truth.shape[0], 6, 3), 255, np.uint8)
     panels = [rgb, table[truth], table[pred], error_map(pred, truth, k)]
     row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)

@@ -240,7 +240,12 @@ def cmd_pretrain_tiny_clip(args) -> None:
 def cmd_report(args) -> None:
     from famix.stages import report
 
-    report.run(args.path, out=args.out, say=print)  # it says where the page is
+    for name in ("worst", "max_images"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: give a number >= 1")
+    report.run(  # it says where the page is
+        args.path, out=args.out, say=print, model=not args.no_model, k=args.worst, max_images=args.max_images
+    )
 
 
 def cmd_convert(args) -> None:

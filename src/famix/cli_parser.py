@@ -334,6 +334,13 @@ def _add_report(sub) -> None:
     )
     r.add_argument("path", help="a training run folder, a famix eval results JSON, or a folder holding them")
     r.add_argument("--out", help="the HTML file (default: PATH/report.html, or <stem>.report.html)")
+    r.add_argument(
+        "--no-model",
+        action="store_true",
+        help="do not run the checkpoint again (no worst images, no reliability diagram): files only",
+    )
+    r.add_argument("--worst", type=int, default=4, help="worst images shown per dataset")
+    r.add_argument("--max-images", type=int, default=50, help="images per dataset the model pass runs on")
 
 
 def _add_adapt(sub) -> None:

@@ -119,7 +119,7 @@ def write_report(out: Path, name: str, say) -> None:
     why there is none: a page famix did not write in the folder, or no matplotlib. The run is saved either
     way."""
     try:
-        page.run(out, say=lambda line: say(f"{name}: {line}"))
+        page.run(out, say=lambda line: say(f"{name}: {line}"), model=False)
     except (ImportError, FileExistsError, ValueError) as e:
         say(f"{name}: no report page: {str(e).splitlines()[0]}")
 

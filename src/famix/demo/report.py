@@ -115,22 +115,35 @@ def bank_table(counts: dict[int, dict[str, dict[str, int]]]) -> str:
 
 def chart(runs: dict, domains: list[str], path: Path) -> None:
     """Grouped bars of mIoU per domain for every variant; with several seeds, their sample standard
-    deviation as error bars (one seed: none, and the title says so). The legend sits right of the bars."""
+    deviation as error bars (one seed: none, and the title says so)."""
+    scores = {name: _scores(r, domains) for name, r in runs.items() if r}
+    cols = [*domains, "held-out mean"]
+    seeds = max(len(v) for s in scores.values() for v in s.values())
+    means = {name: [statistics.mean(s[c]) for c in cols] for name, s in scores.items()}
+    errs = {name: [statistics.stdev(s[c]) for c in cols] for name, s in scores.items()} if seeds > 1 else None
+    bar_chart(means, errs, cols, seeds, path)
+
+
+def bar_chart(
+    means: dict[str, list[float]],
+    errs: dict[str, list[float]] | None,
+    cols: list[str],
+    seeds: int,
+    path: Path,
+) -> None:
+    """The demo's chart of ``means[variant][column]`` (mIoU %), ``errs`` the error bars (None: none), over
+    ``seeds`` seeds: the legend right of the bars, never on them; a width that fits a page."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scores = {name: _scores(r, domains) for name, r in runs.items() if r}
-    cols = [*domains, "held-out mean"]
-    seeds = max(len(v) for s in scores.values() for v in s.values())
-    fig, ax = plt.subplots(figsize=(min(12, 3 + 1.1 * len(cols) * max(1, len(scores) / 3)), 4))
-    width = 0.8 / len(scores)
-    for i, (name, s) in enumerate(scores.items()):
-        means = [statistics.mean(s[c]) for c in cols]
-        errs = [statistics.stdev(s[c]) for c in cols] if seeds > 1 else None
-        ax.bar([j + i * width for j in range(len(cols))], means, width, yerr=errs, label=name, capsize=2)
-    ax.set_xticks([j + width * (len(scores) - 1) / 2 for j in range(len(cols))], cols)
+    fig, ax = plt.subplots(figsize=(min(12, 3 + 1.1 * len(cols) * max(1, len(means) / 3)), 4))
+    width = 0.8 / len(means)
+    for i, (name, m) in enumerate(means.items()):
+        yerr = errs[name] if errs is not None else None
+        ax.bar([j + i * width for j in range(len(cols))], m, width, yerr=yerr, label=name, capsize=2)
+    ax.set_xticks([j + width * (len(means) - 1) / 2 for j in range(len(cols))], cols)
     ax.set_ylabel("mIoU (%)")
     spread = f"mean of {seeds} seeds, bars: sample std" if seeds > 1 else "one seed"
     ax.set_title(f"famix demo: trained on {SOURCE_DOMAIN}, tested on unseen domains ({spread})", fontsize=10)

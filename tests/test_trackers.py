@@ -2,9 +2,14 @@
 (wandb in its offline mode, MLflow's local file store: the real libraries), read back after the run."""
 
 import importlib.util
+import io
 import json
+import sys
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from famix.cli import main
 from famix.config import load_config
@@ -125,12 +130,43 @@ def test_unknown_tracker_is_one_line_before_work(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
-def test_a_tracker_asked_for_and_missing_is_said_once(tmp_path):
+def test_a_tracker_asked_for_and_missing_is_said_once(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as without the tensorboard package
     with pytest.warns(UserWarning, match=r"run.loggers: tensorboard is not installed \(pip install") as said:
         train.run(_cfg(tmp_path, "[tensorboard]"))
     assert len([w for w in said if "tensorboard is not installed" in str(w.message)]) == 1
     assert (tmp_path / "run" / "metrics.jsonl").is_file()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard is a test extra")
+def test_tensorboard_holds_every_scalar_and_the_predictions_with_their_legends(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from famix.engine.checkpoint import load_segmenter
+    from famix.engine.inference import eval_mode, predict_ids
+    from famix.engine.visualize import overlay
+    from famix.world.synthetic import SyntheticDataset
+
+    cfg = _cfg(tmp_path, "[tensorboard]")
+    train.run(cfg)
+    events = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for spec in VAL:
+        got = {e.step: e.value for e in events.Scalars(f"val_miou/{dataset_name(spec)}")}
+        want = {r["step"]: r["val_miou"][spec] for r in logged if "val_miou" in r}
+        assert got == pytest.approx(want, rel=1e-6)  # TensorBoard stores float32
+    assert {"loss", "lr", "val_mean_miou"} <= set(events.Tags()["scalars"])
+    # the last validation's first day image: the final model's prediction over it, the legend below
+    (last,) = [e for e in events.Images(f"val/{dataset_name(VAL[0])}/0") if e.step == 4]
+    picture = np.asarray(Image.open(io.BytesIO(last.encoded_image_string)).convert("RGB"))
+    model, model_cfg = load_segmenter(tmp_path / "run" / "latest.pt", channels_last=True)
+    image = SyntheticDataset("day", 4, size=(64, 64), seed=99)[0][0]  # VAL[0]'s first scene
+    with eval_mode(model), torch.inference_mode():
+        ids = predict_ids(model, image[None])[0]
+    expected = overlay(image, ids, colours=model_cfg.labels.palette(), num_classes=len(model_cfg.labels))
+    assert picture.shape[1] == 64 and picture.shape[0] > 64  # the legend strip below the 64 px scene
+    assert (picture[:64] == expected).all(axis=-1).mean() >= 0.999
 
 
 def test_training_ends_with_its_report_page_and_keeps_a_foreign_one(tmp_path, capsys):

@@ -17,6 +17,8 @@ import re
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 INSTALL = {
     "tensorboard": 'pip install "famix[tensorboard]"',
@@ -169,6 +171,31 @@ class MetricsLogger:
             import mlflow
 
             mlflow.log_metrics(values, step=step)
+
+    @property
+    def wants_images(self) -> bool:
+        """Whether a tracker that shows pictures is (or will be) open: TensorBoard, wandb or MLflow."""
+        if not self.enabled:
+            return False
+        if self.trackers is None:
+            self.trackers = self._open()
+        return bool(self.trackers)
+
+    def log_images(self, step: int, images: dict[str, np.ndarray]) -> None:
+        """Pictures ``{tag: uint8 [H, W, 3]}`` (validation predictions with their legends) to the trackers."""
+        if not self.wants_images:
+            return
+        for tag, picture in images.items():
+            if "tensorboard" in self.trackers:
+                self.trackers["tensorboard"].add_image(tag, picture, step, dataformats="HWC")
+            if "mlflow" in self.trackers:
+                import mlflow
+
+                mlflow.log_image(picture, key=tag.replace("/", "_"), step=step)
+        if "wandb" in self.trackers:
+            import wandb
+
+            self.trackers["wandb"].log({t: wandb.Image(p) for t, p in images.items()}, step=step)
 
     def close(self) -> None:
         """Flush and end the trackers' runs (the end of training, or an interruption)."""

@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -27,12 +28,14 @@ from famix.engine.checkpoint import load_model_state, save_checkpoint
 from famix.engine.checks import check_bank_classes, check_bank_normalization
 from famix.engine.distributed import barrier, current, require_session, resolve_device
 from famix.engine.evaluate import evaluate_specs
+from famix.engine.inference import eval_mode, predict_ids
 from famix.engine.interrupt import Interrupted, any_rank, stop_requests
 from famix.engine.loggers import MetricsLogger, dataset_name
 from famix.engine.loss import SegmentationLoss
 from famix.engine.runs import KEY, RunRecord
 from famix.engine.sampler import StreamSampler
 from famix.engine.seeds import mixer_seed, step_seed
+from famix.engine.visualize import overlay, with_legend
 from famix.io import atomic_link, remove_stale_temps
 from famix.models.build import build_segmenter, normalization
 from famix.normalization import OPENAI_NORMALIZATION
@@ -276,8 +279,28 @@ def validate(cfg: Config, model, device, amp, info, logger, step: int) -> float 
         for spec, r in results.items():  # one line per dataset as it comes, above the progress bar
             tqdm.write(f"step {step}: {dataset_name(spec)}: mIoU {r.miou:.2f} %")
         logger.log(step=step, val_miou=scores, val_mean_miou=score)
+        if logger.wants_images:
+            logger.log_images(step, previews(cfg, model, device, amp))
     barrier()
     return score
+
+
+PREVIEWS = 2  # validation images per dataset shown to the trackers, with their predictions
+
+
+def previews(cfg: Config, model, device, amp) -> dict[str, np.ndarray]:
+    """The first :data:`PREVIEWS` images of each validation dataset with the model's prediction blended over
+    them and the legend of the classes it shows: ``{"val/<dataset>/<i>": uint8 [H + legend, W, 3]}``."""
+    labels, out = cfg.model.labels, {}
+    with eval_mode(model), torch.inference_mode():
+        for spec in cfg.data.val:
+            dataset = build_dataset(spec, labels)
+            for i in range(min(PREVIEWS, len(dataset))):
+                image = dataset[i][0]  # uint8 [3, H, W]
+                ids = predict_ids(model, image[None], device, amp_dtype=amp)[0]  # [H, W]
+                picture = overlay(image, ids, colours=labels.palette(), num_classes=len(labels))
+                out[f"val/{dataset_name(spec)}/{i}"] = with_legend(picture, ids, labels)
+    return out
 
 
 def save_checkpoints(cfg, parts: dict, step, best, score, info, record: RunRecord) -> float:

@@ -73,3 +73,25 @@ def test_unknown_preset_lists_the_presets():
     with pytest.raises(FileNotFoundError, match=r"config gta5_rn5 not found.*'gta5_rn50'.*'tiny'"):
         load_config("gta5_rn5")
     assert load_config("tiny").model.backbone == "tiny-rn"
+
+
+def test_license_and_citation_agree_with_the_package():
+    """The repository's LICENSE is the license pyproject declares; CITATION.cff parses, cites the FAMix
+    paper (and PODA) and names this version."""
+    import tomllib
+    import yaml
+
+    from famix.version import __version__
+
+    root = ROOT
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["license"] == {"text": "MIT"}
+    assert (root / "LICENSE").read_text().startswith("MIT License\n")
+    cff = yaml.safe_load((root / "CITATION.cff").read_text(encoding="utf-8"))
+    assert cff["cff-version"] == "1.2.0" and cff["license"] == "MIT"
+    assert str(cff["version"]) == __version__
+    cited = cff["preferred-citation"]
+    assert cited["title"] == "A Simple Recipe for Language-guided Domain Generalized Segmentation"
+    assert {"type": "other", "value": "arXiv:2311.17922"} in cited["identifiers"]
+    assert [a["family-names"] for a in cited["authors"]][0] == "Fahes"
+    assert any("arXiv:2212.03241" in str(r["identifiers"]) for r in cff["references"])

@@ -167,6 +167,14 @@ def test_push_uploads_the_saved_folder(trained, tmp_path, monkeypatch, capsys):
         "files": ["README.md", "config.json", "model.safetensors"],
     }
     assert "https://huggingface.co/owner/tiny" in capsys.readouterr().out
+    # a loaded (perhaps changed) model pushes itself, from Python, as famix.push of it does
+    model = famix.load(checkpoint)
+    uploaded.clear()
+    assert model.push_to_hub("owner/loaded") == "https://huggingface.co/owner/loaded"
+    assert uploaded["repo"] == "owner/loaded"
+    assert uploaded["files"] == ["README.md", "config.json", "model.safetensors"]
+    assert famix.push(model, "owner/again", private=True) == "https://huggingface.co/owner/again"
+    assert uploaded["private"] is True
 
 
 def test_bad_sources_and_images(trained, tmp_path, capsys):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -160,6 +161,12 @@ class Segmenter:
         """:func:`save_pretrained` of this model (its current weights)."""
         return save_pretrained(self, folder, force=force)
 
+    def push_to_hub(
+        self, repo: str, private: bool = False, revision: str | None = None, bank: str | None = None
+    ) -> str:
+        """:func:`push` of this model (its current weights) to the Hub as ``repo``; returns its URL."""
+        return push(self, repo, private=private, revision=revision, bank=bank)
+
 
 def load(source: str | os.PathLike, device: str = "auto") -> Segmenter:
     """A trained model from a famix checkpoint, an official FAMix ``.pth``, a folder written by
@@ -189,14 +196,19 @@ def save_pretrained(
 
 
 def push(
-    model: str | os.PathLike,
+    model: Segmenter | str | os.PathLike,
     repo: str,
     private: bool = False,
     revision: str | None = None,
     bank: str | None = None,
 ) -> str:
-    """Upload a checkpoint or a saved folder to the Hub as ``repo`` (OWNER/NAME); returns its URL."""
-    return share.push(model, repo, private, revision, bank, say=lambda _: None)
+    """Upload a model (a :class:`Segmenter` with its current weights, a checkpoint or a saved folder) to the
+    Hub as ``repo`` (OWNER/NAME); returns its URL."""
+    if not isinstance(model, Segmenter):
+        return share.push(model, repo, private, revision, bank, say=lambda _: None)
+    with tempfile.TemporaryDirectory(prefix="famix-push-") as tmp:
+        folder = save_pretrained(model, Path(tmp) / "model", bank=bank)
+        return share.push(folder, repo, private, revision, say=lambda _: None)
 
 
 def mine(cfg: Config, progress: bool = True):

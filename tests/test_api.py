@@ -331,3 +331,26 @@ def test_save_keeps_a_hand_edited_card_and_finishes_a_killed_save(trained, tmp_p
     main(["save", str(checkpoint), str(killed)])
     assert sorted(p.name for p in killed.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     assert (killed / "README.md").read_bytes() == card.replace(b"shared", b"killed")
+
+
+def test_the_object_evaluates_exports_and_loads_by_huggingfaces_name(trained, tmp_path):
+    checkpoint, images = trained
+    model = famix.Segmenter.from_pretrained(checkpoint, device="cpu")
+    assert (model.predict(images[0]) == famix.load(checkpoint, device="cpu").predict(images[0])).all()
+    data = "synthetic:night:2:3:size=48"
+    by_object = model.evaluate(data, progress=False)[data]
+    by_function = famix.evaluate(checkpoint, [data], progress=False)[data]
+    assert by_object.miou == by_function.miou and by_object.confusion == by_function.confusion
+    # the pixels-to-classes graph of the object equals its own predictions, in bare onnxruntime
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    out = model.export(tmp_path / "m.ids.onnx", size="48x48", graph="ids", dynamic=True)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for path in images[:2]:
+        pixels = np.asarray(Image.open(path).convert("RGB"))[None]  # [1, H, W, 3]
+        np.testing.assert_array_equal(session.run(None, {"images": pixels})[0][0], model.predict(path))
+    with pytest.raises(ValueError, match="int8 calibrates on the source data"):
+        model.export(tmp_path / "q.onnx", size="48x48", int8=True)
+    model.source = None
+    with pytest.raises(ValueError, match="not loaded from a file"):
+        model.benchmark(data)

@@ -28,10 +28,11 @@ from famix.engine.distributed import resolve_device
 from famix.engine.evaluate import EvalResult
 from famix.engine.inference import eval_mode, model_input, predict_ids, predict_logits
 from famix.engine.visualize import overlay, with_legend
-from famix.settings import BenchmarkSettings, EvalSettings, InferenceSettings
+from famix.settings import BenchmarkSettings, EvalSettings, ExportSettings, InferenceSettings
 from famix.stages import adapt as adapt_stage
 from famix.stages import benchmark as benchmark_stage
 from famix.stages import evaluate as evaluate_stage
+from famix.stages import export as export_stage
 from famix.stages import mine as mine_stage
 from famix.stages import report as report_stage
 from famix.stages import share
@@ -160,6 +161,35 @@ class Segmenter:
     def save_pretrained(self, folder: str | os.PathLike, force: bool = False) -> Path:
         """:func:`save_pretrained` of this model (its current weights)."""
         return save_pretrained(self, folder, force=force)
+
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike, device: str = "auto") -> Segmenter:
+        """:func:`load` (a checkpoint, a saved folder, a Hub id ``hf:OWNER/NAME``), by Hugging Face's name."""
+        return load(source, device=device)
+
+    def evaluate(self, specs: str | Sequence[str], **options) -> dict[str, EvalResult]:
+        """:func:`evaluate` of this model as it is now on dataset specs: ``{spec: EvalResult}``."""
+        return evaluate(self, [specs] if isinstance(specs, str) else list(specs), **options)
+
+    def export(self, out: str | os.PathLike, format: str = "onnx", size="512x1024", **options) -> Path:
+        """``famix export`` of this model as it is now: ``out`` written (and checked against this model) as
+        ``format`` at ``size`` ("HxW"); ``options``: the other :class:`~famix.settings.ExportSettings`
+        fields (``dynamic``, ``graph``, ...; int8 needs the command, which reads the source data)."""
+        settings = ExportSettings(format=format, size=size, **options)
+        if settings.int8:
+            raise ValueError("int8 calibrates on the source data: use `famix export CKPT --int8` on the file")
+        network = self.network.to("cpu").eval()
+        try:
+            export_stage.export_model(network, self.config, out, settings)
+        finally:
+            self.network.to(self.device)
+        return Path(out)
+
+    def benchmark(self, data: str | Sequence[str], **options) -> dict:
+        """:func:`benchmark` (``famix benchmark``) of the file this model was loaded from."""
+        if self.source is None:
+            raise ValueError("this model was not loaded from a file: save_pretrained it, then benchmark that")
+        return benchmark(self.source, data, **options)
 
     def push_to_hub(
         self, repo: str, private: bool = False, revision: str | None = None, bank: str | None = None

@@ -146,6 +146,8 @@ def test_bad_inputs_are_one_line_before_any_work(checkpoint, tmp_path, capsys, m
     monkeypatch.setattr(amp, "cpu_capabilities", lambda: {"cpu_name": "Test CPU", "avx2": True})
     line = one_line(capsys, *run, "--precisions", "bf16", "--out", out)
     assert "--precisions bf16" in line and "Test CPU" in line and "no native bf16" in line
+    line = one_line(capsys, *run, "--calibration-data", "synthetic:moon:2", "--out", out)
+    assert line.startswith("famix benchmark: error: --calibration-data synthetic:moon:2: unknown synthetic")
     line = one_line(capsys, *run, "--precisions", "fp32", "fp16", "--out", out)
     assert "--precisions fp16: fp16 autocast is for CUDA, not Test CPU (avx2): pass fp32 or bf16" in line
     assert not out.exists() and notes.read_text() == "mine\n"

@@ -184,6 +184,8 @@ def test_int8_exports_run_in_bare_onnxruntime_and_famix_eval_reports_their_miou(
         assert [o.name for o in session.get_outputs()] == ["logits"]  # no style map output
         quantization = json.loads(session.get_modelmeta().custom_metadata_map["quantization"])
         assert quantization["calibrated_on"] == calibrate and quantization["calibration_batches"] == 8
+        meta = session.get_modelmeta().custom_metadata_map  # a file to share: no folder of this machine
+        assert not [k for k, v in meta.items() if str(tmp_path) in v or str(trained_like.parent) in v]
         files[calibrate] = out
     assert files["source"].read_bytes() != files["styles"].read_bytes()  # restyled maps: other ranges
     fp32 = _eval_json(tmp_path / "ckpt.json", trained_like)

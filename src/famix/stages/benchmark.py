@@ -450,19 +450,30 @@ def run(
     model, cfg = load_segmenter(ckpt, device="cpu")
     if any(r.format not in ("eager", "compiled") for r in rows):  # the exports' size rule
         export_stage.check_size(s.size, model.output_stride, dynamic=True)
+    if "onnx-int8" in s.formats:  # calibration inputs the user named: checked before any timing
+        if s.calibration_data:
+            check_specs([s.calibration_data], "--calibration-data", labels)
+        if s.bank and not Path(s.bank).is_file():
+            raise FileNotFoundError(f"--bank {s.bank} not found: pass the run's style bank (famix mine)")
 
     threads_before = torch.get_num_threads()
     if s.threads:
         torch.set_num_threads(s.threads)
     try:
         report = {
-            "model": str(checkpoint),
+            "model": _shown(checkpoint),
             **_measure(ckpt, model, cfg, labels, datasets, rows, s, device, progress, say),
         }
     finally:
         torch.set_num_threads(threads_before)
     write_files(report, out, say)
     return report
+
+
+def _shown(checkpoint) -> str:
+    """The model as the files name it: a Hub id as it is, a path by its last parts (no user's folders)."""
+    text = str(checkpoint)
+    return text if text.startswith("hf:") else str(Path(*Path(text).parts[-2:]))
 
 
 @dataclass

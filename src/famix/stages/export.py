@@ -41,6 +41,7 @@ from famix.engine.checkpoint import load_checkpoint, load_segmenter, model_confi
 from famix.engine.checks import check_specs
 from famix.engine.distributed import single_process
 from famix.engine.exported import METADATA_FILE, import_onnx_tools, jit_quietly, load_exported, read_metadata
+from famix.engine.loggers import dataset_name
 from famix.engine.outputs import check_output_path, check_replaceable
 from famix.engine.runs import KEY, RunRecord
 from famix.io import atomic_path, check_space, file_fingerprint, remove_stale_temps
@@ -533,11 +534,13 @@ def run(
     calibration = None
     if settings.int8:
         spec = settings.calibration_data or ckpt.get("config", {}).get("data", {}).get("train")
-        inputs["calibration data"] = spec
+        inputs["calibration data"] = dataset_name(spec) if spec else None  # no folder path: files are shared
         if settings.calibrate == "styles":
             bank = settings.bank or ckpt.get("config", {}).get("style", {}).get("bank")
-            inputs["bank"] = file_fingerprint(bank) if bank and Path(bank).is_file() else bank
+            inputs["bank"] = file_fingerprint(bank) if bank and Path(bank).is_file() else None
     record = RunRecord("export", settings.record(), inputs)
+    if settings.int8 and settings.calibration_data:  # the spec's folders stay on this machine
+        record.settings["int8"]["data"] = dataset_name(settings.calibration_data)
     meta = read_metadata(out, fmt) if out.is_file() else None
     if meta is not None and KEY in meta and not record.changes(json.loads(meta[KEY])):
         say(f"famix export: {out} holds this export of {checkpoint} already: nothing to do")

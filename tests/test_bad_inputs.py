@@ -338,6 +338,26 @@ def _rows(w: Path) -> list:
             "style.bank " + str(w / "data") + " is a folder: pass the path of the file to write",
         ),
         (
+            "app without a model",
+            ["app"],
+            {},
+            "give a checkpoint (or a saved folder, or hf:OWNER/NAME), or --demo",
+        ),
+        ("app with a model and --demo", ["app", ckpt, "--demo"], {}, "or --demo"),
+        ("app --quick without --demo", ["app", ckpt, "--quick"], {}, "--quick is for --demo"),
+        (
+            "app on a port out of range",
+            ["app", ckpt, "--port", "70000"],
+            {},
+            "--port 70000: give a port number",
+        ),
+        (
+            "app with source data that is not there",
+            ["app", ckpt, "--data", f"gta5:{w / 'nowhere'}", "--port", str(_free_port())],
+            {},
+            "--data gta5:",
+        ),
+        (
             "seeds given to adapt as a list",
             [*adapt, "--target", "night", "--seed", "x"],
             {},

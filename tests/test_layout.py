@@ -140,6 +140,7 @@ def test_no_import_cycle():
 STAGE_CALLS = {
     "famix.stages.reproduce": {"famix.stages.mine", "famix.stages.train", "famix.stages.evaluate"},
     "famix.stages.adapt": {"famix.stages.train"},
+    "famix.stages.app": {"famix.stages.adapt"},
     "famix.stages.benchmark": {"famix.stages.export"},
     "famix.stages.evaluate": {"famix.stages.report"},
     "famix.stages.train": {"famix.stages.report"},

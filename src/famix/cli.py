@@ -267,6 +267,37 @@ def cmd_push(args) -> None:
     share.push(args.checkpoint, args.repo, private=args.private, revision=args.revision, bank=args.bank)
 
 
+def cmd_app(args) -> None:
+    from famix.settings import AdaptSettings, AppSettings
+
+    adapt = {
+        f.name: getattr(args, f.name) for f in fields(AdaptSettings) if getattr(args, f.name) is not None
+    }
+    if args.demo == (args.checkpoint is not None):
+        raise ValueError("famix app: give a checkpoint (or a saved folder, or hf:OWNER/NAME), or --demo")
+    if args.quick and not args.demo:
+        raise ValueError("--quick is for --demo (the quick demo's model)")
+    checkpoint = args.checkpoint
+    if args.demo:  # the demo's model, with the demo's adaptation sizes (CPU, about a minute)
+        from famix.demo.adaptation import adapt_settings
+        from famix.demo.run import demo_model
+
+        adapt = {**dataclasses.asdict(adapt_settings(args.quick, 0)), **adapt}
+        checkpoint = demo_model(args.demo_out, args.quick)
+    settings = AppSettings(
+        host=args.host,
+        port=args.port,
+        weights=args.weights,
+        data=args.data,
+        out=args.out,
+        device=adapt.get("device", "auto"),
+        adapt=AdaptSettings(**adapt),
+    )
+    from famix.stages import app
+
+    app.run(checkpoint, settings)
+
+
 COMMANDS = {
     "mine": cmd_mine,
     "train": cmd_train,
@@ -283,6 +314,7 @@ COMMANDS = {
     "save": cmd_save,
     "push": cmd_push,
     "report": cmd_report,
+    "app": cmd_app,
 }
 
 

@@ -445,11 +445,34 @@ def _add_share(sub) -> None:
     sv.add_argument("--force", action="store_true", help="write into a folder famix save did not make")
 
 
+def _add_app(sub) -> None:
+    a = sub.add_parser("app", help="a page to try a model in the browser: classes, conditions, adaptation")
+    a.add_argument("checkpoint", nargs="?", help="a checkpoint, a saved folder or a Hub id hf:OWNER/NAME")
+    a.add_argument(
+        "--demo",
+        action="store_true",
+        help="serve the miniature world's FAMix model (famix demo's; trained if absent)",
+    )
+    a.add_argument("--quick", action="store_true", help="with --demo: the quick demo's model (smoke test)")
+    a.add_argument(
+        "--demo-out", default="famix-demo", help="with --demo: the demo's folder (default famix-demo)"
+    )
+    a.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)"
+    )
+    a.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
+    a.add_argument("--weights", help="CLIP weights for the conditions and adaptation (default: the model's)")
+    a.add_argument("--data", help="source images adaptation restyles (default: the model's data.train)")
+    a.add_argument("--out", default="famix-app", help="folder for adapted models (default famix-app)")
+    _adapt_options(a)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="famix", description="FAMix: language-guided domain-generalised segmentation")
     p.add_argument("--traceback", action="store_true", help="on an error, show the full Python traceback")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_add_mine_train, _add_reproduce, _add_eval_predict, _add_export, _add_benchmark, _add_adapt,
-                _add_demo, _add_datasets, _add_pretrain, _add_convert, _add_share, _add_report):  # fmt: skip
+                _add_demo, _add_datasets, _add_pretrain, _add_convert, _add_share, _add_report,
+                _add_app):  # fmt: skip
         add(sub)
     return p

@@ -368,3 +368,28 @@ class AdaptSettings:
                 )
         if self.amp not in (None, *AMP_CHOICES):
             raise ValueError(f"famix adapt --amp={self.amp!r}: choose {', '.join(AMP_CHOICES)}")
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """``famix app``: where the page is served and what it may do.
+
+    host, port: the address (127.0.0.1: this machine only; a free port from 7860 when None); weights: the
+    CLIP weights of the conditions box and of adaptation (None: those the checkpoint's config names, or the
+    package's for its tiny CLIPs); data: the source images adaptation restyles (None: the checkpoint's
+    ``data.train`` where it can be read here, else the adapt button says what to pass); out: the folder the
+    adapted models go to; adapt: the adaptation's settings (``famix adapt``'s)."""
+
+    host: str = "127.0.0.1"
+    port: int | None = None
+    weights: str | None = None
+    data: str | None = None
+    out: str = "famix-app"
+    device: str = "auto"
+    adapt: AdaptSettings = field(default_factory=AdaptSettings)
+
+    def __post_init__(self) -> None:
+        if self.port is not None and not 0 < self.port < 65536:
+            raise ValueError(f"--port {self.port}: give a port number in 1..65535")
+        if not self.host:
+            raise ValueError("--host: give an address to listen on (127.0.0.1: this machine only)")

@@ -205,3 +205,22 @@ def evaluate_run(checkpoint: Path, name: str, seed: int, domains: list[str], n_e
 def run_folder(name: str) -> str:
     """A variant's run folder name: "F/A/M (FAMix)" -> "F_A_M__FAMix"; "-/-/-" (no letters) -> "finetune"."""
     return "".join(c if c.isalnum() else "_" for c in name).strip("_") or "finetune"
+
+
+def demo_model(
+    out: str | Path = "famix-demo", quick: bool = False, seed: int = 0, backbone: str = "rn"
+) -> Path:
+    """The demo's FAMix model of ``seed`` (``<out>/seed<seed>/F_A_M__FAMix/latest.pt``, the checkpoint
+    ``famix demo`` trains): reused when finished, else its bank mined and the model trained (the same run
+    ``famix demo`` makes, so either command reuses the other's). ``famix app --demo`` serves it."""
+    cfg = demo_config(Path(out) / f"seed{seed}", quick, seed, backbone)
+    banks, _ = _mine_banks(cfg, [FAMIX])
+    variant = ABLATION[FAMIX]
+    cfg.model.freeze, cfg.style.mix, cfg.style.bank = variant.freeze, variant.mix, banks[variant.bank]
+    cfg.train.out = str(Path(out) / f"seed{seed}" / run_folder(FAMIX))
+    if train.status(cfg, FIX).done:
+        _say(f"seed {seed}: {FAMIX}: reusing the finished run in {cfg.train.out}")
+    else:
+        _say(f"seed {seed}: training {FAMIX} ({cfg.train.iterations} iterations)")
+    train.run(cfg, say=lambda _: None, fix=FIX)
+    return Path(cfg.train.out) / "latest.pt"

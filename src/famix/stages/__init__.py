@@ -5,6 +5,6 @@ Each module owns its verb: its settings, its run record, open / finished / statu
 ``engine.runs.Status``) and the code only it runs; :mod:`famix.engine` holds what two verbs share. Stages
 never read each other's files; the composites call stages: reproduce -> mine, train, evaluate; adapt ->
 train; benchmark -> export (its exported variants are export's checked files); evaluate -> report (``famix
-eval --report``: the page of its results); train -> report (the run's page at its end). The demos call
-stages too.
+eval --report``: the page of its results); train -> report (the run's page at its end); app -> adapt (the page's
+adapt button). The demos call stages too.
 """

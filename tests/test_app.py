@@ -237,3 +237,18 @@ def test_famix_app_demo_in_headless_chromium(demo, session, tmp_path):
     best = sorted(rated.items(), key=lambda kv: -kv[1])[: app.TOP]
     assert [name for name, _ in rows] == [name for name, _ in best]
     assert [p for _, p in rows] == pytest.approx([p for _, p in best], abs=1e-6)
+
+
+def test_the_page_s_video_is_famix_predict_s(demo, session, tmp_path):
+    """The video box gives the overlay video `famix predict` writes for the same file, frame for frame."""
+    av = pytest.importorskip("av")
+    from tests.test_video import _read_video, _write_video
+
+    frames = [_street(d, seed=7) for d in ("day", "night", "fog")]
+    src = tmp_path / "drive.mp4"
+    _write_video(av, src, frames, fps=5)
+    ours = session.video(str(src))
+    main(["predict", str(demo), str(src), "--out", str(tmp_path / "predicted"), "--device", "cpu"])
+    theirs = tmp_path / "predicted" / "drive_overlay.mp4"
+    a, b = _read_video(av, ours)[0], _read_video(av, theirs)[0]
+    assert len(a) == len(frames) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))

@@ -159,7 +159,7 @@ class Session:
         segment = functools.partial(
             predict_ids, self.network, device=self.device, tta=tta(flip, multiscale), amp_dtype=self.dtype
         )
-        draw = functools.partial(render, labels=self.labels, legend=True)
+        draw = functools.partial(render, labels=self.labels, legend=True, same_size=True)  # as famix predict
         with self._lock, eval_mode(self.network), torch.inference_mode():
             return segment_video(path, out, segment, "overlay", progress=False, draw=draw)
 

@@ -19,6 +19,7 @@ _CONFIG = ("Config", "load_config")
 _API = (
     *("Segmenter", "load", "save_pretrained", "push", "mine", "train", "evaluate", "adapt", "benchmark"),
     "report",
+    "demo_config",
 )
 __all__ = ["__version__", *_CONFIG, *_API]
 

@@ -11,9 +11,10 @@ The command line is a thin layer over the same stages (:mod:`famix.stages`).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,12 @@ from PIL import Image as PILImage
 
 from famix.config import Config, ModelConfig
 from famix.data.label_sets import LabelSet
-from famix.data.readers import as_rgb
+from famix.data.readers import as_rgb, image_size, read_image
 from famix.engine.checkpoint import checkpoint_precision, load_checkpoint, load_segmenter
 from famix.engine.distributed import resolve_device
 from famix.engine.evaluate import EvalResult
 from famix.engine.inference import eval_mode, model_input, predict_ids, predict_logits
+from famix.engine.video import import_av
 from famix.engine.visualize import overlay, with_legend
 from famix.settings import BenchmarkSettings, EvalSettings, ExportSettings, InferenceSettings
 from famix.stages import adapt as adapt_stage
@@ -37,13 +39,15 @@ from famix.stages import mine as mine_stage
 from famix.stages import report as report_stage
 from famix.stages import share
 from famix.stages import train as train_stage
+from famix.stages.predict import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, is_video, list_images
 
 
 class Segmenter:
     """A trained famix segmenter: :meth:`predict` class maps (or :meth:`predict_logits`) of images given as
     paths, PIL images, HxWx3 arrays or 3xHxW tensors, one or a list (sizes may differ; any size, from 1x1):
     uint8, or uint16 scaled to 8 bits as ``famix predict`` reads 16-bit files; paths in the orientation
-    viewers show (``famix.data.readers.as_rgb``).
+    viewers show (``famix.data.readers.as_rgb``); and of folders, glob patterns and videos, as
+    ``famix predict`` takes them.
     ``network`` is the ``torch.nn.Module`` (normalised images [B, 3, H, W] -> logits [B, K, H, W]);
     ``labels`` its label set (class names, colours)."""
 
@@ -75,27 +79,6 @@ class Segmenter:
         self.network.to(self.device)
         return self
 
-    def _batches(self, images, amp: str | None, batch_size: int):
-        """(whether one image was given, [(input indices, uint8 batch [B, 3, H, W] on the CPU)] of equal
-        sizes, ``batch_size`` at most, the input count, the autocast dtype): every input is checked before
-        the first batch is segmented."""
-        single = not isinstance(images, list | tuple) and not (
-            isinstance(images, np.ndarray | torch.Tensor) and images.ndim == 4
-        )
-        items = [images] if single else list(images)
-        if not items:
-            raise ValueError("predict: give at least one image")
-        if batch_size < 1:
-            raise ValueError(f"predict: batch_size={batch_size}: give a number >= 1")
-        _, dtype = checkpoint_precision(amp, self.checkpoint, self.device)
-        tensors = [as_rgb(x, "the image" if single else f"image {i}") for i, x in enumerate(items)]
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for i, t in enumerate(tensors):
-            by_size.setdefault(tuple(t.shape[1:]), []).append(i)
-        chunks = [g[j : j + batch_size] for g in by_size.values() for j in range(0, len(g), batch_size)]
-        batches = [(c, torch.stack([tensors[i] for i in c])) for c in chunks]
-        return single, batches, len(tensors), dtype
-
     def predict(
         self,
         images,
@@ -103,22 +86,30 @@ class Segmenter:
         batch_size: int = 4,
         tta: InferenceSettings | None = None,
         **options,
-    ) -> np.ndarray | list[np.ndarray]:
-        """Class-index maps (uint8 [H, W] at each input's size) of one image or a list, with the test-time
-        settings of ``famix predict``: ``tta``, or its fields as keywords (:func:`inference_settings`:
-        ``scale``, ``ensemble``, ``scales``, ``flip``, sliding ``window`` / ``stride``); autocast ``amp`` on
-        CUDA
-        (default the checkpoint's ``run.amp``); images of one size are segmented ``batch_size`` at a time,
-        one host copy per batch (``famix predict``'s path)."""
+    ) -> np.ndarray | list[np.ndarray] | dict[Path, np.ndarray]:
+        """Class-index maps (uint8, at each input's size) of what ``famix predict`` takes, with its test-time
+        settings and the same maps:
+
+        - one image (a path, a PIL image, an array or a tensor: see the class) -> [H, W];
+        - a video file (by its extension, :data:`famix.stages.predict.VIDEO_EXTENSIONS`; needs PyAV)
+          -> [T, H, W], one map per frame, its frames decoded and segmented as ``famix predict`` does;
+        - a list of those -> a list, one map per input;
+        - a folder (its images and videos, recursively, sorted) or a glob pattern (``"photos/*.jpg"``,
+          ``"**"`` recursive), alone or in a list of paths -> ``{path: map}`` of the files they name, in
+          ``famix predict``'s order (:func:`famix.stages.predict.list_images`: de-duplicated; an input that
+          names nothing raises FileNotFoundError naming it).
+
+        ``tta``, or its fields as keywords (:func:`inference_settings`: ``scale``, ``ensemble``, ``scales``,
+        ``flip``, sliding ``window`` / ``stride``); autocast ``amp`` on CUDA (default the checkpoint's
+        ``run.amp``); images of one size (and a video's frames) are segmented ``batch_size`` at a time, one
+        host copy per batch (``famix predict``'s path). Every input is checked before the first is segmented;
+        files are read one batch at a time."""
         tta = inference_settings(tta, options)
-        single, batches, n, dtype = self._batches(images, amp, batch_size)
-        out: list = [None] * n
-        with eval_mode(self.network), torch.inference_mode():
-            for chunk, batch in batches:
-                ids = predict_ids(self.network, batch, self.device, tta, dtype)  # [B, H, W] uint8
-                for i, one in zip(chunk, ids, strict=True):
-                    out[i] = one
-        return out[0] if single else out
+
+        def step(batch: torch.Tensor, dtype) -> np.ndarray:  # [B, 3, H, W] uint8 -> [B, H, W] uint8
+            return predict_ids(self.network, batch, self.device, tta, dtype)
+
+        return self._segment(images, amp, batch_size, step, np.stack)
 
     def predict_logits(
         self,
@@ -127,18 +118,39 @@ class Segmenter:
         batch_size: int = 4,
         tta: InferenceSettings | None = None,
         **options,
-    ) -> torch.Tensor | list[torch.Tensor]:
-        """:meth:`predict`'s logits: float [K, H, W] on the CPU per image."""
+    ) -> torch.Tensor | list[torch.Tensor] | dict[Path, torch.Tensor]:
+        """:meth:`predict`'s logits, float on the CPU: [K, H, W] per image, [T, K, H, W] per video (all of its
+        frames' logits in memory: mind long videos); the same inputs and result shapes."""
         tta = inference_settings(tta, options)
-        single, batches, n, dtype = self._batches(images, amp, batch_size)
-        out: list = [None] * n
+
+        def step(batch: torch.Tensor, dtype) -> torch.Tensor:  # [B, 3, H, W] uint8 -> [B, K, H, W] float
+            x = model_input(self.network, batch.to(self.device))  # [B, 3, H, W]
+            return predict_logits(self.network, x, tta, amp_dtype=dtype).float().cpu()
+
+        return self._segment(images, amp, batch_size, step, torch.stack)
+
+    def _segment(self, images, amp: str | None, batch_size: int, step, stack):
+        """``step(uint8 batch [B, 3, H, W], autocast dtype)`` -> B results, run over the inputs of
+        :meth:`predict` and shaped as it says (a video's frame results joined by ``stack``)."""
+        shape, items = _inputs(images)
+        if batch_size < 1:
+            raise ValueError(f"predict: batch_size={batch_size}: give a number >= 1")
+        _, dtype = checkpoint_precision(amp, self.checkpoint, self.device)
+        chunks, read, videos = _image_batches(
+            items, batch_size, "the image" if shape == "one" else "image {}"
+        )
+        out: list = [None] * len(items)
         with eval_mode(self.network), torch.inference_mode():
-            for chunk, batch in batches:
-                x = model_input(self.network, batch.to(self.device))  # [B, 3, H, W]
-                logits = predict_logits(self.network, x, tta, amp_dtype=dtype)  # [B, K, H, W]
-                for i, one in zip(chunk, logits.float().cpu(), strict=True):
+            for chunk in chunks:
+                for i, one in zip(chunk, step(read(chunk), dtype), strict=True):
                     out[i] = one
-        return out[0] if single else out
+            for i in videos:  # [T, ...]: the frames' results
+                out[i] = stack(
+                    [one for batch in _video_batches(items[i], batch_size) for one in step(batch, dtype)]
+                )
+        if shape == "files":
+            return dict(zip(items, out, strict=True))
+        return out[0] if shape == "one" else out
 
     def colorize(self, ids: np.ndarray) -> np.ndarray:
         """Class indices [H, W] -> their label set's colours [H, W, 3] uint8."""
@@ -196,6 +208,91 @@ class Segmenter:
     ) -> str:
         """:func:`push` of this model (its current weights) to the Hub as ``repo``; returns its URL."""
         return push(self, repo, private=private, revision=revision, bank=bank)
+
+
+def _is_path(x) -> bool:
+    return isinstance(x, str | os.PathLike)
+
+
+def _names_files(x) -> bool:
+    # a folder or a glob pattern: an input that famix predict expands into files (list_images)
+    return _is_path(x) and (Path(x).is_dir() or (not Path(x).exists() and any(c in str(x) for c in "*?[")))
+
+
+def _inputs(images) -> tuple[str, list]:
+    """How :meth:`Segmenter.predict`'s result is shaped ("one", "list", or "files": ``{path: result}``) and
+    its items: images (anything ``as_rgb`` takes) and video paths; for "files", the files that famix predict
+    expands the inputs into, in its order."""
+    single = not isinstance(images, list | tuple) and not (
+        isinstance(images, np.ndarray | torch.Tensor) and images.ndim == 4
+    )
+    items = [images] if single else list(images)
+    if not items:
+        raise ValueError("predict: give at least one image")
+    if not any(_names_files(x) for x in items):
+        return ("one" if single else "list"), items
+    other = next((i for i, x in enumerate(items) if not _is_path(x)), None)
+    if other is not None:
+        raise TypeError(
+            f"predict: item {other} is a {type(items[other]).__name__} in a list with a folder or a glob "
+            "pattern, whose result is keyed by file path: give such a list paths only, and segment the "
+            "other images in a call of their own"
+        )
+    return "files", list_images(items, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+
+
+def _image_batches(items: list, batch_size: int, what: str):
+    """The plan of a prediction, every input checked first (in-memory images converted, image files' headers
+    read, video files found, PyAV imported if needed): ``(chunks, read, videos)``: the indices of the images
+    of one size, ``batch_size`` at most per chunk (in input order, as ``famix predict`` batches them);
+    ``read(chunk)``: that chunk's uint8 batch [B, 3, H, W] on the CPU (files decoded then, one batch at a
+    time); the indices of the videos."""
+    pixels: dict[int, torch.Tensor] = {}  # in-memory images, converted
+    by_size: dict[tuple[int, int], list[int]] = {}
+    videos = []
+    for i, x in enumerate(items):
+        if _is_path(x) and is_video(x):
+            if not Path(x).is_file():
+                raise FileNotFoundError(f"video not found: {x}")
+            videos.append(i)
+            continue
+        if _is_path(x):
+            w, h = image_size(x)  # from the header: nothing decoded yet
+        else:
+            pixels[i] = as_rgb(x, what.format(i))
+            h, w = pixels[i].shape[1:]
+        by_size.setdefault((h, w), []).append(i)
+    if videos:
+        import_av()  # a missing PyAV fails before the images are done, not after
+    chunks = [g[j : j + batch_size] for g in by_size.values() for j in range(0, len(g), batch_size)]
+
+    def read(chunk: list[int]) -> torch.Tensor:
+        return torch.stack([pixels[i] if i in pixels else read_image(items[i]) for i in chunk])
+
+    return chunks, read, videos
+
+
+def _video_batches(path: str | os.PathLike, batch_size: int) -> Iterator[torch.Tensor]:
+    """A video's frames as uint8 RGB batches [B, 3, H, W], ``batch_size`` at most, decoded as
+    ``famix predict`` decodes them (:func:`famix.engine.video.segment_video`: the first video stream, PyAV's
+    rgb24 frames)."""
+    av = import_av()
+    try:
+        source = av.open(str(path))
+    except av.FFmpegError as e:
+        raise ValueError(f"cannot read video {path}: {e}. Check that it is a valid video file.") from e
+    with source:
+        if not source.streams.video:
+            raise ValueError(f"{path} has no video stream")
+        stream = source.streams.video[0]
+        stream.thread_type = "AUTO"  # multi-threaded decoding
+        frames = (frame.to_ndarray(format="rgb24") for frame in source.decode(stream))  # [H, W, 3] uint8
+        count = 0
+        while batch := list(itertools.islice(frames, batch_size)):
+            count += len(batch)
+            yield torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)  # [B, 3, H, W] uint8
+    if count == 0:
+        raise ValueError(f"no frames could be decoded from {path}")
 
 
 def load(source: str | os.PathLike, device: str = "auto") -> Segmenter:
@@ -340,3 +437,13 @@ def adapt(
     return adapt_stage.run(
         checkpoint, list(targets), source, out, clip_weights, s, progress, say=lambda _: None
     )
+
+
+def demo_config(out: str | os.PathLike = "famix-demo", seed: int = 0, quick: bool = False) -> Config:
+    """The settings of ``famix demo``'s FAMix model, a :class:`Config` to change and pass to :func:`mine` and
+    :func:`train`: the tiny CLIP shipped in the package, the miniature world's day domain as source (scenes
+    of ``famix.world.render``), the CPU; its bank under ``out``. ``quick``: ``famix demo --quick``'s."""
+    # the demo sits above the library (nothing in the library imports it): loaded only when asked for
+    from famix.demo.run import demo_config as settings
+
+    return settings(Path(out), quick, seed)

@@ -22,6 +22,7 @@ import torch
 from PIL import Image as PILImage
 
 from famix.config import Config, ModelConfig
+from famix.data.inputs import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, is_video, list_images
 from famix.data.label_sets import LabelSet
 from famix.data.readers import as_rgb, image_size, read_image
 from famix.engine.checkpoint import checkpoint_precision, load_checkpoint, load_segmenter
@@ -39,7 +40,6 @@ from famix.stages import mine as mine_stage
 from famix.stages import report as report_stage
 from famix.stages import share
 from famix.stages import train as train_stage
-from famix.stages.predict import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, is_video, list_images
 
 
 class Segmenter:
@@ -91,12 +91,12 @@ class Segmenter:
         settings and the same maps:
 
         - one image (a path, a PIL image, an array or a tensor: see the class) -> [H, W];
-        - a video file (by its extension, :data:`famix.stages.predict.VIDEO_EXTENSIONS`; needs PyAV)
+        - a video file (by its extension, :data:`famix.data.inputs.VIDEO_EXTENSIONS`; needs PyAV)
           -> [T, H, W], one map per frame, its frames decoded and segmented as ``famix predict`` does;
         - a list of those -> a list, one map per input;
         - a folder (its images and videos, recursively, sorted) or a glob pattern (``"photos/*.jpg"``,
           ``"**"`` recursive), alone or in a list of paths -> ``{path: map}`` of the files they name, in
-          ``famix predict``'s order (:func:`famix.stages.predict.list_images`: de-duplicated; an input that
+          ``famix predict``'s order (:func:`famix.data.inputs.list_images`: de-duplicated; an input that
           names nothing raises FileNotFoundError naming it).
 
         ``tta``, or its fields as keywords (:func:`inference_settings`: ``scale``, ``ensemble``, ``scales``,

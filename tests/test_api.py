@@ -99,7 +99,8 @@ def test_save_pretrained_round_trip_and_model_card(trained, tmp_path):
     card = (folder / "README.md").read_text()
     result = json.loads(next(checkpoint.parent.glob("latest.eval.*.json")).read_text())
     spec, r = next(iter(result["datasets"].items()))
-    assert card.startswith("---\nlibrary_name: famix\n") and f"| `{spec}` | {r['miou']:.2f} |" in card
+    row = f"| `{spec}` | paper | plain, fp32 | {r['miou']:.2f} |"  # data, protocol, test-time setting, mIoU
+    assert card.startswith("---\nlicense: mit\nlibrary_name: famix\n") and row in card
     assert "value: " + str(round(r["miou"], 2)) in card  # the Hub's model-index block
     config = json.loads((folder / "config.json").read_text())
     assert (
@@ -157,10 +158,12 @@ def test_push_uploads_the_saved_folder(trained, tmp_path, monkeypatch, capsys):
 
     def upload(folder, repo, private=False, revision=None):
         uploaded.update(repo=repo, private=private, files=sorted(p.name for p in Path(folder).iterdir()))
+        uploaded["card"] = (Path(folder) / "README.md").read_text()  # written for the repo it goes to
         return f"https://huggingface.co/{repo}"
 
     monkeypatch.setattr(hub, "upload", upload)
     main(["push", str(checkpoint), "owner/tiny", "--private"])
+    assert 'famix.load("hf:owner/tiny")' in uploaded.pop("card")
     assert uploaded == {
         "repo": "owner/tiny",
         "private": True,
@@ -171,7 +174,7 @@ def test_push_uploads_the_saved_folder(trained, tmp_path, monkeypatch, capsys):
     model = famix.load(checkpoint)
     uploaded.clear()
     assert model.push_to_hub("owner/loaded") == "https://huggingface.co/owner/loaded"
-    assert uploaded["repo"] == "owner/loaded"
+    assert uploaded["repo"] == "owner/loaded" and 'famix.load("hf:owner/loaded")' in uploaded["card"]
     assert uploaded["files"] == ["README.md", "config.json", "model.safetensors"]
     assert famix.push(model, "owner/again", private=True) == "https://huggingface.co/owner/again"
     assert uploaded["private"] is True
@@ -268,7 +271,7 @@ def test_save_includes_the_bank_the_model_was_trained_with(tmp_path):
     main(["train", "-c", "tiny", *overrides])
     main(["save", str(out / "latest.pt"), str(tmp_path / "shared"), "--bank"])
     assert (tmp_path / "shared" / "bank.safetensors").read_bytes() == bank.read_bytes()
-    assert "bank bank.safetensors" in (tmp_path / "shared" / "README.md").read_text()
+    assert "style bank included: `bank.safetensors`" in (tmp_path / "shared" / "README.md").read_text()
     other = tmp_path / "other.safetensors"
     main(["mine", "-c", "tiny", *overrides, f"style.bank={other}", "mine.steps=2"])
     with pytest.raises(SystemExit):

@@ -36,8 +36,7 @@ from famix.stages import report as page
 
 def cache_path(checkpoint: str | Path) -> Path:
     """Where a checkpoint's evaluations are cached: ``best.pt`` -> ``best.eval-cache.json`` beside it."""
-    ckpt = pretrained.base_path(checkpoint)  # a folder's or Hub id's: in the working folder
-    return ckpt.with_name(f"{ckpt.stem}.eval-cache.json")
+    return pretrained.eval_cache_path(checkpoint)  # a folder's or Hub id's: in the working folder
 
 
 def _record(

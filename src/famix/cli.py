@@ -267,6 +267,21 @@ def cmd_push(args) -> None:
     share.push(args.checkpoint, args.repo, private=args.private, revision=args.revision, bank=args.bank)
 
 
+def cmd_diagnose(args) -> None:
+    from famix.stages import diagnose
+
+    settings = diagnose.DiagnoseSettings(
+        words=tuple(args.words),
+        weights=args.weights,
+        source=args.source,
+        source_images=args.source_images,
+        maps=args.maps,
+        max_images=args.max_images,
+        device=args.device,
+    )
+    diagnose.run(args.checkpoint, args.data, settings, out=args.out)
+
+
 def cmd_app(args) -> None:
     from famix.settings import AdaptSettings, AppSettings
 
@@ -315,6 +330,7 @@ COMMANDS = {
     "push": cmd_push,
     "report": cmd_report,
     "app": cmd_app,
+    "diagnose": cmd_diagnose,
 }
 
 

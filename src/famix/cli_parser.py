@@ -445,6 +445,35 @@ def _add_share(sub) -> None:
     sv.add_argument("--force", action="store_true", help="write into a folder famix save did not make")
 
 
+def _add_diagnose(sub) -> None:
+    d = sub.add_parser(
+        "diagnose", help="what a model makes of target images: confidence, out-of-domain score, conditions"
+    )
+    d.add_argument("checkpoint", help="a checkpoint, a saved folder or a Hub id hf:OWNER/NAME")
+    d.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        help="target sets: dataset specs (labelled), image folders or globs",
+    )
+    d.add_argument(
+        "--words", nargs="+", default=[], help="your own condition words, rated beside the standard ones"
+    )
+    d.add_argument("--weights", help="CLIP weights of the conditions (default: the model's)")
+    d.add_argument(
+        "--source", help="the source spec of the out-of-domain reference (default: the model's data.train)"
+    )
+    d.add_argument(
+        "--source-images", type=int, default=32, help="source images of that reference (default 32)"
+    )
+    d.add_argument("--maps", type=int, default=8, help="confidence maps written per set (default 8)")
+    d.add_argument(
+        "--max-images", type=int, help="at most this many images per set, spread evenly (default all)"
+    )
+    d.add_argument("--out", help="output folder (default: beside the checkpoint, <stem>.diagnose/)")
+    d.add_argument("--device", default="auto")
+
+
 def _add_app(sub) -> None:
     a = sub.add_parser("app", help="a page to try a model in the browser: classes, conditions, adaptation")
     a.add_argument("checkpoint", nargs="?", help="a checkpoint, a saved folder or a Hub id hf:OWNER/NAME")
@@ -473,6 +502,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_add_mine_train, _add_reproduce, _add_eval_predict, _add_export, _add_benchmark, _add_adapt,
                 _add_demo, _add_datasets, _add_pretrain, _add_convert, _add_share, _add_report,
-                _add_app):  # fmt: skip
+                _add_app, _add_diagnose):  # fmt: skip
         add(sub)
     return p

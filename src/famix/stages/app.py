@@ -23,18 +23,17 @@ import torch
 
 from famix.data.readers import as_rgb
 from famix.engine import hub
-from famix.engine.checkpoint import checkpoint_precision, load_checkpoint, load_segmenter, model_config
+from famix.engine.checkpoint import checkpoint_precision, load_checkpoint, load_segmenter
 from famix.engine.checks import check_specs
+from famix.engine.conditions import clip_weights, load_clip
 from famix.engine.distributed import resolve_device, single_process
 from famix.engine.inference import eval_mode, predict_ids
 from famix.engine.video import segment_video
 from famix.engine.visualize import overlay, render, with_legend
 from famix.models.clip import (
-    build_clip,
     check_weights_reachable,
     clip_normalization,
     clip_preprocess_size,
-    packaged_weights,
 )
 from famix.settings import PLAIN, AppSettings, InferenceSettings
 from famix.stages import adapt as adapt_stage
@@ -69,19 +68,6 @@ def tta(flip: bool, multiscale: bool) -> InferenceSettings:
     return (
         InferenceSettings(flip=flip, scales=SCALES if multiscale else None) if flip or multiscale else PLAIN
     )
-
-
-def clip_weights(ckpt: dict, given: str | None) -> str | None:
-    """The CLIP weights of the conditions box and of adaptation: ``given``, else the file or tag the
-    checkpoint's config names where it can be read here, else the package's weights of its backbone (the
-    tiny CLIPs); None when there are none (the page says what to pass)."""
-    if given is not None:
-        return given
-    model = model_config(ckpt)
-    stored = model.weights
-    if stored and (Path(stored).is_file() or not any(c in stored for c in "/\\.")):
-        return stored
-    return packaged_weights(model.backbone)
 
 
 class Session:
@@ -167,8 +153,7 @@ class Session:
     def clip(self):
         """The CLIP of the conditions box, built on first use; None without weights."""
         if self._clip is None and self.weights is not None:
-            clip = build_clip(self.cfg.backbone, self.weights, device=self.device, seed=0)
-            self._clip = clip.requires_grad_(False)
+            self._clip = load_clip(self.cfg.backbone, self.weights, self.device)
             self._embed = TextEmbedder(self._clip)
         return self._clip
 

@@ -1,0 +1,149 @@
+"""``famix diagnose``: its statistics against per-pixel and per-image loops, its mIoU against famix eval's,
+and CLIP's ranking of conditions on scenes of the miniature world rendered in a known style."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from famix.cli import main
+from famix.demo.run import demo_model
+from famix.engine.checkpoint import load_checkpoint, load_segmenter
+from famix.engine.conditions import load_clip, rank
+from famix.engine.evaluate import evaluate_specs
+from famix.engine.inference import model_input, predict_logits
+from famix.models.clip import clip_normalization, packaged_weights
+from famix.stages import diagnose as dg
+from famix.world import MINING_DOMAINS, render
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return demo_model(tmp_path_factory.mktemp("demo"), quick=True)
+
+
+def test_pixel_confidence_equals_a_loop():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 3, 5, generator=g) * 3
+    confidence, entropy, ids = dg.pixel_confidence(logits)
+    for b in range(2):
+        for y in range(3):
+            for x in range(5):
+                z = [float(logits[b, k, y, x]) for k in range(4)]
+                e = [math.exp(v - max(z)) for v in z]
+                p = [v / sum(e) for v in e]
+                assert float(confidence[b, y, x]) == pytest.approx(max(p), rel=1e-6)
+                assert int(ids[b, y, x]) == p.index(max(p))
+                assert float(entropy[b, y, x]) == pytest.approx(-sum(q * math.log(q) for q in p), rel=1e-5)
+
+
+def test_style_statistics_and_out_of_domain_score_equal_loops():
+    g = torch.Generator().manual_seed(1)
+    f = torch.randn(3, 4, 5, 6, generator=g)
+    v = dg.style_vector(f)
+    for b in range(3):
+        for c in range(4):
+            values = [float(f[b, c, y, x]) for y in range(5) for x in range(6)]
+            mean = sum(values) / len(values)
+            std = math.sqrt(sum((u - mean) ** 2 for u in values) / len(values))
+            assert float(v[b, c]) == pytest.approx(mean, abs=1e-6)
+            assert float(v[b, 4 + c]) == pytest.approx(std, rel=1e-5)
+    m, s = torch.randn(8, generator=g), torch.rand(8, generator=g)
+    score = dg.ood_score(v, m, s)
+    for b in range(3):
+        z = [(float(v[b, d]) - float(m[d])) / (float(s[d]) + dg.EPS) for d in range(8)]
+        assert float(score[b]) == pytest.approx(math.sqrt(sum(q * q for q in z) / 8), rel=1e-5)
+
+
+def test_auroc_equals_the_pairwise_count():
+    g = torch.Generator().manual_seed(2)
+    confidence = torch.rand(40, generator=g).round(decimals=1).clamp(max=0.99)  # many ties
+    correct = torch.rand(40, generator=g) < 0.6
+    valid = torch.rand(40, generator=g) < 0.9
+    right, wrong = dg.confidence_histograms(confidence, correct, valid)
+    bins = [int(c * dg.BINS) for c in confidence.tolist()]
+    r = [bins[i] for i in range(40) if valid[i] and correct[i]]
+    w = [bins[i] for i in range(40) if valid[i] and not correct[i]]
+    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in r for b in w)
+    assert dg.auroc(right, wrong) == pytest.approx(wins / (len(r) * len(w)), abs=1e-12)
+    assert dg.auroc(right, torch.zeros_like(wrong)) is None
+
+
+def test_ranks_and_correlations():
+    assert dg.ranks([3.0, 1.0, 3.0, 2.0]) == [3.5, 1.0, 3.5, 2.0]
+    x, y = [1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 1.0, 4.0, 3.0, 5.0]
+    d2 = sum((a - b) ** 2 for a, b in zip(dg.ranks(x), dg.ranks(y), strict=True))
+    c = dg.correlations(x, y)
+    assert c["spearman"] == pytest.approx(1 - 6 * d2 / (5 * 24), abs=1e-12) and c["n"] == 5
+    assert c["pearson"] == pytest.approx(float(np.corrcoef(x, y)[0, 1]), abs=1e-12)
+    assert dg.correlations([1.0, 2.0], [2.0, 1.0]) is None
+
+
+def test_diagnose_equals_a_per_image_loop(demo, tmp_path):
+    """Every per-image and per-set number of `famix diagnose` recomputed image by image; the mIoU is famix
+    eval's on the same spec; the out-of-domain score is against the source images' statistics."""
+    spec, source = "synthetic:night:3:10000:size=48", "synthetic:day:4:0:size=48"
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(np.asarray(render(900 + i, "fog", (40, 64))[0])).save(folder / f"p{i}.png")
+    out = tmp_path / "out"
+    argv = ["diagnose", str(demo), "--data", spec, str(folder), "--source", source, "--source-images", "4"]
+    main([*argv, "--out", str(out), "--words", "heavy fog", "--maps", "1", "--device", "cpu"])
+    report = json.loads((out / "diagnose.json").read_text())
+    model, cfg = load_segmenter(load_checkpoint(demo))
+    from famix.data.datasets import build_dataset
+
+    src = build_dataset(source, cfg.labels)
+    with torch.no_grad():
+        vectors = torch.stack([dg.style_vector(model.style_features(model_input(model, src[i][0][None])))[0]
+                               for i in range(4)])  # fmt: skip
+        mean, std = vectors.mean(0), vectors.std(0, correction=0)
+        target = build_dataset(spec, cfg.labels)
+        images = [target[i][0] for i in range(3)] + [
+            torch.from_numpy(np.asarray(Image.open(folder / f"p{i}.png"))).permute(2, 0, 1) for i in range(2)
+        ]
+        rows = [*report["sets"][spec]["per_image"], *report["sets"]["photos"]["per_image"]]
+        assert [r["name"] for r in rows] == ["00000", "00001", "00002", "p0", "p1"]
+        for image, row in zip(images, rows, strict=True):
+            x = model_input(model, image[None])
+            p = torch.softmax(predict_logits(model, x), 1)[0]  # [K, H, W]
+            assert row["confidence"] == pytest.approx(float(p.max(0).values.mean()), rel=1e-5)
+            ent = -(p * p.clamp_min(1e-30).log()).sum(0)
+            assert row["entropy"] == pytest.approx(float(ent.mean()), rel=1e-4)
+            ids = p.argmax(0)
+            shares = {cfg.labels.names[k]: round(100 * int((ids == k).sum()) / ids.numel(), 3)
+                      for k in range(len(cfg.labels)) if (ids == k).any()}  # fmt: skip
+            assert row["shares"] == shares
+            v = dg.style_vector(model.style_features(x))[0]
+            z = (v - mean) / (std + dg.EPS)
+            assert row["ood"] == pytest.approx(float(z.pow(2).mean().sqrt()), rel=1e-4)
+    evaluated = evaluate_specs(model, [spec], len(cfg.labels), labels=cfg.labels, progress=False)[spec]
+    assert report["sets"][spec]["miou"] == pytest.approx(evaluated.miou, abs=1e-9)
+    assert report["sets"][spec]["ood"] == pytest.approx(np.mean([r["ood"] for r in rows[:3]]), rel=1e-9)
+    assert "miou" not in report["sets"]["photos"]  # no labels: no mIoU, no AUROC
+    scores = report["sets"]["photos"]["conditions"]["scores"]
+    assert (
+        list(scores)[0] in scores and "heavy fog" in scores and sum(scores.values()) == pytest.approx(1, 1e-5)
+    )
+    assert (out / "maps" / "photos" / "p0_confidence.png").is_file()
+    assert not (out / "maps" / "photos" / "p1_confidence.png").exists()  # --maps 1
+    assert "famix adapt" in (out / "diagnose.md").read_text()
+
+
+@pytest.mark.parametrize("style", ["sepia", "neon", "desert"])
+def test_the_ranking_names_a_mining_word_style(style):
+    """Scenes of the miniature world rendered in a mining-word style, ranked by the shipped tiny CLIP among
+    every mining word and the standard conditions: the style ranks first."""
+    weights = packaged_weights("tiny-clip")
+    clip = load_clip("tiny-clip", weights, "cpu")
+    images = [
+        torch.from_numpy(np.asarray(render(700 + i, style, (96, 96))[0])).permute(2, 0, 1) for i in range(6)
+    ]
+    ranking = rank(clip, images, clip_normalization("tiny-clip", weights), MINING_DOMAINS)
+    assert ranking.top == style, ranking.scores

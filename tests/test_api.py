@@ -226,7 +226,7 @@ def test_the_public_surface_is_small_and_lazy():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split("\n")
     surface = ["__version__", "Config", "load_config", "Segmenter", "load", "save_pretrained", "push"]
-    surface += ["mine", "train", "evaluate", "adapt", "benchmark", "report", "demo_config"]
+    surface += ["mine", "train", "evaluate", "adapt", "benchmark", "report", "demo_config", "app", "diagnose"]
     assert eval(out[0]) == sorted(surface) and out[1] == "False"
     assert all(getattr(famix, name) is not None for name in famix.__all__)
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):

@@ -252,3 +252,48 @@ def test_the_page_s_video_is_famix_predict_s(demo, session, tmp_path):
     theirs = tmp_path / "predicted" / "drive_overlay.mp4"
     a, b = _read_video(av, ours)[0], _read_video(av, theirs)[0]
     assert len(a) == len(frames) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_famix_save_space_serves_the_app(demo, tmp_path):
+    """`famix save RUN DIR --space`: the card still validates and carries the Space's fields; DIR's app.py,
+    run as a Space runs it (`python app.py`, the address in GRADIO_SERVER_NAME / _PORT), serves the page."""
+    import json
+    import urllib.request
+
+    from huggingface_hub import ModelCard
+
+    folder = tmp_path / "space"
+    main(["save", str(demo), str(folder), "--space"])
+    card = ModelCard.load(folder / "README.md").data.to_dict()
+    assert card["sdk"] == "gradio" and card["app_file"] == "app.py" and card["library_name"] == "famix"
+    assert (folder / "requirements.txt").read_text().startswith("famix[app]==")
+    (folder / "app.py").write_text((folder / "app.py").read_text() + "# my change\n")
+    with pytest.raises(SystemExit):  # an edited app.py is never replaced
+        main(["save", str(demo), str(folder), "--space"])
+    assert (folder / "app.py").read_text().endswith("# my change\n")
+    main(["save", str(demo), str(folder), "--space", "--force"])
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    env.update(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port))
+    server = subprocess.Popen(
+        [sys.executable, "app.py"],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        said = []
+        for line in server.stdout:  # until Gradio says where it serves (or the process ends)
+            said.append(line)
+            if f"127.0.0.1:{port}" in line:
+                break
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/config") as response:
+            config = json.loads(response.read())
+    finally:
+        server.terminate()
+        server.wait()
+    ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
+    assert {"famix-image", "famix-overlay", "famix-shares", "famix-scores"} <= ids, "".join(said)
+    assert config["title"] == "famix: space"

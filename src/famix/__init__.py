@@ -9,6 +9,7 @@ The documented Python surface (``__all__``; see :mod:`famix.api`)::
 ``famix.load_config`` / ``famix.Config`` make configs; ``famix.mine``, ``famix.train``, ``famix.evaluate``
 and ``famix.adapt`` run the stages; ``famix.benchmark`` measures a model's deployment variants,
 ``famix.report`` writes a run's or evaluation's HTML page;
+``famix.diagnose`` says what a model makes of target images, ``famix.app`` is the page to try it in;
 ``famix.save_pretrained`` and ``famix.push`` share a model. Names are imported on first use, so ``import
 famix`` stays light.
 """
@@ -20,6 +21,8 @@ _API = (
     *("Segmenter", "load", "save_pretrained", "push", "mine", "train", "evaluate", "adapt", "benchmark"),
     "report",
     "demo_config",
+    "app",
+    "diagnose",
 )
 __all__ = ["__version__", *_CONFIG, *_API]
 

@@ -422,6 +422,47 @@ def inference_settings(
     return InferenceSettings(**options)
 
 
+def app(
+    model: str | os.PathLike,
+    weights: str | None = None,
+    data: str | None = None,
+    out: str | os.PathLike = "famix-app",
+    device: str = "auto",
+    **adapt_settings,
+):
+    """The page of ``famix app`` for a model (a checkpoint, a saved folder, a Hub id), as a ``gradio.Blocks``
+    to ``launch()`` (a Space's app.py does: ``famix save --space``): ``weights`` the conditions' CLIP (None:
+    the model's), ``data`` the source images adaptation restyles (None: the model's data.train where
+    readable), ``out`` the adapted models' folder, ``adapt_settings`` :class:`~famix.settings.AdaptSettings`
+    fields. Needs ``famix[app]``."""
+    from famix.settings import AdaptSettings, AppSettings
+    from famix.stages import app as app_stage
+
+    settings = AppSettings(
+        weights=weights, data=data, out=str(out), device=device, adapt=AdaptSettings(**adapt_settings)
+    )
+    app_stage.gradio()  # installed, or one line saying how
+    return app_stage.page(app_stage.Session(model, settings, say=lambda _: None))
+
+
+def diagnose(
+    model: str | os.PathLike,
+    data: str | Sequence[str],
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+    **settings,
+) -> dict:
+    """``famix diagnose`` of a model on target sets (dataset specs, image folders or globs): per image and
+    per set class shares, confidence, entropy, out-of-domain score, CLIP's condition ranking, mIoU and AUROC
+    where labelled, the suggested adaptation; ``settings``: :class:`~famix.stages.diagnose.DiagnoseSettings`
+    fields. Writes diagnose.json / .md / maps into ``out`` and returns the JSON's content."""
+    from famix.stages import diagnose as diagnose_stage
+
+    specs = [data] if isinstance(data, str) else list(data)
+    s = diagnose_stage.DiagnoseSettings(**settings)
+    return diagnose_stage.run(model, specs, s, out=out, progress=progress, say=lambda _: None)
+
+
 def adapt(
     checkpoint: str | os.PathLike,
     targets: Sequence[str],

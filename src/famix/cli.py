@@ -258,7 +258,7 @@ def cmd_convert(args) -> None:
 def cmd_save(args) -> None:
     from famix.stages import share
 
-    share.save(args.checkpoint, args.folder, bank=args.bank, force=args.force)
+    share.save(args.checkpoint, args.folder, bank=args.bank, force=args.force, space=args.space)
 
 
 def cmd_push(args) -> None:

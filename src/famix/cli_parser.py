@@ -443,6 +443,11 @@ def _add_share(sub) -> None:
             help="include the style bank: PATH, or no value for the one the model was trained with",
         )
     sv.add_argument("--force", action="store_true", help="write into a folder famix save did not make")
+    sv.add_argument(
+        "--space",
+        action="store_true",
+        help="also app.py and requirements.txt: a Hugging Face Space serving famix app",
+    )
 
 
 def _add_diagnose(sub) -> None:

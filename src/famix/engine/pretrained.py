@@ -46,6 +46,8 @@ from famix.version import __version__
 FORMAT = "famix-pretrained"
 WEIGHTS, CONFIG, CARD, BANK = "model.safetensors", "config.json", "README.md", "bank.safetensors"
 FILES = (WEIGHTS, CONFIG, CARD, BANK)  # all a saved folder holds; all a Hub load fetches
+SPACE_APP, SPACE_REQUIREMENTS = "app.py", "requirements.txt"  # `famix save --space`: the page of famix app
+SPACE_FILES = (SPACE_APP, SPACE_REQUIREMENTS)
 FAMIX_PAPER, PODA_PAPER = "2311.17922", "2212.03241"  # arXiv ids: FAMix (CVPR 2024), PODA (ICCV 2023)
 LICENSE = "mit"  # famix's, and the known CLIP weights' (OpenAI's CLIP, open_clip's): see the card's License
 
@@ -491,6 +493,7 @@ def model_card(
     bank: str | None,
     repo: str | None = None,
     revision: str | None = None,
+    space: dict | None = None,
 ) -> str:
     """The README.md of a saved model (``ckpt``: config and run record made shareable already): the Hub's
     metadata block, then what it is, how to load it (from the folder; from ``repo`` once pushed there),
@@ -499,7 +502,7 @@ def model_card(
     model = from_dict(cfg.get("model", {}), ModelConfig, "model.")
     labels = model.labels
     data, style, train = cfg.get("data", {}), cfg.get("style", {}), cfg.get("train", {})
-    meta = card_metadata(name, ckpt, rows)
+    meta = {**card_metadata(name, ckpt, rows), **(space or {})}  # space: a Space's configuration fields
     base = meta.get("base_model")
     adapted = is_adapted(ckpt)
     head = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip()
@@ -593,9 +596,11 @@ def write_folder(
     force: bool,
     repo: str | None = None,
     revision: str | None = None,
+    space: dict | None = None,
 ) -> Path:
     """Write a checkpoint dict as a model folder, every path in it made shareable (the module's rule), its
-    card naming Hub model ``repo`` (at ``revision``) if given. A folder holding anything but an earlier save
+    card naming Hub model ``repo`` (at ``revision``) if given (``space``: a Space's fields added to its
+    metadata). A folder holding anything but an earlier save
     (a ``config.json`` of this format) or what a killed save left is refused unless ``force``, and so is a
     model card edited by hand since famix wrote it; files are written atomically, ``config.json`` last."""
     folder = Path(folder)
@@ -609,7 +614,8 @@ def write_folder(
     if folder.is_dir() and not ours and not force:
         # a save killed before its config.json: only its own files, whole or half-written (hidden temps)
         partial = [p.name for p in folder.iterdir()]
-        if partial and all(n in FILES or any(n.startswith(f".{m}.") for m in FILES) for n in partial):
+        mine = FILES + SPACE_FILES
+        if partial and all(n in mine or any(n.startswith(f".{m}.") for m in mine) for n in partial):
             ours = True
         elif partial:
             raise FileExistsError(
@@ -622,7 +628,7 @@ def write_folder(
     shared[KEY] = shareable_record(ckpt.get(KEY), run)
     rows = unique_rows([{**r, "data": shareable_spec(r["data"], run)} for r in rows if r.get("data")])
     style_bank = _shareable_bank(Path(bank), run) if bank is not None else None  # read before any write
-    card = model_card(name, shared, rows, Path(bank).name if bank else None, repo, revision)
+    card = model_card(name, shared, rows, Path(bank).name if bank else None, repo, revision, space)
     written_card = (earlier.get("famix") or {}).get("card")  # the fingerprint of the card famix wrote
     edited = (folder / CARD).is_file() and written_card not in (None, file_fingerprint(folder / CARD))
     if edited and ours and not force and (folder / CARD).read_bytes() != card.encode():

@@ -17,7 +17,8 @@ from famix.engine import hub, pretrained
 from famix.engine.checkpoint import load_checkpoint, state_fingerprint
 from famix.engine.distributed import single_process
 from famix.engine.runs import KEY
-from famix.io import file_fingerprint
+from famix.io import atomic_write, file_fingerprint
+from famix.version import __version__
 
 OWN_BANK = "auto"  # --bank without a path: the bank the checkpoint's config names
 _NOT_UPLOADED = (".git", ".cache")  # what huggingface_hub's upload_folder leaves out too
@@ -83,10 +84,12 @@ def save(
     source: str | Path | None = None,
     repo: str | None = None,
     revision: str | None = None,
+    space: bool = False,
 ) -> Path:
     """Save ``checkpoint`` (a file, a saved folder, a Hub id, or a checkpoint dict read from ``source``) as a
     model folder; returns the folder. Its model card lists the model's evaluations; ``repo`` (OWNER/NAME, at
-    ``revision``): the card is written for that Hub model (``famix push``), named after it."""
+    ``revision``): the card is written for that Hub model (``famix push``), named after it. ``space``: the
+    folder is also a Hugging Face Space serving ``famix app`` for the model (:func:`space_files`)."""
     single_process("famix save", "every rank would write the same files")
     read = not isinstance(checkpoint, dict)
     if read:
@@ -96,9 +99,49 @@ def save(
     rows = evaluations(ckpt, source, read)
     bank_path = _bank(ckpt, bank, pretrained.resolve(source) if source is not None else None)
     name = repo.split("/")[1] if repo else Path(folder).resolve().name
-    out = pretrained.write_folder(ckpt, folder, name, rows, bank_path, force, repo, revision)
-    say(f"famix save: wrote {out} ({len(rows)} evaluation(s) in its model card)")
+    extra = space_files(ckpt) if space else {}
+    for file, text in extra.items():  # a file of the user's (an edited app.py) is never replaced
+        path = Path(folder) / file
+        if path.is_file() and path.read_text() != text and not force:
+            raise FileExistsError(
+                f"{path} is not the one famix save --space writes (edited, or someone else's): famix does "
+                "not replace it. Move it away, or pass --force to replace it"
+            )
+    meta = space_metadata(name) if space else None
+    out = pretrained.write_folder(ckpt, folder, name, rows, bank_path, force, repo, revision, meta)
+    for file, text in extra.items():
+        atomic_write(out / file, lambda tmp, text=text: tmp.write_text(text))
+    what = " and a Space's app.py, requirements.txt" if space else ""
+    say(f"famix save: wrote {out} ({len(rows)} evaluation(s) in its model card{what})")
     return out
+
+
+def space_files(ckpt: dict) -> dict[str, str]:
+    """{file: text} of a Space serving ``famix app`` for the saved model beside them: ``app.py`` (the page,
+    on the address the Space sets; the conditions' CLIP: the model's weights by their open_clip tag, the
+    package's for its tiny CLIPs) and ``requirements.txt`` (famix with its app extra, this version)."""
+    weights = ((ckpt.get("config") or {}).get("model") or {}).get("weights")
+    tag = isinstance(weights, str) and weights and not any(c in weights for c in "/\\.")
+    app = (
+        '"""A page to try this model (famix app), as a Hugging Face Space: written by `famix save --space`.\n'
+        "Here: `python app.py`; on a Space it serves on the address the Space sets (GRADIO_SERVER_NAME).\n"
+        'No source images here, so the page rates conditions but does not adapt (famix app --data does)."""\n'
+        "\nfrom pathlib import Path\n\nimport famix\n\n"
+        f"famix.app(Path(__file__).parent{f', weights={weights!r}' if tag else ''}).launch()\n"
+    )
+    requirements = f"famix[app]=={__version__}\n"
+    return {pretrained.SPACE_APP: app, pretrained.SPACE_REQUIREMENTS: requirements}
+
+
+def space_metadata(name: str) -> dict:
+    """A Space's configuration fields in the card's metadata (the Hub reads them from README.md)."""
+    try:
+        import gradio
+
+        version = {"sdk_version": gradio.__version__}
+    except ImportError:
+        version = {}
+    return {"title": name, "sdk": "gradio", **version, "app_file": pretrained.SPACE_APP, "pinned": False}
 
 
 def _famix_file(name: str) -> bool:

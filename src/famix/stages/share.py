@@ -125,7 +125,7 @@ def space_files(ckpt: dict) -> dict[str, str]:
     app = (
         '"""A page to try this model (famix app), as a Hugging Face Space: written by `famix save --space`.\n'
         "Here: `python app.py`; on a Space it serves on the address the Space sets (GRADIO_SERVER_NAME).\n"
-        'No source images here, so the page rates conditions but does not adapt (famix app --data does)."""\n'
+        'The adapt button needs the model\'s source images (the miniature world\'s are in famix)."""\n'
         "\nfrom pathlib import Path\n\nimport famix\n\n"
         f"famix.app(Path(__file__).parent{f', weights={weights!r}' if tag else ''}).launch()\n"
     )

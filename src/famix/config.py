@@ -50,13 +50,37 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = "gta5:data/gta5"  # dataset spec NAME[:CONDITION]:ROOT[:SPLIT], or synthetic:DOMAIN[:N]...
+    # the source: a dataset spec NAME[:CONDITION]:ROOT[:SPLIT] (or synthetic:DOMAIN[:N]...), or a list of them
+    # (several sources, each read through the run's label set: docs/sources.md)
+    train: str | list[str] = "gta5:data/gta5"
+    # several sources: each one's share of the training samples (any positive numbers, one per source, in
+    # data.train's order); None: shares proportional to the sources' sizes (plain concatenation)
+    train_weights: list[float] | None = None
     val: list[str] = field(default_factory=list)
     crop: int = 768
     batch_size: int = 8
     workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))  # loader processes: cores, <= 8
     jitter: float = 0.8  # brightness = contrast = saturation jitter
     hflip: float = 0.5
+
+    @property
+    def sources(self) -> list[str]:
+        """The training sources' specs, in order (one spec: a list of one)."""
+        return train_sources(self.train)
+
+    def describe_sources(self) -> str:
+        """The sources for people: the spec, or ``spec (weight w) + spec (weight w)`` (or by size)."""
+        specs = self.sources
+        if len(specs) == 1:
+            return specs[0]
+        if self.train_weights is None:
+            return " + ".join(specs) + " (shares by size)"
+        return " + ".join(f"{s} (weight {w:g})" for s, w in zip(specs, self.train_weights, strict=True))
+
+
+def train_sources(train: str | list[str]) -> list[str]:
+    """``data.train`` (as a config or a stored config holds it: one spec or a list) as a list of specs."""
+    return [train] if isinstance(train, str) else list(train)
 
 
 @dataclass
@@ -194,6 +218,7 @@ def check_values(cfg: Config) -> None:
     for key in ("train.lr", "mine.momentum", "style.beta"):
         if not flat[key] > 0:
             raise ValueError(f"config {key}={flat[key]}: give a number > 0")
+    check_sources(cfg.data)
     cfg.model.labels  # noqa: B018 (the class count, names and label set agree: refused there otherwise)
     mean, std = cfg.model.mean, cfg.model.std
     if (mean is None) != (std is None):
@@ -204,6 +229,34 @@ def check_values(cfg: Config) -> None:
                 f"config model.{key}={values}: give 3 numbers, one per RGB channel of [0, 1] images"
                 + (", each > 0" if key == "std" else "")
             )
+
+
+def check_sources(d: DataConfig) -> None:
+    """Refuse a source list that means nothing (empty, a spec twice) and ``data.train_weights`` that do not
+    give one positive share per source, naming the key. The specs themselves are checked by building them
+    (``engine.checks.check_specs``)."""
+    specs = d.sources
+    if not specs:
+        raise ValueError("config data.train=[]: give a dataset spec, or a list of them (several sources)")
+    twice = sorted({s for s in specs if specs.count(s) > 1})
+    if twice:
+        raise ValueError(
+            f"config data.train lists {', '.join(twice)} more than once: give each source once "
+            "(data.train_weights sets each one's share)"
+        )
+    weights = d.train_weights
+    if weights is None:
+        return
+    if len(weights) != len(specs):
+        raise ValueError(
+            f"config data.train_weights={weights}: give one weight per data.train source ({len(specs)}, in "
+            "its order), or null for shares proportional to the sources' sizes"
+        )
+    if not all(w > 0 for w in weights):
+        raise ValueError(
+            f"config data.train_weights={weights}: give numbers > 0 (a source's share of the samples; drop a "
+            "source from data.train rather than give it 0)"
+        )
 
 
 def resolve_classes(data: dict) -> dict:
@@ -245,7 +298,10 @@ def _coerce(value, tp, where: str):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        return _coerce(value, next(a for a in args if a is not type(None)), where)
+        options = [a for a in args if a is not type(None)]
+        # a list goes to the list member of the union (data.train: str | list[str]), anything else to another
+        fits = [a for a in options if (typing.get_origin(a) is list) == isinstance(value, list)]
+        return _coerce(value, (fits or options)[0], where)
     if origin is list:
         if not isinstance(value, list):
             value = [value]

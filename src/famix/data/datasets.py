@@ -18,6 +18,7 @@ miniature world comes in this way (``synthetic:*``). :func:`register_dataset` ad
 
 from __future__ import annotations
 
+import bisect
 import warnings
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
@@ -233,3 +234,30 @@ class SeededTransform(Dataset):
         index, seed = item
         image, label = self.base[index]
         return self.transform(image, label, torch.Generator().manual_seed(seed))
+
+
+class SeededSources(Dataset):
+    """Several training sources (each a :class:`SeededTransform`, with its own transform) as one: item
+    ``(index, seed)`` of their concatenation -> source k's item ``(index - start_k, seed)``, where start_k
+    is the sum of the sizes of the sources before k (``engine.sampler.MixedStreamSampler`` draws them)."""
+
+    def __init__(self, sources: list[Dataset]):
+        self.sources = list(sources)
+        self.starts = np.cumsum([0, *(len(s) for s in self.sources)]).tolist()  # [K + 1]
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """The (source, index in it) of an index of the concatenation."""
+        if not 0 <= index < len(self):
+            raise IndexError(
+                f"index {index} out of range for {len(self)} images of {len(self.sources)} sources"
+            )
+        k = bisect.bisect_right(self.starts, index) - 1
+        return k, index - self.starts[k]
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        index, seed = item
+        k, i = self.locate(index)
+        return self.sources[k][(i, seed)]

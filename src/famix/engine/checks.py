@@ -72,9 +72,10 @@ def check_train_inputs(cfg: Config) -> None:
         check_trackers(cfg.run.loggers)
     check_folder(cfg.train.out, "train.out")
     labels = cfg.model.labels
-    source = check_specs([cfg.data.train], "data.train", labels)[cfg.data.train]
+    sources = check_specs(cfg.data.sources, "data.train", labels)  # every source, before any work
     check_specs(cfg.data.val, "data.val", labels)
-    warn_crop(source, cfg.data.crop, "data.crop")
+    for source in sources.values():
+        warn_crop(source, cfg.data.crop, "data.crop")
     weights_fingerprint(cfg.model.weights)  # a missing weights file: FileNotFoundError naming it
     check_weights_reachable(cfg.model.backbone, cfg.model.weights)
     if cfg.style.mix in ("famix", "augment"):
@@ -129,7 +130,7 @@ def check_mine_inputs(cfg: Config) -> None:
     if not cfg.style.bank:
         raise ValueError("set style.bank=PATH: the style bank `famix mine` writes (and `famix train` reads)")
     check_output_path(cfg.style.bank, "style.bank")  # a folder there: refused now, not after mining
-    source = check_specs([cfg.data.train], "data.train", cfg.model.labels)[cfg.data.train]
-    warn_crop(source, cfg.mine.crop, "mine.crop")
+    for source in check_specs(cfg.data.sources, "data.train", cfg.model.labels).values():
+        warn_crop(source, cfg.mine.crop, "mine.crop")
     weights_fingerprint(cfg.model.weights)
     check_weights_reachable(cfg.model.backbone, cfg.model.weights)

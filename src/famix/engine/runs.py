@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from famix.config import ModelConfig, flatten
+from famix.config import DataConfig, ModelConfig, flatten
 from famix.io import atomic_write
 from famix.models.build import normalization
 from famix.normalization import OPENAI_NORMALIZATION
@@ -100,6 +100,16 @@ def normalization_settings(model: ModelConfig) -> dict:
     of famix before it knew others (they stay valid), else ``{"mean": [...], "std": [...]}``."""
     n = normalization(model)
     return {} if n == OPENAI_NORMALIZATION else {"mean": list(n.mean), "std": list(n.std)}
+
+
+def source_settings(data: DataConfig) -> dict:
+    """A run record's entries for its training sources: ``{"train": spec}`` for one source (a list of one
+    spec is that spec, and its weight changes nothing: the records of famix before several sources stay
+    valid), else ``{"train": [specs], "train_weights": weights or None}``."""
+    specs = data.sources
+    if len(specs) == 1:
+        return {"train": specs[0]}
+    return {"train": specs, "train_weights": data.train_weights}
 
 
 def check_same(record: RunRecord, stored: dict | None, where: str | Path, fix: str) -> None:

@@ -30,3 +30,18 @@ def mixer_seed(seed: int, step: int, rank: int) -> int:
     entropy = [abs(int(seed)), int(seed < 0), step, rank]
     state = np.random.SeedSequence(entropy, spawn_key=(_MIXER_STREAM,)).generate_state(1, np.uint64)[0]
     return int(state) % (2**63)
+
+
+# the streams of a several-source run's sources (each its own seeded permutations): ``SeedSequence`` spawn
+# key (2, source)
+_SOURCE_STREAM = 2
+
+
+def source_seed(seed: int, source: int, epoch: int) -> int:
+    """The seed of the ``epoch``-th permutation of source ``source`` in a several-source run
+    (``engine.sampler.MixedStreamSampler``): a stream of each source's own, unrelated to the others'."""
+    entropy = [abs(int(seed)), int(seed < 0), epoch]
+    state = np.random.SeedSequence(entropy, spawn_key=(_SOURCE_STREAM, source)).generate_state(1, np.uint64)[
+        0
+    ]
+    return int(state) % (2**63)

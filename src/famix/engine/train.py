@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from famix.config import Config, save_config
-from famix.data.datasets import SeededTransform, build_dataset
+from famix.data.datasets import SeededSources, SeededTransform, build_dataset
 from famix.data.label_sets import LabelSet
 from famix.data.specs import parse_spec
 from famix.data.trainids import IGNORE_INDEX
@@ -33,7 +33,7 @@ from famix.engine.interrupt import Interrupted, any_rank, stop_requests
 from famix.engine.loggers import MetricsLogger, dataset_name
 from famix.engine.loss import SegmentationLoss
 from famix.engine.runs import KEY, RunRecord
-from famix.engine.sampler import StreamSampler
+from famix.engine.sampler import stream_sampler
 from famix.engine.seeds import mixer_seed, step_seed
 from famix.engine.visualize import overlay, with_legend
 from famix.io import atomic_link, remove_stale_temps
@@ -238,11 +238,15 @@ def make_source_dataset(
 
 
 def make_train_loader(cfg: Config, info, start: int) -> DataLoader:
+    """The training batches of ``cfg`` from step ``start`` on, this rank's share: one source's stream, or
+    several sources' in their shares (``engine.sampler``), each source with its own augmentation recipe."""
     d = cfg.data
-    dataset = make_source_dataset(d.train, d.crop, d.jitter, d.hflip, cfg.model.labels)
-    sampler = StreamSampler(
-        len(dataset), d.batch_size, cfg.run.seed, info.rank, info.world_size, start, cfg.train.iterations
-    )
+    sources = [make_source_dataset(s, d.crop, d.jitter, d.hflip, cfg.model.labels) for s in d.sources]
+    dataset = sources[0] if len(sources) == 1 else SeededSources(sources)
+    sampler = stream_sampler(
+        [len(s) for s in sources], d.train_weights, d.batch_size, seed=cfg.run.seed, rank=info.rank,
+        world_size=info.world_size, start_step=start, steps=cfg.train.iterations,
+    )  # fmt: skip
     return DataLoader(
         dataset,
         batch_size=d.batch_size,

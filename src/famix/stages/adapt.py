@@ -121,6 +121,7 @@ def fine_tune_config(
     data = dataclasses.replace(
         data,
         train=source_spec,
+        train_weights=None,  # one source (a model trained on several is adapted on the one given)
         val=[],
         crop=s.crop or (PODA_FINE_TUNE["crop"] if poda else data.crop),
         batch_size=s.batch_size or (PODA_FINE_TUNE["batch_size"] if poda else data.batch_size),

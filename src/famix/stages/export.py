@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from famix.config import Config, ModelConfig, from_dict
+from famix.config import Config, ModelConfig, from_dict, train_sources
 from famix.data.transforms import normalize
 from famix.engine import pretrained
 from famix.engine.checkpoint import load_checkpoint, load_segmenter, model_config
@@ -367,13 +367,20 @@ def _fit(image: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
     return x[0, :, top : top + size[0], left : left + size[1]]
 
 
+def stored_source(config: dict) -> str | None:
+    """The source spec int8 calibration defaults to: a checkpoint's stored ``data.train`` (of several sources,
+    the first); None when it names none."""
+    train = (config.get("data") or {}).get("train")
+    return train_sources(train)[0] if train else None
+
+
 def calibration_set(ckpt: dict, s: ExportSettings, model: SegmentationNetwork, seed: int = 0) -> Calibration:
-    """``s.calibration_images`` source images (``s.calibration_data``, else the checkpoint's
-    ``data.train``) and :data:`CHECK_IMAGES` others, drawn with a seeded generator and fitted to ``s.size``
-    (resized to cover it, centre-cropped); with ``s.calibrate == "styles"`` the style mixer of the bank
+    """``s.calibration_images`` source images (``s.calibration_data``, else :func:`stored_source`) and
+    :data:`CHECK_IMAGES` others, drawn with a seeded generator and fitted to ``s.size`` (resized to cover it,
+    centre-cropped); with ``s.calibrate == "styles"`` the style mixer of the bank
     (``s.bank``, else the checkpoint's ``style.bank``), as training restyles (famix's per-class mixing)."""
     stored = ckpt.get("config", {})
-    spec = s.calibration_data or stored.get("data", {}).get("train")
+    spec = s.calibration_data or stored_source(stored)
     if not spec:
         raise ValueError("--int8: the checkpoint names no training data: pass --calibration-data SPEC")
     option = (
@@ -533,7 +540,7 @@ def run(
     ckpt = load_checkpoint(checkpoint)
     calibration = None
     if settings.int8:
-        spec = settings.calibration_data or ckpt.get("config", {}).get("data", {}).get("train")
+        spec = settings.calibration_data or stored_source(ckpt.get("config", {}))
         inputs["calibration data"] = dataset_name(spec) if spec else None  # no folder path: files are shared
         if settings.calibrate == "styles":
             bank = settings.bank or ckpt.get("config", {}).get("style", {}).get("bank")

@@ -14,6 +14,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
+from torch.utils.data import ConcatDataset, Subset
 
 from famix.config import RESUMABLE_KEYS, Config, MineConfig
 from famix.data.datasets import SeededTransform, build_dataset
@@ -23,7 +24,16 @@ from famix.engine.amp import describe, precision
 from famix.engine.checks import check_mine_inputs
 from famix.engine.distributed import current, resolve_device
 from famix.engine.mine import MiningPlan, mine_pass, plan_images
-from famix.engine.runs import RunRecord, State, Status, check_same, held, normalization_settings
+from famix.engine.runs import (
+    RunRecord,
+    State,
+    Status,
+    check_same,
+    held,
+    normalization_settings,
+    source_settings,
+)
+from famix.engine.sampler import SourceMix
 from famix.engine.seeds import sequence_seed
 from famix.models.build import normalization
 from famix.models.clip import build_clip, weights_fingerprint
@@ -59,7 +69,7 @@ def mine_record(cfg: Config) -> RunRecord:
                 **({"classes": cfg.model.classes} if cfg.model.classes is not None else {}),
                 **normalization_settings(cfg.model),
             },
-            "data": {"train": cfg.data.train},
+            "data": source_settings(cfg.data),
             "mine": {
                 **{k: v for k, v in asdict(m).items() if f"mine.{k}" not in RESUMABLE_KEYS},
                 "lr": settings.lr,
@@ -74,8 +84,17 @@ def mine_record(cfg: Config) -> RunRecord:
 
 
 def source_set(cfg: Config) -> SeededTransform:
-    """The crops mining reads: ``data.train`` at ``mine.crop``, no jitter, no flip."""
-    source = build_dataset(cfg.data.train, cfg.model.labels)
+    """The crops mining reads: ``data.train`` at ``mine.crop``, no jitter, no flip. Several sources: one epoch
+    of their mix (``engine.sampler.SourceMix``: each source's share of ``sum(sizes)`` crops, spread evenly,
+    its images in their own order), so every batch, and any ``mine.max_images`` of them, draws from every
+    source in proportion."""
+    labels, specs = cfg.model.labels, cfg.data.sources
+    if len(specs) == 1:
+        source = build_dataset(specs[0], labels)
+    else:
+        parts = [build_dataset(spec, labels) for spec in specs]
+        mix = SourceMix.of([len(p) for p in parts], cfg.data.train_weights)
+        source = Subset(ConcatDataset(parts), mix.in_order())
     return SeededTransform(source, train_transform(cfg.mine.crop, jitter=0, hflip=0))
 
 

@@ -86,7 +86,8 @@ def make_plan(
     if seeds < 1:
         raise ValueError(f"--seeds {seeds}: give a number of training runs >= 1")
     cfg = copy.deepcopy(cfg)
-    cfg.data.train = under_root(cfg.data.train, data_root)
+    sources = [under_root(s, data_root) for s in cfg.data.sources]
+    cfg.data.train = sources[0] if isinstance(cfg.data.train, str) else sources
     cfg.data.val = [under_root(s, data_root) for s in cfg.data.val]
     chosen = bank or str(Path(out) / "bank.safetensors")
     if bank is None and cfg.style.bank and current().main:
@@ -111,7 +112,7 @@ def check_plan(plan: Plan) -> None:
     check_folder(plan.out, "--out")
     check_folder(Path(plan.cfg.style.bank).parent, "--bank")
     labels = plan.cfg.model.labels
-    check_specs([plan.cfg.data.train], "data.train", labels)
+    check_specs(plan.cfg.data.sources, "data.train", labels)
     check_specs(plan.cfg.data.val, "data.val", labels)
     # each target as its evaluation will build it (the protocol may add a loader option)
     built = [evaluate.resolve_protocol(plan.eval.protocol, t, plan.eval.tta)[0] for t in plan.targets]
@@ -133,7 +134,7 @@ def dry_run(plan: Plan) -> tuple[str, bool]:
     estimate, as text; and whether every check passed."""
     c, ok = plan.cfg, True
     lines = [f"famix reproduce into {plan.out}: {len(plan.seeds)} seed(s), {len(plan.targets)} target(s)"]
-    lines.append(f"1. mine {c.style.bank} on {c.data.train}: {mine.status(c, FIX)}")
+    lines.append(f"1. mine {c.style.bank} on {c.data.describe_sources()}: {mine.status(c, FIX)}")
     for s in plan.seeds:
         r = plan.run_cfg(s)
         state = train.status(r, TRAIN_FIX)
@@ -143,7 +144,7 @@ def dry_run(plan: Plan) -> tuple[str, bool]:
         lines.append(f"3. evaluate seed {s}: {'done' if done else 'to do'}")
     lines.append("Data:")
     for option, specs in (
-        ("data.train", [c.data.train]),
+        ("data.train", c.data.sources),
         ("data.val", c.data.val),
         ("--targets", plan.targets),
     ):
@@ -238,7 +239,7 @@ def summarise(runs: dict[int, dict[str, EvalResult]], cfg: Config, evaluation: E
 
     The paper's numbers are shown only for its own (source, backbone) rows; a target with no labelled pixel
     (mIoU None for every seed) is reported as such and left out of the means."""
-    source = parse_spec(cfg.data.train).name
+    source = "+".join(parse_spec(s).name for s in cfg.data.sources)  # the paper has one-source rows only
     # the paper's numbers are of the 19 classes: none under another label set
     paper = PAPER.get((source, cfg.model.backbone), {}) if cfg.model.classes is None else {}
     specs = list(next(iter(runs.values())))
@@ -299,8 +300,9 @@ def summarise(runs: dict[int, dict[str, EvalResult]], cfg: Config, evaluation: E
         row.append(f"{statistics.mean(scored):.2f}" if scored else "-")
         accuracy.append(f"| {metric} | " + " | ".join(row) + " |")
     title = (
-        f"mIoU (%), {cfg.model.backbone} trained on {cfg.data.train}; mean +/- sample standard deviation "
-        f"over the seeds (n - 1 in the denominator); evaluation: protocol {evaluation.protocol}, test time "
+        f"mIoU (%), {cfg.model.backbone} trained on {cfg.data.describe_sources()}; mean +/- sample "
+        f"standard deviation over the seeds (n - 1 in the denominator); evaluation: protocol "
+        f"{evaluation.protocol}, test time "
         f"{evaluation.tta.describe() or 'plain'}"
     )
     return {

@@ -22,6 +22,7 @@ from famix.engine.runs import (
     check_same,
     held,
     normalization_settings,
+    source_settings,
 )
 from famix.engine.train import train
 from famix.io import file_fingerprint
@@ -44,8 +45,9 @@ def train_record(cfg: Config, kind: str = "train", inputs: dict | None = None) -
     settings = {s: {k: v for k, v in full[s].items() if f"{s}.{k}" not in skip} for s in TRAIN_SECTIONS}
     if cfg.model.classes is None:  # no label set: the record of the 19 trainIds, as before label sets
         del settings["model"]["classes"]
-    del settings["model"]["mean"], settings["model"]["std"]
+    del settings["model"]["mean"], settings["model"]["std"], settings["data"]["train_weights"]
     settings["model"].update(normalization_settings(cfg.model))
+    settings["data"].update(source_settings(cfg.data))  # one source: as before several sources
     settings["run"]["amp"] = precision(cfg.run.amp, resolve_device(cfg.run.device, current()))[0]
     uses_bank = cfg.style.mix in ("famix", "augment") and cfg.style.bank
     files = {

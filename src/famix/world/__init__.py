@@ -19,10 +19,19 @@ The demo that runs FAMix on this world is :mod:`famix.demo`.
 from famix.world.synthetic import (
     DOMAINS,
     MINING_DOMAINS,
+    SECOND_SOURCE_DOMAIN,
     SHIFTED_DOMAINS,
     SOURCE_DOMAIN,
     SyntheticDataset,
     render,
 )
 
-__all__ = ["DOMAINS", "MINING_DOMAINS", "SHIFTED_DOMAINS", "SOURCE_DOMAIN", "SyntheticDataset", "render"]
+__all__ = [
+    "DOMAINS",
+    "MINING_DOMAINS",
+    "SECOND_SOURCE_DOMAIN",
+    "SHIFTED_DOMAINS",
+    "SOURCE_DOMAIN",
+    "SyntheticDataset",
+    "render",
+]

@@ -2,9 +2,10 @@
 
 ``render(seed, domain)`` lays out a scene from ``seed`` alone (so every domain shares the layout and the
 label map) and restyles its plain daylight colours with ``STYLES[domain]``, whose random jitter comes from
-a stream keyed by (seed, domain). ``day`` is the source domain; ``night``, ``fog``, ``snow`` and ``rain``
-are the physically motivated shifts used for evaluation; the rest are global restylings (tint, palette,
-contrast). Add a domain by registering ``STYLES[name] = fn(base_rgb, scene, rng) -> rgb`` (floats in [0, 1]).
+a stream keyed by (seed, domain). ``day`` is the source domain (``desert`` the second source of
+several-source runs); ``night``, ``fog``, ``snow`` and ``rain`` are the physically motivated shifts used for
+evaluation; the rest are global restylings (tint, palette, contrast). Add a domain by registering
+``STYLES[name] = fn(base_rgb, scene, rng) -> rgb`` (floats in [0, 1]).
 
 Scenes are laid out by ``scene`` and the styles live in ``styles``; this module is the
 public face of the world (domains, ``render``, ``SyntheticDataset``) and of its
@@ -30,6 +31,7 @@ __all__ = [
     "ENTRY",
     "build_synthetic",
     "MINING_DOMAINS",
+    "SECOND_SOURCE_DOMAIN",
     "SHIFTED_DOMAINS",
     "SOURCE_DOMAIN",
     "STYLES",
@@ -40,9 +42,14 @@ __all__ = [
 
 SOURCE_DOMAIN = "day"
 SHIFTED_DOMAINS = ("night", "fog", "snow", "rain")  # held out: only ever used for evaluation
-# Styles named by the demo's mining vocabulary: the segmenter never sees them as images, and their names
-# never name an evaluation style.
+# Styles named by the demo's mining vocabulary: the demo's segmenter (trained on day) never sees them as
+# images, and their names never name an evaluation style.
 MINING_DOMAINS = ("dusk", "sepia", "neon", "watercolor", "pastel", "monochrome", "desert")
+# A second labelled source for several-source training (``data.train=[synthetic:day:N:S,
+# synthetic:desert:N:S2]``, docs/sources.md), as SYNTHIA is to GTA5: the same kind of street in another
+# look (dry colours, sand haze far away), never an evaluation style. It is also a mining word: a model
+# trained on it has seen that style as images, and its distant haze is a little like fog's (nearer, grey).
+SECOND_SOURCE_DOMAIN = "desert"
 DOMAINS: tuple[str, ...] = tuple(STYLES)
 
 
@@ -143,7 +150,8 @@ USAGE = "synthetic:DOMAIN[:N[:SEED]][:size=S]  (N scenes, default 100; SEED 0; S
 LAYOUT = (
     "  the embedded procedural street world, rendered on the fly (nothing on disk)\n"
     f"  source domain: {SOURCE_DOMAIN}; held-out shifts: {', '.join(SHIFTED_DOMAINS)};\n"
-    f"  mining-word styles: {', '.join(MINING_DOMAINS)}; all domains: {', '.join(DOMAINS)}"
+    f"  mining-word styles: {', '.join(MINING_DOMAINS)}; all domains: {', '.join(DOMAINS)}\n"
+    f"  a second source to train on with {SOURCE_DOMAIN}: {SECOND_SOURCE_DOMAIN} (another SEED: other scenes)"
 )
 # the famix.datasets entry point "synthetic"
 ENTRY = DatasetEntry(build=build_synthetic, usage=USAGE, layout=LAYOUT)

@@ -41,6 +41,7 @@ def world(tmp_path_factory, checkpoint):
     adapt_bank.save(root / "night.safetensors")
     (root / "list.yaml").write_text("- train: {lr: 0.1}\n")
     (root / "notes.txt").write_text("not a bank, not a checkpoint\n")
+    (root / "empty").mkdir()  # a target folder with no image
     (root / "their-run").mkdir()
     (root / "their-run" / "metrics.jsonl").write_text("step,loss\n1,0.5\n")  # someone else's log
     for folder in ("their-repro/seed0", "their-adapt/night"):  # the same, where composites would train
@@ -336,6 +337,62 @@ def _rows(w: Path) -> list:
             ["mine", "-c", "tiny", *FAST, f"style.bank={w / 'data'}", "data.train=synthetic:day:4:size=48"],
             {},
             "style.bank " + str(w / "data") + " is a folder: pass the path of the file to write",
+        ),
+        (
+            "source list with a bad entry",
+            [*train, f"data.train=[synthetic:day:8:size=64,gta6:{d}/gta5]"],
+            {},
+            f"data.train gta6:{d}/gta5: unknown dataset 'gta6'",
+        ),
+        (
+            "source list with a missing folder",
+            [*train, f"data.train=[synthetic:day:8:size=64,gta5:{w}/nowhere]"],
+            {},
+            f"data.train gta5:{w}/nowhere: gta5: dataset root folder not found",
+        ),
+        (
+            "weights not matching the sources",
+            [
+                *train,
+                "data.train=[synthetic:day:8:size=64,synthetic:desert:8:1:size=64]",
+                "data.train_weights=[1]",
+            ],
+            {},
+            "data.train_weights=[1.0]: give one weight per data.train source (2, in its order)",
+        ),
+        (
+            "a zero source weight",
+            [
+                *train,
+                "data.train=[synthetic:day:8:size=64,synthetic:desert:8:1:size=64]",
+                "data.train_weights=[1,0]",
+            ],
+            {},
+            "data.train_weights=[1.0, 0.0]: give numbers > 0",
+        ),
+        (
+            "diagnose an empty target folder",
+            ["diagnose", ckpt, "--data", str(w / "empty")],
+            {},
+            f"nothing found for input {str(w / 'empty')!r}",
+        ),
+        (
+            "diagnose with a condition of empty text",
+            ["diagnose", ckpt, "--data", "synthetic:day:2:size=32", "--words", " "],
+            {},
+            "--words: a condition of empty text",
+        ),
+        (
+            "adapt --target auto without its images",
+            [*adapt, "--target", "auto"],
+            {},
+            "--target auto names the target from its images: give them with --target-data",
+        ),
+        (
+            "adapt --target auto with an empty target folder",
+            [*adapt, "--target", "auto", "--target-data", str(w / "empty")],
+            {},
+            f"--target-data: nothing found for input {str(w / 'empty')!r}",
         ),
         (
             "app without a model",

@@ -147,3 +147,32 @@ def test_the_ranking_names_a_mining_word_style(style):
     ]
     ranking = rank(clip, images, clip_normalization("tiny-clip", weights), MINING_DOMAINS)
     assert ranking.top == style, ranking.scores
+
+
+def test_adapt_target_auto_adapts_to_what_clip_ranks_first_and_records_it(demo, tmp_path):
+    """`famix adapt --target auto --target-data FOLDER`: the target is the condition the ranking of those
+    images puts first; its words and scores are in the run record of the adapted checkpoint."""
+    from famix.stages.adapt import slug
+
+    folder = tmp_path / "target"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(np.asarray(render(800 + i, "night", (64, 96))[0])).save(folder / f"n{i}.png")
+    weights = packaged_weights("tiny-clip")
+    clip = load_clip("tiny-clip", weights, "cpu")
+    images = [torch.from_numpy(np.asarray(Image.open(p))).permute(2, 0, 1) for p in sorted(folder.iterdir())]
+    ranking = rank(clip, images, clip_normalization("tiny-clip", weights))
+    assert ranking.top == "night"
+    out = tmp_path / "adapted"
+    quick = ["--iterations", "2", "--steps", "2", "--images", "4", "--crop", "32", "--batch-size", "2"]
+    argv = ["adapt", str(demo), "--target", "auto", "--target-data", str(folder), "--weights", weights]
+    main([*argv, "--data", "synthetic:day:4:0:size=48", "--out", str(out), "--device", "cpu", *quick])
+    ckpt = torch.load(out / slug("night") / "latest.pt", weights_only=True)
+    auto = ckpt["run"]["inputs"]["auto target"]
+    assert auto["data"] == "target" and auto["images"] == 4  # the folder by its name only
+    expected = {w: round(p, 4) for w, p in list(ranking.scores.items())[:5]}
+    assert auto["scores"] == pytest.approx(expected, abs=2e-4) and list(auto["scores"])[0] == "night"
+    with pytest.raises(SystemExit):  # --target-data without --target auto: refused before any work
+        main([*argv[:2], "--target", "night", "--target-data", str(folder),
+              "--data", "synthetic:day:4:0:size=48", "--out", str(tmp_path / "other")])  # fmt: skip
+    assert not (tmp_path / "other").exists()

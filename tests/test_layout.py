@@ -38,9 +38,6 @@ ONE_IMPORTER = {
     "famix.engine.quantize": "int8 quantisation by ONNX Runtime's tools (calibration ranges, the style map's "
     "downstream subgraph): a concept of its own; export's stage runs it (famix benchmark through that stage)",
     "famix.engine.loss": "the loss as a named criterion (as torchvision's references): part of the loop",
-    "famix.engine.sampler": "the resumable stream sampler: a part of the training loop, a concept of its own",
-    "famix.engine.video": "video decoding and encoding through PyAV: a concept of its own, keeps predict's "
-    "stage one screen long",
     "famix.engine.servers": "the test servers' submission layouts: a concept of its own (issue 19)",
     "famix.engine.protocols": "the evaluation protocols (paper, mmseg: each dataset's test-time settings): a "
     "concept of its own; eval's stage applies them (reproduce through it)",

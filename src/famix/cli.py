@@ -184,7 +184,15 @@ def cmd_adapt(args) -> None:
         f.name: getattr(args, f.name) for f in fields(AdaptSettings) if getattr(args, f.name) is not None
     }
     settings = AdaptSettings(**given)  # options not given: AdaptSettings' defaults
-    written = run(args.checkpoint, args.target, args.data, args.out, args.weights, settings)  # one process
+    written = run(
+        args.checkpoint,
+        args.target,
+        args.data,
+        args.out,
+        args.weights,
+        settings,
+        target_data=args.target_data,
+    )  # one process
     for target, path in written.items():
         print(f"{target!r}: {path}")
 

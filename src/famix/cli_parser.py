@@ -349,7 +349,13 @@ def _add_adapt(sub) -> None:
     )
     a.add_argument("checkpoint", help="the trained segmenter to adapt (its head is fine-tuned)")
     a.add_argument(
-        "--target", action="append", required=True, help='target description, e.g. "driving at night"'
+        "--target",
+        action="append",
+        required=True,
+        help='target description, e.g. "driving at night"; auto: what CLIP ranks first for --target-data',
+    )
+    a.add_argument(
+        "--target-data", help="with --target auto: target images (a folder, a glob or a dataset spec)"
     )
     a.add_argument("--data", required=True, help="source dataset spec, e.g. gta5:data/gta5")
     a.add_argument("--out", required=True, help="folder for one run folder per target (<out>/<slug>/)")

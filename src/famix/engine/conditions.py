@@ -10,7 +10,10 @@ from pathlib import Path
 
 import torch
 
+from famix.data.inputs import list_images
+from famix.data.readers import read_image
 from famix.engine.checkpoint import model_config
+from famix.engine.checks import check_specs
 from famix.models.clip import build_clip, clip_preprocess_size, packaged_weights
 from famix.normalization import Normalization
 from famix.style.conditions import CONDITIONS, candidates, image_embeddings, rate
@@ -73,3 +76,26 @@ def rank(
     scale, size = float(clip.logit_scale.exp()), clip_preprocess_size(clip)
     rows = [rate(image_embeddings(clip, x[None], normalization, size), embed, scale)[0].cpu() for x in images]
     return Ranking(texts, torch.stack(rows) if rows else torch.zeros(0, len(texts)))
+
+
+def image_set(entry: str, labels, option: str = "--data") -> tuple[str, list]:
+    """(a display name, the items [(name, uint8 image [3, H, W] loader, label loader or None)]) of an
+    ``option`` entry: an existing file, folder or glob of images (no labels), else a dataset spec (with
+    labels); an entry that names nothing is refused naming ``option``."""
+    if Path(entry).exists() or any(c in entry for c in "*?["):
+        try:
+            files = list_images([entry])
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{option}: {e}") from None
+        return Path(entry).name or entry, [(p.stem, p, None) for p in files]
+    dataset = check_specs([entry], option, labels)[entry]
+    return entry, [(f"{i:05d}", i, dataset) for i in range(len(dataset))]
+
+
+def load_item(item) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """An item of :func:`image_set`, read: (uint8 image [3, H, W], label [H, W] or None)."""
+    _, where, dataset = item
+    if dataset is None:
+        return read_image(where), None
+    image, label = dataset[where]
+    return image, label

@@ -211,6 +211,8 @@ def shareable_config(config: dict, run: str | None, bank: bool = False) -> dict:
             model[key] = shareable_path(model[key], run)
     if isinstance(data.get("train"), str):
         data["train"] = shareable_spec(data["train"], run)
+    elif isinstance(data.get("train"), list):  # several sources
+        data["train"] = [shareable_spec(v, run) if isinstance(v, str) else v for v in data["train"]]
     if isinstance(data.get("val"), list):
         data["val"] = [shareable_spec(v, run) if isinstance(v, str) else v for v in data["val"]]
     if isinstance(style.get("bank"), str):
@@ -439,7 +441,8 @@ def card_metadata(name: str, ckpt: dict, rows: list[dict]) -> dict:
     model = cfg.get("model") or {}
     clip = (ckpt.get(KEY) or {}).get("inputs", {}).get("clip weights") or model.get("weights")
     base = clip_hub_id(model.get("backbone", ""), clip)
-    train = [cfg["data"]["train"]] if isinstance((cfg.get("data") or {}).get("train"), str) else []
+    stored = (cfg.get("data") or {}).get("train")
+    train = [stored] if isinstance(stored, str) else [s for s in stored or [] if isinstance(s, str)]
     datasets = list(dict.fromkeys(dataset_name(s) for s in [*train, *(r["data"] for r in rows)]))
     tags = ["famix", "semantic-segmentation", "domain-generalization", "clip", f"arxiv:{FAMIX_PAPER}"]
     tags += ["poda", f"arxiv:{PODA_PAPER}"] if is_adapted(ckpt) else []
@@ -522,8 +525,8 @@ def model_card(
     ]
     lines += ["", "## Use", "", *_usage(name, repo, revision), "", "## Training", ""]
     lines += [
-        f"- source data: `{data.get('train', '?')}`, crop {data.get('crop', '?')}, "
-        f"batch {data.get('batch_size', '?')}",
+        f"- source data: {_sources(data)}, crop {data.get('crop', '?')}, batch {data.get('batch_size', '?')}",
+        *_auto_target(ckpt),
         f"- CLIP weights: `{base or model.weights or 'random'}`",
         f"- style mixing: `{style.get('mix', '?')}` (grid {style.get('grid', '?')}, "
         f"Beta({style.get('beta', '?')}))" + (f", style bank included: `{bank}`" if bank else ""),
@@ -568,6 +571,25 @@ def model_card(
         )
     lines += ["", f"Saved with famix {__version__}.", ""]
     return "\n".join(lines)
+
+
+def _sources(data: dict) -> str:
+    """The card's words for ``data.train``: one spec, or several with their shares (train_weights)."""
+    train, weights = data.get("train", "?"), data.get("train_weights")
+    if not isinstance(train, list):
+        return f"`{train}`"
+    shares = weights or [None] * len(train)
+    named = zip(train, shares, strict=True)
+    return ", ".join(f"`{s}`" + (f" (weight {w:g})" if w is not None else "") for s, w in named)
+
+
+def _auto_target(ckpt: dict) -> list[str]:
+    """The card's line on a target chosen by ``famix adapt --target auto``: the images and CLIP's scores."""
+    auto = ((ckpt.get(KEY) or {}).get("inputs") or {}).get("auto target")
+    if not isinstance(auto, dict):
+        return []
+    scores = ", ".join(f"{w} {p:.2f}" for w, p in (auto.get("scores") or {}).items())
+    return [f"- target named by CLIP from {auto.get('images', '?')} images of `{auto.get('data')}`: {scores}"]
 
 
 def _text_fingerprint(text: str) -> str:

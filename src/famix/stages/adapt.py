@@ -59,12 +59,13 @@ from famix.engine import pretrained
 from famix.engine.amp import resolve
 from famix.engine.checkpoint import load_checkpoint, load_segmenter, model_config
 from famix.engine.checks import check_specs, warn_crop
+from famix.engine.conditions import image_set, load_item, rank
 from famix.engine.distributed import resolve_device, single_process
 from famix.engine.inference import model_input
 from famix.engine.mine import MiningPlan, mine_pass, plan_images
 from famix.engine.outputs import check_folder
 from famix.engine.runs import RunRecord, check_same, held
-from famix.models.clip import build_clip, weights_fingerprint
+from famix.models.clip import build_clip, clip_normalization, weights_fingerprint
 from famix.models.towers import style_grid
 from famix.paper import PIN_LR, PODA_BATCH, PODA_FINE_TUNE, PODA_LR, PODA_OPTIMIZER
 from famix.settings import AdaptSettings
@@ -74,6 +75,8 @@ from famix.style.image_pin import check_description, image_pin
 from famix.style.patch_mining import MinedStyles
 from famix.style.prompts import TextEmbedder
 from famix.version import __version__
+
+AUTO = "auto"  # --target auto: the condition CLIP ranks first for --target-data's images
 
 
 def pin_lr(s: AdaptSettings) -> float:
@@ -161,32 +164,58 @@ def run(
     settings: AdaptSettings | None = None,
     progress: bool = True,
     say=print,
+    target_data: str | None = None,
 ) -> dict[str, Path]:
     """Adapt ``checkpoint`` to each target description with source crops of ``source_spec``: one model per
-    target, ``<out>/<slug>/latest.pt`` (resumed if interrupted, returned at once when finished). Every
-    input is checked before any target starts. Returns {target: checkpoint path}."""
+    target, ``<out>/<slug>/latest.pt`` (resumed if interrupted, returned at once when finished). Target
+    ``"auto"``: the condition CLIP ranks first for the images of ``target_data`` (a folder, glob or dataset
+    spec; ``engine.conditions.rank`` over the standard conditions), its words and scores recorded. Every
+    input is checked before any target starts. Returns {target: checkpoint path} (``"auto"``'s under it)."""
     s = settings or AdaptSettings()
     single_process("famix adapt", "every rank would mine the same banks")
     if not targets:
         raise ValueError('give at least one target description (--target "driving at night")')
+    if AUTO in targets and target_data is None:
+        raise ValueError("--target auto names the target from its images: give them with --target-data")
+    if AUTO not in targets and target_data is not None:
+        raise ValueError("--target-data is for --target auto: drop it, or add --target auto")
     folders = [slug(t) for t in targets]
     if len(set(folders)) != len(folders):
         raise ValueError(f"target descriptions {targets} share run folder names {folders}: make them differ")
     ckpt = load_checkpoint(checkpoint)  # read once
     source = check_specs([source_spec], "--data", model_config(ckpt).labels)[source_spec]
+    target_images = image_set(target_data, None, "--target-data")[1] if target_data is not None else None
     check_folder(out, "--out")
     device = resolve_device(s.device)
     model, model_cfg = load_segmenter(ckpt, device=device)
     stored = ckpt.get("config", {})
     clip = build_clip(model_cfg.backbone, clip_weights, device=device, seed=0).requires_grad_(False)
-    for target in targets:
-        check_description(target, getattr(clip, "context_length", 77))
-    _check_style_layers(model, clip.visual, clip_weights)
-    embed = TextEmbedder(clip)
     inputs = {
         "checkpoint": pretrained.fingerprint(checkpoint),
         "clip weights": weights_fingerprint(clip_weights),
     }
+    given = targets
+    if target_images is not None:
+        norm = clip_normalization(model_cfg.backbone, clip_weights, model_cfg.mean, model_cfg.std)
+        ranking = rank(clip, (load_item(i)[0] for i in target_images), norm)
+        top = dict(list(ranking.scores.items())[:5])
+        say(f"famix adapt: --target auto: CLIP ranks {ranking.top!r} first for {target_data} "
+            f"({', '.join(f'{w} {p:.2f}' for w, p in top.items())})")  # fmt: skip
+        targets = [ranking.top if t == AUTO else t for t in targets]
+        if len(set(targets)) != len(targets):
+            raise ValueError(f"--target auto chose {ranking.top!r}, also given as a --target: drop one")
+        inputs["auto target"] = {
+            "data": Path(target_data).name
+            if Path(target_data).exists()
+            else pretrained.shareable_spec(target_data),
+            "images": len(target_images),
+            "scores": {w: round(p, 4) for w, p in top.items()},
+        }
+        folders = [slug(t) for t in targets]
+    for target in targets:
+        check_description(target, getattr(clip, "context_length", 77))
+    _check_style_layers(model, clip.visual, clip_weights)
+    embed = TextEmbedder(clip)
     cfgs = [fine_tune_config(stored, source_spec, Path(out) / f, s) for f in folders]
     for cfg in cfgs:
         check_values(cfg)
@@ -201,9 +230,9 @@ def run(
             check_same(record, StyleBank.load(bank).record, bank, REFUSAL)
             train.open_run(Path(cfg.train.out), train.train_record(cfg, kind="adapt", inputs=inputs), REFUSAL)
     written = {}
-    for target, cfg, record in zip(targets, cfgs, records, strict=True):
+    for name, cfg, record in zip(given, cfgs, records, strict=True):
         _mine_target(model, clip, embed, cfg, record, s, progress, say)
-        written[target] = _fine_tune(ckpt, cfg, inputs, say)
+        written[name] = _fine_tune(ckpt, cfg, inputs, say)
     return written
 
 

@@ -97,6 +97,7 @@ class Session:
             check_specs([given], "--data", self.labels)
             return given, ""
         stored = self.ckpt.get("config", {}).get("data", {}).get("train")
+        stored = stored[0] if isinstance(stored, list) and stored else stored  # several sources: the first
         if isinstance(stored, str):
             try:
                 check_specs([stored], "data.train", self.labels)

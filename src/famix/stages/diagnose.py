@@ -21,12 +21,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from famix.data.inputs import list_images
-from famix.data.readers import read_image
 from famix.engine import pretrained
 from famix.engine.checkpoint import checkpoint_precision, load_checkpoint, load_segmenter
 from famix.engine.checks import check_specs
-from famix.engine.conditions import Ranking, clip_weights, load_clip, rank
+from famix.engine.conditions import Ranking, clip_weights, image_set, load_clip, load_item, rank
 from famix.engine.distributed import resolve_device, single_process
 from famix.engine.evaluate import EvalResult, confusion_matrix
 from famix.engine.inference import eval_mode, model_input, predict_logits
@@ -152,31 +150,13 @@ def _mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def images_of(entry: str, labels) -> tuple[str, list]:
-    """(a display name, the items [(name, uint8 image [3, H, W] loader, label loader or None)]) of a --data
-    entry: an existing file, folder or glob of images (no labels), else a dataset spec (with labels)."""
-    if Path(entry).exists() or any(c in entry for c in "*?["):
-        files = list_images([entry])
-        return Path(entry).name or entry, [(p.stem, p, None) for p in files]
-    dataset = check_specs([entry], "--data", labels)[entry]
-    return entry, [(f"{i:05d}", i, dataset) for i in range(len(dataset))]
-
-
-def _load(item) -> tuple[torch.Tensor, torch.Tensor | None]:
-    _, where, dataset = item
-    if dataset is None:
-        return read_image(where), None
-    image, label = dataset[where]
-    return image, label
-
-
 def diagnose_set(model, items, name, num_classes, device, dtype, reference, progress) -> SetStats:
     """One pass over a set: per-image statistics, class pixels, and where labelled the confusion matrix
     and confidence histograms. ``reference``: the source's (mean, std) of style statistics, or None."""
     stats = SetStats(name, pixels=torch.zeros(num_classes, dtype=torch.int64))
     with eval_mode(model), torch.inference_mode():
         for item in progress_bar(items, desc=f"diagnose {name}", disable=not progress):
-            image, label = _load(item)
+            image, label = load_item(item)
             x = model_input(model, image[None].to(device))  # [1, 3, H, W]
             logits = predict_logits(model, x, amp_dtype=dtype)  # [1, K, H, W]
             confidence, entropy, ids = pixel_confidence(logits)
@@ -279,7 +259,7 @@ def run(checkpoint, data: list[str], s: DiagnoseSettings, out=None, progress=Tru
     device = resolve_device(s.device)
     model, cfg = load_segmenter(ckpt, device=device, channels_last=True)
     labels = cfg.labels
-    sets = [images_of(entry, labels) for entry in data]  # every entry checked before any work
+    sets = [image_set(entry, labels) for entry in data]  # every entry checked before any work
     weights = clip_weights(ckpt, s.weights)
     if weights is None:
         raise ValueError(
@@ -287,6 +267,7 @@ def run(checkpoint, data: list[str], s: DiagnoseSettings, out=None, progress=Tru
         )
     check_weights_reachable(cfg.backbone, weights)
     source = s.source or (ckpt.get("config", {}).get("data", {}).get("train"))
+    source = source[0] if isinstance(source, list) and source else source  # several sources: the first
     source_data = None
     if source is not None:
         try:
@@ -316,7 +297,7 @@ def run(checkpoint, data: list[str], s: DiagnoseSettings, out=None, progress=Tru
             n = len(items)
             items = [items[round(i * (n - 1) / max(s.max_images - 1, 1))] for i in range(s.max_images)]
         stats = diagnose_set(model, items, name, len(labels), device, dtype, reference, progress)
-        stats.ranking = rank(clip, (_load(i)[0] for i in items), norm, s.words)
+        stats.ranking = rank(clip, (load_item(i)[0] for i in items), norm, s.words)
         for image in stats.images[: s.maps]:
             picture = confidence_picture(image["_confidence"])
             dst = folder / "maps" / slug(name) / f"{slug(image['name'])}_confidence.png"

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from famix.paper import (
+    PIN_LR,
     PIN_STEPS,
     PIN_WEIGHT_DECAY,
     PODA_HEAD_LR,
@@ -116,7 +117,12 @@ class EvalSettings:
     workers do not. ``classes``: the label set (file or shipped name) the checkpoint must have (a
     checkpoint that stores none, e.g. an official one, takes its ids and colours when the names agree);
     ``group``: a label set whose ``ids`` are the checkpoint's class indices, to report merged classes.
-    ``protocol``: ``paper`` or ``mmseg`` (:mod:`famix.engine.protocols`); ``amp`` None: the checkpoint's."""
+    ``protocol``: ``paper`` or ``mmseg`` (:mod:`famix.engine.protocols`); ``amp`` None: the checkpoint's.
+
+    ``condition``: evaluate on the images restyled toward these words ("heavy snow"): each image's style map
+    takes the statistics image-level PIN mines for it (``condition_steps`` SGD steps at ``condition_lr``,
+    famix's batch-independent recipe), labels unchanged; CLIP: ``condition_weights``, else the checkpoint's
+    (docs/conditions.md). 0 steps: each image keeps its own statistics, the plain evaluation."""
 
     tta: InferenceSettings = field(default=PLAIN)
     amp: str | None = None  # None: the checkpoint's run.amp (one precision per checkpoint)
@@ -126,6 +132,27 @@ class EvalSettings:
     classes: str | None = None
     group: str | None = None
     protocol: str = "paper"  # engine.protocols: the test-time settings per dataset
+    condition: str | None = None  # None: the images as they are
+    condition_steps: int = PIN_STEPS
+    condition_lr: float = PIN_LR  # per image (the loss summed over images: a style never sees the batch)
+    condition_weights: str | None = None  # CLIP weights (None: the checkpoint's, as famix diagnose)
+
+    def __post_init__(self) -> None:
+        if self.condition is not None:
+            check_condition(self.condition)
+        if self.condition_steps < 0:
+            raise ValueError(f"--condition-steps {self.condition_steps}: give a number of PIN steps >= 0")
+        if not 0 < self.condition_lr < math.inf:  # nan and inf fail too
+            raise ValueError(f"--condition-lr {self.condition_lr}: give a finite number > 0")
+
+
+def check_condition(text: str) -> str:
+    """``text`` if it names a condition in words (a letter or digit), else a ValueError: what to give."""
+    if not any(c.isalnum() for c in text):
+        raise ValueError(
+            f'--condition {text!r} names no condition: describe it in words, e.g. --condition "heavy snow"'
+        )
+    return text
 
 
 # famix predict's outputs: image kinds (labelid: Cityscapes labelIds, 19-class models only) and video kinds

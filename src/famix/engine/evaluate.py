@@ -8,8 +8,9 @@ files are in :mod:`famix.engine.results`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -18,8 +19,13 @@ from torch.utils.data import DataLoader, Subset
 from famix.data.datasets import build_dataset
 from famix.data.label_sets import LabelSet
 from famix.engine.inference import eval_mode, model_input, predict_logits
+from famix.models.segmenter import Restyle
 from famix.progress import progress_bar
 from famix.settings import PLAIN, InferenceSettings
+
+# A test-time condition: normalised images [B, 3, H, W] -> the restyle hook that gives their style maps the
+# condition's look (stages/evaluate.py mines it by image-level PIN, which needs gradients)
+Condition = Callable[[torch.Tensor], Restyle]
 
 
 def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -165,6 +171,7 @@ def evaluate(
     progress: bool = True,
     desc: str = "eval",
     reduce: bool = True,
+    condition: Condition | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on ``loader`` batches ``(images [B,3,H,W], labels [B,H,W])`` and return IoUs.
 
@@ -173,13 +180,15 @@ def evaluate(
     test-time settings ``tta``; the confusion matrix stays on the device until the end (one host copy
     per evaluation). Under torch.distributed each rank evaluates its shard and the matrices are summed
     (``reduce=False`` when only one rank evaluates). The model's train/eval states are restored afterwards.
+    ``condition``: each batch's images are seen through the restyle hook it returns for them (labels
+    unchanged); it runs outside inference mode (its mining takes gradients), the prediction inside.
     """
     device = torch.device(device)
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     num_images = 0
     show = progress and (not _distributed() or dist.get_rank() == 0)
     channels_last = device.type == "cuda"
-    with eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode(condition is None):
         bar = progress_bar(loader, desc=desc, disable=not show)
         for batch in bar:
             for images, labels in batch if isinstance(batch, list) else [batch]:
@@ -189,8 +198,10 @@ def evaluate(
                     images = model_input(model, images)
                 if channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
-                logits = predict_logits(model, images, tta, labels.shape[-2:], amp_dtype)
-                cm += confusion_matrix(logits.argmax(1), labels, num_classes)  # argmax: [B, H, W]
+                seen = model if condition is None else partial(model, restyle=condition(images))
+                with torch.inference_mode():
+                    logits = predict_logits(seen, images, tta, labels.shape[-2:], amp_dtype)
+                    cm += confusion_matrix(logits.argmax(1), labels, num_classes)  # argmax: [B, H, W]
                 num_images += images.shape[0]
         bar.close()
     if reduce and _distributed():
@@ -214,6 +225,7 @@ def evaluate_specs(
     reduce: bool = True,
     labels: LabelSet | None = None,
     group: LabelSet | None = None,
+    condition: Condition | None = None,
 ) -> dict[str, EvalResult]:
     """:func:`evaluate` on each dataset spec in turn: ``{spec: EvalResult}`` in the order given.
 
@@ -223,7 +235,7 @@ def evaluate_specs(
     ``reduce``) rank r evaluates images r, r + N, r + 2N... and the confusion matrices are summed: the
     same result as one process, for any split. Labels are read through the model's label set ``labels``
     (None: the 19 trainIds); ``group``: report IoUs per class of that label set, whose ``ids`` are the
-    model's class indices (:func:`group_confusion`).
+    model's class indices (:func:`group_confusion`); ``condition``: see :func:`evaluate`.
     """
     results = {}
     for spec in specs:
@@ -238,8 +250,9 @@ def evaluate_specs(
             pin_memory=torch.device(device).type == "cuda",
         )
         result = evaluate(
-            model, loader, num_classes, device, tta, amp_dtype, progress, desc=spec, reduce=reduce
-        )
+            model, loader, num_classes, device, tta, amp_dtype, progress, desc=spec, reduce=reduce,
+            condition=condition,
+        )  # fmt: skip
         if group is not None:
             grouped = group_confusion(
                 torch.tensor(result.confusion), group.group_lut(num_classes), len(group)

@@ -75,6 +75,27 @@ def format_table(
     return "\n".join(lines)
 
 
+def format_robustness(rows: dict[str | None, dict[str, EvalResult]]) -> str:
+    """Markdown table of mIoU (%): one row per condition (None: the plain images), one column per dataset and
+    their mean; a condition's cells add the change from the plain row, e.g. ``41.20 (-12.35)``."""
+    plain = rows.get(None)
+    names = list(next(iter(rows.values()))) if rows else []
+    lines = [_row(["condition", *names, "mean"]), _row(["---"] * (len(names) + 2))]
+    for condition, results in rows.items():
+        values = [results[n].miou for n in names]
+        values.append(_nanmean(values))
+        cells = [_pct(v) for v in values]
+        if condition is not None and plain is not None:
+            base = [plain[n].miou for n in names]
+            base.append(_nanmean(base))
+            cells = [
+                c if c == "-" or math.isnan(b) else f"{c} ({v - b:+.2f})"
+                for c, v, b in zip(cells, values, base, strict=True)
+            ]
+        lines.append(_row(["(plain)" if condition is None else condition, *cells]))
+    return "\n".join(lines)
+
+
 _PAPER_NAMES = {"cityscapes": "C", "bdd100k": "B", "mapillary": "M", "synthia": "S"}  # aliases resolved
 _ACDC_CONDITIONS = {"night": "ACDC night", "snow": "snow", "rain": "rain", "fog": "fog"}
 

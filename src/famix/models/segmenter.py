@@ -155,9 +155,9 @@ class SegmentationNetwork(nn.Module):
         low, out = self.family.dense(self.backbone, low, x, grid)
         return {"low": low if self.neck is None else self.neck(low), "out": out}
 
-    def forward(self, x: torch.Tensor, restyle: Restyle | None = None) -> torch.Tensor:
-        """x: [B, 3, H, W] normalised with ``normalization`` -> logits [B, K, H, W]."""
-        size = x.shape[-2:]
+    def pad(self, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """x [B, 3, H, W] as ``forward`` computes on it: zero-padded (bottom, right) to multiples of
+        ``pad_multiple`` and at least ``min_size`` per side; and whether its logits are cropped back."""
         m, least = self.pad_multiple, self.min_size
         crop = m > 1
         if not torch.jit.is_tracing():  # traced (exported) models take multiples of m, at least min_size
@@ -166,6 +166,12 @@ class SegmentationNetwork(nn.Module):
             if x.shape[-2] < least or x.shape[-1] < least:  # e.g. a 1x1 image: zero-padded as above
                 x = F.pad(x, (0, max(least - x.shape[-1], 0), 0, max(least - x.shape[-2], 0)))
                 crop = True
+        return x, crop
+
+    def forward(self, x: torch.Tensor, restyle: Restyle | None = None) -> torch.Tensor:
+        """x: [B, 3, H, W] normalised with ``normalization`` -> logits [B, K, H, W]."""
+        size = x.shape[-2:]
+        x, crop = self.pad(x)
         feats = self.features(x, restyle)
         logits = self.classifier(feats["low"], feats["out"])
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)

@@ -13,6 +13,9 @@ domain ("driving at night"). Two recipes:
   therefore depends on the batch it was mined in (the mean loss's gradient is 1/b per image).
 - ``famix``: ours, batch-independent: FAMix's PIN (``famix.style.pin``, one patch per image), the loss
   summed over images with a per-image lr (default 0.1), famix's statistics, no clamp.
+
+``famix adapt`` fine-tunes on source crops restyled by such styles; ``famix eval --condition`` restyles each
+labelled test image's map by its own (famix's recipe, ``image_restyle``) to measure a model under words.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from famix.paper import (
     RECIPES,
 )
 from famix.style.pin import PinSGD, pin_optimize
-from famix.style.stats import patch_stats
+from famix.style.stats import affine_patches, patch_stats
 
 
 class ImageStyles(NamedTuple):
@@ -55,6 +58,17 @@ def image_stats(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     computes the same statistics at training time): f [B, C, H, W] -> mu, sigma [B, C] (fp32)."""
     mu, sigma = patch_stats(f, 1)  # [B, C, 1, 1]
     return mu.flatten(1), sigma.flatten(1)
+
+
+def image_restyle(f: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, relu: bool) -> torch.Tensor:
+    """Each image's map with its channel statistics replaced by mu, sigma [B, C] (AdaIN):
+    [ReLU](sigma * (f - mu_f) / sigma_f + mu), mu_f, sigma_f = ``image_stats(f)``; f [B, C, H, W] -> the same
+    shape, dtype and memory format. One multiply-add (scale = sigma / sigma_f, shift = mu - mu_f * scale), so
+    the styles ``image_stats(f)`` give f back exactly (f >= 0 where ``relu``, as a ResNet's layer1)."""
+    own_mu, own_sigma = image_stats(f)  # [B, C]
+    scale = sigma.float() / own_sigma
+    shift = mu.float() - own_mu * scale
+    return affine_patches(f, scale[:, :, None, None], shift[:, :, None, None], relu)
 
 
 def poda_stats(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

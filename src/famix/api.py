@@ -29,7 +29,7 @@ from famix.engine.checkpoint import checkpoint_precision, load_checkpoint, load_
 from famix.engine.distributed import resolve_device
 from famix.engine.evaluate import EvalResult
 from famix.engine.inference import eval_mode, model_input, predict_ids, predict_logits
-from famix.engine.video import import_av
+from famix.engine.video import import_av, open_video
 from famix.engine.visualize import overlay, with_legend
 from famix.settings import BenchmarkSettings, EvalSettings, ExportSettings, InferenceSettings
 from famix.stages import adapt as adapt_stage
@@ -276,16 +276,7 @@ def _video_batches(path: str | os.PathLike, batch_size: int) -> Iterator[torch.T
     """A video's frames as uint8 RGB batches [B, 3, H, W], ``batch_size`` at most, decoded as
     ``famix predict`` decodes them (:func:`famix.engine.video.segment_video`: the first video stream, PyAV's
     rgb24 frames)."""
-    av = import_av()
-    try:
-        source = av.open(str(path))
-    except av.FFmpegError as e:
-        raise ValueError(f"cannot read video {path}: {e}. Check that it is a valid video file.") from e
-    with source:
-        if not source.streams.video:
-            raise ValueError(f"{path} has no video stream")
-        stream = source.streams.video[0]
-        stream.thread_type = "AUTO"  # multi-threaded decoding
+    with open_video(path) as (source, stream):
         frames = (frame.to_ndarray(format="rgb24") for frame in source.decode(stream))  # [H, W, 3] uint8
         count = 0
         while batch := list(itertools.islice(frames, batch_size)):

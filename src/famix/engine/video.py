@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from fractions import Fraction
@@ -31,6 +32,26 @@ def import_av():
     except ImportError as e:
         raise ImportError('video files need PyAV, an optional extra: pip install "famix[video]"') from e
     return av
+
+
+@contextlib.contextmanager
+def open_video(src: str | os.PathLike):
+    """The container and first video stream of video ``src``, opened for multi-threaded decoding (as
+    ``famix predict`` and ``Segmenter.predict`` read videos); a missing, unreadable or stream-less file is
+    one clear error naming it."""
+    av = import_av()
+    if not Path(src).is_file():
+        raise FileNotFoundError(f"video not found: {src}")
+    try:
+        source = av.open(str(src))
+    except av.FFmpegError as e:
+        raise ValueError(f"cannot read video {src}: {e}. Check that it is a valid video file.") from e
+    with source:
+        if not source.streams.video:
+            raise ValueError(f"{src} has no video stream")
+        stream = source.streams.video[0]
+        stream.thread_type = "AUTO"  # multi-threaded decoding
+        yield source, stream
 
 
 def _even(frame: np.ndarray) -> np.ndarray:
@@ -103,17 +124,7 @@ def segment_video(
     if dst.suffix.lower() not in CONTAINERS:
         raise ValueError(f"cannot write video {dst}: use one of the extensions {', '.join(CONTAINERS)}")
     av = import_av()
-    if not src.is_file():
-        raise FileNotFoundError(f"video not found: {src}")
-    try:
-        source = av.open(str(src))
-    except av.FFmpegError as e:
-        raise ValueError(f"cannot read video {src}: {e}. Check that it is a valid video file.") from e
-    with source:
-        if not source.streams.video:
-            raise ValueError(f"{src} has no video stream")
-        stream = source.streams.video[0]
-        stream.thread_type = "AUTO"  # multi-threaded decoding
+    with open_video(src) as (source, stream):
         rate = stream.average_rate or stream.guessed_rate or _FALLBACK_RATE
         frames = progress_bar(
             source.decode(stream), total=stream.frames or None, desc=src.name, disable=not progress

@@ -1,0 +1,168 @@
+"""Do conditions named in words rank models as the real conditions do? (issue 32, item 4; docs/conditions.md)
+
+For each of the demo's model variants (``famix demo``'s runs on synthetic day: the same folders, so either
+reuses the other's): its mIoU on held-out day scenes restyled toward each held-out domain's name by
+``famix eval --condition`` (``stages.evaluate.robustness``), its mIoU on the same day scenes as they are, and
+its mIoU on that domain's real held-out scenes (the demo's evaluation). Per domain, the Spearman correlation
+over the variants of the restyled mIoU with the real one, and, as the control, of the plain day mIoU with
+the real one (a condition that ranks no better than day itself adds nothing).
+
+    python -m famix.demo.conditions --out famix-demo [--variant=-/-/- --variant="F/A/M (FAMix)" ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+
+from famix.demo.run import (
+    ABLATION,
+    EVAL,
+    FAMIX,
+    SIZE,
+    _mine_banks,
+    _say,
+    demo_config,
+    run_folder,
+    train_and_evaluate,
+)
+from famix.engine.results import format_robustness
+from famix.io import atomic_write
+from famix.paper import PIN_STEPS
+from famix.stages import evaluate
+from famix.world import SHIFTED_DOMAINS, SOURCE_DOMAIN
+
+DEFAULT_VARIANTS = ("-/-/-", "-/A/-", "F/-/-", "F/A/-", FAMIX)
+
+
+def ranks(values: list[float]) -> list[float]:
+    """Ranks 1..n of ``values`` (ties: their mean rank)."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation of two lists (Pearson's of their ranks; nan when one is flat)."""
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    var = (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
+    return cov / var if var else float("nan")
+
+
+def measure(
+    out: str | Path,
+    variants: list[str],
+    seed: int = 0,
+    images: int = 48,
+    steps: int = PIN_STEPS,
+    quick: bool = False,
+) -> dict:
+    """Train (or reuse) each variant, evaluate it on the real held-out domains (the demo's 300 scenes each)
+    and on ``images`` held-out day scenes restyled toward each domain's name; returns
+    {"variants": {name: {...}}, "spearman": {...}}. ``quick``: the demo's smoke settings."""
+    out = Path(out)
+    domains = [SOURCE_DOMAIN, *SHIFTED_DOMAINS]
+    base = demo_config(out / f"seed{seed}", quick, seed)
+    real_images = 16 if quick else 300
+    banks, _ = _mine_banks(base, variants)
+    day = f"synthetic:{SOURCE_DOMAIN}:{images}:{10_000 + seed}:size={SIZE}"  # the demo's held-out day scenes
+    settings = dataclasses.replace(EVAL, condition_steps=steps)
+    rows = {}
+    for name in variants:
+        cfg = copy.deepcopy(base)
+        variant = ABLATION[name]
+        cfg.model.freeze, cfg.style.mix = variant.freeze, variant.mix
+        cfg.style.bank = banks.get(variant.bank)
+        cfg.train.out = str(out / f"seed{seed}" / run_folder(name))
+        real = train_and_evaluate(cfg, name, domains, real_images)
+        start = time.perf_counter()
+        table, _ = evaluate.robustness(
+            Path(cfg.train.out) / "latest.pt", [day], list(SHIFTED_DOMAINS), settings, say=lambda _: None
+        )
+        seconds = time.perf_counter() - start
+        rows[name] = {
+            "real": {d: real[d]["miou"] for d in domains},
+            "day_plain": table[None][day].miou,
+            "restyled": {d: table[d][day].miou for d in SHIFTED_DOMAINS},
+            "seconds": seconds,
+        }
+        _say(f"{name}: day scenes restyled ({images}, {steps} steps, {seconds:.0f} s)")
+        print(format_robustness(table))
+    names = list(rows)
+    correlation = {
+        d: {
+            "restyled": spearman(
+                [rows[v]["restyled"][d] for v in names], [rows[v]["real"][d] for v in names]
+            ),
+            "day": spearman([rows[v]["day_plain"] for v in names], [rows[v]["real"][d] for v in names]),
+        }
+        for d in SHIFTED_DOMAINS
+    }
+    return {"variants": rows, "spearman": correlation, "images": images, "steps": steps, "seed": seed}
+
+
+def markdown(result: dict) -> str:
+    """docs/conditions.md's tables: per variant, real and restyled mIoU per domain; Spearman per domain."""
+    rows, domains = result["variants"], list(SHIFTED_DOMAINS)
+    header = ["variant", "day (real)", "day (these scenes)"]
+    header += [f"{d}: real / restyled" for d in domains]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, r in rows.items():
+        cells = [name, f"{r['real'][SOURCE_DOMAIN]:.1f}", f"{r['day_plain']:.1f}"]
+        cells += [f"{r['real'][d]:.1f} / {r['restyled'][d]:.1f}" for d in domains]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| Spearman over the variants | " + " | ".join(domains) + " |",
+        "|---|" + "---|" * len(domains),
+    ]
+    for key, label in (("restyled", "restyled day vs real"), ("day", "plain day vs real (control)")):
+        lines.append(
+            f"| {label} | " + " | ".join(f"{result['spearman'][d][key]:+.2f}" for d in domains) + " |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="famix-demo")
+    p.add_argument(
+        "--variant",
+        action="append",
+        choices=list(ABLATION),
+        help=f"a variant, repeated (--variant=-/-/-: with '='); default {', '.join(DEFAULT_VARIANTS)}",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", type=int, default=48, help="held-out day scenes restyled (default 48)")
+    p.add_argument("--steps", type=int, default=PIN_STEPS, help=f"PIN steps (default {PIN_STEPS})")
+    p.add_argument("--quick", action="store_true", help="the demo's smoke settings (minutes, not a result)")
+    args = p.parse_args(argv)
+    start = time.perf_counter()
+    result = measure(
+        args.out, args.variant or list(DEFAULT_VARIANTS), args.seed, args.images, args.steps, args.quick
+    )
+    result["seconds"] = time.perf_counter() - start
+    result["machine"] = platform.processor() or platform.machine()
+    text = markdown(result)
+    print(text)
+    atomic_write(Path(args.out) / "conditions.md", lambda p: p.write_text(text + "\n"))
+    atomic_write(Path(args.out) / "conditions.json", lambda p: p.write_text(json.dumps(result, indent=1)))
+
+
+if __name__ == "__main__":
+    main()

@@ -242,7 +242,7 @@ def page(session: Session):
 
     with gr.Blocks(title=f"famix: {name}") as blocks:
         gr.Markdown(
-            f"## famix: {name}\n{session.cfg.backbone} FAMix segmenter, {session.labels.describe()}. "
+            f"## famix: `{name}`\n{session.cfg.backbone} FAMix segmenter, {session.labels.describe()}. "
             "Upload a street photo; describe its conditions; adapt the model to them (PODA)."
         )
         with gr.Row():

@@ -371,6 +371,12 @@ def _rows(w: Path) -> list:
             "data.train_weights=[1.0, 0.0]: give numbers > 0",
         ),
         (
+            "eval with a condition of empty text",
+            ["eval", ckpt, "--data", "synthetic:day:2:size=32", "--condition", " "],
+            {},
+            "--condition ' ' names no condition: describe it in words",
+        ),
+        (
             "diagnose an empty target folder",
             ["diagnose", ckpt, "--data", str(w / "empty")],
             {},

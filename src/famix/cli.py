@@ -75,8 +75,21 @@ def cmd_eval(args) -> None:
         classes=args.classes,
         group=args.group,
         protocol=args.protocol,
-        **_given(args, "batch_size"),
+        **_given(args, "batch_size", "condition_steps", "condition_lr", "condition_weights"),
     )
+    if args.condition:  # the plain row and one per condition
+        from famix.engine.results import format_robustness
+
+        if args.paper_table or args.per_class:
+            raise ValueError("--condition prints the robustness table: drop --paper-table / --per-class")
+        with _session(args.device) as info:
+            rows, _ = evaluate.robustness(
+                args.checkpoint, args.data, args.condition, settings, report=args.json or "auto",
+                force=args.force, html=args.report,
+            )  # fmt: skip
+        if info.main:
+            print(format_robustness(rows))
+        return
     with _session(args.device) as info:  # under torchrun each rank evaluates its share of every dataset
         results, names = evaluate.run(
             args.checkpoint,

@@ -149,6 +149,15 @@ def _add_eval_predict(sub) -> None:
     )
     e.add_argument("--force", action="store_true", help="replace --json even if famix eval did not write it")
     e.add_argument(
+        "--condition",
+        action="append",
+        help='evaluate on the images restyled toward a condition in words ("heavy snow"; image-level PIN at '
+        "the style site, labels unchanged); several: a robustness table beside the plain row",
+    )
+    e.add_argument("--condition-steps", type=int, help="PIN steps per image (0: the images as they are)")
+    e.add_argument("--condition-lr", type=float, help="PIN SGD lr per image")
+    e.add_argument("--condition-weights", help="CLIP weights of the conditions (default: the checkpoint's)")
+    e.add_argument(
         "--report", action="store_true", help="also write the results' HTML page (famix report) beside it"
     )
     e.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data-loader processes")

@@ -211,6 +211,8 @@ def diagnose_table(ps: list[dict]) -> str:
 # --- 3. auto-adapt ---------------------------------------------------------------------------------------
 def render_targets(folder: Path, domain: str, seed: int, n: int) -> Path:
     """``n`` scenes of ``domain`` as PNG files (scene seeds of ``synthetic:DOMAIN:n:30000+seed``)."""
+    from PIL import Image
+
     from famix.world import render
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -218,7 +220,7 @@ def render_targets(folder: Path, domain: str, seed: int, n: int) -> Path:
         path = folder / f"{i:03d}.png"
         if not path.exists():
             image, _ = render((30_000 + seed) * 1_000_003 + i, domain, (SIZE, SIZE))
-            image.save(path)
+            Image.fromarray(image).save(path)
     return folder
 
 
@@ -226,6 +228,10 @@ def adapt_measure(out: Path, seed: int, n_targets: int, domains: list[str]) -> d
     from famix.demo.adaptation import adapt_settings
     from famix.demo.run import demo_config, evaluate_run
     from famix.stages import adapt
+    from famix.stages.adapt import slug
+    from famix.style.conditions import CONDITIONS
+
+    words = {slug(w): w for w in CONDITIONS}
 
     ckpt = demo_checkpoint(out, seed)
     cfg = demo_config(out / "demo" / f"seed{seed}", quick=False, seed=seed)
@@ -233,6 +239,9 @@ def adapt_measure(out: Path, seed: int, n_targets: int, domains: list[str]) -> d
     base = out / f"adapt_seed{seed}"
     source = evaluate_run(ckpt, "source", seed, DOMAINS, N_EVAL)
     rows, adapted = {}, {}  # adapted: word -> checkpoint (the same word, seed and settings: the same model)
+    done = out / f"adapt_seed{seed}.json"
+    if done.exists():  # rows of an earlier call with other --domains
+        rows = json.loads(done.read_text())["rows"]
 
     def model_for(word: str) -> Path:
         if word not in adapted:
@@ -240,6 +249,9 @@ def adapt_measure(out: Path, seed: int, n_targets: int, domains: list[str]) -> d
             adapted[word] = adapt.run(ckpt, [word], cfg.data.train, folder, cfg.model.weights, settings)[word]
         return adapted[word]
 
+    # first every --target auto run, then the wrong-word rows: an auto run that picked a word is the model
+    # adapted to that word (the same source, seed and settings), so the wrong word usually costs no run
+    picks = {}
     for domain in domains:
         targets = render_targets(base / "targets" / domain, domain, seed, n_targets)
         start = time.perf_counter()
@@ -247,9 +259,13 @@ def adapt_measure(out: Path, seed: int, n_targets: int, domains: list[str]) -> d
             ckpt, ["auto"], cfg.data.train, base / f"auto-{domain}", cfg.model.weights, settings,
             target_data=str(targets),
         )  # fmt: skip
-        ((picked, path),) = result.items()
+        (path,) = result.values()  # {"auto": <out>/<slug of the word picked>/latest.pt}
+        picked = words[Path(path).parent.name]
         adapted.setdefault(picked, path)
-        seconds = time.perf_counter() - start
+        picks[domain] = (picked, path, round(time.perf_counter() - start, 1))
+        print(f"seed {seed} {domain}: auto picked {picked!r} ({picks[domain][2]} s)")
+    for domain in domains:
+        picked, path, seconds = picks[domain]
         auto = evaluate_run(path, f"auto {domain}", seed, [domain], N_EVAL)[domain]
         wrong_word = OPPOSITE[domain] if picked != OPPOSITE[domain] else domain
         wrong = evaluate_run(model_for(wrong_word), wrong_word, seed, [domain], N_EVAL)[domain]
@@ -261,9 +277,9 @@ def adapt_measure(out: Path, seed: int, n_targets: int, domains: list[str]) -> d
             "wrong_word": wrong_word,
             "wrong_miou": wrong["miou"],
             "true_word_miou": right["miou"],
-            "auto_seconds": round(seconds, 1),
+            "auto_seconds": seconds,
         }
-        print(f"seed {seed} {domain}: auto picked {picked!r}: {rows[domain]}")
+        print(f"seed {seed} {domain}: {rows[domain]}")
         payload = {
             "machine": machine(),
             "seed": seed,
@@ -273,6 +289,24 @@ def adapt_measure(out: Path, seed: int, n_targets: int, domains: list[str]) -> d
             "rows": rows,
         }
         save(out, f"adapt_seed{seed}", payload)  # after every domain: partial work lands
+    return payload
+
+
+def adapt_control(out: Path, seed: int) -> dict:
+    """The control of table 3: the same head fine-tuned for the same steps, lr, crops and seed on day crops
+    with no restyling (``famix.stages.adapt.control``), on every held-out domain."""
+    from famix.demo.adaptation import adapt_settings
+    from famix.demo.run import demo_config, evaluate_run
+    from famix.stages import adapt
+
+    ckpt = demo_checkpoint(out, seed)
+    cfg = demo_config(out / "demo" / f"seed{seed}", quick=False, seed=seed)
+    folder = out / f"adapt_seed{seed}" / "control"
+    control = adapt.control(ckpt, cfg.data.train, folder, adapt_settings(quick=False, seed=seed))
+    results = evaluate_run(control, "control", seed, DOMAINS, N_EVAL)
+    payload = {"machine": machine(), "seed": seed, "miou": {d: results[d]["miou"] for d in DOMAINS}}
+    save(out, f"control_seed{seed}", payload)
+    print(payload)
     return payload
 
 
@@ -388,7 +422,7 @@ def table(step: str, out: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("step", choices=["ranking", "diagnose", "adapt", "sources", "table"])
+    parser.add_argument("step", choices=["ranking", "diagnose", "adapt", "control", "sources", "table"])
     parser.add_argument("which", nargs="?", help="table: the step; sources: comma-separated rows")
     parser.add_argument("--out", type=Path, default=Path("measure-conditions"))
     parser.add_argument("--seed", type=int, default=0)
@@ -409,6 +443,9 @@ def main() -> None:
         diagnose(a.out, a.seed, a.n or N_EVAL)
     elif a.step == "adapt":
         adapt_measure(a.out, a.seed, a.targets, a.domains.split(","))
+    elif a.step == "control":
+        adapt_control(a.out, a.seed)
+        return
     elif a.step == "sources":
         sources(a.out, a.seed, (a.which or "day,desert,day + desert").split(","))
     print(table(a.step, a.out))

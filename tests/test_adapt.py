@@ -172,3 +172,29 @@ def test_style_layers_of_another_clip_warn(checkpoint):
     other = build_clip("tiny-rn", seed=1).visual
     with pytest.warns(UserWarning, match="style-map layers differ"):
         adapt_engine._check_style_layers(model, other, None)
+
+
+def test_a_stop_asked_in_mining_s_last_round_stops_adapt_before_fine_tuning(
+    checkpoint, tmp_path, monkeypatch
+):
+    """SIGTERM while the last round of mining runs: the bank is finished and saved, and famix adapt stops
+    there (Interrupted) rather than losing the request and fine-tuning on."""
+    import os
+    import signal
+
+    from famix.engine.interrupt import Interrupted
+
+    real_pin = adapt_engine.image_pin
+
+    def pin_then_sigterm(*args, **kwargs):
+        styles = real_pin(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # caught by mining's handler: a stop request, no exit
+        return styles
+
+    settings = adapt_engine.AdaptSettings(**{**vars(SETTINGS), "images": 2})  # one batch: the last round
+    monkeypatch.setattr(adapt_engine, "image_pin", pin_then_sigterm)
+    with pytest.raises(Interrupted, match="mining finished"):
+        adapt_engine.run(checkpoint, [TARGET], SOURCE, tmp_path, settings=settings, progress=False)
+    run = tmp_path / adapt_engine.slug(TARGET)
+    assert StyleBank.load(run / "styles.safetensors").metadata["batches_done"] == 1
+    assert not (run / "latest.pt").exists()  # fine-tuning never started

@@ -176,3 +176,24 @@ def test_adapt_target_auto_adapts_to_what_clip_ranks_first_and_records_it(demo, 
         main([*argv[:2], "--target", "night", "--target-data", str(folder),
               "--data", "synthetic:day:4:0:size=48", "--out", str(tmp_path / "other")])  # fmt: skip
     assert not (tmp_path / "other").exists()
+
+
+def test_the_suggestion_is_a_word_some_target_set_ranks_first():
+    """Each set votes (by its images) for its first word; sets that look like the source do not vote."""
+
+    def ranked(*words):
+        return {"scores": {w: 1.0 / (k + 2) for k, w in enumerate(words)}}
+
+    report = {
+        "source_conditions": ranked("day", "sunny"),
+        "sets": {
+            "day": {"images": 300, "conditions": ranked("day", "sunny")},
+            "night": {"images": 10, "conditions": ranked("night", "sunny")},
+            "fog": {"images": 20, "conditions": ranked("fog", "sunny")},
+        },
+    }
+    got = dg.suggestion("m.pt", report, "synthetic:day")
+    assert got["target"] == "fog" and got["votes"] == {"night": 10, "fog": 20}
+    assert '--target "fog" --data synthetic:day' in got["command"]
+    report["sets"] = {"day": report["sets"]["day"]}
+    assert dg.suggestion("m.pt", report, None)["target"] is None

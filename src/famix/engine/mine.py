@@ -103,10 +103,13 @@ def mine_pass(
                     f"stopped after {last} of {batches} batches; {path} holds them: run the same command "
                     "to resume"
                 )
+        stop = any_rank(asked())  # asked during the last round: the pass is whole, but the stop stands
     bar.close()
     if info.main:
         bank.save(path)
     barrier()
+    if stop:  # a composite (famix adapt) must not go on to its next stage after a Ctrl-C / SIGTERM
+        raise Interrupted(f"stopped after mining finished; {path} is complete: run the same command to go on")
     return bank
 
 

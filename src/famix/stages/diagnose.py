@@ -334,20 +334,24 @@ def _ours(path: Path) -> bool:
 
 
 def suggestion(checkpoint, report: dict, source: str | None) -> dict:
-    """The ``famix adapt`` command the ranking suggests: the condition ranked first over all the target
-    images, unless it is also the source's first (then the target looks like the source: none)."""
-    totals: dict[str, float] = {}
-    for r in report["sets"].values():
-        for text, score in r["conditions"]["scores"].items():
-            totals[text] = totals.get(text, 0.0) + score * r["images"]
-    top = max(totals, key=totals.get)
+    """The ``famix adapt`` command the ranking suggests. Each set votes, with its image count, for the word
+    it ranks first; a set whose first word is also the source's first looks like the source and does not
+    vote (so diagnosing the source beside targets never suggests a word no set ranks first). None when no
+    set votes."""
     first_on_source = (
         next(iter(report["source_conditions"]["scores"])) if report["source_conditions"] else None
     )
-    if top == first_on_source:
-        return {"target": None, "why": f"{top!r} ranks first on the source too: the target looks like it"}
+    votes: dict[str, int] = {}
+    for r in report["sets"].values():
+        first = next(iter(r["conditions"]["scores"]))
+        if first != first_on_source:
+            votes[first] = votes.get(first, 0) + r["images"]
+    if not votes:
+        why = f"every set ranks {first_on_source!r} first, as the source does: the targets look like it"
+        return {"target": None, "why": why}
+    top = max(votes, key=votes.get)
     command = f'famix adapt {checkpoint} --target "{top}" --data {source or "SOURCE_SPEC"} --out runs/adapt'
-    return {"target": top, "command": command}
+    return {"target": top, "command": command, "votes": votes}
 
 
 def _fmt(v, digits: int = 2) -> str:

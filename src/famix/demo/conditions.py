@@ -35,24 +35,10 @@ from famix.engine.results import format_robustness
 from famix.io import atomic_write
 from famix.paper import PIN_STEPS
 from famix.stages import evaluate
+from famix.stages.diagnose import ranks
 from famix.world import SHIFTED_DOMAINS, SOURCE_DOMAIN
 
 DEFAULT_VARIANTS = ("-/-/-", "-/A/-", "F/-/-", "F/A/-", FAMIX)
-
-
-def ranks(values: list[float]) -> list[float]:
-    """Ranks 1..n of ``values`` (ties: their mean rank)."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    out = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            out[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return out
 
 
 def spearman(a: list[float], b: list[float]) -> float:

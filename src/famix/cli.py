@@ -313,6 +313,7 @@ def cmd_app(args) -> None:
         raise ValueError("famix app: give a checkpoint (or a saved folder, or hf:OWNER/NAME), or --demo")
     if args.quick and not args.demo:
         raise ValueError("--quick is for --demo (the quick demo's model)")
+    AppSettings(host=args.host, port=args.port)  # the address checked before the demo's model is trained
     checkpoint = args.checkpoint
     if args.demo:  # the demo's model, with the demo's adaptation sizes (CPU, about a minute)
         from famix.demo.adaptation import adapt_settings

@@ -13,7 +13,8 @@ from PIL import Image
 
 from famix.cli import main
 from famix.demo.run import demo_model
-from famix.engine.checkpoint import load_checkpoint, load_segmenter
+from famix.engine import ood
+from famix.engine.checkpoint import load_checkpoint, load_segmenter, save_checkpoint
 from famix.engine.conditions import load_clip, rank
 from famix.engine.evaluate import evaluate_specs
 from famix.engine.inference import model_input, predict_logits
@@ -45,7 +46,7 @@ def test_pixel_confidence_equals_a_loop():
 def test_style_statistics_and_out_of_domain_score_equal_loops():
     g = torch.Generator().manual_seed(1)
     f = torch.randn(3, 4, 5, 6, generator=g)
-    v = dg.style_vector(f)
+    v = ood.style_vector(f)
     for b in range(3):
         for c in range(4):
             values = [float(f[b, c, y, x]) for y in range(5) for x in range(6)]
@@ -54,9 +55,9 @@ def test_style_statistics_and_out_of_domain_score_equal_loops():
             assert float(v[b, c]) == pytest.approx(mean, abs=1e-6)
             assert float(v[b, 4 + c]) == pytest.approx(std, rel=1e-5)
     m, s = torch.randn(8, generator=g), torch.rand(8, generator=g)
-    score = dg.ood_score(v, m, s)
+    score = ood.ood_score(v, m, s)
     for b in range(3):
-        z = [(float(v[b, d]) - float(m[d])) / (float(s[d]) + dg.EPS) for d in range(8)]
+        z = [(float(v[b, d]) - float(m[d])) / (float(s[d]) + ood.EPS) for d in range(8)]
         assert float(score[b]) == pytest.approx(math.sqrt(sum(q * q for q in z) / 8), rel=1e-5)
 
 
@@ -101,7 +102,7 @@ def test_diagnose_equals_a_per_image_loop(demo, tmp_path):
 
     src = build_dataset(source, cfg.labels)
     with torch.no_grad():
-        vectors = torch.stack([dg.style_vector(model.style_features(model_input(model, src[i][0][None])))[0]
+        vectors = torch.stack([ood.style_vector(model.style_features(model_input(model, src[i][0][None])))[0]
                                for i in range(4)])  # fmt: skip
         mean, std = vectors.mean(0), vectors.std(0, correction=0)
         target = build_dataset(spec, cfg.labels)
@@ -120,8 +121,8 @@ def test_diagnose_equals_a_per_image_loop(demo, tmp_path):
             shares = {cfg.labels.names[k]: round(100 * int((ids == k).sum()) / ids.numel(), 3)
                       for k in range(len(cfg.labels)) if (ids == k).any()}  # fmt: skip
             assert row["shares"] == shares
-            v = dg.style_vector(model.style_features(x))[0]
-            z = (v - mean) / (std + dg.EPS)
+            v = ood.style_vector(model.style_features(x))[0]
+            z = (v - mean) / (std + ood.EPS)
             assert row["ood"] == pytest.approx(float(z.pow(2).mean().sqrt()), rel=1e-4)
     evaluated = evaluate_specs(model, [spec], len(cfg.labels), labels=cfg.labels, progress=False)[spec]
     assert report["sets"][spec]["miou"] == pytest.approx(evaluated.miou, abs=1e-9)
@@ -134,6 +135,69 @@ def test_diagnose_equals_a_per_image_loop(demo, tmp_path):
     assert (out / "maps" / "photos" / "p0_confidence.png").is_file()
     assert not (out / "maps" / "photos" / "p1_confidence.png").exists()  # --maps 1
     assert "famix adapt" in (out / "diagnose.md").read_text()
+
+
+def test_source_reference_over_several_sources_equals_a_loop():
+    """The reference spreads its picks over the sources' concatenation: the mean and spread of the picked
+    images' statistics, against a loop over every index."""
+    from famix.config import ModelConfig
+    from famix.data.datasets import build_dataset
+    from famix.models.build import build_segmenter
+
+    model = build_segmenter(ModelConfig(backbone="tiny-clip", weights=packaged_weights("tiny-clip")), seed=0)
+    a, b = build_dataset("synthetic:day:5:0:size=40"), build_dataset("synthetic:desert:4:1:size=40")
+    assert ood.spread_picks(9, 4) == [0, 3, 5, 8] and ood.spread_picks(3, 8) == [0, 1, 2]
+    mean, std = ood.source_reference(model.eval(), [a, b], count=4)
+    items = [a[i][0] for i in range(5)] + [b[i][0] for i in range(4)]
+    with torch.no_grad():
+        rows = [ood.style_vector(model.style_features(model_input(model, items[i][None])))[0].tolist()
+                for i in (0, 3, 5, 8)]  # fmt: skip
+    for d in range(len(rows[0])):
+        column = [r[d] for r in rows]
+        m = sum(column) / 4
+        assert float(mean[d]) == pytest.approx(m, rel=1e-5, abs=1e-7)
+        spread = math.sqrt(sum((c - m) ** 2 for c in column) / 4)
+        assert float(std[d]) == pytest.approx(spread, rel=1e-4, abs=1e-6)
+
+
+def test_training_stores_the_reference_and_diagnose_reads_it(demo, tmp_path):
+    """`famix train` stores the source's style reference in the checkpoint (equal to computing it after
+    training from the source data); diagnose without --source uses it and scores as a loop against it; a
+    checkpoint without it falls back to the source data (the same numbers); a saved folder keeps it exactly;
+    with the source data unreadable, the stored reference still gives the score."""
+    from famix.data.datasets import build_dataset
+    from famix.engine import pretrained
+
+    ckpt = load_checkpoint(demo)
+    entry = ckpt[ood.KEY]
+    model, cfg = load_segmenter(ckpt, channels_last=True)  # as trained (train.channels_last) and diagnosed
+    spec = ckpt["config"]["data"]["train"]
+    mean, std = ood.source_reference(model, [build_dataset(spec, cfg.labels)])
+    assert torch.equal(entry["mean"], mean) and torch.equal(entry["std"], std)
+    assert entry["images"] == ood.REFERENCE_IMAGES < len(build_dataset(spec))
+
+    def diagnose(path, out):
+        return dg.run(path, [target], dg.DiagnoseSettings(maps=0, device="cpu"), out, False, say=str)
+
+    target = "synthetic:fog:2:10000:size=48"
+    stored = diagnose(demo, tmp_path / "a")
+    assert stored["reference"] == "checkpoint" and stored["source"] == spec
+    image = build_dataset(target, cfg.labels)[0][0]
+    with torch.no_grad():
+        v = ood.style_vector(model.style_features(model_input(model, image[None])))
+    expected = float(ood.ood_score(v, mean, std)[0])
+    assert stored["sets"][target]["per_image"][0]["ood"] == pytest.approx(expected, rel=1e-6)
+    save_checkpoint(tmp_path / "old.pt", **{k: v for k, v in ckpt.items() if k != ood.KEY})  # older famix
+    computed = diagnose(tmp_path / "old.pt", tmp_path / "b")
+    assert computed["reference"] == "source data"
+    assert computed["sets"][target]["ood"] == pytest.approx(stored["sets"][target]["ood"], rel=1e-6)
+    folder = pretrained.write_folder(ckpt, tmp_path / "saved", "demo", [], None, False)
+    back = pretrained.read_folder(folder)[ood.KEY]
+    assert torch.equal(back["mean"], entry["mean"]) and torch.equal(back["std"], entry["std"])
+    moved = {**ckpt["config"], "data": {**ckpt["config"]["data"], "train": "gta5:/nowhere/gta5:train"}}
+    save_checkpoint(tmp_path / "moved.pt", **{**ckpt, "config": moved})  # its source not on this machine
+    gone = diagnose(tmp_path / "moved.pt", tmp_path / "c")
+    assert gone["reference"] == "checkpoint" and gone["sets"][target]["ood"] == stored["sets"][target]["ood"]
 
 
 @pytest.mark.parametrize("style", ["sepia", "neon", "desert"])

@@ -481,7 +481,9 @@ def _add_diagnose(sub) -> None:
     )
     d.add_argument("--weights", help="CLIP weights of the conditions (default: the model's)")
     d.add_argument(
-        "--source", help="the source spec of the out-of-domain reference (default: the model's data.train)"
+        "--source",
+        help="the source spec of the out-of-domain reference (default: the reference famix train stored in "
+        "the checkpoint, else the model's data.train)",
     )
     d.add_argument(
         "--source-images", type=int, default=32, help="source images of that reference (default 32)"

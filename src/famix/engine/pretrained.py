@@ -37,7 +37,7 @@ from safetensors.torch import load_file
 
 from famix.config import ModelConfig, from_dict
 from famix.data.specs import is_option, join_fields, parse_spec, split_fields
-from famix.engine import hub
+from famix.engine import hub, ood
 from famix.engine.runs import KEY
 from famix.io import atomic_write, file_fingerprint, remove_stale_temps, save_safetensors
 from famix.normalization import OPENAI_NORMALIZATION
@@ -121,6 +121,7 @@ def read_folder(folder: str | Path) -> dict:
         "cur_itrs": meta.get("steps", 0),
         "best_score": meta.get("best_score", 0.0),
         "pretrained": meta,
+        ood.KEY: ood.from_json(meta.get(ood.KEY)),
     }
 
 
@@ -681,6 +682,9 @@ def write_folder(
         "best_score": float(ckpt.get("best_score", 0.0)),
         "evaluations": rows,  # scores only: the confusion matrices stay in the result files and caches
     }
+    reference = ood.to_json(ckpt.get(ood.KEY))  # famix diagnose's out-of-domain reference (engine.ood)
+    if reference is not None:
+        meta[ood.KEY] = reference
     text = json.dumps(meta, indent=1)
     atomic_write(folder / CARD, lambda tmp: tmp.write_bytes(card.encode()))
     atomic_write(folder / CONFIG, lambda tmp: tmp.write_text(text + "\n"))  # last: marks the save whole

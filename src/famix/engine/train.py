@@ -32,6 +32,8 @@ from famix.engine.inference import eval_mode, predict_ids
 from famix.engine.interrupt import Interrupted, any_rank, stop_requests
 from famix.engine.loggers import MetricsLogger, dataset_name
 from famix.engine.loss import SegmentationLoss
+from famix.engine.ood import KEY as REFERENCE_KEY
+from famix.engine.ood import reference_entry
 from famix.engine.runs import KEY, RunRecord
 from famix.engine.sampler import stream_sampler
 from famix.engine.seeds import mixer_seed, step_seed
@@ -313,10 +315,15 @@ def save_checkpoints(cfg, parts: dict, step, best, score, info, record: RunRecor
     validation step's model is the best known, so best.pt follows it (the last one: the final model).
     When both hold the same step they are one file (a hard link: a finished run is not stored twice; the
     next ``latest.pt`` is a new file, so ``best.pt`` keeps its step).
-    ``parts``: model, optimizer, scheduler, scaler. Returns the best score (mIoU %, -1: none measured)."""
+    A validation step's checkpoint also holds the source's style reference (``engine.ood``: famix
+    diagnose's out-of-domain score reads it). ``parts``: model, optimizer, scheduler, scaler. Returns the
+    best score (mIoU %, -1: none measured)."""
     if info.main:
         state = {f"{name}_state": part.state_dict() for name, part in parts.items()}
         state.update(cur_itrs=step, config=cfg.to_dict(), **{KEY: record.to_dict()})
+        if score is not None:  # famix diagnose's out-of-domain reference, of the weights saved
+            datasets = [build_dataset(spec, cfg.model.labels) for spec in cfg.data.sources]
+            state[REFERENCE_KEY] = reference_entry(parts["model"], datasets)
         out = Path(cfg.train.out)
         unmeasured = score is not None and score < 0
         better = score is not None and (score > best or unmeasured or not (out / "best.pt").is_file())

@@ -3,10 +3,11 @@
 Per image and per set: the predicted classes' pixel shares, the mean confidence (max softmax) and entropy,
 a per-pixel confidence map, an out-of-domain score (how far the image's style statistics, the channel mean
 and std of the segmenter's style map, lie from the source's: the root mean square of their z-scores against
-the source images' spread), and CLIP's ranking of condition words (``famix.style.conditions.CONDITIONS``
-and the user's own) for the set, with the ``famix adapt`` command it suggests. Where labels exist: mIoU, and
-how well confidence predicts errors (AUROC of confidence for pixel correctness); over several labelled sets,
-the correlation of the out-of-domain score with mIoU. Writes ``diagnose.json``, ``diagnose.md`` and the maps.
+the source images' spread; ``engine.ood``: the reference ``famix train`` stored in the checkpoint), and
+CLIP's ranking of condition words (``famix.style.conditions.CONDITIONS`` and the user's own) for the set,
+with the ``famix adapt`` command it suggests. Where labels exist: mIoU, and how well confidence predicts
+errors (AUROC of confidence for pixel correctness); over several labelled sets, the correlation of the
+out-of-domain score with mIoU. Writes ``diagnose.json``, ``diagnose.md`` and the maps.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from famix.config import train_sources
 from famix.engine import pretrained
 from famix.engine.checkpoint import checkpoint_precision, load_checkpoint, load_segmenter
 from famix.engine.checks import check_specs
@@ -28,6 +30,7 @@ from famix.engine.conditions import Ranking, clip_weights, image_set, load_clip,
 from famix.engine.distributed import resolve_device, single_process
 from famix.engine.evaluate import EvalResult, confusion_matrix
 from famix.engine.inference import eval_mode, model_input, predict_logits
+from famix.engine.ood import ood_score, source_reference, spread_picks, stored_reference, style_vector
 from famix.engine.outputs import check_folder, check_replaceable
 from famix.io import atomic_write
 from famix.models.clip import check_weights_reachable, clip_normalization
@@ -35,7 +38,6 @@ from famix.progress import progress_bar
 
 BINS = 10_000  # confidence histogram bins of the AUROC (confidence read to 1e-4)
 MARK = "famix diagnose"  # in every diagnose.json famix writes: what it may replace
-EPS = 1e-5  # added to the source spread of a statistic (a constant channel)
 
 
 # --- pure tensor functions ----------------------------------------------------------------------------
@@ -46,19 +48,6 @@ def pixel_confidence(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     confidence, ids = p.max(1)
     entropy = -torch.special.xlogy(p, p).sum(1)
     return confidence, entropy, ids
-
-
-def style_vector(f: torch.Tensor) -> torch.Tensor:
-    """A style map [B, C, h, w] -> each image's style statistics [B, 2C]: channel means, then channel
-    standard deviations (population, over h x w)."""
-    flat = f.float().flatten(2)
-    return torch.cat([flat.mean(2), flat.std(2, correction=0)], dim=1)
-
-
-def ood_score(v: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Style statistics [B, D] against the source's mean [D] and spread [D] -> [B]: the root mean square of
-    the z-scores ``(v - mean) / (std + EPS)``: 0 at the source's mean, ~1 for a typical source image."""
-    return ((v - mean) / (std + EPS)).pow(2).mean(1).sqrt()
 
 
 def confidence_histograms(
@@ -188,21 +177,6 @@ def diagnose_set(model, items, name, num_classes, device, dtype, reference, prog
     return stats
 
 
-def source_reference(model, dataset, count: int, device, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The source's (mean [2C], std [2C]) of per-image style statistics over ``count`` images spread evenly
-    over ``dataset`` (all when it has fewer)."""
-    n = len(dataset)
-    picks = sorted({round(i * (n - 1) / max(count - 1, 1)) for i in range(min(count, n))})
-    vectors = []
-    with eval_mode(model), torch.inference_mode():
-        for i in progress_bar(picks, desc="source statistics", disable=not progress):
-            image, _ = dataset[i]
-            x = model_input(model, image[None].to(device))
-            vectors.append(style_vector(model.style_features(x)).cpu()[0])
-    v = torch.stack(vectors)
-    return v.mean(0), v.std(0, correction=0)
-
-
 def confidence_picture(confidence: torch.Tensor) -> Image.Image:
     """A confidence map [H, W] in [0, 1] as a picture: viridis colours (dark = unsure), below it a colour
     bar from 0 to 1 captioned "confidence" (the max softmax)."""
@@ -226,8 +200,9 @@ def slug(text: str) -> str:
 @dataclass(frozen=True)
 class DiagnoseSettings:
     """``famix diagnose``'s options: the user's condition words, CLIP weights (None: the model's), the
-    source spec of the out-of-domain reference (None: the model's data.train where readable), its image
-    count, confidence maps written per set, at most ``max_images`` per set (None: all), device."""
+    source spec of the out-of-domain reference (None: the reference the checkpoint stores, else the model's
+    data.train where readable), its image count, confidence maps written per set, at most ``max_images``
+    per set (None: all), device."""
 
     words: tuple[str, ...] = ()
     weights: str | None = None
@@ -266,32 +241,35 @@ def run(checkpoint, data: list[str], s: DiagnoseSettings, out=None, progress=Tru
             "--weights: the model names no CLIP weights readable here: pass the CLIP it came from"
         )
     check_weights_reachable(cfg.backbone, weights)
-    source = s.source or (ckpt.get("config", {}).get("data", {}).get("train"))
-    source = source[0] if isinstance(source, list) and source else source  # several sources: the first
+    # the source: --source, else the model's data.train (several sources: all of them) where readable here
+    trained_on = (ckpt.get("config") or {}).get("data", {}).get("train")
+    specs = [s.source] if s.source is not None else train_sources(trained_on) if trained_on else []
     source_data = None
-    if source is not None:
+    if specs:
         try:
-            source_data = check_specs([source], "--source", labels)[source]
+            source_data = list(check_specs(specs, "--source", labels).values())
         except (ValueError, FileNotFoundError):
             if s.source is not None:
-                raise
-            source = None  # the model's own source is not on this machine: no out-of-domain score
+                raise  # the model's own source not on this machine: the stored reference, if any
+    source = specs[0] if specs else None  # the suggested famix adapt's --data
     folder = Path(out) if out is not None else pretrained.base_path(checkpoint).with_suffix(".diagnose")
     check_folder(folder, "--out")
     check_replaceable(folder / "diagnose.json", _ours, "diagnose results", force=False)
     _, dtype = checkpoint_precision(None, ckpt, device)
-    reference = (
-        source_reference(model, source_data, s.source_images, device, progress) if source_data else None
-    )
+    # the out-of-domain reference: the one training stored (engine.ood), unless --source asks for another;
+    # else computed from the source data where it is readable
+    reference = stored_reference(ckpt) if s.source is None else None
+    reference_from = "checkpoint" if reference is not None else None
+    if reference is None and source_data is not None:
+        reference = source_reference(model, source_data, s.source_images, device, progress)
+        reference_from = "source data"
     clip = load_clip(cfg.backbone, weights, device)
     norm = clip_normalization(cfg.backbone, weights, cfg.mean, cfg.std)
     results, source_ranking = {}, None
     if source_data is not None:
-        n = len(source_data)
-        picks = sorted(
-            {round(i * (n - 1) / max(s.source_images - 1, 1)) for i in range(min(s.source_images, n))}
-        )
-        source_ranking = rank(clip, (source_data[i][0] for i in picks), norm, s.words)
+        first = source_data[0]  # CLIP's words for the (first) source: sets that look like it do not vote
+        picks = spread_picks(len(first), s.source_images)
+        source_ranking = rank(clip, (first[i][0] for i in picks), norm, s.words)
     for name, items in sets:
         if s.max_images is not None and len(items) > s.max_images:
             n = len(items)
@@ -313,6 +291,7 @@ def run(checkpoint, data: list[str], s: DiagnoseSettings, out=None, progress=Tru
         "model": Path(str(checkpoint)).name,
         "weights": Path(weights).name if Path(weights).is_file() else weights,
         "source": source,
+        "reference": reference_from,
         "source_conditions": source_ranking.to_dict() if source_ranking else None,
         "sets": results,
         "ood_vs_miou": correlations([r["ood"] for r in labelled], [r["miou"] for r in labelled]),
@@ -372,7 +351,10 @@ def markdown(report: dict) -> str:
             f"| `{name}` | {r['images']} | {_fmt(r['confidence'], 3)} | {_fmt(r['entropy'], 3)} | "
             f"{_fmt(r['ood'])} | {_fmt(r.get('miou'))} | {_fmt(r.get('auroc'), 3)} | {first} ({score:.2f}) |"
         )
-    source = report["source"] or "no source data: not computed"
+    source = {
+        "checkpoint": f"{report['source']}, stored in the checkpoint at training",
+        "source data": f"{report['source']}, computed from its images",
+    }.get(report.get("reference"), "no reference stored and no source data: not computed")
     lines += ["", f"Out-of-domain: RMS z-score of the style statistics against the source images ({source}); "
               "AUROC: of confidence for pixel correctness.", ""]  # fmt: skip
     for name, r in report["sets"].items():

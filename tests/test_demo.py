@@ -198,3 +198,34 @@ def test_quick_vit_demo_runs_on_the_tiny_vit_clip(tmp_path):
         and ckpt["config"]["model"]["output_stride"] == 8
     )
     assert StyleBank.load(out / "seed0" / "bank_mined.safetensors").channels == 96  # the ViT's width
+
+
+def test_quick_sources_demo_trains_on_both_sources_beside_each_alone(quick_demo):
+    """`famix demo --sources`: the day row is the demo's own FAMix run (reused, not trained again); the
+    two-source run's config and record hold both specs; its bank holds styles mined on both sources, in
+    proportion; the paired row is the rows' difference."""
+    from famix.demo.sources import BOTH, DAY, SECOND, run_sources_demo, source_specs
+
+    out, first = quick_demo
+    day_ckpt = out / "seed0" / run_folder(FAMIX) / "latest.pt"
+    before = file_fingerprint(day_ckpt)
+    result = run_sources_demo(out, quick=True)
+    assert file_fingerprint(day_ckpt) == before
+    assert result["runs"][f"FAMix on {DAY}"][0] == first["runs"][FAMIX][0]
+    both = load_checkpoint(out / "seed0" / "sources" / f"{DAY}+{SECOND}" / run_folder(FAMIX) / "latest.pt")
+    assert (
+        both["config"]["data"]["train"]
+        == source_specs(BOTH, 0)
+        == [*source_specs(DAY, 0), *source_specs(SECOND, 0)]
+    )
+    assert both["run"]["settings"]["data"]["train"] == source_specs(BOTH, 0)
+    bank = StyleBank.load(out / "seed0" / "sources" / f"{DAY}+{SECOND}" / "bank_mined.safetensors")
+    assert bank.metadata["run"]["settings"]["data"]["train"] == source_specs(BOTH, 0)
+    text = (out / "sources_results.md").read_text()
+    row = next(
+        line
+        for line in text.splitlines()
+        if line.startswith(f"| FAMix on {BOTH} - FAMix on {DAY} (paired) |")
+    )
+    night = result["runs"][f"FAMix on {BOTH}"][0]["night"]["miou"] - first["runs"][FAMIX][0]["night"]["miou"]
+    assert [c.strip() for c in row.strip("|").split("|")][2] == f"{night:+.1f}"

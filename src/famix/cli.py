@@ -212,6 +212,13 @@ def cmd_adapt(args) -> None:
 
 def cmd_demo(args) -> None:
     out = args.out or ("famix-demo" if args.backbone == "rn" else f"famix-demo-{args.backbone}")
+    if args.sources and (args.adapt is not None or args.ablation):
+        raise ValueError("--sources is a demo of its own: drop --adapt / --ablation, or run them separately")
+    if args.sources:
+        from famix.demo.sources import run_sources_demo
+
+        run_sources_demo(out, args.quick, args.seed, args.seeds or 1, args.backbone, args.amp)
+        return
     if args.adapt is not None:
         from famix.demo.adaptation import run_adapt_demo
 

@@ -396,6 +396,11 @@ def _add_demo(sub) -> None:
         metavar="WORDS",
         help="adapt the source-only model to a held-out style named in words (famix adapt; default 'night')",
     )
+    d.add_argument(
+        "--sources",
+        action="store_true",
+        help="two labelled sources: FAMix trained on day + desert against each alone (data.train as a list)",
+    )
 
 
 def _add_datasets(sub) -> None:

@@ -74,16 +74,19 @@ def adapt_report(
 ) -> str:
     """Markdown for the adaptation demo: one row per model (mIoU %, mean +/- std over seeds), then, for each
     (a, b) in ``deltas``, the paired difference a - b per seed (mean +/- std over seeds)."""
-    scores = {name: _scores(r, domains) for name, r in runs.items() if r}
-    cols = list(scores[start])
-    seeds = len(runs[start])
-    lines = [
+    title = (
         f"mIoU (%) on the synthetic world, {clip} backbone: {start} trained on {SOURCE_DOMAIN} only, "
-        f"adapted to the words {target!r} (no target image); {seeds} seed(s)",
-        "",
-        "| model | " + " | ".join(cols) + " |",
-        "|---|" + "---|" * len(cols),
-    ]
+        f"adapted to the words {target!r} (no target image); {len(runs[start])} seed(s)"
+    )
+    return paired_table(runs, domains, title, deltas)
+
+
+def paired_table(runs: dict, domains: list[str], title: str, deltas: list[tuple[str, str]]) -> str:
+    """``title``, then one row per model of ``runs`` ({row: {seed: {domain: result}}}: mIoU %, mean +/- std
+    over seeds), then for each (a, b) in ``deltas`` the paired difference a - b per seed."""
+    scores = {name: _scores(r, domains) for name, r in runs.items() if r}
+    cols = list(next(iter(scores.values())))
+    lines = [title, "", "| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     lines += [f"| {name} | " + " | ".join(_fmt(s[c]) for c in cols) + " |" for name, s in scores.items()]
     for a, b in deltas:
         diff = {c: [x - y for x, y in zip(scores[a][c], scores[b][c], strict=True)] for c in cols}

@@ -401,6 +401,12 @@ def _rows(w: Path) -> list:
             f"--target-data: nothing found for input {str(w / 'empty')!r}",
         ),
         (
+            "adapt --target auto on a model naming no CLIP weights",
+            [*adapt, "--target", "auto", "--target-data", str(d / "gta5" / "images")],
+            {},
+            "the model names no CLIP weights readable here: pass the CLIP it was trained from with --weights",
+        ),
+        (
             "app without a model",
             ["app"],
             {},

@@ -18,7 +18,7 @@ from famix.engine.checkpoint import load_checkpoint, load_segmenter, save_checkp
 from famix.engine.conditions import load_clip, rank
 from famix.engine.evaluate import evaluate_specs
 from famix.engine.inference import model_input, predict_logits
-from famix.models.clip import clip_normalization, packaged_weights
+from famix.models.clip import clip_normalization, packaged_weights, weights_fingerprint
 from famix.stages import diagnose as dg
 from famix.world import MINING_DOMAINS, render
 
@@ -229,9 +229,10 @@ def test_adapt_target_auto_adapts_to_what_clip_ranks_first_and_records_it(demo, 
     assert ranking.top == "night"
     out = tmp_path / "adapted"
     quick = ["--iterations", "2", "--steps", "2", "--images", "4", "--crop", "32", "--batch-size", "2"]
-    argv = ["adapt", str(demo), "--target", "auto", "--target-data", str(folder), "--weights", weights]
+    argv = ["adapt", str(demo), "--target", "auto", "--target-data", str(folder)]  # the model's CLIP weights
     main([*argv, "--data", "synthetic:day:4:0:size=48", "--out", str(out), "--device", "cpu", *quick])
     ckpt = torch.load(out / slug("night") / "latest.pt", weights_only=True)
+    assert ckpt["run"]["inputs"]["clip weights"] == weights_fingerprint(weights)  # named by its checkpoint
     auto = ckpt["run"]["inputs"]["auto target"]
     assert auto["data"] == "target" and auto["images"] == 4  # the folder by its name only
     expected = {w: round(p, 4) for w, p in list(ranking.scores.items())[:5]}

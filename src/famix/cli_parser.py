@@ -368,7 +368,11 @@ def _add_adapt(sub) -> None:
     )
     a.add_argument("--data", required=True, help="source dataset spec, e.g. gta5:data/gta5")
     a.add_argument("--out", required=True, help="folder for one run folder per target (<out>/<slug>/)")
-    a.add_argument("--weights", help="CLIP weights the model was trained from (text tower and CLIP tail)")
+    a.add_argument(
+        "--weights",
+        help="CLIP weights the model was trained from (text tower and CLIP tail; default: the checkpoint's "
+        "model.weights where readable here)",
+    )
     _adapt_options(a)
 
 

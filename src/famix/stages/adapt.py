@@ -23,10 +23,10 @@ One model per target: the head is fitted to one target's feature statistics; a m
 descriptions at once is FAMix-style generalisation, not PODA's adaptation, and would blur the comparison.
 
 Which CLIP: the styles live in the *segmenter's* style-map space (its own frozen stem and layer1, or a
-ViT's patch embedding, make the features); CLIP (the checkpoint's backbone, weights from ``clip_weights`` as
-``famix mine``) gives the text embedding and the tail that embeds the restyled maps
-(``famix.models.towers.style_tail``). With the CLIP weights the model was trained from, those layers are the
-same tensors; otherwise a warning says so.
+ViT's patch embedding, make the features); CLIP (the checkpoint's backbone; weights ``clip_weights``, else
+those the checkpoint's config names where readable here, as ``famix diagnose``) gives the text embedding
+and the tail that embeds the restyled maps (``famix.models.towers.style_tail``). With the CLIP weights the
+model was trained from, those layers are the same tensors; otherwise a warning says so.
 One process: under torchrun it refuses to start (one line), rather than mining the same bank on every rank.
 Both halves are runs with a record (:mod:`famix.engine.runs`): the bank's in its metadata, the fine-tuning's
 in its checkpoints; a finished target returns at once.
@@ -55,7 +55,7 @@ from famix.config import (
 from famix.data.datasets import SeededTransform, build_dataset
 from famix.data.trainids import IGNORE_INDEX
 from famix.data.transforms import train_transform
-from famix.engine import pretrained
+from famix.engine import conditions, pretrained
 from famix.engine.amp import resolve
 from famix.engine.checkpoint import load_checkpoint, load_segmenter, model_config
 from famix.engine.checks import check_specs, warn_crop
@@ -186,6 +186,14 @@ def run(
     source = check_specs([source_spec], "--data", model_config(ckpt).labels)[source_spec]
     target_images = image_set(target_data, None, "--target-data")[1] if target_data is not None else None
     check_folder(out, "--out")
+    # the CLIP that speaks for the model: --weights, else the weights its config names where readable here
+    # (or the package's, for the tiny CLIPs); None: a random CLIP, warned of below (tests' tiny towers)
+    clip_weights = conditions.clip_weights(ckpt, clip_weights)
+    if clip_weights is None and target_data is not None:
+        raise ValueError(
+            "--target auto ranks the target images with CLIP, and the model names no CLIP weights readable "
+            "here: pass the CLIP it was trained from with --weights"
+        )
     device = resolve_device(s.device)
     model, model_cfg = load_segmenter(ckpt, device=device)
     stored = ckpt.get("config", {})

@@ -310,30 +310,52 @@ def adapt_control(out: Path, seed: int) -> dict:
     return payload
 
 
-def adapt_table(ps: list[dict]) -> str:
+def adapt_table(ps: list[dict], controls: dict[int, dict] | None = None) -> str:
+    """Table 3: per held-out domain, mean +/- sample std over the seeds of the source model, the control
+    (``controls``: {seed: control JSON}; the seeds that have one), ``--target auto``, the wrong word and the
+    domain's own word; then the held-out means and the paired differences per seed."""
+    controls = controls or {}
     seeds = [p["seed"] for p in ps]
     lines = [
         f"The demo's FAMix model (seeds {seeds}) adapted with `--target auto` on {ps[0]['targets']} "
         "unlabelled "
         f"target scenes (scene seeds of `synthetic:DOMAIN:{ps[0]['targets']}:30000+seed`), "
         f"{ps[0]['settings']['iterations']} head steps on {ps[0]['settings']['images']} day crops of "
-        f"{ps[0]['settings']['crop']} px; mIoU (%) on `synthetic:DOMAIN:{N_EVAL}:10000+seed:size={SIZE}`.",
+        f"{ps[0]['settings']['crop']} px; mIoU (%) on `synthetic:DOMAIN:{N_EVAL}:10000+seed:size={SIZE}`; "
+        f"controls for seeds {sorted(controls)}.",
         "",
-        "| domain | auto picked | source model | `--target auto` | wrong word | adapted to the wrong word "
-        "| adapted to the domain's own word |",
-        "|---|---|---|---|---|---|---|",
+        "| domain | auto picked | source model | control: head fine-tuned, no styles | `--target auto` "
+        "| wrong word | adapted to the wrong word | auto - source (paired) | wrong - source (paired) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for d in SHIFTED_DOMAINS:
         rs = [p["rows"][d] for p in ps if d in p["rows"]]
         if not rs:
-            lines.append(f"| {d} | not run | | | | | |")
+            lines.append(f"| {d} | not run | | | | | | | |")
             continue
         get = lambda k, rs=rs: [r[k] for r in rs]  # noqa: E731
+        control = [c["miou"][d] for c in controls.values()]
+        auto_gain = [r["auto_miou"] - r["source_miou"] for r in rs]
+        wrong_gain = [r["wrong_miou"] - r["source_miou"] for r in rs]
         lines.append(
-            f"| {d} | {', '.join(get('picked'))} | {mean_std(get('source_miou'))} "
-            f"| {mean_std(get('auto_miou'))} "
-            f"| {', '.join(sorted(set(get('wrong_word'))))} | {mean_std(get('wrong_miou'))} "
-            f"| {mean_std(get('true_word_miou'))} |"
+            f"| {d} | {', '.join(get('picked'))} | {mean_std(get('source_miou'))} | {mean_std(control)} "
+            f"| {mean_std(get('auto_miou'))} | {', '.join(sorted(set(get('wrong_word'))))} "
+            f"| {mean_std(get('wrong_miou'))} | {mean_std(auto_gain)} | {mean_std(wrong_gain)} |"
+        )
+    full = [p for p in ps if all(d in p["rows"] for d in SHIFTED_DOMAINS)]
+    if full:
+        held = lambda p, k: statistics.mean(p["rows"][d][k] for d in SHIFTED_DOMAINS)  # noqa: E731
+        control = [
+            statistics.mean(c["miou"][d] for d in SHIFTED_DOMAINS)
+            for s, c in controls.items()
+            if s in {p["seed"] for p in full}
+        ]
+        lines.append(
+            f"| held-out mean ({len(full)} seeds) | | {mean_std([held(p, 'source_miou') for p in full])} "
+            f"| {mean_std(control)} | {mean_std([held(p, 'auto_miou') for p in full])} | "
+            f"| {mean_std([held(p, 'wrong_miou') for p in full])} "
+            f"| {mean_std([held(p, 'auto_miou') - held(p, 'source_miou') for p in full])} "
+            f"| {mean_std([held(p, 'wrong_miou') - held(p, 'source_miou') for p in full])} |"
         )
     return "\n".join(lines)
 
@@ -398,14 +420,24 @@ def sources_table(ps: list[dict]) -> str:
         cells = [mean_std([r["miou"][d] for r in rs]) for d in DOMAINS]
         held = mean_std([statistics.mean(r["miou"][d] for d in SHIFTED_DOMAINS) for r in rs])
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {held} |")
+    for a, b in (("day + desert", "day"), ("day + desert", "desert")):
+        pairs = [(p["rows"][a], p["rows"][b]) for p in ps if a in p["rows"] and b in p["rows"]]
+        if pairs:
+            cells = [mean_std([x["miou"][d] - y["miou"][d] for x, y in pairs]) for d in DOMAINS]
+            held = mean_std([
+                statistics.mean(x["miou"][d] - y["miou"][d] for d in SHIFTED_DOMAINS) for x, y in pairs
+            ])  # fmt: skip
+            lines.append(f"| {a} - {b} (paired, {len(pairs)} seeds) | " + " | ".join(cells) + f" | {held} |")
     return "\n".join(lines)
 
 
 TABLES = {
-    "ranking": lambda ps: ranking_table(ps[0]),
-    "diagnose": diagnose_table,
-    "adapt": adapt_table,
-    "sources": sources_table,
+    "ranking": lambda ps, out: ranking_table(ps[0]),
+    "diagnose": lambda ps, out: diagnose_table(ps),
+    "adapt": lambda ps, out: adapt_table(
+        ps, {c["seed"]: c for c in (json.loads(p.read_text()) for p in out.glob("control_seed*.json"))}
+    ),  # fmt: skip
+    "sources": lambda ps, out: sources_table(ps),
 }
 
 
@@ -417,7 +449,7 @@ def table(step: str, out: Path) -> str:
         f"Machine: {m['cpu']} ({', '.join(m['flags'])}), torch {m['torch']}, "
         f"{m['torch_threads']} threads; {m['date']}."
     )
-    return head + "\n\n" + TABLES[step](ps)
+    return head + "\n\n" + TABLES[step](ps, out)
 
 
 def main() -> None:

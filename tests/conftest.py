@@ -10,6 +10,19 @@ from famix.config import ModelConfig  # noqa: E402
 from famix.engine.checkpoint import save_checkpoint  # noqa: E402
 from famix.models.build import build_segmenter  # noqa: E402
 
+from .pins import PIN_THREADS  # noqa: E402
+
+
+@pytest.fixture
+def pin_threads():
+    """torch's intra-op threads set to the pins' (tests/pins.py) for one test, then put back."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(PIN_THREADS)
+    yield
+    torch.set_num_threads(before)
+
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):

@@ -1,6 +1,9 @@
 """Which table of bit-exact pins applies to this CPU: torch's CPU kernels round differently with the
 vector instructions they use (and, for the same ones, may with the vendor's BLAS paths), so each table is
-recorded with the machine it was computed on, and a test on another machine skips rather than compares."""
+recorded with the machine it was computed on, and a test on another machine skips rather than compares.
+The pins were computed with torch's default of 2 threads on those 2-core machines; a reduction split over
+another number of threads rounds differently, so a pin test runs with :data:`PIN_THREADS` (the
+``pin_threads`` fixture of conftest.py), whatever OMP_NUM_THREADS says."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+PIN_THREADS = 2
 
 
 def cpu_vendor() -> str | None:

@@ -61,7 +61,7 @@ def _adapt_hashes(checkpoint, out, recipe: str) -> dict:
     }
 
 
-def test_adapt_is_unchanged_bit_for_bit(checkpoint, tmp_path):
+def test_adapt_is_unchanged_bit_for_bit(checkpoint, tmp_path, pin_threads):
     pinned = pins_for(PINNED)
     got = {}
     for recipe in ("poda", "famix"):

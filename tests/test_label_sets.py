@@ -221,7 +221,7 @@ PINNED = {
 }  # fmt: skip
 
 
-def test_default_path_is_unchanged_bit_for_bit(tmp_path):
+def test_default_path_is_unchanged_bit_for_bit(tmp_path, pin_threads):
     pinned = pins_for(PINNED)
     fast = ["data.val=[]", "data.train=synthetic:day:8:size=48", "data.crop=32", "mine.crop=32"]
     bank = tmp_path / "bank.safetensors"

@@ -51,7 +51,7 @@ def _tensors(d: dict) -> bytes:
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny_vit"])
-def test_tower_computes_what_it_computed(preset, tmp_path):
+def test_tower_computes_what_it_computed(preset, tmp_path, pin_threads):
     pinned = pins_for(PINNED)[preset]
     fast = ["data.val=[]", "data.train=synthetic:day:8:size=64", "data.crop=48", "mine.crop=48"]
     bank = tmp_path / "bank.safetensors"

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from famix.world import SECOND_SOURCE_DOMAIN, SHIFTED_DOMAINS, SOURCE_DOMAIN
+from famix.world import SHIFTED_DOMAINS, SOURCE_DOMAIN
 
 SIZE = 96
 DOMAINS = [SOURCE_DOMAIN, *SHIFTED_DOMAINS]
@@ -362,37 +362,24 @@ def adapt_table(ps: list[dict], controls: dict[int, dict] | None = None) -> str:
 
 # --- 4. several sources ----------------------------------------------------------------------------------
 def sources(out: Path, seed: int, which: list[str]) -> dict:
-    from famix.demo.run import ABLATION, FAMIX, _mine_banks, demo_config, evaluate_run, run_folder
+    """Table 4's rows ``which`` (day, desert, day + desert) for ``seed``: ``famix demo --sources``'s runs
+    (``famix.demo.sources.row_config``; day is the demo's own FAMix model), evaluated on every domain."""
+    from famix.demo.run import evaluate_run
+    from famix.demo.sources import row_config, source_specs
     from famix.stages import train
 
-    spec = lambda d: f"synthetic:{d}:2000:{seed}:size={SIZE}"  # noqa: E731
-    lists = {
-        "day": [spec(SOURCE_DOMAIN)],
-        "desert": [spec(SECOND_SOURCE_DOMAIN)],
-        "day + desert": [spec(SOURCE_DOMAIN), spec(SECOND_SOURCE_DOMAIN)],
-    }
     path = out / f"sources_seed{seed}.json"
     payload = json.loads(path.read_text()) if path.exists() else {"seed": seed, "rows": {}}
     for name in which:
         start = time.perf_counter()
-        if name == "day":  # the demo's own FAMix model: the same config
-            ckpt = demo_checkpoint(out, seed)
-        else:
-            folder = out / "sources" / f"seed{seed}" / name.replace(" + ", "+")
-            cfg = demo_config(folder, quick=False, seed=seed)
-            cfg.data.train = lists[name] if len(lists[name]) > 1 else lists[name][0]
-            banks, _ = _mine_banks(cfg, [FAMIX])
-            variant = ABLATION[FAMIX]
-            cfg.model.freeze, cfg.style.mix = variant.freeze, variant.mix
-            cfg.style.bank = banks[variant.bank]
-            cfg.train.out = str(folder / run_folder(FAMIX))
-            train.run(cfg, say=lambda _: None, fix="move the folder away")
-            ckpt = Path(cfg.train.out) / "latest.pt"
+        cfg = row_config(out / "demo", name, quick=False, seed=seed)
+        train.run(cfg, say=lambda _: None, fix="move the folder away")
+        ckpt = Path(cfg.train.out) / "latest.pt"
         results = evaluate_run(ckpt, name, seed, DOMAINS, N_EVAL)
         if path.exists():  # another process may have added a row meanwhile
             payload = json.loads(path.read_text())
         payload["rows"][name] = {
-            "train": lists[name],
+            "train": source_specs(name, seed),
             "miou": {d: results[d]["miou"] for d in DOMAINS},
             "seconds": round(time.perf_counter() - start, 1),
         }

@@ -229,3 +229,42 @@ def test_quick_sources_demo_trains_on_both_sources_beside_each_alone(quick_demo)
     )
     night = result["runs"][f"FAMix on {BOTH}"][0]["night"]["miou"] - first["runs"][FAMIX][0]["night"]["miou"]
     assert [c.strip() for c in row.strip("|").split("|")][2] == f"{night:+.1f}"
+
+
+def test_conditions_spearman_and_its_frozen_rows_equal_the_rank_formula():
+    """famix.demo.conditions: Spearman over the variants equals 1 - 6 sum d^2 / (n (n^2 - 1)) on lists
+    without ties; the frozen rows use the frozen-backbone variants only, the control rows plain day mIoU."""
+    import random
+
+    from famix.demo.conditions import correlations, spearman
+
+    rng = random.Random(3)
+
+    def formula(a, b):
+        ra = {v: k for k, v in enumerate(sorted(a))}
+        rb = {v: k for k, v in enumerate(sorted(b))}
+        n = len(a)
+        return 1 - 6 * sum((ra[x] - rb[y]) ** 2 for x, y in zip(a, b, strict=True)) / (n * (n * n - 1))
+
+    for n in (3, 5, 8):
+        a, b = [rng.random() for _ in range(n)], [rng.random() for _ in range(n)]
+        assert spearman(a, b) == pytest.approx(formula(a, b), abs=1e-12)
+    rows = {
+        v: {
+            "real": {d: rng.random() for d in DOMAINS},
+            "day_plain": rng.random(),
+            "restyled": {d: rng.random() for d in DOMAINS[1:]},
+        }
+        for v in ABLATION
+    }
+    got = correlations(rows)
+    frozen = [v for v in ABLATION if v.startswith("F/")]
+    for d in DOMAINS[1:]:
+        real = [rows[v]["real"][d] for v in frozen]
+        assert got[d]["frozen restyled"] == pytest.approx(
+            formula([rows[v]["restyled"][d] for v in frozen], real), abs=1e-12
+        )
+        everyone = [rows[v]["real"][d] for v in ABLATION]
+        assert got[d]["day"] == pytest.approx(
+            formula([rows[v]["day_plain"] for v in ABLATION], everyone), abs=1e-12
+        )

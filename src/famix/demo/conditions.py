@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -48,6 +49,22 @@ def spearman(a: list[float], b: list[float]) -> float:
     cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
     var = (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
     return cov / var if var else float("nan")
+
+
+def correlations(rows: dict) -> dict:
+    """Per held-out domain, Spearman over the variants of ``rows`` ({variant: {"real", "day_plain",
+    "restyled"}}) of the restyled mIoU with the real one ("restyled") and of the plain day mIoU with the real
+    one ("day", the control); and the same over the frozen-backbone variants only ("frozen ..."): PIN judges
+    a restyle with the CLIP the model started from, whose early layers a fully fine-tuned model changed."""
+    frozen = [v for v in rows if ABLATION[v].freeze != "none"]
+    out = {}
+    for d in SHIFTED_DOMAINS:
+        out[d] = {}
+        for prefix, names in (("", list(rows)), ("frozen ", frozen)):
+            real = [rows[v]["real"][d] for v in names]
+            out[d][prefix + "restyled"] = spearman([rows[v]["restyled"][d] for v in names], real)
+            out[d][prefix + "day"] = spearman([rows[v]["day_plain"] for v in names], real)
+    return out
 
 
 def measure(
@@ -89,16 +106,7 @@ def measure(
         }
         _say(f"{name}: day scenes restyled ({images}, {steps} steps, {seconds:.0f} s)")
         print(format_robustness(table))
-    names = list(rows)
-    correlation = {
-        d: {
-            "restyled": spearman(
-                [rows[v]["restyled"][d] for v in names], [rows[v]["real"][d] for v in names]
-            ),
-            "day": spearman([rows[v]["day_plain"] for v in names], [rows[v]["real"][d] for v in names]),
-        }
-        for d in SHIFTED_DOMAINS
-    }
+    correlation = correlations(rows)
     return {"variants": rows, "spearman": correlation, "images": images, "steps": steps, "seed": seed}
 
 
@@ -112,16 +120,41 @@ def markdown(result: dict) -> str:
         cells = [name, f"{r['real'][SOURCE_DOMAIN]:.1f}", f"{r['day_plain']:.1f}"]
         cells += [f"{r['real'][d]:.1f} / {r['restyled'][d]:.1f}" for d in domains]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "| Spearman over the variants | " + " | ".join(domains) + " |",
+    lines += ["", *spearman_table([result])]
+    return "\n".join(lines)
+
+
+SPEARMAN_ROWS = {
+    "restyled": "restyled day vs real, all variants",
+    "day": "plain day vs real, all variants (control)",
+    "frozen restyled": "restyled day vs real, frozen-backbone variants",
+    "frozen day": "plain day vs real, frozen-backbone variants (control)",
+}
+
+
+def spearman_table(results: list[dict]) -> list[str]:
+    """Markdown lines: per Spearman row and held-out domain, the value (one result) or the mean +/- sample
+    std over the results (seeds) and each seed's value."""
+    domains = list(SHIFTED_DOMAINS)
+    n = {len(r["variants"]) for r in results}
+    frozen = {sum(ABLATION[v].freeze != "none" for v in r["variants"]) for r in results}
+    seeds = ", ".join(str(r["seed"]) for r in results)
+    lines = [
+        f"| Spearman over the variants ({'/'.join(map(str, sorted(n)))} variants, "
+        f"{'/'.join(map(str, sorted(frozen)))} frozen; seeds {seeds}) | " + " | ".join(domains) + " |",
         "|---|" + "---|" * len(domains),
     ]
-    for key, label in (("restyled", "restyled day vs real"), ("day", "plain day vs real (control)")):
-        lines.append(
-            f"| {label} | " + " | ".join(f"{result['spearman'][d][key]:+.2f}" for d in domains) + " |"
-        )
-    return "\n".join(lines)
+    for key, label in SPEARMAN_ROWS.items():
+        cells = []
+        for d in domains:
+            values = [r["spearman"][d][key] for r in results]
+            if len(values) == 1:
+                cells.append(f"{values[0]:+.2f}")
+            else:
+                each = " ".join(f"{v:+.2f}" for v in values)
+                cells.append(f"{statistics.mean(values):+.2f} ± {statistics.stdev(values):.2f} ({each})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,7 +170,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=int, default=48, help="held-out day scenes restyled (default 48)")
     p.add_argument("--steps", type=int, default=PIN_STEPS, help=f"PIN steps (default {PIN_STEPS})")
     p.add_argument("--quick", action="store_true", help="the demo's smoke settings (minutes, not a result)")
+    p.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="DIR",
+        help="print the Spearman table over the conditions.json of these --out folders (one per seed)",
+    )
     args = p.parse_args(argv)
+    if args.combine:
+        results = [json.loads((Path(d) / "conditions.json").read_text()) for d in args.combine]
+        for r in results:  # the correlations of results written before the frozen rows existed
+            r["spearman"] = correlations(r["variants"])
+        print("\n".join(spearman_table(sorted(results, key=lambda r: r["seed"]))))
+        return
     start = time.perf_counter()
     result = measure(
         args.out, args.variant or list(DEFAULT_VARIANTS), args.seed, args.images, args.steps, args.quick

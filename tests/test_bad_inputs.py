@@ -401,6 +401,12 @@ def _rows(w: Path) -> list:
             f"--target-data: nothing found for input {str(w / 'empty')!r}",
         ),
         (
+            "demo --sources with --ablation",
+            ["demo", "--sources", "--ablation", "--out", str(w / "demo-sources")],
+            {},
+            "--sources is a demo of its own: drop --adapt / --ablation",
+        ),
+        (
             "adapt --target auto on a model naming no CLIP weights",
             [*adapt, "--target", "auto", "--target-data", str(d / "gta5" / "images")],
             {},

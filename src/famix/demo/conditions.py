@@ -39,7 +39,8 @@ from famix.stages import evaluate
 from famix.stages.diagnose import ranks
 from famix.world import SHIFTED_DOMAINS, SOURCE_DOMAIN
 
-DEFAULT_VARIANTS = ("-/-/-", "-/A/-", "F/-/-", "F/A/-", FAMIX)
+# the paper's Freeze / Augment / Mix grid (famix demo --ablation's rows without its two bank controls)
+DEFAULT_VARIANTS = ("-/-/-", "-/A/-", "-/-/M", "-/A/M", "F/-/-", "F/A/-", "F/-/M", FAMIX)
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -71,7 +72,7 @@ def measure(
     out: str | Path,
     variants: list[str],
     seed: int = 0,
-    images: int = 48,
+    images: int | None = None,
     steps: int = PIN_STEPS,
     quick: bool = False,
 ) -> dict:
@@ -82,6 +83,7 @@ def measure(
     domains = [SOURCE_DOMAIN, *SHIFTED_DOMAINS]
     base = demo_config(out / f"seed{seed}", quick, seed)
     real_images = 16 if quick else 300
+    images = images or real_images  # the same scenes as the demo's day column by default
     banks, _ = _mine_banks(base, variants)
     day = f"synthetic:{SOURCE_DOMAIN}:{images}:{10_000 + seed}:size={SIZE}"  # the demo's held-out day scenes
     settings = dataclasses.replace(EVAL, condition_steps=steps)
@@ -167,7 +169,9 @@ def main(argv: list[str] | None = None) -> None:
         help=f"a variant, repeated (--variant=-/-/-: with '='); default {', '.join(DEFAULT_VARIANTS)}",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--images", type=int, default=48, help="held-out day scenes restyled (default 48)")
+    p.add_argument(
+        "--images", type=int, help="held-out day scenes restyled (default 300, the demo's; --quick: 16)"
+    )
     p.add_argument("--steps", type=int, default=PIN_STEPS, help=f"PIN steps (default {PIN_STEPS})")
     p.add_argument("--quick", action="store_true", help="the demo's smoke settings (minutes, not a result)")
     p.add_argument(

@@ -181,7 +181,12 @@ def main(argv: list[str] | None = None) -> None:
         help="print the Spearman table over the conditions.json of these --out folders (one per seed)",
     )
     args = p.parse_args(argv)
+    if args.images is not None and args.images < 1:
+        p.error(f"--images {args.images}: give a number >= 1")
     if args.combine:
+        missing = [d for d in args.combine if not (Path(d) / "conditions.json").is_file()]
+        if missing:
+            p.error(f"--combine {missing[0]}: no conditions.json there; pass --out folders of finished runs")
         results = [json.loads((Path(d) / "conditions.json").read_text()) for d in args.combine]
         for r in results:  # the correlations of results written before the frozen rows existed
             r["spearman"] = correlations(r["variants"])

@@ -37,11 +37,11 @@ ROWS = (DAY, SECOND, BOTH)
 
 
 def source_specs(row: str, seed: int) -> list[str]:
-    """The training specs of a row: the demo's day set (``synthetic:day:2000:SEED``), the same scenes in the
-    second source's style, or both (one list)."""
-    n = 2000  # the demo's training set (demo_config)
-    spec = {d: f"synthetic:{d}:{n}:{seed}:size={SIZE}" for d in (DAY, SECOND)}
-    return {DAY: [spec[DAY]], SECOND: [spec[SECOND]], BOTH: [spec[DAY], spec[SECOND]]}[row]
+    """The training specs of a row: the demo's day set (``demo_config``'s ``synthetic:day:2000:SEED``), the
+    same scenes in the second source's style, or both (one list)."""
+    day = demo_config(Path("."), quick=False, seed=seed).data.train
+    second = day.replace(f"synthetic:{DAY}:", f"synthetic:{SECOND}:", 1)
+    return {DAY: [day], SECOND: [second], BOTH: [day, second]}[row]
 
 
 def row_config(out: Path, row: str, quick: bool, seed: int, backbone: str = "rn", amp: str = "off") -> Config:

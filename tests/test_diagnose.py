@@ -172,9 +172,18 @@ def test_training_stores_the_reference_and_diagnose_reads_it(demo, tmp_path):
     entry = ckpt[ood.KEY]
     model, cfg = load_segmenter(ckpt, channels_last=True)  # as trained (train.channels_last) and diagnosed
     spec = ckpt["config"]["data"]["train"]
-    mean, std = ood.source_reference(model, [build_dataset(spec, cfg.labels)])
-    assert torch.equal(entry["mean"], mean) and torch.equal(entry["std"], std)
-    assert entry["images"] == ood.REFERENCE_IMAGES < len(build_dataset(spec))
+    source = build_dataset(spec, cfg.labels)
+    n, k = len(source), ood.REFERENCE_IMAGES
+    picks = sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})  # k images spread over the source
+    with torch.no_grad():  # a loop over the picked images, not the code under test
+        rows = [
+            ood.style_vector(model.style_features(model_input(model, source[i][0][None])))[0] for i in picks
+        ]
+    v = torch.stack(rows)
+    mean, std = v.mean(0), v.std(0, correction=0)
+    assert len(picks) == entry["images"] == k < n
+    assert torch.allclose(entry["mean"], mean, rtol=1e-6, atol=1e-7)
+    assert torch.allclose(entry["std"], std, rtol=1e-6, atol=1e-7)
 
     def diagnose(path, out):
         return dg.run(path, [target], dg.DiagnoseSettings(maps=0, device="cpu"), out, False, say=str)

@@ -9,11 +9,10 @@ table (mean +/- std over seeds, paired deltas) goes to ``adapt_results.md`` / ``
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from famix.demo.report import adapt_report
+from famix.demo.report import adapt_report, save_results
 from famix.demo.run import (
     ABLATION,
     BACKBONES,
@@ -24,7 +23,6 @@ from famix.demo.run import (
     run_folder,
     train_and_evaluate,
 )
-from famix.io import atomic_write
 from famix.stages import adapt
 from famix.stages.adapt import AdaptSettings, slug
 from famix.world import SHIFTED_DOMAINS, SOURCE_DOMAIN
@@ -89,10 +87,7 @@ def run_adapt_demo(
         runs[CONTROL][s] = evaluate_run(control, CONTROL, s, domains, n_eval)
     deltas = [(adapted_row, START), (adapted_row, CONTROL)]
     text = adapt_report(runs, domains, target, START, deltas, BACKBONES[backbone][0])
-    print(text)
-    atomic_write(out / "adapt_results.md", lambda p: p.write_text(text))
-    payload = json.dumps({"target": target, "runs": runs, "size": SIZE}, indent=1)
-    atomic_write(out / "adapt_results.json", lambda p: p.write_text(payload))
+    save_results(out, "adapt_results", text, {"target": target, "runs": runs, "size": SIZE})
     seconds = time.perf_counter() - begin
     print(f"[famix demo] adaptation done in {seconds:.0f} s; tables in {out}/adapt_results.md")
     return {"runs": runs, "seconds": time.perf_counter() - begin}

@@ -21,6 +21,7 @@ import statistics
 import time
 from pathlib import Path
 
+from famix.demo.report import save_results
 from famix.demo.run import (
     ABLATION,
     EVAL,
@@ -33,10 +34,8 @@ from famix.demo.run import (
     train_and_evaluate,
 )
 from famix.engine.results import format_robustness
-from famix.io import atomic_write
 from famix.paper import PIN_STEPS
-from famix.stages import evaluate
-from famix.stages.diagnose import ranks
+from famix.stages import diagnose, evaluate
 from famix.world import SHIFTED_DOMAINS, SOURCE_DOMAIN
 
 # the paper's Freeze / Augment / Mix grid (famix demo --ablation's rows without its two bank controls)
@@ -44,12 +43,9 @@ DEFAULT_VARIANTS = ("-/-/-", "-/A/-", "-/-/M", "-/A/M", "F/-/-", "F/A/-", "F/-/M
 
 
 def spearman(a: list[float], b: list[float]) -> float:
-    """Spearman's rank correlation of two lists (Pearson's of their ranks; nan when one is flat)."""
-    ra, rb = ranks(a), ranks(b)
-    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
-    var = (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
-    return cov / var if var else float("nan")
+    """Spearman's rank correlation of two lists (famix diagnose's; nan when one is flat or n < 3)."""
+    c = diagnose.correlations(a, b)
+    return float("nan") if c is None or c["spearman"] is None else c["spearman"]
 
 
 def correlations(rows: dict) -> dict:
@@ -199,9 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     result["seconds"] = time.perf_counter() - start
     result["machine"] = platform.processor() or platform.machine()
     text = markdown(result)
-    print(text)
-    atomic_write(Path(args.out) / "conditions.md", lambda p: p.write_text(text + "\n"))
-    atomic_write(Path(args.out) / "conditions.json", lambda p: p.write_text(json.dumps(result, indent=1)))
+    save_results(Path(args.out), "conditions", text + "\n", result)
 
 
 if __name__ == "__main__":

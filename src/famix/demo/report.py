@@ -3,6 +3,7 @@ grid of predictions per domain."""
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
@@ -79,6 +80,14 @@ def adapt_report(
         f"adapted to the words {target!r} (no target image); {len(runs[start])} seed(s)"
     )
     return paired_table(runs, domains, title, deltas)
+
+
+def save_results(out: Path, stem: str, text: str, payload: dict) -> None:
+    """A demo's table: printed, then written atomically as ``<out>/<stem>.md`` and its data as ``.json``."""
+    print(text)
+    atomic_write(out / f"{stem}.md", lambda p: p.write_text(text))
+    data = json.dumps(payload, indent=1)
+    atomic_write(out / f"{stem}.json", lambda p: p.write_text(data))
 
 
 def paired_table(runs: dict, domains: list[str], title: str, deltas: list[tuple[str, str]]) -> str:

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from famix.config import Config, save_config
-from famix.demo.report import bank_table, chart, prediction_grid, report
+from famix.demo.report import bank_table, chart, prediction_grid, report, save_results
 from famix.engine.runs import State
-from famix.io import atomic_write
 from famix.models.clip import packaged_weights
 from famix.settings import EvalSettings
 from famix.stages import evaluate, mine, train
@@ -131,10 +130,7 @@ def run_demo(
             runs[name][s] = train_and_evaluate(cfg, name, domains, n_eval)
         save_config(base, out / f"seed{s}" / "config.yaml")
     text = report(runs, domains, BASELINE, FAMIX, LANGUAGE_FREE, BACKBONES[backbone][0]) + bank_table(counts)
-    print(text)
-    atomic_write(out / "results.md", lambda p: p.write_text(text))
-    payload = json.dumps({"runs": runs, "bank_counts": counts}, indent=1)
-    atomic_write(out / "results.json", lambda p: p.write_text(payload))
+    save_results(out, "results", text, {"runs": runs, "bank_counts": counts})
     chart(runs, domains, out / "results.png")
     prediction_grid(
         out,

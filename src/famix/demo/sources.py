@@ -12,12 +12,11 @@ often. The table (mIoU %, mean +/- std over seeds, paired differences) goes to `
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from famix.config import Config
-from famix.demo.report import paired_table
+from famix.demo.report import paired_table, save_results
 from famix.demo.run import (
     ABLATION,
     BACKBONES,
@@ -28,7 +27,6 @@ from famix.demo.run import (
     run_folder,
     train_and_evaluate,
 )
-from famix.io import atomic_write
 from famix.world import SECOND_SOURCE_DOMAIN, SHIFTED_DOMAINS, SOURCE_DOMAIN
 
 DAY, SECOND = SOURCE_DOMAIN, SECOND_SOURCE_DOMAIN
@@ -83,10 +81,7 @@ def run_sources_demo(
         f"(data.train=[{DAY}, {SECOND}], half of every epoch each); {seeds} seed(s)"
     )
     text = paired_table(runs, domains, title, [(f"FAMix on {BOTH}", f"FAMix on {DAY}")])
-    print(text)
-    atomic_write(out / "sources_results.md", lambda p: p.write_text(text))
-    payload = json.dumps({"runs": runs, "size": SIZE}, indent=1)
-    atomic_write(out / "sources_results.json", lambda p: p.write_text(payload))
+    save_results(out, "sources_results", text, {"runs": runs, "size": SIZE})
     seconds = time.perf_counter() - begin
     print(f"[famix demo] two sources done in {seconds:.0f} s; tables in {out}/sources_results.md")
     return {"runs": runs, "seconds": seconds}
